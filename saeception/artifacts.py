@@ -1,0 +1,83 @@
+"""The one save/load pair for weights (safetensors) with their config (JSON beside them), and the one
+object that owns every artifact path of a chain. Nothing here unpickles anything."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT_VERSION = 1
+
+
+class ChainPaths:
+    """Every file a chain writes lives under `root`, named here and nowhere else."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def cycle(self, cycle: int) -> Path:
+        return self.root / f"cycle_{cycle:03d}"
+
+    def model(self, cycle: int) -> Path:
+        return self.cycle(cycle) / "model"
+
+    def sae(self, cycle: int) -> Path:
+        return self.cycle(cycle) / "sae"
+
+    def metrics(self, cycle: int) -> Path:
+        return self.cycle(cycle) / "metrics.json"
+
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    def last_complete_cycle(self) -> int | None:
+        """The highest cycle whose metrics file exists (written last, so the cycle is complete)."""
+        done = [c for c in range(1000) if self.metrics(c).exists()]
+        return max(done) if done else None
+
+
+def save_weights(prefix: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """Writes `prefix.safetensors` and `prefix.json`, each atomically (write aside, then rename)."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    weights, meta = prefix.with_suffix(".safetensors"), prefix.with_suffix(".json")
+    # safetensors refuses shared storage (tied embeddings): store independent contiguous copies.
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    tmp = weights.with_suffix(".safetensors.tmp")
+    save_file(flat, str(tmp))
+    os.replace(tmp, weights)
+    write_json(meta, {"format_version": FORMAT_VERSION, **config})
+
+
+def load_weights(prefix: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    weights, meta = prefix.with_suffix(".safetensors"), prefix.with_suffix(".json")
+    config = json.loads(meta.read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{meta}: format_version {config.get('format_version')} != {FORMAT_VERSION}")
+    return load_file(str(weights), device=str(device)), config
+
+
+def save_module(prefix: Path, module: nn.Module, config: dict[str, Any]) -> None:
+    save_weights(prefix, module.state_dict(), config)
+
+
+def load_module_state(prefix: Path, module: nn.Module) -> dict[str, Any]:
+    """Loads weights saved by save_module into `module` (strict); returns the saved config."""
+    tensors, config = load_weights(prefix)
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    # Tied weights are saved under every name, so nothing may be missing; extra names are an error.
+    if missing or unexpected:
+        raise ValueError(f"{prefix}: state mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return config
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
+    os.replace(tmp, path)

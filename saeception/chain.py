@@ -1,0 +1,154 @@
+"""The SAE-ception cycle chain: cycles 0..N, each handing its metrics to a callback.
+
+Cycle 0: fine-tune (or use the model as loaded), extract the target layer, train an SAE, evaluate.
+Cycle c >= 1: encode the train split with cycle c-1's SAE, sharpen, decode into per-example targets,
+retrain with CE + lambda * (1 - cos(h, target)), extract, train a new SAE, evaluate.
+
+Runs unchanged in one process or under torch.distributed (every rank calls run_chain; rank 0 writes
+the artifacts and calls the callback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .artifacts import ChainPaths, load_module_state, save_module, write_json
+from .config import Config, to_dict
+from .data import TaskData, load_task
+from .distributed import barrier, is_main, rank, world_size
+from .evaluate import evaluate
+from .models import TapModel, build_model, load_tokenizer
+from .sae import SAE, encode_all, train_sae
+from .sharpen import build_targets, class_means
+from .train import extract, finetune, retrain
+
+log = logging.getLogger(__name__)
+
+# on_cycle(cycle, metrics, cycle_dir): cycle_dir holds that cycle's complete, loadable artifacts.
+CycleCallback = Callable[[int, dict, Path], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Setup:
+    """What every cycle needs: data and a tapped model. Built once per chain."""
+
+    task: TaskData
+    tap: TapModel
+
+
+def setup(cfg: Config) -> Setup:
+    """Loads data and model and checks everything that depends on them (layer, SAE size), before any
+    training. Raises ConfigError naming the key."""
+    tokenizer = None if cfg.model.name == "mlp" else load_tokenizer(cfg.model, cfg.data.padding_side)
+    task = load_task(cfg.data, cfg.seed, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer is not None else None
+    model = build_model(cfg.model, task.n_classes, task.input_dim, pad)
+    tap = TapModel(model, cfg.model.layer, cfg.model.pooling)
+    cfg.sae.check_width(tap.width())
+    return Setup(task, tap)
+
+
+def _jsonable(metrics: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallback | None = None,
+              device: torch.device | None = None, resume_from: Path | None = None,
+              prepared: Setup | None = None) -> list[dict]:
+    """Runs cycles 0..cfg.chain.cycles and returns one metrics dict per cycle.
+
+    resume_from: a cycle directory written by an earlier run (a checkpoint); the chain continues with
+    the next cycle. paths: where this run writes (rank 0 only)."""
+    paths = paths if isinstance(paths, ChainPaths) else ChainPaths(paths)
+    device = device or resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    s = prepared or setup(cfg)
+    task, tap = s.task, s.tap
+    tap.to(device)
+    history: list[dict] = []
+    sae: SAE | None = None
+    start = 0
+    if resume_from is not None:
+        resume_from = Path(resume_from)
+        history = json.loads((resume_from / "metrics.json").read_text())["cycles"]
+        load_module_state(resume_from / "model", tap.model)
+        tap.to(device)
+        sae = SAE.load(resume_from / "sae", device)
+        start = history[-1]["cycle"] + 1
+        log.info("resuming after cycle %d from %s", start - 1, resume_from)
+
+    for cycle in range(start, cfg.chain.cycles + 1):
+        t0 = time.perf_counter()
+        cycle_seed = cfg.seed + 1000 * cycle
+        aux: dict[str, float] = {}
+        if cycle == 0:
+            if cfg.finetune.epochs > 0:
+                finetune(tap, task, cfg.finetune, device, cycle_seed)
+        else:
+            assert sae is not None
+            acts_before, _ = extract(tap, task, "train", cfg.aux.batch_size, device)
+            labels = task.train.labels
+            means = None
+            if cfg.sharpen.strategy == "per_class":
+                # Each rank contributes its shard of the class sums; the all-reduce makes them global.
+                shard = slice(rank(), None, world_size())
+                means = class_means(encode_all(sae, acts_before.to(device))[shard], labels.to(device)[shard], task.n_classes)
+            targets = build_targets(sae, acts_before.to(device), labels.to(device), cfg.sharpen, cycle_seed, means).cpu()
+            aux["aux_cosine_before"] = M.cosine(acts_before, targets)
+            if cfg.model.freeze == "before":
+                tap.freeze_before_target()
+            retrain(tap, task, targets, cfg.aux, device, cycle_seed)
+        acts, logits = {}, {}
+        for split in ("train", "val", "test"):
+            acts[split], logits[split] = extract(tap, task, split, cfg.finetune.batch_size, device)
+        if cycle > 0:
+            aux["aux_cosine"] = M.cosine(acts["train"], targets)
+        sae_input = acts["train"]
+        if cfg.sae.tokens == "all":
+            sae_input, _ = extract(tap, task, "train", cfg.finetune.batch_size, device, tokens=True)
+        sae = train_sae(sae_input.to(device), cfg.sae, seed=cycle_seed).cpu()
+        metrics: dict = {"cycle": cycle}
+        if is_main():
+            labels_by_split = {sp: task.split(sp).labels for sp in ("train", "val", "test")}
+            metrics.update(evaluate(sae, acts, logits, labels_by_split, task.n_classes, cfg.eval, cycle_seed))
+            metrics.update(aux)
+            metrics["cycle_seconds"] = time.perf_counter() - t0
+            history.append(_jsonable(metrics))
+            cycle_dir = paths.cycle(cycle)
+            save_module(cycle_dir / "model", tap.model, {"name": cfg.model.name})
+            sae.save(cycle_dir / "sae")
+            # Written last: a cycle directory with metrics.json is complete.
+            write_json(cycle_dir / "metrics.json", {"cycles": history})
+            write_json(paths.results(), {"config": to_dict(cfg), "cycles": history})
+            if on_cycle is not None:
+                on_cycle(cycle, metrics, cycle_dir)
+        else:
+            history.append(metrics)
+            if on_cycle is not None:
+                on_cycle(cycle, metrics, paths.cycle(cycle))
+        sae = sae.to(device)
+        barrier()
+    return history

@@ -1,0 +1,297 @@
+"""Task data: loading, deterministic stratified splits, stable example ids, dynamic padding.
+
+Every example carries an id (its position in its split, fixed at load time). Every later stage
+(extraction, targets, retraining) indexes by that id, never by the position a loader happened to
+yield it at: that is what keeps each target with its own example after shuffling.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import ConfigError, DataConfig
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+# Hub datasets addressed as "<name>/<config>".
+_MULTI_CONFIG_DATASETS = {"glue", "super_glue", "nyu-mll/glue", "aps/super_glue"}
+
+
+@dataclass
+class Split:
+    """One split. `inputs` is a float (N, F) tensor (features) or a list of N token-id lists (text)."""
+
+    inputs: Any
+    labels: Tensor  # (N,) long
+    ids: Tensor  # (N,) long, equal to arange(N): the stable example id
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TaskData:
+    train: Split
+    val: Split
+    test: Split
+    n_classes: int
+    kind: str  # "features" or "text"
+    input_dim: int = 0  # features only
+    pad_token_id: int = 0  # text only
+    padding_side: str = "right"
+    # Order-sensitive digest of the raw examples and labels (for caches and provenance).
+    fingerprint: str = ""
+
+    def split(self, name: str) -> Split:
+        return getattr(self, name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Raw sources -> {split: (inputs, labels)}
+
+
+def _digits() -> dict[str, tuple[Any, np.ndarray]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return {"all": ((d.data / 16.0).astype(np.float32), d.target.astype(np.int64))}
+
+
+def _package_path(spec: str) -> Path:
+    """'package:<pkg>/<relative path>' -> the file inside the installed package, without importing it."""
+    rest = spec[len("package:"):]
+    pkg, _, rel = rest.partition("/")
+    found = importlib.util.find_spec(pkg) if pkg else None
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"data.name: package {pkg!r} is not installed (from {spec!r})")
+    return Path(found.submodule_search_locations[0]) / rel
+
+
+def _read_table(path: Path, cfg: DataConfig):
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv", ".txt"):
+            sep = cfg.delimiter or ("\t" if suffix == ".tsv" else ",")
+            names = cfg.column_names or None
+            # Tab-separated text is rarely quoted; a stray quote must not swallow the next lines.
+            quoting = 3 if sep == "\t" else 0
+            return pd.read_csv(path, sep=sep, header=None if names else "infer", names=names,
+                               quoting=quoting, keep_default_na=False)
+        if suffix in (".json", ".jsonl"):
+            return pd.read_json(path, lines=suffix == ".jsonl")
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.name: cannot read {path}: {e}") from e
+    raise ConfigError(f"data.name: {path} must end in .csv, .tsv, .json, .jsonl or .parquet")
+
+
+def _columns(table, cfg: DataConfig, where: str) -> tuple[list[str], np.ndarray]:
+    cols = list(table.columns)
+    for key, col in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)):
+        if col not in cols:
+            raise ConfigError(f"{key}: column {col!r} not in {where} (columns: {', '.join(map(str, cols))})")
+    return [str(t) for t in table[cfg.text_column]], np.asarray(table[cfg.label_column])
+
+
+def _class_folders(root: Path) -> dict[str, tuple[Any, np.ndarray]]:
+    """A directory whose sub-folders are classes, each holding .txt documents."""
+    texts, labels = [], []
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    for c in classes:
+        for f in sorted((root / c).glob("*.txt")):
+            texts.append(f.read_text(errors="replace"))
+            labels.append(c)
+    if not texts:
+        raise ConfigError(f"data.name: {root} has no <class>/<doc>.txt files")
+    return {"all": (texts, np.asarray(labels))}
+
+
+def _local(path: Path, cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
+    if not path.exists():
+        raise ConfigError(f"data.name: {path} does not exist")
+    if path.is_dir():
+        return _class_folders(path)
+    return {"all": _columns(_read_table(path, cfg), cfg, str(path))}
+
+
+def _hub(cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
+    import datasets
+
+    name, subset = cfg.name, cfg.subset or None
+    head, _, tail = name.rpartition("/")
+    if subset is None and head in _MULTI_CONFIG_DATASETS:
+        name, subset = head, tail
+    dd = datasets.load_dataset(name, subset)
+    out = {}
+    for ours, theirs in (("train", cfg.train_split), ("val", cfg.val_split), ("test", cfg.test_split)):
+        if theirs not in dd:
+            continue
+        table = dd[theirs].to_pandas()
+        texts, labels = _columns(table, cfg, f"{cfg.name}[{theirs}]")
+        if np.issubdtype(labels.dtype, np.integer) and (labels < 0).all():
+            log.info("split %s of %s is unlabelled; carving it from train", theirs, cfg.name)
+            continue
+        out[ours] = (texts, labels)
+    if "train" not in out:
+        raise ConfigError(f"data.train_split: {cfg.train_split!r} not in {cfg.name} (splits: {', '.join(dd)})")
+    return out
+
+
+def load_raw(cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
+    if cfg.name == "digits":
+        return _digits()
+    if cfg.name.startswith("package:"):
+        return _local(_package_path(cfg.name), cfg)
+    path = Path(cfg.name).expanduser()
+    if path.suffix.lower() in (".csv", ".tsv", ".json", ".jsonl", ".parquet") or path.exists():
+        return _local(path, cfg)
+    return _hub(cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Splitting
+
+
+def _take(inputs: Any, idx: np.ndarray) -> Any:
+    if isinstance(inputs, np.ndarray):
+        return inputs[idx]
+    return [inputs[i] for i in idx]
+
+
+def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    counts = np.unique(labels, return_counts=True)[1]
+    stratify = labels if counts.min() >= 2 else None
+    keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    return np.sort(keep), np.sort(held)
+
+
+def make_splits(raw: dict[str, tuple[Any, np.ndarray]], cfg: DataConfig, seed: int) -> dict[str, tuple[Any, np.ndarray]]:
+    """Fills missing val/test splits from train with seeded stratified splits; caps sizes."""
+    out = dict(raw)
+    if "all" in out:
+        out["train"] = out.pop("all")
+    inputs, labels = out["train"]
+    missing = [s for s in ("test", "val") if s not in out]
+    total = len(labels)
+    for s in missing:
+        frac = (cfg.test_fraction if s == "test" else cfg.val_fraction) * total / len(labels)
+        keep, held = _stratified(labels, frac, seed)
+        out[s] = (_take(inputs, held), labels[held])
+        inputs, labels = _take(inputs, keep), labels[keep]
+    out["train"] = (inputs, labels)
+    if cfg.max_examples:
+        for s in SPLITS:
+            x, y = out[s]
+            if len(y) > cfg.max_examples:
+                keep, _ = _stratified(y, 1 - cfg.max_examples / len(y), seed)
+                out[s] = (_take(x, keep), y[keep])
+    return out
+
+
+def _encode_labels(splits: dict[str, tuple[Any, np.ndarray]]) -> tuple[dict[str, Tensor], int]:
+    all_labels = np.concatenate([splits[s][1] for s in SPLITS])
+    if np.issubdtype(all_labels.dtype, np.integer) and all_labels.min() >= 0:
+        n = int(all_labels.max()) + 1
+        return {s: torch.as_tensor(splits[s][1].astype(np.int64)) for s in SPLITS}, n
+    classes = sorted({str(v) for v in all_labels})
+    index = {c: i for i, c in enumerate(classes)}
+    return {s: torch.tensor([index[str(v)] for v in splits[s][1]], dtype=torch.long) for s in SPLITS}, len(classes)
+
+
+def _fingerprint(splits: dict[str, tuple[Any, np.ndarray]]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in SPLITS:
+        x, y = splits[s]
+        h.update(s.encode())
+        h.update(np.ascontiguousarray(x).tobytes() if isinstance(x, np.ndarray) else "\x00".join(x).encode())
+        h.update(np.asarray(y).astype(str).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_task(cfg: DataConfig, seed: int, tokenizer=None) -> TaskData:
+    """Loads and splits the data; tokenizes text with `tokenizer` (required for text data)."""
+    splits = make_splits(load_raw(cfg), cfg, seed)
+    labels, n_classes = _encode_labels(splits)
+    if n_classes < 2:
+        raise ConfigError(f"data.label_column: {cfg.label_column!r} must hold at least 2 classes")
+    fp = _fingerprint(splits)
+    first = splits["train"][0]
+    if isinstance(first, np.ndarray):
+        parts = {s: Split(torch.as_tensor(splits[s][0], dtype=torch.float32), labels[s],
+                          torch.arange(len(labels[s]))) for s in SPLITS}
+        return TaskData(**parts, n_classes=n_classes, kind="features", input_dim=first.shape[1], fingerprint=fp)
+    if tokenizer is None:
+        raise ConfigError(f"model.name: text data ({cfg.name}) needs a transformer model, not 'mlp'")
+    parts = {}
+    for s in SPLITS:
+        enc = tokenizer(list(splits[s][0]), truncation=True, max_length=cfg.max_length, add_special_tokens=True)
+        ids = [seq if len(seq) else [tokenizer.pad_token_id] for seq in enc["input_ids"]]
+        parts[s] = Split(ids, labels[s], torch.arange(len(labels[s])))
+    return TaskData(**parts, n_classes=n_classes, kind="text", pad_token_id=int(tokenizer.pad_token_id),
+                    padding_side=cfg.padding_side, fingerprint=fp)
+
+
+# --------------------------------------------------------------------------------------------------
+# Batching
+
+
+class SplitDataset(torch.utils.data.Dataset):
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int]:
+        return self.split.inputs[i], int(self.split.labels[i]), int(self.split.ids[i])
+
+
+def collate(items: list[tuple[Any, int, int]], pad_token_id: int = 0, padding_side: str = "right") -> dict[str, Tensor]:
+    """Batches examples; token sequences are padded to the longest in the batch (dynamic padding)."""
+    inputs, labels, ids = zip(*items)
+    batch = {"labels": torch.tensor(labels, dtype=torch.long), "ids": torch.tensor(ids, dtype=torch.long)}
+    if isinstance(inputs[0], Tensor):
+        batch["features"] = torch.stack(inputs)
+        return batch
+    width = max(len(seq) for seq in inputs)
+    input_ids = torch.full((len(inputs), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(inputs), width), dtype=torch.long)
+    for row, seq in enumerate(inputs):
+        span = slice(width - len(seq), width) if padding_side == "left" else slice(0, len(seq))
+        input_ids[row, span] = torch.as_tensor(seq)
+        mask[row, span] = 1
+    batch["input_ids"] = input_ids
+    batch["attention_mask"] = mask
+    return batch
+
+
+def loader(task: TaskData, split: str, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
+           distributed: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over one split. Under torch.distributed each rank reads its own shard."""
+    from functools import partial
+
+    ds = SplitDataset(task.split(split))
+    fn = partial(collate, pad_token_id=task.pad_token_id, padding_side=task.padding_side)
+    if distributed:
+        sampler = torch.utils.data.DistributedSampler(ds, shuffle=shuffle, seed=seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=fn)
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=fn)

@@ -1,0 +1,140 @@
+"""Metrics over tensors, vectorised over latents (no per-latent Python loop).
+
+Definitions (README "Metrics" repeats them):
+- CSI_i = (mu_max - mu_other) / (|mu_max| + |mu_other|), mu_max the largest class mean of latent i,
+  mu_other its mean over the examples outside that class; 0 when both are 0.
+- U_i = I(1[z_i > 0]; y) / H(y), both in nats; 0 for a latent that never or always fires.
+- monosemanticity averages both over latents that fire (z > 0) at least once on the evaluated set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _onehot(labels: Tensor, n_classes: int) -> Tensor:
+    return torch.nn.functional.one_hot(labels.long(), n_classes).double()
+
+
+def csi_per_latent(codes: Tensor, labels: Tensor, n_classes: int | None = None) -> Tensor:
+    """(n_latents,) class selectivity index."""
+    x = codes.double()
+    n_classes = n_classes or int(labels.max()) + 1
+    y = _onehot(labels, n_classes)  # (N, C)
+    counts = y.sum(0)  # (C,)
+    sums = y.t() @ x  # (C, n)
+    means = sums / counts.clamp_min(1)[:, None]
+    means = torch.where(counts[:, None] > 0, means, torch.full_like(means, -torch.inf))
+    mu_max, c_star = means.max(0)
+    other_count = len(labels) - counts[c_star]
+    mu_other = (x.sum(0) - sums.gather(0, c_star[None]).squeeze(0)) / other_count.clamp_min(1)
+    denom = mu_max.abs() + mu_other.abs()
+    return torch.where(denom > 0, (mu_max - mu_other) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+
+
+def u_per_latent(codes: Tensor, labels: Tensor, n_classes: int | None = None) -> Tensor:
+    """(n_latents,) uncertainty coefficient of the firing indicator about the label."""
+    n_classes = n_classes or int(labels.max()) + 1
+    n = len(labels)
+    fires = (codes > 0).double()  # (N, n)
+    y = _onehot(labels, n_classes)
+    p_y = y.sum(0) / n  # (C,)
+    joint1 = (fires.t() @ y) / n  # (n, C): p(fire, y=c)
+    joint0 = p_y[None, :] - joint1  # p(silent, y=c)
+    p1 = joint1.sum(1, keepdim=True)
+    p0 = 1 - p1
+
+    def term(joint: Tensor, marginal: Tensor) -> Tensor:
+        ratio = joint / (marginal * p_y[None, :]).clamp_min(1e-300)
+        return torch.where(joint > 0, joint * torch.log(ratio.clamp_min(1e-300)), torch.zeros_like(joint)).sum(1)
+
+    mi = term(joint1, p1) + term(joint0, p0)
+    h_y = -(p_y[p_y > 0] * torch.log(p_y[p_y > 0])).sum()
+    rate = p1.squeeze(1)
+    constant = (rate <= 0) | (rate >= 1)
+    if h_y <= 0:
+        return torch.zeros_like(rate)
+    return torch.where(constant, torch.zeros_like(mi), (mi / h_y).clamp_min(0))
+
+
+def monosemanticity(codes: Tensor, labels: Tensor) -> dict[str, float]:
+    """Mean CSI and U over latents that fire at least once. codes (N, n_latents), labels (N,)."""
+    alive = (codes > 0).any(0)
+    if not alive.any():
+        return {"csi": 0.0, "u": 0.0}
+    n_classes = int(labels.max()) + 1
+    return {"csi": float(csi_per_latent(codes, labels, n_classes)[alive].mean()),
+            "u": float(u_per_latent(codes, labels, n_classes)[alive].mean())}
+
+
+def f_scores(x: Tensor, labels: Tensor, n_classes: int) -> Tensor:
+    """(n_features,) one-way ANOVA F statistic per feature (how well it separates the classes)."""
+    x = x.double()
+    y = _onehot(labels, n_classes)
+    counts = y.sum(0)
+    present = counts > 0
+    c = int(present.sum())
+    n = len(labels)
+    means = (y.t() @ x) / counts.clamp_min(1)[:, None]
+    grand = x.mean(0)
+    between = (counts[:, None] * (means - grand) ** 2)[present].sum(0) / max(c - 1, 1)
+    within = ((x ** 2).sum(0) - (counts[:, None] * means ** 2)[present].sum(0)) / max(n - c, 1)
+    return torch.nan_to_num(between / within.clamp_min(1e-12), nan=0.0)
+
+
+def cluster_metrics(x: Tensor, labels: Tensor, n_classes: int, cap: int, seed: int) -> dict[str, float]:
+    """ari: k-means (k = classes) vs labels; silhouette / davies_bouldin / calinski_harabasz: the
+    label partition scored in x. Silhouette (O(N^2)) runs on a seeded subsample of at most `cap`."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import (adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score,
+                                 silhouette_score)
+
+    xa, ya = x.double().numpy(), labels.numpy()
+    nan = float("nan")
+    if len(np.unique(ya)) < 2 or len(np.unique(xa, axis=0)) < n_classes:
+        return {"ari": nan, "silhouette": nan, "davies_bouldin": nan, "calinski_harabasz": nan}
+    clusters = KMeans(n_clusters=n_classes, n_init=3, random_state=seed).fit_predict(xa)
+    rng = np.random.default_rng(seed)
+    sub = rng.choice(len(ya), size=min(cap, len(ya)), replace=False)
+    return {
+        "ari": float(adjusted_rand_score(ya, clusters)),
+        "silhouette": float(silhouette_score(xa[sub], ya[sub])) if len(np.unique(ya[sub])) > 1 else nan,
+        "davies_bouldin": float(davies_bouldin_score(xa, ya)),
+        "calinski_harabasz": float(calinski_harabasz_score(xa, ya)),
+    }
+
+
+def explained_variance(x: Tensor, x_hat: Tensor) -> float:
+    """1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the whole set (not averaged per batch)."""
+    x, x_hat = x.double(), x_hat.double()
+    total = (x - x.mean(0)).pow(2).sum()
+    return float(1 - (x - x_hat).pow(2).sum() / total) if total > 0 else float("nan")
+
+
+def l0(codes: Tensor) -> float:
+    """Mean number of active latents per example."""
+    return float((codes > 0).sum(1).double().mean())
+
+
+def dead_pct(codes: Tensor) -> float:
+    """Percentage of latents that never fire on `codes`."""
+    return float(100.0 * (~(codes > 0).any(0)).double().mean())
+
+
+def task_metrics(logits: Tensor, labels: Tensor, n_classes: int) -> dict[str, float]:
+    """task_accuracy and task_f1_macro (unweighted mean F1 over the classes present in labels or predictions)."""
+    pred = logits.argmax(-1)
+    y = _onehot(labels, n_classes)
+    p = _onehot(pred, n_classes)
+    tp = (y * p).sum(0)
+    support, predicted = y.sum(0), p.sum(0)
+    f1 = torch.where(support + predicted > 0, 2 * tp / (support + predicted).clamp_min(1), torch.zeros_like(tp))
+    present = (support + predicted) > 0
+    return {"task_accuracy": float((pred == labels).double().mean()), "task_f1_macro": float(f1[present].mean())}
+
+
+def cosine(h: Tensor, targets: Tensor) -> float:
+    """Mean cosine similarity between matching rows."""
+    return float(torch.nn.functional.cosine_similarity(h.double(), targets.double(), dim=-1).mean())

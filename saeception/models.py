@@ -1,0 +1,179 @@
+"""Classifiers with a tap on one layer: `TapModel(batch) -> (logits, h)`.
+
+`h` is the pooled target-layer activation *with its gradient*: the forward hook keeps the layer's
+output in the autograd graph (the earlier implementation stored `output.detach()`, so its auxiliary
+loss never reached the weights). For sequences, pooling reads the last *real* token for decoder
+models (what Hugging Face's classification head reads), under right and left padding alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
+
+# Model types whose sequence classifier reads the first token ([CLS]); all others read the last.
+_ENCODER_TYPES = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+                  "xlm-roberta", "mpnet", "camembert", "modernbert"}
+
+
+class MLP(nn.Module):
+    """The paper's MNIST-style MLP: Linear+ReLU hidden layers, then a linear head."""
+
+    def __init__(self, input_dim: int, hidden_sizes: list[int], n_classes: int):
+        super().__init__()
+        dims = [input_dim, *hidden_sizes]
+        self.hidden = nn.ModuleList(
+            nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(dims[:-1], dims[1:])
+        )
+        self.head = nn.Linear(dims[-1], n_classes)
+
+    def forward(self, features: Tensor) -> Tensor:
+        x = features
+        for layer in self.hidden:
+            x = layer(x)
+        return self.head(x)
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, how: str) -> Tensor:
+    """(B, T, d) + (B, T) mask -> (B, d). "last" = the rightmost real token, whatever the padding side."""
+    mask = attention_mask.to(hidden.dtype)
+    if how == "mean":
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    real = attention_mask.bool()
+    if how == "last":
+        index = torch.where(real, positions, -1).max(dim=1).values
+    elif how == "first":
+        index = torch.where(real, positions, hidden.shape[1]).min(dim=1).values
+    else:
+        raise ValueError(f"unknown pooling {how!r}")
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+def block_list(model: nn.Module) -> nn.ModuleList:
+    """The transformer's list of blocks: the ModuleList whose length is the config's layer count."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    for m in lists:
+        if n is None or len(m) == n:
+            return m
+    raise ConfigError("model.layer: cannot find the list of transformer blocks; give a module name instead")
+
+
+def resolve_layer(model: nn.Module, layer: int | str) -> tuple[nn.Module, str]:
+    """The module whose output is tapped, and its name."""
+    names = {m: n for n, m in model.named_modules()}
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer), layer
+        except AttributeError as e:
+            raise ConfigError(f"model.layer: no module named {layer!r} in this model") from e
+    blocks = model.hidden if isinstance(model, MLP) else block_list(model)
+    if not -len(blocks) <= layer < len(blocks):
+        raise ConfigError(f"model.layer: must be in [{-len(blocks)}, {len(blocks) - 1}], got {layer}")
+    module = blocks[layer]
+    return module, names[module]
+
+
+class TapModel(nn.Module):
+    """Wraps a classifier; forward(batch) returns (logits, pooled target-layer activation)."""
+
+    def __init__(self, model: nn.Module, layer: int | str, pooling: str = "auto"):
+        super().__init__()
+        self.model = model
+        self.is_text = not isinstance(model, MLP)
+        self.target, self.target_name = resolve_layer(model, layer)
+        if pooling == "auto":
+            model_type = getattr(getattr(model, "config", None), "model_type", "")
+            pooling = "first" if model_type in _ENCODER_TYPES else "last"
+        self.pooling = pooling
+        self._captured: Tensor | None = None
+        self._all_tokens = False
+        self.target.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs, output) -> None:
+        # No detach: h must stay in the graph for the auxiliary loss to have a gradient.
+        self._captured = output[0] if isinstance(output, tuple) else output
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        if not self.is_text:
+            logits = self.model(batch["features"])
+            return logits, self._take()
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        hidden = self._take()
+        return logits, pool(hidden, batch["attention_mask"], self.pooling)
+
+    def tokens(self, batch: dict[str, Tensor]) -> Tensor:
+        """All real-token activations of the target layer, (n_real_tokens, d), no logits needed."""
+        if not self.is_text:
+            self.model(batch["features"])
+            return self._take()
+        self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return self._take()[batch["attention_mask"].bool()]
+
+    def _take(self) -> Tensor:
+        h, self._captured = self._captured, None
+        if h is None:
+            raise RuntimeError("target layer did not run in forward")
+        return h
+
+    def width(self) -> int:
+        if not self.is_text:
+            return self.target[0].out_features
+        return int(self.model.config.hidden_size)
+
+    def freeze_before_target(self) -> None:
+        """Freezes every parameter of modules that run before the target layer (embeddings, earlier blocks).
+
+        "Before" is module registration order, which for MLPs and Hugging Face models follows the
+        forward pass: embeddings, blocks, final norm, head.
+        """
+        ancestors = {id(m) for n, m in self.model.named_modules() if self.target_name.startswith(n + ".") or not n}
+        for _, module in self.model.named_modules():
+            if module is self.target:
+                return
+            if id(module) not in ancestors:
+                for p in module.parameters(recurse=False):
+                    p.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
+    """The tokenizer for a transformer model, with a pad token (GPT-style models reuse EOS)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.name)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ConfigError(f"model.name: tokenizer of {cfg.name} has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def build_model(cfg: ModelConfig, n_classes: int, input_dim: int = 0, pad_token_id: int | None = None) -> nn.Module:
+    if cfg.name == "mlp":
+        if input_dim <= 0:
+            raise ConfigError("model.name: 'mlp' needs feature data (e.g. data.name: digits), not text")
+        return MLP(input_dim, cfg.hidden_sizes, n_classes)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        cfg.name, num_labels=n_classes, ignore_mismatched_sizes=True)
+    if pad_token_id is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def is_local_model(name: str) -> bool:
+    return name == "mlp" or Path(name).expanduser().is_dir()

@@ -1,0 +1,193 @@
+"""Sparse autoencoders: L1 ReLU, TopK (with the AuxK dead-latent loss) and BatchTopK.
+
+Inputs are divided by one scalar (`input_scale`, set so that E||x||^2 = d on the training set) so
+that `l1_coefficient` and learning rates mean the same thing on every layer; `decode` undoes it, so
+codes decode back into the layer's own units. Decoder rows are kept at unit norm.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .artifacts import load_weights, save_weights
+from .config import SAEConfig
+
+log = logging.getLogger(__name__)
+
+
+class SAE(nn.Module):
+    def __init__(self, d: int, n_latents: int, kind: str = "topk", k: int = 16):
+        super().__init__()
+        self.d, self.n_latents, self.kind, self.k = d, n_latents, kind, k
+        self.W_enc = nn.Parameter(torch.empty(d, n_latents))
+        self.b_enc = nn.Parameter(torch.zeros(n_latents))
+        self.W_dec = nn.Parameter(torch.empty(n_latents, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.register_buffer("input_scale", torch.ones(()))
+        # BatchTopK's inference threshold: a running mean of the smallest kept activation.
+        self.register_buffer("threshold", torch.zeros(()))
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        x = x / self.input_scale
+        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+
+    def activate(self, pre: Tensor, batch_topk: bool = False) -> Tensor:
+        if self.kind == "l1":
+            return pre
+        if self.kind == "topk":
+            values, index = pre.topk(self.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, index, values)
+        if batch_topk:
+            flat = pre.flatten()
+            values, index = flat.topk(min(self.k * pre.shape[0], flat.numel()))
+            return torch.zeros_like(flat).scatter_(0, index, values).view_as(pre)
+        return pre * (pre > self.threshold)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """(..., d) activations -> (..., n_latents) non-negative codes."""
+        return self.activate(self.pre_activations(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(..., n_latents) codes -> (..., d) reconstructions in the layer's units."""
+        return (z @ self.W_dec + self.b_dec) * self.input_scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def decoder_directions(self) -> Tensor:
+        """(n_latents, d) unit-norm decoder rows."""
+        return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Projects out the gradient component along each unit decoder row (it would only change norms)."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(-1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * self.W_dec)
+
+    def config(self) -> dict:
+        return {"d": self.d, "n_latents": self.n_latents, "kind": self.kind, "k": self.k}
+
+    def save(self, prefix: Path) -> None:
+        save_weights(prefix, self.state_dict(), self.config())
+
+    @classmethod
+    def load(cls, prefix: Path, device: str | torch.device = "cpu") -> SAE:
+        tensors, cfg = load_weights(prefix, device)
+        sae = cls(cfg["d"], cfg["n_latents"], cfg["kind"], cfg["k"]).to(device)
+        sae.load_state_dict(tensors)
+        return sae
+
+
+@torch.no_grad()
+def geometric_median(x: Tensor, iters: int = 50, eps: float = 1e-6) -> Tensor:
+    """Weiszfeld's algorithm: the point minimising the summed Euclidean distance to the rows of x."""
+    median = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - median).norm(dim=-1).clamp_min(eps)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - median).norm() < eps * (1 + median.norm()):
+            return new
+        median = new
+    return median
+
+
+def _distributed() -> tuple[bool, int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return True, dist.get_rank(), dist.get_world_size()
+    return False, 0, 1
+
+
+def auxk_loss(sae: SAE, pre: Tensor, residual: Tensor, dead: Tensor, k_aux: int) -> Tensor:
+    """OpenAI's AuxK: reconstruct the residual from the top dead latents, normalised by its variance."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre.new_zeros(())
+    dead_pre = torch.where(dead, pre, torch.zeros_like(pre))
+    values, index = dead_pre.topk(min(k_aux, n_dead), dim=-1)
+    z = torch.zeros_like(pre).scatter_(-1, index, values)
+    residual_hat = z @ sae.W_dec
+    denom = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+    return (residual_hat - residual).pow(2).sum(-1).mean() / denom
+
+
+def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0) -> SAE:
+    """Trains an SAE on (N, d) activations. Under torch.distributed every rank passes the same full
+    tensor; each rank steps on its share of every batch and gradients are averaged, so all ranks end
+    with the same SAE."""
+    cfg = cfg or SAEConfig()
+    x_all = activations.detach().float()
+    n, d = x_all.shape
+    cfg.check_width(d)
+    device = x_all.device
+    is_dist, rank, world = _distributed()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    sae = SAE(d, cfg.n_latents(d), cfg.kind, cfg.k).to(device)
+    with torch.no_grad():
+        sample = x_all[torch.randperm(n, generator=gen)[:4096].to(device)]
+        sae.input_scale.fill_(float(sample.pow(2).sum(-1).mean().div(d).sqrt().clamp_min(1e-8)))
+        sample = sample / sae.input_scale
+        sae.W_dec.copy_(torch.randn(sae.n_latents, d, generator=gen).to(device))
+        sae.normalize_decoder()
+        sae.W_enc.copy_(sae.W_dec.t())
+        sae.b_dec.copy_(geometric_median(sample))
+        sae.threshold.zero_()
+
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    since_fired = torch.zeros(sae.n_latents, device=device)
+    batch = min(cfg.batch_size, n)
+    for step in range(cfg.steps):
+        index = torch.randint(0, n, (batch,), generator=gen).to(device)
+        x = x_all[index[rank::world]] / sae.input_scale
+        pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        z = sae.activate(pre, batch_topk=True)
+        x_hat = z @ sae.W_dec + sae.b_dec
+        mse = (x_hat - x).pow(2).sum(-1).mean() / d
+        if cfg.kind == "l1":
+            loss = mse + cfg.l1_coefficient * z.sum(-1).mean()
+        else:
+            loss = mse
+            if cfg.auxk_coefficient > 0:
+                dead = since_fired >= cfg.dead_after
+                loss = loss + cfg.auxk_coefficient * auxk_loss(sae, pre, (x - x_hat).detach(), dead, cfg.auxk_k)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        if is_dist:
+            for p in sae.parameters():
+                dist.all_reduce(p.grad)
+                p.grad.div_(world)
+        sae.remove_parallel_grad()
+        opt.step()
+        sae.normalize_decoder()
+        with torch.no_grad():
+            fired = (z > 0).any(0).float()
+            if cfg.kind == "batchtopk":
+                kept = z[z > 0]
+                smallest = kept.min() if kept.numel() else sae.threshold
+                if is_dist:
+                    dist.all_reduce(smallest)
+                    smallest = smallest / world
+                sae.threshold.lerp_(smallest, 0.01 if step else 1.0)
+            if is_dist:
+                dist.all_reduce(fired)
+            since_fired = torch.where(fired > 0, torch.zeros_like(since_fired), since_fired + batch)
+        if step % 500 == 0 and log.isEnabledFor(logging.DEBUG):
+            log.debug("sae step %d loss %.4f mse %.4f", step, loss.item(), mse.item())
+    sae.eval()
+    return sae.requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_all(sae: SAE, x: Tensor, batch_size: int = 8192) -> Tensor:
+    return torch.cat([sae.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else x.new_zeros(0, sae.n_latents)

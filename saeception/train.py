@@ -1,0 +1,106 @@
+"""Training and extraction stages: fine-tuning, auxiliary retraining, activation extraction.
+
+All three work unchanged under torch.distributed: the model is wrapped in DDP, each rank reads its
+shard through a DistributedSampler, and extraction gathers every rank's rows back into one tensor
+ordered by example id.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .config import AuxConfig, FinetuneConfig
+from .data import TaskData, loader
+from .distributed import all_gather_rows, is_distributed
+from .models import TapModel
+
+log = logging.getLogger(__name__)
+
+
+class DivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _wrap(tap: TapModel, device: torch.device) -> nn.Module:
+    if not is_distributed():
+        return tap
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(tap, device_ids=ids)
+
+
+def aux_loss(h: Tensor, targets: Tensor) -> Tensor:
+    """Mean of 1 - cos(h, target) over the batch; differentiable in h."""
+    return (1 - F.cosine_similarity(h, targets, dim=-1)).mean()
+
+
+def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int, weight_decay: float,
+         device: torch.device, seed: int, targets: Tensor | None = None, weight: float = 0.0) -> None:
+    params = [p for p in tap.parameters() if p.requires_grad]
+    if not params:
+        return
+    model = _wrap(tap, device)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    model.train()
+    for epoch in range(epochs):
+        for batch in loader(task, "train", batch_size, shuffle=True, seed=seed, epoch=epoch, distributed=is_distributed()):
+            batch = _to(batch, device)
+            logits, h = model(batch)
+            loss = F.cross_entropy(logits, batch["labels"])
+            if targets is not None:
+                # Targets are looked up by example id: row i of `targets` belongs to example i.
+                loss = loss + weight * aux_loss(h, targets[batch["ids"]])
+            if not torch.isfinite(loss):
+                raise DivergedError(f"loss became {loss.item()} in epoch {epoch} (lr {lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    tap.eval()
+
+
+def finetune(tap: TapModel, task: TaskData, cfg: FinetuneConfig, device: torch.device, seed: int) -> None:
+    """Cycle-0 fine-tuning on the task with cross-entropy (all parameters)."""
+    _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, device, seed)
+
+
+def retrain(tap: TapModel, task: TaskData, targets: Tensor, cfg: AuxConfig, device: torch.device, seed: int) -> None:
+    """Retrains with  CE + aux.weight * (1 - cos(h, target))  on the train split; `targets` is (N_train, d)
+    indexed by example id. Freezing is the caller's choice (TapModel.freeze_before_target)."""
+    _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, 0.0, device, seed, targets.to(device), cfg.weight)
+
+
+@torch.no_grad()
+def extract(tap: TapModel, task: TaskData, split: str, batch_size: int, device: torch.device,
+            tokens: bool = False) -> tuple[Tensor, Tensor]:
+    """Pooled target-layer activations (N, d) and logits (N, C) for a split, row i = example id i.
+    With tokens=True the first tensor instead holds every real token's activation (n_tokens, d)."""
+    tap.eval()
+    ids, hs, logits_all = [], [], []
+    for batch in loader(task, split, batch_size, shuffle=False, distributed=is_distributed()):
+        batch = _to(batch, device)
+        if tokens:
+            hs.append(tap.tokens(batch).float())
+            continue
+        logits, h = tap(batch)
+        ids.append(batch["ids"])
+        hs.append(h.float())
+        logits_all.append(logits.float())
+    h_local = torch.cat(hs)
+    if tokens:
+        return all_gather_rows(h_local).cpu(), torch.empty(0)
+    n = len(task.split(split))
+    order = all_gather_rows(torch.cat(ids)).cpu()
+    h_all, l_all = all_gather_rows(h_local).cpu(), all_gather_rows(torch.cat(logits_all)).cpu()
+    # DistributedSampler repeats a few examples to even out shards; writing by id makes that harmless.
+    out_h = torch.empty(n, h_all.shape[1])
+    out_l = torch.empty(n, l_all.shape[1])
+    out_h[order], out_l[order] = h_all, l_all
+    return out_h, out_l
