@@ -62,6 +62,7 @@ class Setup:
 def setup(cfg: Config) -> Setup:
     """Loads data and model and checks everything that depends on them (layer, SAE size), before any
     training. Raises ConfigError naming the key."""
+    seed_everything(cfg.seed)
     tokenizer = None if cfg.model.name == "mlp" else load_tokenizer(cfg.model, cfg.data.padding_side)
     task = load_task(cfg.data, cfg.seed, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer is not None else None

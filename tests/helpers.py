@@ -1,0 +1,67 @@
+"""Tiny offline fixtures: generated labelled text, a BPE tokenizer trained in-process, and random-init
+Hugging Face models built from configs and saved as local directories (the real loading path)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+WORDS = {
+    0: "apple banana cherry grape lemon mango melon peach pear plum".split(),
+    1: "engine wheel brake motor piston gear clutch axle valve pump".split(),
+    2: "violin piano drum flute guitar cello harp organ trumpet oboe".split(),
+}
+FILLER = "the a of and to in is it that was for on with as".split()
+
+
+def make_text_csv(path: Path, n: int = 240, seed: int = 0, n_classes: int = 3) -> Path:
+    rng = random.Random(seed)
+    rows = ["text,label"]
+    for i in range(n):
+        label = i % n_classes
+        length = rng.randint(3, 14)  # varied lengths, so batches need padding
+        words = [rng.choice(WORDS[label]) if rng.random() < 0.5 else rng.choice(FILLER) for _ in range(length)]
+        rows.append(f"{' '.join(words)},{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def train_tokenizer(out_dir: Path, eos: str = "<|endoftext|>", extra_special: tuple[str, ...] = ()):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [" ".join(ws) for ws in WORDS.values()] + [" ".join(FILLER)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[eos, *extra_special],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, unk_token=eos)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def tiny_gpt2(out_dir: Path, n_classes: int = 3) -> Path:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    tok = train_tokenizer(out_dir)
+    eos = tok.eos_token_id
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tok), pad_token_id=eos,
+                     bos_token_id=eos, eos_token_id=eos, num_labels=n_classes)
+    GPT2ForSequenceClassification(cfg).save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_bert(out_dir: Path, n_classes: int = 3) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = train_tokenizer(out_dir, eos="[SEP]", extra_special=("[PAD]", "[CLS]"))
+    tok.pad_token = "[PAD]"
+    tok.cls_token = "[CLS]"
+    tok.save_pretrained(out_dir)
+    cfg = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=64, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                     num_labels=n_classes)
+    BertForSequenceClassification(cfg).save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,85 @@
+import subprocess
+import sys
+
+import pytest
+
+from saeception.config import Config, ConfigError, build_config, config_keys, load_config
+
+INVALID = [
+    ({"sae.kind": "relu"}, "sae.kind"),
+    ({"sae.expansion_factor": 0}, "sae.expansion_factor"),
+    ({"sae.expansion_factor": 2.5}, "sae.expansion_factor"),
+    ({"sae.k": 0}, "sae.k"),
+    ({"sae.k": "many"}, "sae.k"),
+    ({"sae.l1_coefficient": -1.0}, "sae.l1_coefficient"),
+    ({"sae.lr": 0}, "sae.lr"),
+    ({"sae.steps": 0}, "sae.steps"),
+    ({"sae.tokens": "some"}, "sae.tokens"),
+    ({"sharpen.strategy": "best"}, "sharpen.strategy"),
+    ({"sharpen.top_k_pct": 0}, "sharpen.top_k_pct"),
+    ({"sharpen.top_k_pct": 150}, "sharpen.top_k_pct"),
+    ({"aux.weight": -0.5}, "aux.weight"),
+    ({"aux.epochs": 0}, "aux.epochs"),
+    ({"chain.cycles": -1}, "chain.cycles"),
+    ({"data.val_fraction": 1.5}, "data.val_fraction"),
+    ({"data.val_fraction": 0.6, "data.test_fraction": 0.5}, "data.val_fraction"),
+    ({"data.padding_side": "middle"}, "data.padding_side"),
+    ({"model.pooling": "max"}, "model.pooling"),
+    ({"model.freeze": "all"}, "model.freeze"),
+    ({"model.layer": 5}, "model.layer"),
+    ({"model.layer": 1.5}, "model.layer"),
+    ({"model.hidden_sizes": []}, "model.hidden_sizes"),
+    ({"finetune.epochs": -1}, "finetune.epochs"),
+    ({"device": "tpu"}, "device"),
+    ({"seed": "zero"}, "seed"),
+    ({"sae.bogus": 1}, "sae.bogus"),
+    ({"nonsense": 1}, "nonsense"),
+]
+
+
+@pytest.mark.parametrize("values,key", INVALID, ids=[k for _, k in INVALID])
+def test_every_invalid_value_names_its_key(values, key):
+    with pytest.raises(ConfigError) as e:
+        build_config(values)
+    assert str(e.value).startswith(f"{key}:")
+
+
+def test_k_must_be_below_latent_count():
+    cfg = build_config({"sae.k": 64, "sae.expansion_factor": 2})
+    with pytest.raises(ConfigError, match="sae.k: must be < the number of latents"):
+        cfg.sae.check_width(32)
+    cfg.sae.check_width(64)
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("sae:\n  kind: l1\n  l1_coefficient: 0.01\nchain.cycles: 3\n")
+    cfg = load_config(p, ["sae.expansion_factor=8", "model.hidden_sizes=[32, 16]", "model.layer=model.hidden.0"])
+    assert cfg.sae.kind == "l1" and cfg.sae.l1_coefficient == 0.01
+    assert cfg.chain.cycles == 3 and cfg.sae.expansion_factor == 8
+    assert cfg.model.hidden_sizes == [32, 16] and cfg.model.layer == "model.hidden.0"
+
+
+def test_public_keys_exist():
+    keys = config_keys()
+    for k in ["seed", "chain.cycles", "data.name", "model.name", "model.layer", "sae.kind", "sae.expansion_factor",
+              "sae.k", "sae.l1_coefficient", "sharpen.strategy", "sharpen.top_k_pct", "aux.weight"]:
+        assert k in keys
+    assert isinstance(Config(), Config)
+
+
+@pytest.mark.parametrize("args,key", [
+    (["--set", "sae.kind=relu"], "sae.kind"),
+    (["--set", "sharpen.top_k_pct=0"], "sharpen.top_k_pct"),
+    (["--set", "sae.k=100000"], "sae.k"),
+    (["--config", "/nonexistent.yaml"], "--config"),
+    (["--set", "data.name=/nonexistent/file.csv"], "data.name"),
+])
+def test_run_cli_rejects_bad_config_with_exit_2(tmp_path, args, key):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "saeception.run", "--out", str(out), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}:"), r.stderr
+    assert not out.exists()

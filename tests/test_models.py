@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from saeception.config import ModelConfig
+from saeception.data import collate
+from saeception.models import MLP, TapModel, build_model, load_tokenizer, pool
+from saeception.train import aux_loss
+
+
+def test_pool_last_is_last_real_token_under_both_paddings():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float).view(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool(hidden, right, "last").flatten().tolist() == [1.0, 7.0]
+    assert pool(hidden, left, "last").flatten().tolist() == [3.0, 7.0]
+    assert pool(hidden, left, "first").flatten().tolist() == [2.0, 4.0]
+    assert pool(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_gpt2_pooling_equals_what_the_hf_head_reads(gpt2_dir, side):
+    cfg = ModelConfig(name=str(gpt2_dir), layer="transformer.ln_f")
+    tok = load_tokenizer(cfg, side)
+    model = build_model(cfg, 3, pad_token_id=tok.pad_token_id).eval()
+    tap = TapModel(model, cfg.layer, "auto")
+    assert tap.pooling == "last"
+    seqs = [tok("apple engine")["input_ids"], tok("the violin and the drum and the harp organ")["input_ids"]]
+    batch = collate([(s, 0, i) for i, s in enumerate(seqs)], tok.pad_token_id, side)
+    assert (batch["attention_mask"] == 0).any(), "the batch must contain padding"
+    with torch.no_grad():
+        logits, h = tap(batch)
+        # The head applied to our pooled final hidden state gives exactly the model's own logits.
+        assert torch.allclose(model.score(h), logits, atol=1e-5)
+        # ...and differs from reading position -1 (a pad under right padding).
+        if side == "right":
+            full = model.transformer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            assert not torch.allclose(model.score(full[:, -1]), logits, atol=1e-3)
+
+
+def test_unpadded_sequence_pools_the_same_alone_and_in_a_padded_batch(gpt2_dir):
+    cfg = ModelConfig(name=str(gpt2_dir), layer=-1)
+    tok = load_tokenizer(cfg, "right")
+    tap = TapModel(build_model(cfg, 3, pad_token_id=tok.pad_token_id).eval(), cfg.layer)
+    short, long_ = tok("pear plum")["input_ids"], tok("pear plum and the gear and the axle")["input_ids"]
+    with torch.no_grad():
+        _, alone = tap(collate([(short, 0, 0)], tok.pad_token_id))
+        _, batched = tap(collate([(short, 0, 0), (long_, 0, 1)], tok.pad_token_id))
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+
+
+def test_bert_pools_first_token(bert_dir):
+    cfg = ModelConfig(name=str(bert_dir), layer=-1)
+    tok = load_tokenizer(cfg)
+    tap = TapModel(build_model(cfg, 3, pad_token_id=tok.pad_token_id).eval(), cfg.layer)
+    assert tap.pooling == "first"
+    assert tap.width() == 32
+
+
+def _mlp_tap(layer=-1):
+    return TapModel(MLP(8, [16, 12], 3), layer)
+
+
+def test_aux_loss_has_gradient_at_target_layer():
+    tap = _mlp_tap()
+    batch = {"features": torch.randn(5, 8)}
+    _, h = tap(batch)
+    assert h.requires_grad, "the tapped activation must stay in the graph (no detach)"
+    aux_loss(h, torch.randn(5, 12)).backward()
+    target_linear = tap.model.hidden[1][0]
+    assert target_linear.weight.grad is not None and target_linear.weight.grad.abs().sum() > 0
+    assert tap.model.head.weight.grad is None  # the head is not on the aux path
+
+
+def test_freeze_before_target_mlp_and_gpt2(gpt2_dir):
+    tap = _mlp_tap(layer=1)
+    tap.freeze_before_target()
+    assert not any(p.requires_grad for p in tap.model.hidden[0].parameters())
+    assert all(p.requires_grad for p in tap.model.hidden[1].parameters())
+    assert all(p.requires_grad for p in tap.model.head.parameters())
+
+    cfg = ModelConfig(name=str(gpt2_dir), layer=1)
+    tok = load_tokenizer(cfg)
+    tap = TapModel(build_model(cfg, 3, pad_token_id=tok.pad_token_id), cfg.layer)
+    tap.freeze_before_target()
+    trainable = {n for n, p in tap.model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("transformer.wte", "transformer.wpe", "transformer.h.0.")) for n in trainable)
+    assert any(n.startswith("transformer.h.1.") for n in trainable)
+    assert "transformer.ln_f.weight" in trainable and "score.weight" in trainable
+
+
+def test_layer_by_negative_index_and_name():
+    tap = _mlp_tap(layer=-2)
+    assert tap.target_name == "hidden.0"
+    tap = TapModel(MLP(8, [16, 12], 3), "hidden.1")
+    assert tap.width() == 12
