@@ -15,31 +15,37 @@ from torch import nn
 FORMAT_VERSION = 1
 
 
+class CycleDir:
+    """The files of one complete cycle, wherever the directory lives (a run, or a restored checkpoint)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def sae(self) -> Path:
+        return self.path / "sae"
+
+    @property
+    def metrics(self) -> Path:
+        """The chain's metric history up to this cycle; written last, so its presence marks completeness."""
+        return self.path / "metrics.json"
+
+
 class ChainPaths:
     """Every file a chain writes lives under `root`, named here and nowhere else."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    def cycle(self, cycle: int) -> Path:
-        return self.root / f"cycle_{cycle:03d}"
-
-    def model(self, cycle: int) -> Path:
-        return self.cycle(cycle) / "model"
-
-    def sae(self, cycle: int) -> Path:
-        return self.cycle(cycle) / "sae"
-
-    def metrics(self, cycle: int) -> Path:
-        return self.cycle(cycle) / "metrics.json"
+    def cycle(self, cycle: int) -> CycleDir:
+        return CycleDir(self.root / f"cycle_{cycle:03d}")
 
     def results(self) -> Path:
         return self.root / "results.json"
-
-    def last_complete_cycle(self) -> int | None:
-        """The highest cycle whose metrics file exists (written last, so the cycle is complete)."""
-        done = [c for c in range(1000) if self.metrics(c).exists()]
-        return max(done) if done else None
 
 
 def save_weights(prefix: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:

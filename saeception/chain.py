@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .artifacts import ChainPaths, load_module_state, save_module, write_json
+from .artifacts import ChainPaths, CycleDir, load_module_state, save_module, write_json
 from .config import Config, to_dict
 from .data import TaskData, load_task
 from .distributed import barrier, is_main, rank, world_size
@@ -81,7 +81,7 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
               prepared: Setup | None = None) -> list[dict]:
     """Runs cycles 0..cfg.chain.cycles and returns one metrics dict per cycle.
 
-    resume_from: a cycle directory written by an earlier run (a checkpoint); the chain continues with
+    resume_from: a cycle directory (CycleDir layout) written by an earlier run or restored from a checkpoint; the chain continues with
     the next cycle. paths: where this run writes (rank 0 only)."""
     paths = paths if isinstance(paths, ChainPaths) else ChainPaths(paths)
     device = device or resolve_device(cfg.device)
@@ -93,11 +93,11 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
     sae: SAE | None = None
     start = 0
     if resume_from is not None:
-        resume_from = Path(resume_from)
-        history = json.loads((resume_from / "metrics.json").read_text())["cycles"]
-        load_module_state(resume_from / "model", tap.model)
+        previous = CycleDir(resume_from)
+        history = json.loads(previous.metrics.read_text())["cycles"]
+        load_module_state(previous.model, tap.model)
         tap.to(device)
-        sae = SAE.load(resume_from / "sae", device)
+        sae = SAE.load(previous.sae, device)
         start = history[-1]["cycle"] + 1
         log.info("resuming after cycle %d from %s", start - 1, resume_from)
 
@@ -138,18 +138,18 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
             metrics.update(aux)
             metrics["cycle_seconds"] = time.perf_counter() - t0
             history.append(_jsonable(metrics))
-            cycle_dir = paths.cycle(cycle)
-            save_module(cycle_dir / "model", tap.model, {"name": cfg.model.name})
-            sae.save(cycle_dir / "sae")
+            files = paths.cycle(cycle)
+            save_module(files.model, tap.model, {"name": cfg.model.name})
+            sae.save(files.sae)
             # Written last: a cycle directory with metrics.json is complete.
-            write_json(cycle_dir / "metrics.json", {"cycles": history})
+            write_json(files.metrics, {"cycles": history})
             write_json(paths.results(), {"config": to_dict(cfg), "cycles": history})
             if on_cycle is not None:
-                on_cycle(cycle, metrics, cycle_dir)
+                on_cycle(cycle, metrics, files.path)
         else:
             history.append(metrics)
             if on_cycle is not None:
-                on_cycle(cycle, metrics, paths.cycle(cycle))
+                on_cycle(cycle, metrics, paths.cycle(cycle).path)
         sae = sae.to(device)
         barrier()
     return history

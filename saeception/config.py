@@ -71,7 +71,7 @@ class ModelConfig:
     name: str = "mlp"
     # Target layer: an index into the hidden layers (MLP) or transformer blocks (negative counts from
     # the end), or a module name such as "transformer.h.1".
-    layer: Union[int, str] = -1
+    layer: int | str = -1
     # MLP hidden widths (ignored for transformers).
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 128])
     # How a sequence becomes one vector: "auto" (last real token for decoder models, what the HF head

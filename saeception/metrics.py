@@ -88,8 +88,12 @@ def cluster_metrics(x: Tensor, labels: Tensor, n_classes: int, cap: int, seed: i
     """ari: k-means (k = classes) vs labels; silhouette / davies_bouldin / calinski_harabasz: the
     label partition scored in x. Silhouette (O(N^2)) runs on a seeded subsample of at most `cap`."""
     from sklearn.cluster import KMeans
-    from sklearn.metrics import (adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score,
-                                 silhouette_score)
+    from sklearn.metrics import (
+        adjusted_rand_score,
+        calinski_harabasz_score,
+        davies_bouldin_score,
+        silhouette_score,
+    )
 
     xa, ya = x.double().numpy(), labels.numpy()
     nan = float("nan")

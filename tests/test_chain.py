@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+from saeception.artifacts import ChainPaths
+from saeception.chain import run_chain
+from saeception.config import build_config
+from saeception.evaluate import METRIC_NAMES, VAL_METRIC_NAMES
+
+TINY = {"model.hidden_sizes": [32, 16], "finetune.epochs": 3, "sae.steps": 150, "sae.k": 4,
+        "sae.expansion_factor": 4, "aux.epochs": 3, "sharpen.top_k_pct": 3, "eval.probe_max_iter": 100,
+        "data.max_examples": 600}
+
+
+def tiny(**over):
+    return build_config({**TINY, **{k.replace("__", "."): v for k, v in over.items()}})
+
+
+def test_aux_weight_moves_h_towards_targets(tmp_path):
+    delta = {}
+    for weight in (0.0, 1.0):
+        history = run_chain(tiny(chain__cycles=1, aux__weight=weight), tmp_path / str(weight))
+        c1 = history[1]
+        delta[weight] = c1["aux_cosine"] - c1["aux_cosine_before"]
+    assert delta[1.0] > delta[0.0] + 0.02, delta
+
+
+def test_chain_reports_every_metric_and_resumes(tmp_path):
+    seen = []
+    paths = ChainPaths(tmp_path / "run")
+    history = run_chain(tiny(chain__cycles=1), paths, on_cycle=lambda c, m, d: seen.append((c, d)))
+    assert [c for c, _ in seen] == [0, 1]
+    for name in METRIC_NAMES + VAL_METRIC_NAMES:
+        if name.startswith(("aux_", "val_aux")):
+            continue
+        assert name in history[0], name
+    assert "aux_cosine" in history[1] and "aux_cosine_before" in history[1]
+    results = json.loads(paths.results().read_text())
+    assert results["config"]["sae"]["k"] == 4 and len(results["cycles"]) == 2
+
+    # Resuming from cycle 0's checkpoint redoes cycle 1 exactly.
+    again = run_chain(tiny(chain__cycles=1), ChainPaths(tmp_path / "resumed"), resume_from=paths.cycle(0).path)
+    assert again[0] == history[0]
+    assert again[1]["task_accuracy"] == history[1]["task_accuracy"]
+    assert again[1]["aux_cosine"] == pytest.approx(history[1]["aux_cosine"], abs=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["per_example", "random"])
+def test_other_strategies_run(tmp_path, strategy):
+    history = run_chain(tiny(chain__cycles=1, sharpen__strategy=strategy), tmp_path)
+    assert -1 <= history[1]["aux_cosine"] <= 1
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_text_chain_offline(tmp_path, request, text_csv, family):
+    model_dir = request.getfixturevalue(f"{family}_dir")
+    cfg = build_config({"data.name": str(text_csv), "model.name": str(model_dir), "model.layer": -1,
+                        "finetune.epochs": 2, "finetune.lr": 3e-3, "finetune.batch_size": 16, "sae.steps": 100,
+                        "sae.k": 4, "aux.epochs": 1, "aux.batch_size": 16, "chain.cycles": 1,
+                        "eval.probe_max_iter": 100, "sae.tokens": "all" if family == "bert" else "pooled"})
+    history = run_chain(cfg, tmp_path)
+    assert len(history) == 2
+    assert 0 <= history[1]["task_accuracy"] <= 1
+    assert history[1]["l0"] <= 4 + 1e-9
+
+
+def test_retraining_changes_target_layer_weights(tmp_path):
+    paths = ChainPaths(tmp_path)
+    run_chain(tiny(chain__cycles=1), paths)
+    from safetensors.torch import load_file
+
+    w0 = load_file(str(paths.cycle(0).model.with_suffix(".safetensors")))
+    w1 = load_file(str(paths.cycle(1).model.with_suffix(".safetensors")))
+    assert torch.equal(w0["hidden.0.0.weight"], w1["hidden.0.0.weight"]), "layers before the target are frozen"
+    assert not torch.equal(w0["hidden.1.0.weight"], w1["hidden.1.0.weight"]), "the target layer is retrained"

@@ -1,0 +1,56 @@
+import torch
+
+from saeception.config import DataConfig, SAEConfig, SharpenConfig
+from saeception.data import load_task, loader
+from saeception.models import MLP, TapModel
+from saeception.sae import train_sae
+from saeception.sharpen import build_targets, class_means, n_kept, random_targets, sharpen
+from saeception.train import extract
+
+
+def test_per_class_keeps_the_class_mean_top_latents():
+    codes = torch.tensor([[1.0, 2.0, 3.0, 0.0], [1.0, 0.0, 0.0, 9.0], [5.0, 1.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 1, 0])
+    out = sharpen(codes, labels, SharpenConfig("per_class", top_k_pct=50))
+    # class 0 mean = [3, 1.5, 1.5, 0] -> latents {0, 1 or 2}; class 1 mean = [1, 0, 0, 9] -> {3, 0}
+    assert out[1].tolist() == [1.0, 0.0, 0.0, 9.0]
+    assert out[0, 3] == 0 and out[2, 3] == 0 and out[0, 0] == 1.0 and out[2, 0] == 5.0
+    assert ((out != 0).sum(1) <= 2).all()
+
+
+def test_per_example_keeps_own_top_latents():
+    codes = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    out = sharpen(codes, torch.tensor([0, 0]), SharpenConfig("per_example", top_k_pct=50))
+    assert out.tolist() == [[0, 0, 3.0, 4.0], [4.0, 3.0, 0, 0]]
+
+
+def test_n_kept_and_random_targets():
+    assert n_kept(100, 10) == 10 and n_kept(100, 0.1) == 1 and n_kept(100, 100) == 100
+    t = random_targets(5, 7, seed=3)
+    assert torch.allclose(t.norm(dim=-1), torch.ones(5)) and torch.equal(t, random_targets(5, 7, seed=3))
+
+
+def test_class_means_single_process():
+    codes = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0]])
+    assert class_means(codes, torch.tensor([0, 0, 1]), 3).tolist() == [[2.0, 1.0], [5.0, 4.0], [0.0, 0.0]]
+
+
+def test_targets_belong_to_their_examples_after_shuffling():
+    """Each batch of a shuffled loader must read the target built from its own examples' codes."""
+    task = load_task(DataConfig(name="digits"), seed=0)
+    tap = TapModel(MLP(task.input_dim, [32, 16], task.n_classes), -1).eval()
+    acts, _ = extract(tap, task, "train", 64, torch.device("cpu"))
+    sae = train_sae(acts, SAEConfig(kind="topk", expansion_factor=2, k=4, steps=100))
+    cfg = SharpenConfig("per_example", top_k_pct=10)
+    targets = build_targets(sae, acts, task.train.labels, cfg)
+    seen = 0
+    for batch in loader(task, "train", 50, shuffle=True, seed=1):
+        with torch.no_grad():
+            _, h = tap(batch)
+        own = sae.decode(sharpen(sae.encode(h), batch["labels"], cfg))
+        assert torch.allclose(targets[batch["ids"]], own, atol=1e-5)
+        seen += len(batch["ids"])
+    assert seen == len(task.train)
+    # The shuffled order really differs from id order: position-based reading would have been wrong.
+    first = next(iter(loader(task, "train", 50, shuffle=True, seed=1)))
+    assert not torch.equal(first["ids"], torch.arange(50))
