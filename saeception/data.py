@@ -66,13 +66,14 @@ def _digits() -> dict[str, tuple[Any, np.ndarray]]:
     return {"all": ((d.data / 16.0).astype(np.float32), d.target.astype(np.int64))}
 
 
-def _package_path(spec: str) -> Path:
-    """'package:<pkg>/<relative path>' -> the file inside the installed package, without importing it."""
+def package_path(spec: str, key: str) -> Path:
+    """'package:<pkg>/<relative path>' -> that path inside the installed package, found without
+    importing it (some data wheels fail on import)."""
     rest = spec[len("package:"):]
     pkg, _, rel = rest.partition("/")
     found = importlib.util.find_spec(pkg) if pkg else None
     if found is None or not found.submodule_search_locations:
-        raise ConfigError(f"data.name: package {pkg!r} is not installed (from {spec!r})")
+        raise ConfigError(f"{key}: package {pkg!r} is not installed (from {spec!r})")
     return Path(found.submodule_search_locations[0]) / rel
 
 
@@ -153,7 +154,7 @@ def load_raw(cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
     if cfg.name == "digits":
         return _digits()
     if cfg.name.startswith("package:"):
-        return _local(_package_path(cfg.name), cfg)
+        return _local(package_path(cfg.name, "data.name"), cfg)
     path = Path(cfg.name).expanduser()
     if path.suffix.lower() in (".csv", ".tsv", ".json", ".jsonl", ".parquet") or path.exists():
         return _local(path, cfg)

