@@ -9,6 +9,7 @@ models (what Hugging Face's classification head reads), under right and left pad
 from __future__ import annotations
 
 import logging
+
 import torch
 from torch import Tensor, nn
 

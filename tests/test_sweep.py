@@ -1,0 +1,74 @@
+"""End to end through the CLI, exactly as a user runs it: a 2-trial x 1-cycle sweep, 2 DDP workers."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from raytools import kill_all
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = Path(__file__).parent / "spaces" / "tiny.yaml"
+
+
+@pytest.fixture
+def ray_env():
+    # Short and unique: Ray's unix socket paths must stay under 108 bytes, and runs must not collide.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    yield env
+    kill_all(str(ray_tmp))
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.ray
+def test_sweep_end_to_end(tmp_path, ray_env):
+    storage = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--trials", "2", "--storage", str(storage),
+           "--num-cpus", "2", "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--name", "e2e", "--seed", "3"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ray_env, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 done, 0 running, 0 failed of 2" in r.stdout  # live progress
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("saeception")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [x for x in runs if x.data.tags.get("saeception.role") == "sweep"]
+    children = [x for x in runs if x.data.tags.get("saeception.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert "space.sae.k" in parent.data.params and parent.data.params["fixed.chain.cycles"] == "1"
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        assert "sae.expansion_factor" in child.data.params and "sharpen.top_k_pct" in child.data.params
+        assert child.data.params["searched.aux.weight"] == child.data.params["aux.weight"]
+        for key in ("task_accuracy", "val_sae_u", "sae_csi", "explained_variance"):
+            assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [0, 1], key
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "aux_cosine")] == [1]
+
+    import optuna
+
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{storage / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2
+
+    printed = re.search(r"trial (\w+): val_sae_u ([0-9.]+)", r.stdout)
+    assert printed, r.stdout
+    best_id, best_value = printed.group(1), float(printed.group(2))
+    assert abs(study.best_value - best_value) < 1e-4
+    by_trial = {c.data.tags["saeception.trial_id"]: c for c in children}
+    assert best_id in by_trial
+    mlflow_values = {t: client.get_metric_history(c.info.run_id, "val_sae_u")[-1].value for t, c in by_trial.items()}
+    assert max(mlflow_values, key=mlflow_values.get) == best_id
+    assert abs(mlflow_values[best_id] - study.best_value) < 1e-9
+    assert parent.data.tags["best_trial_id"] == best_id
+    assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout and "--host 127.0.0.1" in r.stdout
