@@ -161,6 +161,22 @@ def load_raw(cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
     return _hub(cfg)
 
 
+def check_source(cfg: DataConfig, model_name: str) -> None:
+    """Cheap up-front checks for local data (files, package data, digits): it loads, has the configured
+    columns, and suits the model (features need model.name: mlp, text a transformer). Hub datasets are
+    checked when a run loads them."""
+    local = cfg.name == "digits" or cfg.name.startswith("package:") or Path(cfg.name).expanduser().exists() \
+        or Path(cfg.name).suffix.lower() in (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+    if not local:
+        return
+    inputs = next(iter(load_raw(cfg).values()))[0]
+    is_features = isinstance(inputs, np.ndarray)
+    if is_features and model_name != "mlp":
+        raise ConfigError(f"model.name: {cfg.name} is feature data; it needs model.name: mlp")
+    if not is_features and model_name == "mlp":
+        raise ConfigError(f"model.name: text data ({cfg.name}) needs a transformer model, not 'mlp'")
+
+
 # --------------------------------------------------------------------------------------------------
 # Splitting
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, parse_override
+from .data import check_source
 from .space import SearchSpace, load_space
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.space == DEFAULT_SPACE and not space_path.exists():
         space_path = Path(__file__).resolve().parents[1] / DEFAULT_SPACE  # run from outside the checkout
     space = load_space(space_path, overrides)
+    base = space.config({})
+    check_source(base.data, base.model.name)
     if args.trials < 1:
         _fail("--trials: must be >= 1")
     if args.workers_per_trial < 1:

@@ -1,0 +1,121 @@
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from saeception import sweep
+from saeception.config import ConfigError
+from saeception.space import load_space, parse_space
+
+REPO = Path(__file__).resolve().parents[1]
+BAD = sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
+
+
+def all_space_files():
+    files = sorted(p for p in (REPO / "search_spaces").rglob("*") if p.suffix in (".yaml", ".yml"))
+    assert len(files) >= 4
+    return files
+
+
+@pytest.mark.parametrize("path", all_space_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_space_validates(path):
+    space = load_space(path)
+    keys = {p.key for p in space.params}
+    assert {"sae.expansion_factor", "sharpen.top_k_pct", "aux.weight"} <= keys
+    assert keys & {"sae.k", "sae.l1_coefficient"}
+    assert all(m.startswith("val_") for m in space.metrics)
+
+
+def test_conditional_params_follow_their_condition():
+    import optuna
+
+    space = load_space(REPO / "search_spaces" / "default.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    kinds = set()
+    for _ in range(12):
+        trial = study.ask()
+        space.suggest(trial)
+        kinds.add(trial.params["sae.kind"])
+        assert ("sae.k" in trial.params) == (trial.params["sae.kind"] == "topk")
+        assert ("sae.l1_coefficient" in trial.params) == (trial.params["sae.kind"] == "l1")
+        space.config(trial.params)  # every sample is a valid config
+        study.tell(trial, 0.0)
+    assert kinds == {"topk", "l1"}
+
+
+def test_pareto_front():
+    rows = [{"a": 1.0, "b": 0.0}, {"a": 0.0, "b": 1.0}, {"a": 0.5, "b": 0.5}, {"a": 0.4, "b": 0.4}]
+    front = sweep.pareto_front(rows, ["a", "b"], ["max", "max"])
+    assert rows[3] not in front and len(front) == 3
+
+
+def _materialise(path: Path, tmp_path: Path, text_csv: Path, gpt2_dir: Path) -> Path:
+    text = path.read_text().replace("@DATA@", str(text_csv)).replace("@MODEL@", str(gpt2_dir))
+    out = tmp_path / path.name
+    out.write_text(text)
+    return out
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_space_exits_2_naming_the_field_before_ray(path, tmp_path, capsys, text_csv, gpt2_dir):
+    expect = re.match(r"# expect: (\S+)", path.read_text()).group(1)
+    storage = tmp_path / "storage"
+    space = _materialise(path, tmp_path, text_csv, gpt2_dir)
+    code = sweep.main(["--space", str(space), "--storage", str(storage), "--trials", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"error: {expect}"), err
+    assert not storage.exists(), "nothing may be left behind"
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_bad_input_corpus_is_large_enough():
+    assert len(BAD) >= 20
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--trials", "0"], "--trials"),
+    (["--workers-per-trial", "0"], "--workers-per-trial"),
+    (["--cpus-per-worker", "0"], "--cpus-per-worker"),
+    (["--set", "sae.kind=relu"], "fixed.sae.kind"),
+    (["--set", "aux.weight=1"], "params.aux.weight"),
+    (["--space", "/nonexistent/space.yaml"], "--space"),
+    (["--space", "/tmp"], "--space"),
+    (["--resume"], "--resume"),
+    (["--space", str(REPO / "search_spaces" / "multi_objective.yaml"), "--scheduler", "asha"], "--scheduler"),
+    (["--name", "a/b"], "--name"),
+])
+def test_bad_flags_exit_2(args, expect, tmp_path, capsys):
+    storage = tmp_path / "storage"
+    code = sweep.main(["--storage", str(storage), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {expect}"), err
+    assert not storage.exists()
+
+
+def test_unwritable_storage_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = sweep.main(["--storage", str(blocker / "sub")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --storage:") and "not writable" in err
+
+
+def test_malformed_space_through_the_real_cli_starts_no_ray(tmp_path):
+    ray_tmp = tmp_path / "r"
+    ray_tmp.mkdir()
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    r = subprocess.run([sys.executable, "-m", "saeception.sweep", "--space", str(BAD[0]), "--storage", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
+    assert list(ray_tmp.iterdir()) == [] and not (tmp_path / "s").exists()
+
+
+def test_parse_space_rejects_non_mapping_param():
+    with pytest.raises(ConfigError, match="params.aux.weight"):
+        parse_space({"params": {"aux.weight": 3}, "objectives": [{"metric": "val_sae_u", "mode": "max"}]})
