@@ -161,7 +161,7 @@ class SharpenConfig:
     # "per_example": keep each example's own top-k% latents; "random": random unit targets (a control).
     strategy: str = "per_class"
     # Percentage of latents kept, in (0, 100].
-    top_k_pct: float = 10.0
+    top_k_pct: float = 2.0
 
     def __post_init__(self) -> None:
         _require(self.strategy in ("per_class", "per_example", "random"), "sharpen.strategy",
