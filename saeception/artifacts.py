@@ -72,14 +72,12 @@ def save_module(prefix: Path, module: nn.Module, config: dict[str, Any]) -> None
     save_weights(prefix, module.state_dict(), config)
 
 
-def load_module_state(prefix: Path, module: nn.Module) -> dict[str, Any]:
-    """Loads weights saved by save_module into `module` (strict); returns the saved config."""
-    tensors, config = load_weights(prefix)
+def load_state_strict(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Loads a state dict saved by save_module; tied weights are saved under every name, so nothing
+    may be missing and nothing extra may be there."""
     missing, unexpected = module.load_state_dict(tensors, strict=False)
-    # Tied weights are saved under every name, so nothing may be missing; extra names are an error.
     if missing or unexpected:
-        raise ValueError(f"{prefix}: state mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return config
+        raise ValueError(f"state mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .artifacts import ChainPaths, CycleDir, load_module_state, save_module, write_json
+from .artifacts import ChainPaths, CycleDir, load_state_strict, load_weights, save_module, write_json
 from .config import Config, to_dict
 from .data import TaskData, load_task
 from .distributed import barrier, is_main, rank, world_size
@@ -52,6 +52,28 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
+class ChainState:
+    """Where a chain stands after a cycle: enough to continue with the next one."""
+
+    history: list[dict]
+    model_state: dict[str, torch.Tensor]
+    sae: SAE
+
+    def copy(self) -> ChainState:
+        sae = SAE(self.sae.d, self.sae.n_latents, self.sae.kind, self.sae.k)
+        sae.load_state_dict(self.sae.state_dict())
+        return ChainState([dict(h) for h in self.history],
+                          {k: v.detach().clone() for k, v in self.model_state.items()}, sae.requires_grad_(False))
+
+    @classmethod
+    def load(cls, cycle_dir: str | Path, device: torch.device | str = "cpu") -> ChainState:
+        """From a cycle directory (a run's, or a restored checkpoint)."""
+        files = CycleDir(cycle_dir)
+        tensors, _ = load_weights(files.model)
+        return cls(json.loads(files.metrics.read_text())["cycles"], tensors, SAE.load(files.sae, device))
+
+
+@dataclass
 class Setup:
     """What every cycle needs: data and a tapped model. Built once per chain."""
 
@@ -77,12 +99,15 @@ def _jsonable(metrics: dict) -> dict:
 
 
 def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallback | None = None,
-              device: torch.device | None = None, resume_from: Path | None = None,
-              prepared: Setup | None = None) -> list[dict]:
+              device: torch.device | None = None, resume_from: Path | ChainState | None = None,
+              prepared: Setup | None = None,
+              on_state: Callable[[int, ChainState], None] | None = None) -> list[dict]:
     """Runs cycles 0..cfg.chain.cycles and returns one metrics dict per cycle.
 
-    resume_from: a cycle directory (CycleDir layout) written by an earlier run or restored from a checkpoint; the chain continues with
-    the next cycle. paths: where this run writes (rank 0 only)."""
+    resume_from: a ChainState, or a cycle directory (CycleDir layout) written by an earlier run or
+    restored from a checkpoint; the chain continues with the next cycle. paths: where this run writes
+    (rank 0 only). on_state(cycle, state): called on every rank after each cycle (the state is live:
+    copy it to keep it)."""
     paths = paths if isinstance(paths, ChainPaths) else ChainPaths(paths)
     device = device or resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -93,13 +118,13 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
     sae: SAE | None = None
     start = 0
     if resume_from is not None:
-        previous = CycleDir(resume_from)
-        history = json.loads(previous.metrics.read_text())["cycles"]
-        load_module_state(previous.model, tap.model)
+        state = resume_from if isinstance(resume_from, ChainState) else ChainState.load(resume_from, device)
+        history = [dict(h) for h in state.history]
+        load_state_strict(tap.model, state.model_state)
         tap.to(device)
-        sae = SAE.load(previous.sae, device)
+        sae = state.sae.to(device)
         start = history[-1]["cycle"] + 1
-        log.info("resuming after cycle %d from %s", start - 1, resume_from)
+        log.info("resuming after cycle %d", start - 1)
 
     for cycle in range(start, cfg.chain.cycles + 1):
         t0 = time.perf_counter()
@@ -151,5 +176,7 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
             if on_cycle is not None:
                 on_cycle(cycle, metrics, paths.cycle(cycle).path)
         sae = sae.to(device)
+        if on_state is not None:
+            on_state(cycle, ChainState(history, tap.model.state_dict(), sae))
         barrier()
     return history

@@ -6,6 +6,7 @@ Everything that can be checked is checked before Ray starts: the space, the fixe
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -47,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
     p.add_argument("--scheduler", choices=("none", "asha"), default="none",
                    help="early stopping per cycle (asha: single-objective spaces only; default: none)")
+    p.add_argument("--confirm-seeds", type=int, default=3,
+                   help="re-run the best config and its controls (aux.weight=0, random targets) on N fresh seeds (default: 3; 0 skips)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial, e.g. --set chain.cycles=1 (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and saeception's logs")
@@ -92,6 +95,8 @@ def plan(args: argparse.Namespace) -> Plan:
         _fail("--cpus-per-worker: must be > 0")
     if args.gpus_per_worker < 0:
         _fail("--gpus-per-worker: must be >= 0")
+    if args.confirm_seeds < 0:
+        _fail("--confirm-seeds: must be >= 0 (0 skips confirmation)")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         _fail("--max-concurrent: must be >= 1")
     if args.scheduler == "asha" and len(space.objectives) > 1:
@@ -338,6 +343,8 @@ def run(p: Plan) -> int:
             best_file = p.local_dir / "best_config.yaml"
             best_file.write_text(yaml.safe_dump(to_dict(p.space.config(top["config"])), sort_keys=False))
             tracker.log_artifact(parent, best_file)
+        if best and args.confirm_seeds > 0:
+            _confirm(p, tracker, parent, spec, {**p.space.fixed, **best[0]["config"]}, concurrency)
         failed = sum(r["error"] for r in rows)
         tracker.finish(parent, failed=None if best else f"no trial finished ({failed} failed)")
         print(f"\nopen the results: {ui_command(p.mlflow_uri)}")
@@ -345,6 +352,64 @@ def run(p: Plan) -> int:
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurrency: int) -> None:
+    """Runs the chosen config and its controls on fresh seeds (outside the Optuna study), then logs
+    and prints mean ± sd per arm and the paired differences."""
+    import dataclasses
+
+    from ray import tune
+
+    from trainables.chain_trainable import confirm_trial
+
+    from .config import build_config
+    from .confirm import ARMS, SUMMARY_METRICS, confirm_seeds, format_table, summarize
+    from .plots import confirmation_plot
+
+    seeds = confirm_seeds(build_config(values).seed, p.args.confirm_seeds)
+    print(f"\nconfirming the best config on seeds {seeds} with controls aux.weight=0 and sharpen.strategy=random", flush=True)
+    name = f"{p.name}-confirm"
+    trainable = tune.with_resources(tune.with_parameters(confirm_trial, spec=dataclasses.replace(spec, fixed=values)),
+                                    {"cpu": TRIAL_CPU})
+    path = os.path.join(p.ray_dir, name)
+    if p.args.resume and _tune_experiment_exists(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        groups = [seeds[i::concurrency] for i in range(min(concurrency, len(seeds)))]
+        tuner = tune.Tuner(trainable, param_space={"seeds": tune.grid_search(groups)},
+                           tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+                           run_config=tune.RunConfig(name=name, storage_path=p.ray_dir, verbose=0))
+    tuner.fit()
+    results: dict[str, dict[int, dict[int, dict[str, float]]]] = {a: {} for a in ARMS}
+    metrics = tuple(dict.fromkeys((*SUMMARY_METRICS, *p.space.metrics)))
+    for run in tracker.children(parent):
+        tags = run.data.tags
+        if tags.get("saeception.arm") not in ARMS or run.info.status != "FINISHED":
+            continue
+        per_cycle: dict[int, dict[str, float]] = {}
+        for m in metrics:
+            for point in tracker.client.get_metric_history(run.info.run_id, m):
+                per_cycle.setdefault(point.step, {})[m] = point.value
+        results[tags["saeception.arm"]][int(tags["saeception.seed"])] = per_cycle
+    if not all(results[a] for a in ARMS):
+        print("confirmation incomplete: some arms failed; see the control/confirm runs in MLflow", flush=True)
+        return
+    rows = summarize(results, metrics)
+    table = format_table(rows)
+    (p.local_dir / "confirmation.md").write_text(format_table(rows, last_cycle_only=False) + "\n")
+    (p.local_dir / "confirmation.json").write_text(json.dumps(rows, indent=1))
+    confirmation_plot(rows, p.local_dir / "confirmation.png")
+    for f in ("confirmation.md", "confirmation.json", "confirmation.png"):
+        tracker.log_artifact(parent, p.local_dir / f)
+    for r in rows:
+        stats = {f"confirm_{a}_{r['metric']}_{s}": r[f"{a}_{s}"] for a in ARMS for s in ("mean", "sd")}
+        for c in ("aux0", "random"):
+            if f"diff_{c}_mean" in r:
+                stats.update({f"confirm_diff_{c}_{r['metric']}": r[f"diff_{c}_mean"], f"confirm_p_{c}_{r['metric']}": r[f"p_{c}"]})
+        tracker.log_metrics(parent, stats, step=r["cycle"])
+    print(f"\nconfirmation at the last cycle ({len(seeds)} seeds; mean ± sd; test split unless val_):")
+    print(table, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,8 @@ def ray_env():
 def test_sweep_end_to_end(tmp_path, ray_env):
     storage = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--trials", "2", "--storage", str(storage),
-           "--num-cpus", "2", "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--name", "e2e", "--seed", "3"]
+           "--num-cpus", "2", "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--name", "e2e", "--seed", "3",
+           "--confirm-seeds", "3"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ray_env, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "2 done, 0 running, 0 failed of 2" in r.stdout  # live progress
@@ -40,6 +41,8 @@ def test_sweep_end_to_end(tmp_path, ray_env):
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     exp = client.get_experiment_by_name("saeception")
     runs = client.search_runs([exp.experiment_id])
+    roles = [x.data.tags.get("saeception.role") for x in runs]
+    assert roles.count("confirm") == 3 and roles.count("control") == 6  # 3 seeds x (chosen config + 2 controls)
     parents = [x for x in runs if x.data.tags.get("saeception.role") == "sweep"]
     children = [x for x in runs if x.data.tags.get("saeception.role") == "trial"]
     assert len(parents) == 1 and len(children) == 2
@@ -72,3 +75,12 @@ def test_sweep_end_to_end(tmp_path, ray_env):
     assert abs(mlflow_values[best_id] - study.best_value) < 1e-9
     assert parent.data.tags["best_trial_id"] == best_id
     assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout and "--host 127.0.0.1" in r.stdout
+
+    # Evidence: the confirmation table with both controls, in the CLI output and the parent run.
+    assert "confirmation at the last cycle (3 seeds" in r.stdout
+    assert re.search(r"\| 1 \| sae_u \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| -?[0-9.]+ \(\d/3, p=", r.stdout)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"confirmation.md", "confirmation.json", "confirmation.png", "best_config.yaml"} <= artifacts
+    parent = client.get_run(parent.info.run_id)
+    assert "confirm_best_sae_u_mean" in parent.data.metrics and "confirm_p_random_sae_u" in parent.data.metrics
+    assert len(study.trials) == 2  # confirmation runs stay outside the Optuna study

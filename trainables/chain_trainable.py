@@ -14,13 +14,11 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-SPEC_KEY = "__saeception__"
 
 
 @dataclass
@@ -35,24 +33,39 @@ class TrialSpec:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 2
-    extra_tags: dict[str, str] = field(default_factory=dict)
 
 
-def _worker_loop(loop_config: dict[str, Any]) -> None:
+def _worker_context(loop_config: dict[str, Any]):
     import ray.train
     import ray.train.torch
 
-    from saeception.artifacts import ChainPaths, CycleDir
-    from saeception.chain import run_chain
-    from saeception.config import build_config
     from saeception.tracking import Tracker
 
-    cfg = build_config(loop_config["values"])
     rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
     tracker = Tracker(loop_config["mlflow_uri"]) if rank == 0 else None
-    run_id = loop_config["run_id"]
     work = Path(tempfile.mkdtemp(prefix=f"saeception-r{rank}-"))
+    return rank, ray.train.torch.get_device(), tracker, work
+
+
+def _log_cycle_dir(tracker, run_id: str, cycle_dir: Path) -> None:
+    """Logs the history stored in a cycle directory; steps already in MLflow are skipped, so this is
+    idempotent (restarts, and controls that inherit cycle 0, never log a cycle twice)."""
+    from saeception.artifacts import CycleDir
+
+    tracker.log_history(run_id, json.loads(CycleDir(cycle_dir).metrics.read_text())["cycles"])
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    """One chain; rank 0 checkpoints every cycle, so a restarted trial resumes after its last cycle."""
+    import ray.train
+
+    from saeception.artifacts import ChainPaths
+    from saeception.chain import run_chain
+    from saeception.config import build_config
+
+    cfg = build_config(loop_config["values"])
+    rank, device, tracker, work = _worker_context(loop_config)
+    run_id = loop_config["run_id"]
     resume_from = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -60,14 +73,13 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             shutil.copytree(d, resume_from)
         if tracker is not None:
-            history = json.loads(CycleDir(resume_from).metrics.read_text())["cycles"]
-            tracker.log_history(run_id, history)  # cycles reported before a crash but not yet logged
+            _log_cycle_dir(tracker, run_id, resume_from)  # cycles reported before a crash but not yet logged
 
     def on_cycle(cycle: int, metrics: dict, cycle_dir: Path) -> None:
         if rank == 0:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(cycle_dir)),
                              checkpoint_dir_name=f"cycle_{cycle:03d}")
-            tracker.log_history(run_id, [metrics])
+            _log_cycle_dir(tracker, run_id, cycle_dir)
         else:
             ray.train.report({"cycle": cycle})
 
@@ -77,32 +89,42 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:
-    """Tune function trainable. `config` holds the sampled dotted keys."""
+def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
+    """All arms of each of its seeds (saeception.confirm.run_arms), one seed after another. A restart
+    re-runs them; MLflow stays deduplicated (steps already logged are skipped)."""
     import ray.train
-    import ray.tune
+
+    from saeception.confirm import run_arms
+
+    rank, device, tracker, work = _worker_context(loop_config)
+    try:
+        for seed in loop_config["seeds"]:
+            run_ids = loop_config["run_ids"][str(seed)]
+
+            def on_cycle(arm: str, cycle: int, metrics: dict, cycle_dir: Path, seed=seed, run_ids=run_ids) -> None:
+                ray.train.report({"arm": arm, "seed": seed, "cycle": cycle, **(metrics if rank == 0 else {})})
+                if rank == 0:
+                    _log_cycle_dir(tracker, run_ids[arm], cycle_dir)
+
+            run_arms(loop_config["values"], seed, work / f"seed{seed}", on_cycle=on_cycle, device=device)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids: list[str], tracker) -> None:
+    """Runs one TorchTrainer for the trial and closes its MLflow runs (FAILED with the reason on error)."""
+    import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from saeception.config import build_config, to_flat_dict
-    from saeception.tracking import Tracker
-
-    sampled = {k: v for k, v in config.items() if k != SPEC_KEY}
-    values = {**spec.fixed, **sampled}
-    cfg = build_config(values)
-    trial_id = ray.tune.get_context().get_trial_id()
-    tracker = Tracker(spec.mlflow_uri)
-    run_id = tracker.child_run(spec.parent_run_id, trial_id, role=spec.extra_tags.get("saeception.role", "trial"),
-                               name=f"trial-{trial_id}", extra_tags=spec.extra_tags)
-    tracker.log_params(run_id, {**to_flat_dict(cfg), **{f"searched.{k}": v for k, v in sampled.items()}})
     use_gpu = spec.gpus_per_worker > 0
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"values": values, "run_id": run_id, "mlflow_uri": spec.mlflow_uri},
+        loop,
+        train_loop_config={**loop_config, "mlflow_uri": spec.mlflow_uri},
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}",
+            name=name,
             storage_path=os.path.join(spec.storage, "train"),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures, controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
@@ -112,6 +134,49 @@ def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     try:
         trainer.fit()
     except BaseException as e:
-        tracker.finish(run_id, failed=f"{type(e).__name__}: {e}")
+        for run_id in run_ids:
+            tracker.finish(run_id, failed=f"{type(e).__name__}: {e}")
         raise
-    tracker.finish(run_id)
+    for run_id in run_ids:
+        tracker.finish(run_id)
+
+
+def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:
+    """Tune function trainable for a sweep trial. `config` holds the sampled dotted keys."""
+    import ray.tune
+
+    from saeception.config import build_config, to_flat_dict
+    from saeception.tracking import Tracker
+
+    sampled = dict(config)
+    values = {**spec.fixed, **sampled}
+    cfg = build_config(values)
+    trial_id = ray.tune.get_context().get_trial_id()
+    tracker = Tracker(spec.mlflow_uri)
+    run_id = tracker.child_run(spec.parent_run_id, trial_id, role="trial", name=f"trial-{trial_id}")
+    tracker.log_params(run_id, {**to_flat_dict(cfg), **{f"searched.{k}": v for k, v in sampled.items()}})
+    _fit(spec, _worker_loop, {"values": values, "run_id": run_id}, f"train-{trial_id}", [run_id], tracker)
+
+
+def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
+    """Tune function trainable for a group of confirmation seeds: the chosen config and its controls,
+    each (arm, seed) its own MLflow child run. Seeds are grouped so that a small cluster pays one
+    worker-group start for all of them, and a large one runs the groups in parallel."""
+    from saeception.config import build_config, to_flat_dict
+    from saeception.confirm import ARMS, arm_values
+    from saeception.tracking import Tracker
+
+    seeds = [int(s) for s in config["seeds"]]
+    tracker = Tracker(spec.mlflow_uri)
+    run_ids: dict[str, dict[str, str]] = {}
+    for seed in seeds:
+        run_ids[str(seed)] = {}
+        for arm in ARMS:
+            values = {**arm_values(spec.fixed, arm), "seed": seed}
+            key = f"{arm}-seed{seed}"
+            run_id = tracker.child_run(spec.parent_run_id, key, role="confirm" if arm == "best" else "control",
+                                       name=key, extra_tags={"saeception.arm": arm, "saeception.seed": str(seed)})
+            tracker.log_params(run_id, to_flat_dict(build_config(values)))
+            run_ids[str(seed)][arm] = run_id
+    _fit(spec, _confirm_worker_loop, {"values": spec.fixed, "seeds": seeds, "run_ids": run_ids},
+         "confirm-seeds-" + "-".join(map(str, seeds)), [r for d in run_ids.values() for r in d.values()], tracker)
