@@ -3,6 +3,7 @@ object that owns every artifact path of a chain. Nothing here unpickles anything
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,8 +32,33 @@ class CycleDir:
 
     @property
     def metrics(self) -> Path:
-        """The chain's metric history up to this cycle; written last, so its presence marks completeness."""
+        """The chain's metric history up to this cycle."""
         return self.path / "metrics.json"
+
+    @property
+    def manifest(self) -> Path:
+        """Size and SHA-256 of every other file; written last, so its presence marks a complete cycle."""
+        return self.path / "manifest.json"
+
+    def seal(self) -> None:
+        files = sorted(p for p in self.path.iterdir() if p.is_file() and p != self.manifest and not p.name.endswith(".tmp"))
+        write_json(self.manifest, {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files})
+
+    def verify(self) -> str | None:
+        """None when every file matches the manifest; otherwise what is wrong (the cycle must not be loaded)."""
+        if not self.manifest.exists():
+            return f"{self.path}: no manifest (incomplete cycle)"
+        try:
+            expected = json.loads(self.manifest.read_text())
+        except ValueError:
+            return f"{self.manifest}: unreadable"
+        for name, want in expected.items():
+            p = self.path / name
+            if not p.exists():
+                return f"{p}: missing"
+            if p.stat().st_size != want["bytes"] or sha256_file(p) != want["sha256"]:
+                return f"{p}: does not match its checksum (truncated or corrupted)"
+        return None
 
 
 class ChainPaths:
@@ -46,6 +72,14 @@ class ChainPaths:
 
     def results(self) -> Path:
         return self.root / "results.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_weights(prefix: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:

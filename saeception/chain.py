@@ -27,6 +27,7 @@ from .artifacts import ChainPaths, CycleDir, load_state_strict, load_weights, sa
 from .config import Config, to_dict
 from .data import TaskData, load_task
 from .distributed import barrier, is_main, rank, world_size
+from .errors import CorruptCycleError
 from .evaluate import evaluate
 from .models import TapModel, build_model, load_tokenizer
 from .sae import SAE, encode_all, train_sae
@@ -67,8 +68,12 @@ class ChainState:
 
     @classmethod
     def load(cls, cycle_dir: str | Path, device: torch.device | str = "cpu") -> ChainState:
-        """From a cycle directory (a run's, or a restored checkpoint)."""
+        """From a cycle directory (a run's, or a restored checkpoint), after checking every file
+        against the cycle's manifest. Raises CorruptCycleError rather than load a damaged file."""
         files = CycleDir(cycle_dir)
+        problem = files.verify()
+        if problem:
+            raise CorruptCycleError(problem)
         tensors, _ = load_weights(files.model)
         return cls(json.loads(files.metrics.read_text())["cycles"], tensors, SAE.load(files.sae, device))
 
@@ -168,6 +173,7 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
             sae.save(files.sae)
             # Written last: a cycle directory with metrics.json is complete.
             write_json(files.metrics, {"cycles": history})
+            files.seal()
             write_json(paths.results(), {"config": to_dict(cfg), "cycles": history})
             if on_cycle is not None:
                 on_cycle(cycle, metrics, files.path)

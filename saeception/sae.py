@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .artifacts import load_weights, save_weights
 from .config import SAEConfig
+from .errors import DivergedError
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0) 
             if cfg.auxk_coefficient > 0:
                 dead = since_fired >= cfg.dead_after
                 loss = loss + cfg.auxk_coefficient * auxk_loss(sae, pre, (x - x_hat).detach(), dead, cfg.auxk_k)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"SAE loss became {loss.item()} at step {step} (sae.lr {cfg.lr})")
         opt.zero_grad(set_to_none=False)
         loss.backward()
         if is_dist:

@@ -224,7 +224,7 @@ def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str
 
 def best_trials(rows: list[dict[str, Any]], space: SearchSpace) -> list[dict[str, Any]]:
     """The best trial (single objective) or the Pareto front (several), among trials with finite values."""
-    usable = [r for r in rows if all(isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) for m in space.metrics)]
+    usable = [r for r in rows if not r["error"] and all(isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) for m in space.metrics)]
     if not usable:
         return []
     if len(space.objectives) == 1:
@@ -273,9 +273,9 @@ def run(p: Plan) -> int:
     import optuna
     import ray
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     from trainables.chain_trainable import TrialSpec, chain_trial
+    from trainables.optuna_search import FailAwareOptunaSearch
 
     from .tracking import Tracker, ui_command
 
@@ -308,7 +308,7 @@ def run(p: Plan) -> int:
         single = len(p.space.objectives) == 1
         metric = p.space.metrics[0] if single else p.space.metrics
         mode = p.space.modes[0] if single else p.space.modes
-        searcher = OptunaSearch(
+        searcher = FailAwareOptunaSearch(
             space=p.space.suggest, metric=metric, mode=mode,
             sampler=optuna.samplers.TPESampler(seed=args.seed, constant_liar=concurrency > 1),
             storage=optuna.storages.RDBStorage(p.optuna_uri), study_name=p.name)

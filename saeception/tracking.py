@@ -110,6 +110,13 @@ class Tracker:
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def failure(self, run_id: str) -> str | None:
+        return self.client.get_run(run_id).data.tags.get(FAILURE)
+
+    def clear_failure(self, run_id: str) -> None:
+        if self.failure(run_id) is not None:
+            self.client.delete_tag(run_id, FAILURE)
+
     def finish(self, run_id: str, failed: str | None = None) -> None:
         """Ends a run: FINISHED, or FAILED with the reason in the saeception.failure tag."""
         if failed:

@@ -17,13 +17,10 @@ from torch.nn.parallel import DistributedDataParallel
 from .config import AuxConfig, FinetuneConfig
 from .data import TaskData, loader
 from .distributed import all_gather_rows, is_distributed
+from .errors import DivergedError
 from .models import TapModel
 
 log = logging.getLogger(__name__)
-
-
-class DivergedError(FloatingPointError):
-    """The training loss became NaN or infinite."""
 
 
 def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

@@ -37,6 +37,7 @@ INVALID = [
 ]
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("values,key", INVALID, ids=[k for _, k in INVALID])
 def test_every_invalid_value_names_its_key(values, key):
     with pytest.raises(ConfigError) as e:
@@ -68,6 +69,7 @@ def test_public_keys_exist():
     assert isinstance(Config(), Config)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("args,key", [
     (["--set", "sae.kind=relu"], "sae.kind"),
     (["--set", "sharpen.top_k_pct=0"], "sharpen.top_k_pct"),

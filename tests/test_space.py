@@ -59,6 +59,7 @@ def _materialise(path: Path, tmp_path: Path, text_csv: Path, gpt2_dir: Path) -> 
     return out
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
 def test_bad_space_exits_2_naming_the_field_before_ray(path, tmp_path, capsys, text_csv, gpt2_dir):
     expect = re.match(r"# expect: (\S+)", path.read_text()).group(1)
@@ -74,10 +75,12 @@ def test_bad_space_exits_2_naming_the_field_before_ray(path, tmp_path, capsys, t
     assert not ray.is_initialized()
 
 
+@pytest.mark.bad_input
 def test_bad_input_corpus_is_large_enough():
     assert len(BAD) >= 20
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("args,expect", [
     (["--trials", "0"], "--trials"),
     (["--workers-per-trial", "0"], "--workers-per-trial"),

@@ -20,6 +20,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# Metric key a worker reports when its chain diverged (NaN/inf loss).
+DIVERGED = "saeception_diverged"
+
 
 @dataclass
 class TrialSpec:
@@ -60,8 +63,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from saeception.artifacts import ChainPaths
-    from saeception.chain import run_chain
+    from saeception.chain import ChainState, run_chain
     from saeception.config import build_config
+    from saeception.errors import CorruptCycleError, DivergedError
 
     cfg = build_config(loop_config["values"])
     rank, device, tracker, work = _worker_context(loop_config)
@@ -69,11 +73,19 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     resume_from = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        resume_from = work / "restored"
+        restored = work / "restored"
         with checkpoint.as_directory() as d:
-            shutil.copytree(d, resume_from)
-        if tracker is not None:
-            _log_cycle_dir(tracker, run_id, resume_from)  # cycles reported before a crash but not yet logged
+            shutil.copytree(d, restored)
+        try:
+            resume_from = ChainState.load(restored, device)
+        except CorruptCycleError as e:
+            # Never load a damaged checkpoint: rebuild the chain from cycle 0 instead.
+            log.warning("rejected checkpoint, restarting the chain: %s", e)
+            if tracker is not None:
+                tracker.set_tags(run_id, {"saeception.checkpoint_rejected": str(e)})
+        if resume_from is not None and tracker is not None:
+            _log_cycle_dir(tracker, run_id, restored)  # cycles reported before a crash but not yet logged
+            tracker.set_tags(run_id, {"saeception.resumed_after_cycle": resume_from.history[-1]["cycle"]})
 
     def on_cycle(cycle: int, metrics: dict, cycle_dir: Path) -> None:
         if rank == 0:
@@ -85,6 +97,16 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
     try:
         run_chain(cfg, ChainPaths(work / "run"), on_cycle=on_cycle, device=device, resume_from=resume_from)
+    except DivergedError as e:
+        # Reported, not raised: Ray Train would retry a raised error, and a diverging config diverges
+        # again. Tune checks every result for the objective, so the metrics are there, as NaN.
+        # The reason goes to the trial's MLflow run, where the trial function reads it back.
+        from saeception.evaluate import VAL_METRIC_NAMES
+        from saeception.tracking import FAILURE as TAG_FAILURE
+
+        if tracker is not None:
+            tracker.set_tags(run_id, {TAG_FAILURE: f"DivergedError: {e}"})
+        ray.train.report({DIVERGED: str(e), **dict.fromkeys(VAL_METRIC_NAMES, float("nan"))})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -131,8 +153,16 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
             callbacks=[TuneReportCallback()],
         ),
     )
+    for run_id in run_ids:
+        tracker.clear_failure(run_id)  # a restarted trial starts clean
     try:
         trainer.fit()
+        for run_id in run_ids:
+            reason = tracker.failure(run_id)
+            if reason:
+                from saeception.errors import DivergedError
+
+                raise DivergedError(reason.removeprefix("DivergedError: "))
     except BaseException as e:
         for run_id in run_ids:
             tracker.finish(run_id, failed=f"{type(e).__name__}: {e}")

@@ -1,0 +1,226 @@
+"""Reliability, each behaviour really done: real processes killed, real files damaged.
+
+Run one alone with its marker, e.g. `python -m pytest -m worker_kill`.
+"""
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from raytools import kill_all
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = Path(__file__).parent / "spaces" / "tiny.yaml"
+
+
+@pytest.fixture
+def ray_env():
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    yield env
+    kill_all(str(ray_tmp))
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def sweep_cmd(storage: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--storage", str(storage),
+            "--name", "rel", "--confirm-seeds", "0", *extra]
+
+
+def logged_steps(db: Path, key: str) -> dict[str, list[int]]:
+    """run_uuid -> steps of `key`, read straight from MLflow's SQLite store (no client, no locks held)."""
+    if not db.exists():
+        return {}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        try:
+            rows = con.execute("select run_uuid, step from metrics where key = ? order by step", (key,)).fetchall()
+        except sqlite3.OperationalError:
+            return {}
+    out: dict[str, list[int]] = {}
+    for run, step in rows:
+        out.setdefault(run, []).append(step)
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}: {out[-3000:]}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def mlflow_children(storage: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("saeception")
+    runs = client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if r.data.tags.get("saeception.role") == "trial"]
+
+
+@pytest.mark.ray
+@pytest.mark.worker_kill
+def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env):
+    """1. A Train worker is SIGKILLed mid-trial (found through Ray's state API); the trial resumes from
+    its last completed cycle and MLflow holds one run with one complete history."""
+    import ray
+    from ray.util.state import list_actors
+
+    os.environ.update({k: ray_env[k] for k in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")})
+    ctx = ray.init(num_cpus=2, log_to_driver=False)
+    try:
+        storage = tmp_path / "s"
+        proc = subprocess.Popen(
+            sweep_cmd(storage, "--trials", "1", "--address", ctx.address_info["address"], "--workers-per-trial", "2",
+                      "--cpus-per-worker", "0.5", "--set", "chain.cycles=3", "--set", "sae.steps=400"),
+            env=ray_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        db = storage / "mlflow.db"
+        wait_for(lambda: any(0 in s for s in logged_steps(db, "cycle").values()), 300, "cycle 0 to be logged", proc)
+        workers = wait_for(lambda: [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])],
+                           60, "a live Train worker")
+        os.kill(workers[0].pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+    finally:
+        ray.shutdown()
+    client, children = mlflow_children(storage)
+    assert len(children) == 1
+    run = client.get_run(children[0].info.run_id)
+    assert run.info.status == "FINISHED"
+    resumed = int(run.data.tags["saeception.resumed_after_cycle"])  # resumed from a checkpoint, not from scratch
+    assert 0 <= resumed < 3
+    for key in ("cycle", "task_accuracy", "val_sae_u"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2, 3], key
+
+
+@pytest.mark.ray
+@pytest.mark.driver_kill
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, ray_env):
+    """2. The sweep driver is SIGKILLed midway; --resume finishes the sweep; finished trials are not
+    re-run; Optuna's completed trials = MLflow child runs = trials requested."""
+    import optuna
+
+    storage = tmp_path / "s"
+    proc = subprocess.Popen(sweep_cmd(storage, "--trials", "3", "--num-cpus", "2"), env=ray_env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = storage / "mlflow.db"
+
+    def one_finished():
+        return [run for run, steps in logged_steps(db, "cycle").items() if steps == [0, 1]]
+
+    first = wait_for(one_finished, 300, "the first trial to finish", proc)
+    time.sleep(2)  # let Tune record the completion in its experiment state
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    kill_all(ray_env["RAY_TMPDIR"])  # the machine is gone: its Ray processes with it
+    finished_before = set(first)
+
+    r = subprocess.run(sweep_cmd(storage, "--trials", "3", "--num-cpus", "2", "--resume"), env=ray_env, cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    client, children = mlflow_children(storage)
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    for c in children:
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "cycle")] == [0, 1]
+    for run_id in finished_before:  # not re-run: no restart tag, no second start
+        assert "saeception.resumed_after_cycle" not in client.get_run(run_id).data.tags
+    study = optuna.load_study(study_name="rel", storage=f"sqlite:///{storage / 'optuna.db'}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+
+
+@pytest.mark.ray
+@pytest.mark.divergence
+def test_diverging_trial_fails_everywhere_and_the_sweep_goes_on(tmp_path, ray_env):
+    """3. An absurd learning rate makes one trial's loss NaN: it stops at once and is FAILED in Tune,
+    Optuna and MLflow (reason in a tag); the best trial is chosen among the rest."""
+    import optuna
+
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY.read_text().replace("  chain.cycles: 1\n", "  chain.cycles: 1\n  finetune.epochs: 3\n")
+                     .replace("params:\n", "params:\n  finetune.lr: {choices: [0.001, 1.0e+30]}\n"))
+    storage = tmp_path / "s"
+    cmd = sweep_cmd(storage, "--trials", "4", "--num-cpus", "2", "--seed", "1")
+    cmd[cmd.index("--space") + 1] = str(space)
+    r = subprocess.run(cmd, env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    client, children = mlflow_children(storage)
+    failed = [c for c in children if c.info.status == "FAILED"]
+    ok = [c for c in children if c.info.status == "FINISHED"]
+    assert failed and ok, [(c.info.status, c.data.params.get("finetune.lr")) for c in children]
+    for c in failed:
+        assert float(c.data.params["finetune.lr"]) > 1
+        assert "DivergedError" in c.data.tags["saeception.failure"]
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "cycle")] == []  # stopped in cycle 0
+    study = optuna.load_study(study_name="rel", storage=f"sqlite:///{storage / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == len(failed)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == len(ok)
+    assert f"{len(failed)} failed" in r.stdout
+    best_id = client.get_run(children[0].data.tags["mlflow.parentRunId"]).data.tags["best_trial_id"]
+    assert best_id in {c.data.tags["saeception.trial_id"] for c in ok}
+
+
+@pytest.mark.storage_faults
+def test_truncated_checkpoint_is_detected_and_rebuilt(tmp_path):
+    """5. A truncated checkpoint is never loaded; the worker rebuilds the chain from cycle 0."""
+    from saeception.artifacts import ChainPaths
+    from saeception.chain import ChainState, run_chain
+    from saeception.config import build_config
+    from saeception.errors import CorruptCycleError
+
+    values = {"data.max_examples": 300, "model.hidden_sizes": [32, 16], "finetune.epochs": 1, "sae.steps": 50,
+              "sae.k": 4, "aux.epochs": 1, "eval.probe_max_iter": 50, "chain.cycles": 1}
+    paths = ChainPaths(tmp_path / "run")
+    history = run_chain(build_config(values), paths)
+    cycle0 = paths.cycle(0)
+    assert cycle0.verify() is None
+    ChainState.load(cycle0.path)  # intact: loads
+    weights = cycle0.model.with_suffix(".safetensors")
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated, as by a full disk or a killed copy
+    with pytest.raises(CorruptCycleError, match="checksum"):
+        ChainState.load(cycle0.path)
+    (cycle0.path / "manifest.json").unlink()  # incomplete: the manifest is written last
+    with pytest.raises(CorruptCycleError, match="incomplete"):
+        ChainState.load(cycle0.path)
+    # Rebuilt from scratch, the chain reproduces itself.
+    again = run_chain(build_config(values), ChainPaths(tmp_path / "rebuilt"))
+    assert again[1]["task_accuracy"] == history[1]["task_accuracy"]
+
+
+@pytest.mark.storage_faults
+def test_unwritable_storage_fails_at_start(tmp_path, capsys):
+    """5. Storage not writable: a clear error at start, exit 2."""
+    from saeception import sweep
+
+    (tmp_path / "f").write_text("x")
+    assert sweep.main(["--storage", str(tmp_path / "f" / "sweep")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+@pytest.mark.security
+def test_security_defaults():
+    """6. UI commands bind loopback; token auth is never turned off; nothing is unpickled."""
+    from saeception.tracking import ui_command
+
+    assert "--host 127.0.0.1" in ui_command("sqlite:////x/mlflow.db")
+    sources = {p: p.read_text() for p in [*(REPO / "saeception").rglob("*.py"), *(REPO / "trainables").rglob("*.py"),
+                                          REPO / "cluster.yaml" if (REPO / "cluster.yaml").exists() else REPO / "README.md"]}
+    for path, text in sources.items():
+        assert "RAY_AUTH_MODE=disabled" not in text and "RAY_AUTH_MODE: disabled" not in text, path
+        assert "pickle.load" not in text and "import pickle" not in text, path
+        assert "torch.load(" not in text or "weights_only=True" in text, path
+        assert "0.0.0.0" not in text, path
