@@ -270,6 +270,10 @@ def _fmt(v: Any) -> str:
 def run(p: Plan) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if p.args.address:
+        # Clusters started with `ray start` use token authentication (Ray's default since 2.59); a client
+        # must say so, before Ray is imported, to send its token (~/.ray/auth_token or RAY_AUTH_TOKEN).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import optuna
     import ray
     from ray import tune

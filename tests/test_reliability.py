@@ -50,6 +50,22 @@ def logged_steps(db: Path, key: str) -> dict[str, list[int]]:
     return out
 
 
+def tune_cycles(experiment: Path) -> set[int]:
+    """Cycles Tune has received, from its trials' result.json files."""
+    import json
+
+    cycles = set()
+    for f in experiment.glob("*/result.json"):
+        for line in f.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            if "cycle" in row:
+                cycles.add(int(row["cycle"]))
+    return cycles
+
+
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -88,8 +104,8 @@ def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env):
             sweep_cmd(storage, "--trials", "1", "--address", ctx.address_info["address"], "--workers-per-trial", "2",
                       "--cpus-per-worker", "0.5", "--set", "chain.cycles=3", "--set", "sae.steps=400"),
             env=ray_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        db = storage / "mlflow.db"
-        wait_for(lambda: any(0 in s for s in logged_steps(db, "cycle").values()), 300, "cycle 0 to be logged", proc)
+        # Tune sees a cycle only after Ray Train has registered its checkpoint: wait for that.
+        wait_for(lambda: tune_cycles(storage / "ray" / "rel") >= {0}, 300, "cycle 0 to be checkpointed", proc)
         workers = wait_for(lambda: [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])],
                            60, "a live Train worker")
         os.kill(workers[0].pid, signal.SIGKILL)
