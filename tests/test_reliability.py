@@ -152,8 +152,10 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, ray_e
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     for c in children:
         assert [m.step for m in client.get_metric_history(c.info.run_id, "cycle")] == [0, 1]
-    for run_id in finished_before:  # not re-run: no restart tag, no second start
-        assert "saeception.resumed_after_cycle" not in client.get_run(run_id).data.tags
+    for run_id in finished_before:
+        # Not re-run: either Tune knew it had finished, or (killed before Tune saved that) the trial
+        # resumed from its final cycle's checkpoint and computed nothing again.
+        assert client.get_run(run_id).data.tags.get("saeception.resumed_after_cycle", "1") == "1"
     study = optuna.load_study(study_name="rel", storage=f"sqlite:///{storage / 'optuna.db'}")
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
 
