@@ -87,7 +87,10 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
             _log_cycle_dir(tracker, run_id, restored)  # cycles reported before a crash but not yet logged
             tracker.set_tags(run_id, {"saeception.resumed_after_cycle": resume_from.history[-1]["cycle"]})
 
+    reported = []
+
     def on_cycle(cycle: int, metrics: dict, cycle_dir: Path) -> None:
+        reported.append(cycle)
         if rank == 0:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(cycle_dir)),
                              checkpoint_dir_name=f"cycle_{cycle:03d}")
@@ -96,7 +99,10 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
             ray.train.report({"cycle": cycle})
 
     try:
-        run_chain(cfg, ChainPaths(work / "run"), on_cycle=on_cycle, device=device, resume_from=resume_from)
+        history = run_chain(cfg, ChainPaths(work / "run"), on_cycle=on_cycle, device=device, resume_from=resume_from)
+        if not reported:
+            # Restored from the final cycle's checkpoint: nothing left to run, but Tune needs the result.
+            ray.train.report(history[-1] if rank == 0 else {"cycle": history[-1]["cycle"]})
     except DivergedError as e:
         # Reported, not raised: Ray Train would retry a raised error, and a diverging config diverges
         # again. Tune checks every result for the objective, so the metrics are there, as NaN.
