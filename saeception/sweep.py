@@ -347,6 +347,7 @@ def run(p: Plan) -> int:
             best_file = p.local_dir / "best_config.yaml"
             best_file.write_text(yaml.safe_dump(to_dict(p.space.config(top["config"])), sort_keys=False))
             tracker.log_artifact(parent, best_file)
+        _log_sweep_plots(p, tracker, parent, rows, best)
         if best and args.confirm_seeds > 0:
             _confirm(p, tracker, parent, spec, {**p.space.fixed, **best[0]["config"]}, concurrency)
         failed = sum(r["error"] for r in rows)
@@ -356,6 +357,38 @@ def run(p: Plan) -> int:
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[dict]) -> None:
+    """Objective(s) over trials, the Pareto front (several objectives), Optuna's parameter importances
+    and a parallel-coordinates view, as PNGs on the parent run."""
+    import optuna
+
+    from .plots import importance_plot, objective_plot, parallel_plot, pareto_plot
+
+    done = [r for r in rows if not r["error"]]
+    files = [objective_plot(done, p.space.metrics, p.space.modes, p.local_dir / "objectives.png")]
+    if len(p.space.objectives) > 1 and best:
+        files.append(pareto_plot(done, best, p.space.metrics, p.local_dir / "pareto_front.png"))
+    params = [q.key for q in p.space.params]
+    files.append(parallel_plot(done, params, p.space.metrics[0], p.local_dir / "parallel_coordinates.png"))
+    study = optuna.load_study(study_name=p.name, storage=p.optuna_uri)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) >= 3:
+        for i, metric in enumerate(p.space.metrics):
+            try:
+                imp = optuna.importance.get_param_importances(
+                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=lambda t, i=i: t.values[i])
+            except (ValueError, RuntimeError) as e:  # e.g. no parameter common to all trials varies
+                log.warning("parameter importances for %s skipped: %s", metric, e)
+                tracker.set_tags(parent, {f"saeception.importance_skipped.{metric}": str(e)[:500]})
+                continue
+            if imp:
+                files.append(importance_plot(imp, metric, p.local_dir / f"importance_{metric}.png"))
+    else:
+        tracker.set_tags(parent, {"saeception.importance_skipped": f"needs >= 3 complete trials, has {len(complete)}"})
+    for f in files:
+        tracker.log_artifact(parent, f)
 
 
 def _confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurrency: int) -> None:
@@ -392,9 +425,9 @@ def _confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concur
         if tags.get("saeception.arm") not in ARMS or run.info.status != "FINISHED":
             continue
         per_cycle: dict[int, dict[str, float]] = {}
-        for m in metrics:
-            for point in tracker.client.get_metric_history(run.info.run_id, m):
-                per_cycle.setdefault(point.step, {})[m] = point.value
+        for m, steps in tracker.histories(run.info.run_id, metrics).items():
+            for step, value in steps.items():
+                per_cycle.setdefault(step, {})[m] = value
         results[tags["saeception.arm"]][int(tags["saeception.seed"])] = per_cycle
     if not all(results[a] for a in ARMS):
         print("confirmation incomplete: some arms failed; see the control/confirm runs in MLflow", flush=True)

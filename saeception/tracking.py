@@ -103,6 +103,15 @@ class Tracker:
             if int(row[step_key]) not in done:
                 self.log_metrics(run_id, row, step=int(row[step_key]))
 
+    def histories(self, run_id: str, keys: Iterable[str]) -> dict[str, dict[int, float]]:
+        """{metric: {step: value}} for the given metrics of a run (absent metrics are left out)."""
+        out = {}
+        for key in keys:
+            points = self.client.get_metric_history(run_id, key)
+            if points:
+                out[key] = {p.step: p.value for p in points}
+        return out
+
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))

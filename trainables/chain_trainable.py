@@ -196,8 +196,18 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
         for run_id in run_ids.values():
             tracker.finish(run_id, failed=f"{type(e).__name__}: {e}")
         raise
-    for run_id in run_ids.values():
+    for key, run_id in run_ids.items():
+        _log_trial_plot(tracker, run_id, key)
         tracker.finish(run_id)
+
+
+def _log_trial_plot(tracker, run_id: str, title: str) -> None:
+    from saeception.plots import TRAJECTORY_METRICS, trial_plot
+
+    history = tracker.histories(run_id, TRAJECTORY_METRICS)
+    if history:
+        with tempfile.TemporaryDirectory() as d:
+            tracker.log_artifact(run_id, trial_plot(history, Path(d) / "trial_metrics.png", title=title or run_id[:8]))
 
 
 def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:
