@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # The trial actor itself only waits on its TorchTrainer; it still must hold some CPU (Ray rejects 0).
 TRIAL_CPU = 0.25
 DEFAULT_SPACE = "search_spaces/default.yaml"
+# Custom resource a cluster's head offers (cluster.yaml) so that trial drivers are placed there.
+HEAD_RESOURCE = "saeception_head"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -293,6 +295,8 @@ def run(p: Plan) -> int:
     try:
         res = ray.cluster_resources()
         concurrency = _concurrency(args, res.get("CPU", 0), res.get("GPU", 0))
+        # On a cluster whose head offers HEAD_RESOURCE (cluster.yaml), trial drivers stay on the head.
+        trial_resources = tune.PlacementGroupFactory([{"CPU": TRIAL_CPU, **({HEAD_RESOURCE: 1} if res.get(HEAD_RESOURCE) else {})}])
         tracker = Tracker(p.mlflow_uri)
         parent = tracker.sweep_run(args.experiment, p.name, reuse=args.resume)
         space_dict = p.space.to_dict()
@@ -308,7 +312,7 @@ def run(p: Plan) -> int:
         spec = TrialSpec(fixed=p.space.fixed, storage=p.storage, mlflow_uri=p.mlflow_uri, parent_run_id=parent,
                          workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
                          gpus_per_worker=args.gpus_per_worker)
-        trainable = tune.with_resources(tune.with_parameters(chain_trial, spec=spec), {"cpu": TRIAL_CPU})
+        trainable = tune.with_resources(tune.with_parameters(chain_trial, spec=spec), trial_resources)
         single = len(p.space.objectives) == 1
         metric = p.space.metrics[0] if single else p.space.metrics
         mode = p.space.modes[0] if single else p.space.modes
@@ -349,7 +353,7 @@ def run(p: Plan) -> int:
             tracker.log_artifact(parent, best_file)
         _log_sweep_plots(p, tracker, parent, rows, best)
         if best and args.confirm_seeds > 0:
-            _confirm(p, tracker, parent, spec, {**p.space.fixed, **best[0]["config"]}, concurrency)
+            _confirm(p, tracker, parent, spec, {**p.space.fixed, **best[0]["config"]}, concurrency, trial_resources)
         failed = sum(r["error"] for r in rows)
         tracker.finish(parent, failed=None if best else f"no trial finished ({failed} failed)")
         print(f"\nopen the results: {ui_command(p.mlflow_uri)}")
@@ -391,7 +395,8 @@ def _log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list
         tracker.log_artifact(parent, f)
 
 
-def _confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurrency: int) -> None:
+def _confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurrency: int,
+             trial_resources) -> None:
     """Runs the chosen config and its controls on fresh seeds (outside the Optuna study), then logs
     and prints mean ± sd per arm and the paired differences."""
     import dataclasses
@@ -408,7 +413,7 @@ def _confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concur
     print(f"\nconfirming the best config on seeds {seeds} with controls aux.weight=0 and sharpen.strategy=random", flush=True)
     name = f"{p.name}-confirm"
     trainable = tune.with_resources(tune.with_parameters(confirm_trial, spec=dataclasses.replace(spec, fixed=values)),
-                                    {"cpu": TRIAL_CPU})
+                                    trial_resources)
     path = os.path.join(p.ray_dir, name)
     if p.args.resume and _tune_experiment_exists(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)

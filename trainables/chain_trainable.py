@@ -104,6 +104,7 @@ def _worker_context():
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     """One chain; rank 0 checkpoints every cycle, so a restarted trial resumes after its last cycle."""
+    import ray
     import ray.train
 
     from saeception.artifacts import ChainPaths
@@ -114,7 +115,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
     cfg = build_config(loop_config["values"])
     rank, device, work = _worker_context()
-    resume_from, tags = None, {}
+    resume_from, tags = None, {"saeception.worker_node": ray.get_runtime_context().get_node_id()}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         restored = work / "restored"
