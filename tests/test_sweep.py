@@ -84,3 +84,36 @@ def test_sweep_end_to_end(tmp_path, ray_env):
     parent = client.get_run(parent.info.run_id)
     assert "confirm_best_sae_u_mean" in parent.data.metrics and "confirm_p_random_sae_u" in parent.data.metrics
     assert len(study.trials) == 2  # confirmation runs stay outside the Optuna study
+
+    # Per-trial plots, and the review notebook runs headless against this sweep's store.
+    for child in children:
+        assert "trial_metrics.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"objectives.png", "parallel_coordinates.png"} <= artifacts
+    execute_review_notebook(f"sqlite:///{storage / 'mlflow.db'}", "e2e", tmp_path)
+
+
+def execute_review_notebook(uri: str, sweep: str, workdir: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / "notebooks" / "review_sweep.ipynb", as_version=4)
+    old = {k: os.environ.get(k) for k in ("SAECEPTION_TRACKING_URI", "SAECEPTION_SWEEP")}
+    os.environ.update(SAECEPTION_TRACKING_URI=uri, SAECEPTION_SWEEP=sweep)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
+    assert len(images) >= 3  # the sweep's plots and the trajectories
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "| 1 | sae_u |" in text  # the confirmation table
+
+
+def test_committed_notebook_has_no_outputs():
+    import nbformat
+
+    nb = nbformat.read(REPO / "notebooks" / "review_sweep.ipynb", as_version=4)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
