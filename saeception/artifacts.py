@@ -38,27 +38,14 @@ class CycleDir:
     @property
     def manifest(self) -> Path:
         """Size and SHA-256 of every other file; written last, so its presence marks a complete cycle."""
-        return self.path / "manifest.json"
+        return self.path / MANIFEST
 
     def seal(self) -> None:
-        files = sorted(p for p in self.path.iterdir() if p.is_file() and p != self.manifest and not p.name.endswith(".tmp"))
-        write_json(self.manifest, {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files})
+        seal_dir(self.path)
 
     def verify(self) -> str | None:
         """None when every file matches the manifest; otherwise what is wrong (the cycle must not be loaded)."""
-        if not self.manifest.exists():
-            return f"{self.path}: no manifest (incomplete cycle)"
-        try:
-            expected = json.loads(self.manifest.read_text())
-        except ValueError:
-            return f"{self.manifest}: unreadable"
-        for name, want in expected.items():
-            p = self.path / name
-            if not p.exists():
-                return f"{p}: missing"
-            if p.stat().st_size != want["bytes"] or sha256_file(p) != want["sha256"]:
-                return f"{p}: does not match its checksum (truncated or corrupted)"
-        return None
+        return verify_dir(self.path)
 
 
 class ChainPaths:
@@ -72,6 +59,33 @@ class ChainPaths:
 
     def results(self) -> Path:
         return self.root / "results.json"
+
+
+MANIFEST = "manifest.json"
+
+
+def seal_dir(path: Path) -> None:
+    """Writes MANIFEST (size and SHA-256 of every other file) last: its presence marks completeness."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"))
+    write_json(path / MANIFEST, {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files})
+
+
+def verify_dir(path: Path) -> str | None:
+    """None when every file listed in the manifest matches it; otherwise what is wrong."""
+    manifest = path / MANIFEST
+    if not manifest.exists():
+        return f"{path}: no manifest (incomplete)"
+    try:
+        expected = json.loads(manifest.read_text())
+    except ValueError:
+        return f"{manifest}: unreadable"
+    for name, want in expected.items():
+        p = path / name
+        if not p.exists():
+            return f"{p}: missing"
+        if p.stat().st_size != want["bytes"] or sha256_file(p) != want["sha256"]:
+            return f"{p}: does not match its checksum (truncated or corrupted)"
+    return None
 
 
 def sha256_file(path: Path) -> str:

@@ -10,6 +10,7 @@ the artifacts and calls the callback).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from . import metrics as M
 from .artifacts import ChainPaths, CycleDir, load_state_strict, load_weights, save_module, write_json
+from .cache import StageCache, stage_keys
 from .config import Config, to_dict
 from .data import TaskData, load_task
-from .distributed import barrier, is_main, rank, world_size
+from .distributed import barrier, broadcast_, is_distributed, is_main, rank, world_size
 from .errors import CorruptCycleError
 from .evaluate import evaluate
 from .models import TapModel, build_model, load_tokenizer
@@ -99,6 +102,39 @@ def setup(cfg: Config) -> Setup:
     return Setup(task, tap)
 
 
+def _extract_all(tap: TapModel, task: TaskData, cfg: Config, device: torch.device) -> dict[str, torch.Tensor]:
+    """Pooled activations and logits per split (contiguous, row = example id), plus all real tokens
+    of the train split when the SAE trains on them."""
+    out = {}
+    for split in ("train", "val", "test"):
+        h, logits = extract(tap, task, split, cfg.finetune.batch_size, device)
+        out[f"{split}.acts"], out[f"{split}.logits"] = h.contiguous(), logits.contiguous()
+    if cfg.sae.tokens == "all":
+        out["train.tokens"] = extract(tap, task, "train", cfg.finetune.batch_size, device, tokens=True)[0].contiguous()
+    return out
+
+
+def _stage(cache: StageCache | None, key: str | None, device: torch.device, build, save, load):
+    """Runs `build()` (on every rank), or loads a cached result. Rank 0 looks up and publishes under the
+    key's lock, so concurrent trials build an entry once; the other ranks follow its decision."""
+    if cache is None or key is None:
+        return build()
+    with cache.lock(key) if is_main() else contextlib.nullcontext():
+        path = cache.lookup(key) if is_main() else None
+        hit = broadcast_(torch.tensor([int(path is not None)], device=device if is_distributed() and device.type == "cuda" else "cpu"))
+        if int(hit.item()):
+            path = cache.entry(key)
+            if is_main():
+                cache.record_hit(path)
+            return load(path)
+        t0 = time.perf_counter()
+        value = build()
+        if is_main():
+            cache.publish(key, lambda d: save(value, d), time.perf_counter() - t0)
+        barrier()
+        return value
+
+
 def _jsonable(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
@@ -106,13 +142,14 @@ def _jsonable(metrics: dict) -> dict:
 def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallback | None = None,
               device: torch.device | None = None, resume_from: Path | ChainState | None = None,
               prepared: Setup | None = None,
-              on_state: Callable[[int, ChainState], None] | None = None) -> list[dict]:
+              on_state: Callable[[int, ChainState], None] | None = None,
+              cache: StageCache | None = None) -> list[dict]:
     """Runs cycles 0..cfg.chain.cycles and returns one metrics dict per cycle.
 
     resume_from: a ChainState, or a cycle directory (CycleDir layout) written by an earlier run or
     restored from a checkpoint; the chain continues with the next cycle. paths: where this run writes
     (rank 0 only). on_state(cycle, state): called on every rank after each cycle (the state is live:
-    copy it to keep it)."""
+    copy it to keep it). cache: a StageCache for cycle 0's model, activations and SAE."""
     paths = paths if isinstance(paths, ChainPaths) else ChainPaths(paths)
     device = device or resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -135,9 +172,13 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
         t0 = time.perf_counter()
         cycle_seed = cfg.seed + 1000 * cycle
         aux: dict[str, float] = {}
+        keys = stage_keys(cfg, task.fingerprint) if cache is not None and cycle == 0 else {}
         if cycle == 0:
             if cfg.finetune.epochs > 0:
-                finetune(tap, task, cfg.finetune, device, cycle_seed)
+                _stage(cache, keys.get("model0"), device,
+                       build=lambda seed=cycle_seed: finetune(tap, task, cfg.finetune, device, seed),
+                       save=lambda _, d: save_module(d / "model", tap.model, {"name": cfg.model.name}),
+                       load=lambda d: load_state_strict(tap.model, load_weights(d / "model", device)[0]))
         else:
             assert sae is not None
             acts_before, _ = extract(tap, task, "train", cfg.aux.batch_size, device)
@@ -152,15 +193,19 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
             if cfg.model.freeze == "before":
                 tap.freeze_before_target()
             retrain(tap, task, targets, cfg.aux, device, cycle_seed)
-        acts, logits = {}, {}
-        for split in ("train", "val", "test"):
-            acts[split], logits[split] = extract(tap, task, split, cfg.finetune.batch_size, device)
+        extracted = _stage(cache, keys.get("acts0"), device,
+                           build=lambda: _extract_all(tap, task, cfg, device),
+                           save=lambda t, d: save_file(t, str(d / "activations.safetensors")),
+                           load=lambda d: load_file(str(d / "activations.safetensors")))
+        acts = {sp: extracted[f"{sp}.acts"] for sp in ("train", "val", "test")}
+        logits = {sp: extracted[f"{sp}.logits"] for sp in ("train", "val", "test")}
         if cycle > 0:
             aux["aux_cosine"] = M.cosine(acts["train"], targets)
-        sae_input = acts["train"]
-        if cfg.sae.tokens == "all":
-            sae_input, _ = extract(tap, task, "train", cfg.finetune.batch_size, device, tokens=True)
-        sae = train_sae(sae_input.to(device), cfg.sae, seed=cycle_seed).cpu()
+        sae_input = extracted.get("train.tokens", acts["train"])
+        sae = _stage(cache, keys.get("sae0"), device,
+                     build=lambda x=sae_input, seed=cycle_seed: train_sae(x.to(device), cfg.sae, seed=seed).cpu(),
+                     save=lambda v, d: v.save(d / "sae"),
+                     load=lambda d: SAE.load(d / "sae"))
         metrics: dict = {"cycle": cycle}
         if is_main():
             labels_by_split = {sp: task.split(sp).labels for sp in ("train", "val", "test")}

@@ -43,7 +43,7 @@ def confirm_seeds(base_seed: int, n: int) -> list[int]:
 
 def run_arms(values: dict[str, Any], seed: int, root: Path,
              on_cycle: Callable[[str, int, dict, Path], None] | None = None,
-             device=None) -> dict[str, list[dict]]:
+             device=None, cache=None) -> dict[str, list[dict]]:
     """Runs every arm for one seed; controls start from the best arm's cycle 0. Returns histories."""
     histories = {}
     cycle0: dict[int, ChainState] = {}
@@ -56,7 +56,8 @@ def run_arms(values: dict[str, Any], seed: int, root: Path,
         cfg = build_config({**arm_values(values, arm), "seed": seed})
         callback = (lambda c, m, d, arm=arm: on_cycle(arm, c, m, d)) if on_cycle else None
         if arm == "best":
-            histories[arm] = run_chain(cfg, ChainPaths(root / arm), on_cycle=callback, device=device, on_state=keep_cycle0)
+            histories[arm] = run_chain(cfg, ChainPaths(root / arm), on_cycle=callback, device=device, on_state=keep_cycle0,
+                                       cache=cache)
         else:
             histories[arm] = run_chain(cfg, ChainPaths(root / arm), on_cycle=callback, device=device,
                                        resume_from=cycle0[0].copy())

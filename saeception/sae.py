@@ -87,7 +87,7 @@ class SAE(nn.Module):
         tensors, cfg = load_weights(prefix, device)
         sae = cls(cfg["d"], cfg["n_latents"], cfg["kind"], cfg["k"]).to(device)
         sae.load_state_dict(tensors)
-        return sae
+        return sae.eval().requires_grad_(False)
 
 
 @torch.no_grad()

@@ -52,6 +52,10 @@ def parser() -> argparse.ArgumentParser:
                    help="early stopping per cycle (asha: single-objective spaces only; default: none)")
     p.add_argument("--confirm-seeds", type=int, default=3,
                    help="re-run the best config and its controls (aux.weight=0, random targets) on N fresh seeds (default: 3; 0 skips)")
+    p.add_argument("--cache", metavar="DIR", help="stage cache directory, shared by every node (default: <storage>/cache; "
+                   "with a URI --storage, no cache unless given)")
+    p.add_argument("--no-cache", action="store_true", help="recompute every stage (no stage cache)")
+    p.add_argument("--cache-readonly", action="store_true", help="use --cache entries but never write (a shared cycle 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial, e.g. --set chain.cycles=1 (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and saeception's logs")
@@ -69,6 +73,7 @@ class Plan:
     mlflow_uri: str
     optuna_uri: str
     args: argparse.Namespace
+    cache_dir: str | None = None
 
     @property
     def ray_dir(self) -> str:
@@ -118,9 +123,25 @@ def plan(args: argparse.Namespace) -> Plan:
         _fail(f"--resume: no sweep named {name!r} under {storage}")
     if not args.resume and exists:
         _fail(f"--name: a sweep named {name!r} already exists under {storage}; pass --resume to continue it, or choose another --name")
+    _cache_dir(args, storage)  # its errors come before anything is created
     _check_writable(local_dir, "--storage")
     mlflow_uri = args.mlflow_uri or sqlite_uri(local_dir / "mlflow.db")
-    return Plan(space, name, storage, local_dir, mlflow_uri, sqlite_uri(local_dir / "optuna.db"), args)
+    cache_dir = _cache_dir(args, storage)
+    return Plan(space, name, storage, local_dir, mlflow_uri, sqlite_uri(local_dir / "optuna.db"), args, cache_dir)
+
+
+def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
+    cache_dir = None
+    if not args.no_cache:
+        if args.cache:
+            cache_dir = str(Path(args.cache).expanduser().resolve())
+            if args.cache_readonly and not Path(cache_dir).is_dir():
+                _fail(f"--cache: {cache_dir} does not exist (needed with --cache-readonly)")
+        elif "://" not in storage:
+            cache_dir = str(Path(storage) / "cache")
+    elif args.cache or args.cache_readonly:
+        _fail("--no-cache: cannot be combined with --cache or --cache-readonly")
+    return cache_dir
 
 
 def _check_writable(path: Path, flag: str) -> None:
@@ -311,7 +332,7 @@ def run(p: Plan) -> int:
 
         spec = TrialSpec(fixed=p.space.fixed, storage=p.storage, mlflow_uri=p.mlflow_uri, parent_run_id=parent,
                          workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-                         gpus_per_worker=args.gpus_per_worker)
+                         gpus_per_worker=args.gpus_per_worker, cache_dir=p.cache_dir, cache_readonly=args.cache_readonly)
         trainable = tune.with_resources(tune.with_parameters(chain_trial, spec=spec), trial_resources)
         single = len(p.space.objectives) == 1
         metric = p.space.metrics[0] if single else p.space.metrics
@@ -354,6 +375,7 @@ def run(p: Plan) -> int:
         _log_sweep_plots(p, tracker, parent, rows, best)
         if best and args.confirm_seeds > 0:
             _confirm(p, tracker, parent, spec, {**p.space.fixed, **best[0]["config"]}, concurrency, trial_resources)
+        _log_cache_totals(p, tracker, parent)
         failed = sum(r["error"] for r in rows)
         tracker.finish(parent, failed=None if best else f"no trial finished ({failed} failed)")
         print(f"\nopen the results: {ui_command(p.mlflow_uri)}")
@@ -361,6 +383,21 @@ def run(p: Plan) -> int:
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _log_cache_totals(p: Plan, tracker, parent: str) -> None:
+    """Sums each trial's final cache_* counters into the parent run (and prints them)."""
+    if p.cache_dir is None:
+        return
+    keys = ("cache_hits", "cache_misses", "cache_bytes_read", "cache_bytes_written", "cache_seconds_saved", "cache_seconds_building")
+    totals = dict.fromkeys(keys, 0.0)
+    for run in tracker.children(parent):
+        for k in keys:
+            totals[k] += run.data.metrics.get(k, 0.0)
+    tracker.log_metrics(parent, totals)
+    tracker.set_tags(parent, {"saeception.cache_dir": p.cache_dir})
+    print(f"stage cache {p.cache_dir}: {int(totals['cache_hits'])} hits, {int(totals['cache_misses'])} misses, "
+          f"{totals['cache_seconds_saved']:.0f} s of stage work saved", flush=True)
 
 
 def _log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[dict]) -> None:

@@ -92,6 +92,9 @@ def test_bad_input_corpus_is_large_enough():
     (["--resume"], "--resume"),
     (["--space", str(REPO / "search_spaces" / "multi_objective.yaml"), "--scheduler", "asha"], "--scheduler"),
     (["--name", "a/b"], "--name"),
+    (["--no-cache", "--cache", "/tmp/x"], "--no-cache"),
+    (["--cache", "/nonexistent/cache", "--cache-readonly"], "--cache"),
+    (["--confirm-seeds", "-1"], "--confirm-seeds"),
 ])
 def test_bad_flags_exit_2(args, expect, tmp_path, capsys):
     storage = tmp_path / "storage"
@@ -122,3 +125,10 @@ def test_malformed_space_through_the_real_cli_starts_no_ray(tmp_path):
 def test_parse_space_rejects_non_mapping_param():
     with pytest.raises(ConfigError, match="params.aux.weight"):
         parse_space({"params": {"aux.weight": 3}, "objectives": [{"metric": "val_sae_u", "mode": "max"}]})
+
+
+def test_cache_defaults_and_no_cache(tmp_path):
+    args = sweep.parser().parse_args(["--storage", str(tmp_path / "s")])
+    assert sweep.plan(args).cache_dir == str(tmp_path / "s" / "cache")
+    args = sweep.parser().parse_args(["--storage", str(tmp_path / "s2"), "--no-cache"])
+    assert sweep.plan(args).cache_dir is None

@@ -74,6 +74,8 @@ def test_sweep_end_to_end(tmp_path, ray_env):
     assert max(mlflow_values, key=mlflow_values.get) == best_id
     assert abs(mlflow_values[best_id] - study.best_value) < 1e-9
     assert parent.data.tags["best_trial_id"] == best_id
+    # The stage cache: the second trial reuses the first trial's fine-tuned model and activations.
+    assert parent.data.metrics["cache_hits"] >= 2 and parent.data.metrics["cache_seconds_saved"] > 0
     assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout and "--host 127.0.0.1" in r.stdout
 
     # Evidence: the confirmation table with both controls, in the CLI output and the parent run.

@@ -46,6 +46,8 @@ class TrialSpec:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 2
+    cache_dir: str | None = None  # the shared stage cache (None: off)
+    cache_readonly: bool = False
 
 
 class MlflowRelay(TuneReportCallback):
@@ -70,6 +72,9 @@ class MlflowRelay(TuneReportCallback):
             self._tracker.set_tags(run_id, tags)
         if history:
             self._tracker.log_history(run_id, history)
+        counters = {k: v for k, v in first.items() if k.startswith("cache_")}
+        if counters:  # cumulative per trial: the last value is the trial's total
+            self._tracker.log_metrics(run_id, counters, step=int(first.get("cycle", 0)))
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
@@ -93,13 +98,21 @@ def _rank0_report(rank: int, metrics: dict, cycle_dir: Path | None, run_key: str
         ray.train.report(payload)
 
 
-def _worker_context():
+def _worker_context(loop_config: dict[str, Any]):
     import ray.train
     import ray.train.torch
 
+    from saeception.cache import StageCache
+
     rank = ray.train.get_context().get_world_rank()
     work = Path(tempfile.mkdtemp(prefix=f"saeception-r{rank}-"))
-    return rank, ray.train.torch.get_device(), work
+    cache_dir = loop_config.get("cache_dir")
+    cache = StageCache(cache_dir, readonly=loop_config.get("cache_readonly", False)) if cache_dir else None
+    return rank, ray.train.torch.get_device(), work, cache
+
+
+def _with_cache_stats(metrics: dict, cache) -> dict:
+    return {**metrics, **cache.stats.as_metrics()} if cache is not None else metrics
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
@@ -114,7 +127,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     from saeception.evaluate import VAL_METRIC_NAMES
 
     cfg = build_config(loop_config["values"])
-    rank, device, work = _worker_context()
+    rank, device, work, cache = _worker_context(loop_config)
     resume_from, tags = None, {"saeception.worker_node": ray.get_runtime_context().get_node_id()}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -131,11 +144,12 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     reported = []
 
     def on_cycle(cycle: int, metrics: dict, cycle_dir: Path) -> None:
-        _rank0_report(rank, metrics, cycle_dir, tags=tags if not reported else None, checkpoint=True)
+        _rank0_report(rank, _with_cache_stats(metrics, cache), cycle_dir, tags=tags if not reported else None, checkpoint=True)
         reported.append(cycle)
 
     try:
-        history = run_chain(cfg, ChainPaths(work / "run"), on_cycle=on_cycle, device=device, resume_from=resume_from)
+        history = run_chain(cfg, ChainPaths(work / "run"), on_cycle=on_cycle, device=device, resume_from=resume_from,
+                            cache=cache)
         if not reported:
             # Restored from the final cycle's checkpoint: nothing left to run, but Tune needs the result.
             _rank0_report(rank, history[-1], None, tags=tags, history=history)
@@ -152,14 +166,15 @@ def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
     re-runs them; MLflow stays deduplicated (cycles already logged are skipped)."""
     from saeception.confirm import run_arms
 
-    rank, device, work = _worker_context()
+    rank, device, work, cache = _worker_context(loop_config)
     try:
         for seed in loop_config["seeds"]:
             def on_cycle(arm: str, cycle: int, metrics: dict, cycle_dir: Path, seed=seed) -> None:
                 # The history carries cycle 0 into the controls' runs (they inherit it from `best`).
-                _rank0_report(rank, {"arm": arm, "seed": seed, **metrics}, cycle_dir, run_key=f"{arm}-seed{seed}")
+                _rank0_report(rank, _with_cache_stats({"arm": arm, "seed": seed, **metrics}, cache), cycle_dir,
+                              run_key=f"{arm}-seed{seed}")
 
-            run_arms(loop_config["values"], seed, work / f"seed{seed}", on_cycle=on_cycle, device=device)
+            run_arms(loop_config["values"], seed, work / f"seed{seed}", on_cycle=on_cycle, device=device, cache=cache)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -173,7 +188,7 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         loop,
-        train_loop_config=loop_config,
+        train_loop_config={**loop_config, "cache_dir": spec.cache_dir, "cache_readonly": spec.cache_readonly},
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name,
