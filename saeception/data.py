@@ -299,9 +299,27 @@ def collate(items: list[tuple[Any, int, int]], pad_token_id: int = 0, padding_si
     return batch
 
 
+def length_grouped_batches(lengths: list[int], batch_size: int, shuffle: bool, seed: int,
+                           group: int = 50) -> list[list[int]]:
+    """Batches of similar-length examples, so dynamic padding pads little. Shuffled: indices are
+    shuffled, cut into groups of `group` batches, each group sorted by length, and the batches'
+    order shuffled (randomness kept, padding cut). Not shuffled: one sort by length."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(lengths), generator=g).tolist() if shuffle else list(range(len(lengths)))
+    span = batch_size * group if shuffle else len(order)
+    batches = []
+    for start in range(0, len(order), max(span, 1)):
+        chunk = sorted(order[start:start + span], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
+
+
 def loader(task: TaskData, split: str, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
            distributed: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over one split. Under torch.distributed each rank reads its own shard."""
+    """A DataLoader over one split. Under torch.distributed each rank reads its own shard. Text in one
+    process is batched by similar length (every stage indexes by example id, so order is free)."""
     from functools import partial
 
     ds = SplitDataset(task.split(split))
@@ -310,5 +328,9 @@ def loader(task: TaskData, split: str, batch_size: int, shuffle: bool, seed: int
         sampler = torch.utils.data.DistributedSampler(ds, shuffle=shuffle, seed=seed, drop_last=False)
         sampler.set_epoch(epoch)
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=fn)
+    if task.kind == "text":
+        lengths = [len(seq) for seq in task.split(split).inputs]
+        batches = length_grouped_batches(lengths, batch_size, shuffle, seed * 1000 + epoch)
+        return torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=fn)
     gen = torch.Generator().manual_seed(seed * 1000 + epoch)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=fn)

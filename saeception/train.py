@@ -27,6 +27,13 @@ def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (where it pays); a no-op on CPU, where it does not."""
+    import contextlib
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _wrap(tap: TapModel, device: torch.device) -> nn.Module:
     if not is_distributed():
         return tap
@@ -50,11 +57,12 @@ def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int,
     for epoch in range(epochs):
         for batch in loader(task, "train", batch_size, shuffle=True, seed=seed, epoch=epoch, distributed=is_distributed()):
             batch = _to(batch, device)
-            logits, h = model(batch)
-            loss = F.cross_entropy(logits, batch["labels"])
+            with autocast(device):
+                logits, h = model(batch)
+            loss = F.cross_entropy(logits.float(), batch["labels"])
             if targets is not None:
                 # Targets are looked up by example id: row i of `targets` belongs to example i.
-                loss = loss + weight * aux_loss(h, targets[batch["ids"]])
+                loss = loss + weight * aux_loss(h.float(), targets[batch["ids"]])
             if not torch.isfinite(loss):
                 raise DivergedError(f"loss became {loss.item()} in epoch {epoch} (lr {lr})")
             opt.zero_grad(set_to_none=True)
@@ -84,9 +92,11 @@ def extract(tap: TapModel, task: TaskData, split: str, batch_size: int, device: 
     for batch in loader(task, split, batch_size, shuffle=False, distributed=is_distributed()):
         batch = _to(batch, device)
         if tokens:
-            hs.append(tap.tokens(batch).float())
+            with autocast(device):
+                hs.append(tap.tokens(batch).float())
             continue
-        logits, h = tap(batch)
+        with autocast(device):
+            logits, h = tap(batch)
         ids.append(batch["ids"])
         hs.append(h.float())
         logits_all.append(logits.float())

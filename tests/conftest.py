@@ -24,6 +24,23 @@ def seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def ray_env():
+    """Environment for a subprocess that starts Ray: its own short RAY_TMPDIR (unix socket paths must
+    stay under 108 bytes; runs must not collide). Every process left under it is killed afterwards."""
+    import shutil
+    import tempfile
+
+    from raytools import kill_all
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    yield env
+    kill_all(str(ray_tmp))
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def gpt2_dir(tmp_path_factory) -> Path:
     return tiny_gpt2(tmp_path_factory.mktemp("gpt2"))

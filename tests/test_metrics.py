@@ -1,31 +1,9 @@
-import math
 
-import numpy as np
 import torch
-from sklearn.metrics import f1_score, mutual_info_score
+from helpers import per_latent_reference as brute_force
+from sklearn.metrics import f1_score
 
 from saeception import metrics as M
-
-
-def brute_force(codes: torch.Tensor, labels: torch.Tensor) -> dict:
-    """The definitions, one latent at a time (the straightforward reference)."""
-    y = labels.numpy()
-    classes = np.unique(y)
-    counts = np.bincount(y)
-    h_y = -sum((c / len(y)) * math.log(c / len(y)) for c in counts if c > 0)
-    csis, us = [], []
-    for i in range(codes.shape[1]):
-        z = codes[:, i].double().numpy()
-        if not (z > 0).any():
-            continue
-        means = {c: z[y == c].mean() for c in classes}
-        c_star = max(means, key=means.get)
-        mu_max, mu_other = means[c_star], z[y != c_star].mean()
-        denom = abs(mu_max) + abs(mu_other)
-        csis.append(0.0 if denom == 0 else (mu_max - mu_other) / denom)
-        fires = (z > 0).astype(int)
-        us.append(0.0 if fires.all() else mutual_info_score(fires, y) / h_y)
-    return {"csi": float(np.mean(csis)), "u": float(np.mean(us))}
 
 
 def test_monosemanticity_equals_brute_force():

@@ -4,12 +4,10 @@ Run one alone with its marker, e.g. `python -m pytest -m worker_kill`.
 """
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,16 +16,6 @@ from raytools import kill_all
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "spaces" / "tiny.yaml"
-
-
-@pytest.fixture
-def ray_env():
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
-    yield env
-    kill_all(str(ray_tmp))
-    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def sweep_cmd(storage: Path, *extra: str) -> list[str]:

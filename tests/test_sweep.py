@@ -2,28 +2,14 @@
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from raytools import kill_all
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "spaces" / "tiny.yaml"
-
-
-@pytest.fixture
-def ray_env():
-    # Short and unique: Ray's unix socket paths must stay under 108 bytes, and runs must not collide.
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
-    yield env
-    kill_all(str(ray_tmp))
-    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.ray

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
     cfg = build_config(loop_config["values"])
     rank, device, work, cache = _worker_context(loop_config)
-    resume_from, tags = None, {"saeception.worker_node": ray.get_runtime_context().get_node_id()}
+    # When the worker's own work starts (for the overhead benchmark, bench/ray_overhead.py).
+    resume_from, tags = None, {"saeception.worker_node": ray.get_runtime_context().get_node_id(),
+                               "saeception.worker_started_at": f"{time.time():.3f}"}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         restored = work / "restored"
@@ -212,7 +215,9 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
         for run_id in run_ids.values():
             tracker.finish(run_id, failed=f"{type(e).__name__}: {e}")
         raise
+    finished = time.time()
     for key, run_id in run_ids.items():
+        tracker.set_tags(run_id, {"saeception.trainer_finished_at": f"{finished:.3f}"})
         _log_trial_plot(tracker, run_id, key)
         tracker.finish(run_id)
 
@@ -236,9 +241,11 @@ def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     sampled = dict(config)
     values = {**spec.fixed, **sampled}
     cfg = build_config(values)
+    started = time.time()
     trial_id = ray.tune.get_context().get_trial_id()
     tracker = Tracker(spec.mlflow_uri)
     run_id = tracker.child_run(spec.parent_run_id, trial_id, role="trial", name=f"trial-{trial_id}")
+    tracker.set_tags(run_id, {"saeception.trial_started_at": f"{started:.3f}"})
     tracker.log_params(run_id, {**to_flat_dict(cfg), **{f"searched.{k}": v for k, v in sampled.items()}})
     _fit(spec, _worker_loop, {"values": values}, f"train-{trial_id}", {"": run_id}, tracker)
 
