@@ -16,6 +16,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, dpi: int = 90) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
 def confirmation_plot(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("task_accuracy", "sae_u", "sae_csi")) -> Path:
     """Mean ± sd over seeds per cycle, one panel per metric, one line per arm."""
     from .confirm import ARMS
@@ -35,10 +42,7 @@ def confirmation_plot(rows: list[dict[str, Any]], path: Path, metrics: tuple[str
         ax.set_xlabel("cycle")
         ax.set_xticks(sorted({r["cycle"] for r in sel}))
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 TRAJECTORY_METRICS = ("task_accuracy", "sae_u", "sae_csi", "probe_accuracy", "explained_variance", "l0")
@@ -62,10 +66,7 @@ def trial_plot(history: dict[str, dict[int, float]], path: Path, title: str = ""
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
 
 
 def objective_plot(rows: list[dict[str, Any]], metrics: list[str], modes: list[str], path: Path) -> Path:
@@ -85,10 +86,7 @@ def objective_plot(rows: list[dict[str, Any]], metrics: list[str], modes: list[s
         ax.set_xlabel("trial")
         ax.set_title(metric)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
 
 
 def pareto_plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], metrics: list[str], path: Path) -> Path:
@@ -102,10 +100,7 @@ def pareto_plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], metrics
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
 
 
 def importance_plot(importances: dict[str, float], metric: str, path: Path) -> Path:
@@ -114,10 +109,7 @@ def importance_plot(importances: dict[str, float], metric: str, path: Path) -> P
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel(f"importance for {metric} (Optuna, fANOVA)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
 
 
 def parallel_plot(rows: list[dict[str, Any]], params: list[str], metric: str, path: Path) -> Path:
@@ -148,7 +140,4 @@ def parallel_plot(rows: list[dict[str, Any]], params: list[str], metric: str, pa
     ax.set_xticklabels(params, rotation=30, ha="right", fontsize=8)
     ax.set_yticks([])
     ax.set_title(f"hyperparameters vs {metric} (yellow = high)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
