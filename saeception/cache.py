@@ -32,7 +32,7 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def _digest(payload: dict[str, Any]) -> str:

@@ -131,6 +131,9 @@ class SAEConfig:
     dead_after: int = 5000
     # Train on the pooled token per example ("pooled", what sharpening uses) or on all real tokens ("all").
     tokens: str = "pooled"
+    # On CUDA in one process, capture the training step once as a CUDA graph and replay it (no
+    # per-step launch overhead); false runs the same step eagerly.
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         _require(self.kind in ("l1", "topk", "batchtopk"), "sae.kind", "must be one of: l1, topk, batchtopk")

@@ -316,21 +316,36 @@ def length_grouped_batches(lengths: list[int], batch_size: int, shuffle: bool, s
     return batches
 
 
+def shard_batches(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """Rank `rank`'s share of a batch list: every rank gets the same number of batches (DDP steps in
+    lockstep), the list padded by cycling its first batches, as DistributedSampler pads examples.
+    Extraction writes rows by example id, so a repeated example is harmless there."""
+    if not batches:
+        return batches
+    total = len(batches) + (-len(batches) % world)
+    return [batches[i % len(batches)] for i in range(rank, total, world)]
+
+
 def loader(task: TaskData, split: str, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
-           distributed: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over one split. Under torch.distributed each rank reads its own shard. Text in one
-    process is batched by similar length (every stage indexes by example id, so order is free)."""
+           distributed: bool = False, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over one split. Under torch.distributed each rank reads its own shard. Text is
+    batched by similar length (every stage indexes by example id, so order is free).
+    pin_memory=True (for CUDA) lets batches copy to the device without blocking the host."""
     from functools import partial
 
     ds = SplitDataset(task.split(split))
     fn = partial(collate, pad_token_id=task.pad_token_id, padding_side=task.padding_side)
+    if task.kind == "text":
+        # Every rank computes the same length-grouped batches (same seed), then takes its share.
+        lengths = [len(seq) for seq in task.split(split).inputs]
+        batches = length_grouped_batches(lengths, batch_size, shuffle, seed * 1000 + epoch)
+        if distributed:
+            batches = shard_batches(batches, torch.distributed.get_rank(), torch.distributed.get_world_size())
+        return torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=fn, pin_memory=pin_memory)
     if distributed:
         sampler = torch.utils.data.DistributedSampler(ds, shuffle=shuffle, seed=seed, drop_last=False)
         sampler.set_epoch(epoch)
-        return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=fn)
-    if task.kind == "text":
-        lengths = [len(seq) for seq in task.split(split).inputs]
-        batches = length_grouped_batches(lengths, batch_size, shuffle, seed * 1000 + epoch)
-        return torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=fn)
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=fn, pin_memory=pin_memory)
     gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=fn)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=fn,
+                                       pin_memory=pin_memory)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .accel import autocast
 from .artifacts import load_weights, save_weights
 from .config import SAEConfig
 from .errors import DivergedError
@@ -41,7 +43,7 @@ class SAE(nn.Module):
         if self.kind == "l1":
             return pre
         if self.kind == "topk":
-            values, index = pre.topk(self.k, dim=-1)
+            values, index = topk_rows(pre, self.k)
             return torch.zeros_like(pre).scatter_(-1, index, values)
         if batch_topk:
             flat = pre.flatten()
@@ -109,23 +111,45 @@ def _distributed() -> tuple[bool, int, int]:
     return False, 0, 1
 
 
+def topk_rows(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(values, indices) of the k largest entries of each row, in no particular order (unsorted is
+    faster; a chunked two-stage selection was slower at every chunk size on an H200: BENCHMARKS.md)."""
+    return x.topk(k, dim=-1, sorted=False)
+
+
+def decode_topk(sae: SAE, values: Tensor, index: Tensor, sparse: bool = False) -> Tensor:
+    """sum_j values[:, j] * W_dec[index[:, j]] (without b_dec, in scaled units): the decoder product of a
+    code with k nonzeros per row. Dense (scatter, then one matmul) by default; sparse=True gathers k
+    decoder rows per example instead, O(B·k·d) rather than O(B·n_latents·d) but memory-bound: on an
+    H200 at d=768, 6144 latents, k=64 the dense product was faster (BENCHMARKS.md). Same sum either way."""
+    if sparse:
+        return F.embedding_bag(index, sae.W_dec, per_sample_weights=values.to(sae.W_dec.dtype), mode="sum")
+    z = torch.zeros(index.shape[0], sae.n_latents, dtype=values.dtype, device=index.device).scatter(-1, index, values)
+    return z @ sae.W_dec
+
+
 def auxk_loss(sae: SAE, pre: Tensor, residual: Tensor, dead: Tensor, k_aux: int) -> Tensor:
-    """OpenAI's AuxK: reconstruct the residual from the top dead latents, normalised by its variance."""
-    n_dead = int(dead.sum())
-    if n_dead == 0:
-        return pre.new_zeros(())
+    """OpenAI's AuxK: reconstruct the residual from the top dead latents, normalised by its variance.
+    Zero when no latent is dead; no host sync (masked and zero entries decode to nothing)."""
     dead_pre = torch.where(dead, pre, torch.zeros_like(pre))
-    values, index = dead_pre.topk(min(k_aux, n_dead), dim=-1)
-    z = torch.zeros_like(pre).scatter_(-1, index, values)
-    residual_hat = z @ sae.W_dec
+    values, index = topk_rows(dead_pre, min(k_aux, pre.shape[-1]))
+    residual_hat = decode_topk(sae, values, index).float()
     denom = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
-    return (residual_hat - residual).pow(2).sum(-1).mean() / denom
+    return (residual_hat - residual).pow(2).sum(-1).mean() / denom * dead.any()
 
 
-def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0) -> SAE:
+def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
+              check_every: int = 50) -> SAE:
     """Trains an SAE on (N, d) activations. Under torch.distributed every rank passes the same full
     tensor; each rank steps on its share of every batch and gradients are averaged, so all ranks end
-    with the same SAE."""
+    with the same SAE.
+
+    The step never waits on the host: batch indices are drawn on the device, and every `check_every`
+    steps (and at the end) one sync checks the running loss sum for NaN/inf (a divergence fails the
+    stage, naming the steps) and refreshes whether any latent is dead (AuxK runs only while one is).
+    On CUDA the matmuls run under bf16 autocast (parameters and fused-Adam state stay fp32), and in
+    one process the whole step (forward, backward, Adam, decoder renormalisation) is captured once as
+    a CUDA graph and replayed (`sae.cuda_graphs`), so the host's launch overhead leaves the loop."""
     cfg = cfg or SAEConfig()
     x_all = activations.detach().float()
     n, d = x_all.shape
@@ -145,25 +169,38 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0) 
         sae.b_dec.copy_(geometric_median(sample))
         sae.threshold.zero_()
 
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    cuda = device.type == "cuda"
+    graphs = cuda and cfg.cuda_graphs and not is_dist
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), **({"fused": True, "capturable": graphs} if cuda else {}))
     since_fired = torch.zeros(sae.n_latents, device=device)
     batch = min(cfg.batch_size, n)
-    for step in range(cfg.steps):
-        index = torch.randint(0, n, (batch,), generator=gen).to(device)
+    index_gen = torch.Generator(device=device).manual_seed(seed)
+    index = torch.zeros(batch, dtype=torch.long, device=device)  # static: a captured step reads it
+    loss_sum = torch.zeros((), device=device)
+
+    def step_fn(aux_on: bool, first: bool) -> tuple[Tensor, Tensor]:
         x = x_all[index[rank::world]] / sae.input_scale
-        pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
-        z = sae.activate(pre, batch_topk=True)
-        x_hat = z @ sae.W_dec + sae.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean() / d
-        if cfg.kind == "l1":
-            loss = mse + cfg.l1_coefficient * z.sum(-1).mean()
-        else:
-            loss = mse
-            if cfg.auxk_coefficient > 0:
-                dead = since_fired >= cfg.dead_after
-                loss = loss + cfg.auxk_coefficient * auxk_loss(sae, pre, (x - x_hat).detach(), dead, cfg.auxk_k)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"SAE loss became {loss.item()} at step {step} (sae.lr {cfg.lr})")
+        fired = torch.zeros(sae.n_latents, device=device)
+        # Matmuls in bf16 on CUDA (no weight-cast cache: it must not outlive a captured step).
+        with autocast(device, cache_enabled=False):
+            pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+            if cfg.kind == "topk":
+                values, top = topk_rows(pre, cfg.k)
+                x_hat = decode_topk(sae, values, top).float() + sae.b_dec
+                fired.scatter_add_(0, top.flatten(), (values.detach() > 0).flatten().float())
+            else:
+                z = sae.activate(pre.float(), batch_topk=True)
+                x_hat = (z @ sae.W_dec).float() + sae.b_dec
+                fired += (z.detach() > 0).any(0).float()
+            mse = (x_hat - x).pow(2).sum(-1).mean() / d
+            if cfg.kind == "l1":
+                loss = mse + cfg.l1_coefficient * z.float().sum(-1).mean()
+            else:
+                loss = mse
+                if aux_on:
+                    dead = since_fired >= cfg.dead_after
+                    loss = loss + cfg.auxk_coefficient * auxk_loss(sae, pre, (x - x_hat).detach(), dead, cfg.auxk_k)
+        loss_sum.add_(loss.detach())
         opt.zero_grad(set_to_none=False)
         loss.backward()
         if is_dist:
@@ -174,17 +211,43 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0) 
         opt.step()
         sae.normalize_decoder()
         with torch.no_grad():
-            fired = (z > 0).any(0).float()
             if cfg.kind == "batchtopk":
-                kept = z[z > 0]
-                smallest = kept.min() if kept.numel() else sae.threshold
+                kept = torch.where(z > 0, z, torch.full_like(z, float("inf"))).amin()
+                smallest = torch.where(torch.isfinite(kept), kept, sae.threshold)
                 if is_dist:
                     dist.all_reduce(smallest)
                     smallest = smallest / world
-                sae.threshold.lerp_(smallest, 0.01 if step else 1.0)
+                sae.threshold.lerp_(smallest, 1.0 if first else 0.01)
             if is_dist:
                 dist.all_reduce(fired)
-            since_fired = torch.where(fired > 0, torch.zeros_like(since_fired), since_fired + batch)
+            since_fired.copy_(torch.where(fired > 0, torch.zeros_like(since_fired), since_fired + batch))
+        return loss, mse
+
+    captured: dict[bool, tuple[torch.cuda.CUDAGraph, tuple[Tensor, Tensor]]] = {}
+    side = torch.cuda.Stream() if graphs else None
+    aux_on, checked = False, 0
+    for step in range(cfg.steps):
+        index.copy_(torch.randint(0, n, (batch,), generator=index_gen, device=device))
+        if not graphs:
+            loss, mse = step_fn(aux_on, step == 0)
+        elif step < 3:  # warm-up steps (real steps) on a side stream, as graph capture requires
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss, mse = step_fn(aux_on, step == 0)
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            if aux_on not in captured:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    outputs = step_fn(aux_on, False)
+                captured[aux_on] = (graph, outputs)
+            graph, (loss, mse) = captured[aux_on]
+            graph.replay()
+        if step + 1 == cfg.steps or (step + 1) % check_every == 0:
+            if not torch.isfinite(loss_sum):
+                raise DivergedError(f"SAE loss became {loss_sum.item()} between steps {checked} and {step} (sae.lr {cfg.lr})")
+            checked = step + 1
+            aux_on = cfg.kind != "l1" and cfg.auxk_coefficient > 0 and bool((since_fired >= cfg.dead_after).any())
         if step % 500 == 0 and log.isEnabledFor(logging.DEBUG):
             log.debug("sae step %d loss %.4f mse %.4f", step, loss.item(), mse.item())
     sae.eval()

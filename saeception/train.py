@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .accel import autocast
 from .config import AuxConfig, FinetuneConfig
 from .data import TaskData, loader
 from .distributed import all_gather_rows, is_distributed
@@ -25,13 +26,6 @@ log = logging.getLogger(__name__)
 
 def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (where it pays); a no-op on CPU, where it does not."""
-    import contextlib
-
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _wrap(tap: TapModel, device: torch.device) -> nn.Module:
@@ -46,6 +40,15 @@ def aux_loss(h: Tensor, targets: Tensor) -> Tensor:
     return (1 - F.cosine_similarity(h, targets, dim=-1)).mean()
 
 
+_CHECK_EVERY = 25
+
+
+def _check_finite(loss_sum: Tensor, checked: int, step: int, epoch: int, lr: float) -> int:
+    if not torch.isfinite(loss_sum):
+        raise DivergedError(f"loss became {loss_sum.item()} between steps {checked} and {step} (epoch {epoch}, lr {lr})")
+    return step
+
+
 def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int, weight_decay: float,
          device: torch.device, seed: int, targets: Tensor | None = None, weight: float = 0.0) -> None:
     params = [p for p in tap.parameters() if p.requires_grad]
@@ -54,8 +57,12 @@ def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int,
     model = _wrap(tap, device)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     model.train()
+    # NaN/inf is checked on a running sum every `_CHECK_EVERY` steps and at each epoch's end, not per
+    # step, so a CUDA step never waits on the host; a divergence still fails the stage.
+    loss_sum, checked, step = torch.zeros((), device=device), 0, 0
     for epoch in range(epochs):
-        for batch in loader(task, "train", batch_size, shuffle=True, seed=seed, epoch=epoch, distributed=is_distributed()):
+        for batch in loader(task, "train", batch_size, shuffle=True, seed=seed, epoch=epoch, distributed=is_distributed(),
+                            pin_memory=device.type == "cuda"):
             batch = _to(batch, device)
             with autocast(device):
                 logits, h = model(batch)
@@ -63,11 +70,14 @@ def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int,
             if targets is not None:
                 # Targets are looked up by example id: row i of `targets` belongs to example i.
                 loss = loss + weight * aux_loss(h.float(), targets[batch["ids"]])
-            if not torch.isfinite(loss):
-                raise DivergedError(f"loss became {loss.item()} in epoch {epoch} (lr {lr})")
+            loss_sum += loss.detach()
+            step += 1
+            if step % _CHECK_EVERY == 0:
+                checked = _check_finite(loss_sum, checked, step, epoch, lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        checked = _check_finite(loss_sum, checked, step, epoch, lr)
     tap.eval()
 
 
@@ -89,7 +99,7 @@ def extract(tap: TapModel, task: TaskData, split: str, batch_size: int, device: 
     With tokens=True the first tensor instead holds every real token's activation (n_tokens, d)."""
     tap.eval()
     ids, hs, logits_all = [], [], []
-    for batch in loader(task, split, batch_size, shuffle=False, distributed=is_distributed()):
+    for batch in loader(task, split, batch_size, shuffle=False, distributed=is_distributed(), pin_memory=device.type == "cuda"):
         batch = _to(batch, device)
         if tokens:
             with autocast(device):

@@ -4,9 +4,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from saeception.config import DataConfig, SAEConfig
-from saeception.data import load_task
-from saeception.models import MLP, TapModel
+from saeception.config import DataConfig, ModelConfig, SAEConfig
+from saeception.data import load_task, shard_batches
+from saeception.models import MLP, TapModel, build_model, load_tokenizer
 from saeception.sae import train_sae
 from saeception.sharpen import class_means
 from saeception.train import extract
@@ -58,3 +58,41 @@ def test_two_gloo_processes_match_one(tmp_path):
     # (rare top-k ties flip on reduction-order differences, so compare on average).
     assert torch.equal(ranks[0]["W_dec"], ranks[1]["W_dec"])
     assert (ranks[0]["W_dec"] - single_sae.W_dec).abs().mean() < 1e-3
+
+
+def test_shard_batches_gives_every_rank_the_same_count_and_covers_all():
+    batches = [[i] for i in range(7)]
+    for world in (1, 2, 3, 8):
+        shards = [shard_batches(batches, r, world) for r in range(world)]
+        assert len({len(s) for s in shards}) == 1
+        assert sorted({b[0] for s in shards for b in s}) == list(range(7))
+
+
+def _text(gpt2_dir, text_csv):
+    cfg = ModelConfig(name=str(gpt2_dir), layer=-1)
+    tok = load_tokenizer(cfg)
+    task = load_task(DataConfig(name=str(text_csv)), seed=0, tokenizer=tok)
+    torch.manual_seed(0)
+    return TapModel(build_model(cfg, task.n_classes, pad_token_id=tok.pad_token_id).eval(), cfg.layer), task
+
+
+def _text_worker(rank: int, world: int, init: str, out: str, gpt2_dir: str, text_csv: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        tap, task = _text(gpt2_dir, text_csv)
+        acts, logits = extract(tap, task, "train", 16, torch.device("cpu"))
+        torch.save({"acts": acts, "logits": logits}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_text_extraction_under_two_processes_is_row_aligned(tmp_path, gpt2_dir, text_csv):
+    """Length-grouped text batches are sharded across ranks; rows still come back in example-id order."""
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_text_worker, args=(2, init, str(tmp_path / "out"), str(gpt2_dir), str(text_csv)), nprocs=2, join=True)
+    tap, task = _text(gpt2_dir, text_csv)
+    single_acts, single_logits = extract(tap, task, "train", 16, torch.device("cpu"))
+    for r in range(2):
+        got = torch.load(tmp_path / f"out.{r}", weights_only=True)
+        assert torch.allclose(got["acts"], single_acts, atol=1e-5)
+        assert torch.allclose(got["logits"], single_logits, atol=1e-5)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from saeception.config import ConfigError, SAEConfig
-from saeception.sae import SAE, geometric_median, train_sae
+from saeception.errors import DivergedError
+from saeception.sae import SAE, auxk_loss, decode_topk, geometric_median, topk_rows, train_sae
 
 
 def planted(n: int = 8192, d: int = 32, n_atoms: int = 128, k: int = 4, seed: int = 0):
@@ -62,3 +63,62 @@ def test_geometric_median_resists_outliers():
 def test_k_not_below_latents_is_rejected():
     with pytest.raises(ConfigError, match="sae.k"):
         train_sae(torch.randn(64, 4), SAEConfig(kind="topk", expansion_factor=2, k=8))
+
+
+def _sae(d=12, n=48, k=4, seed=0):
+    torch.manual_seed(seed)
+    sae = SAE(d, n, "topk", k)
+    torch.nn.init.normal_(sae.W_enc)
+    torch.nn.init.normal_(sae.W_dec)
+    return sae
+
+
+def test_sparse_topk_decode_matches_dense_in_value_and_gradient():
+    sae = _sae()
+    pre = torch.relu(torch.randn(10, 48))
+    grads = []
+    for sparse in (True, False):
+        sae.zero_grad()
+        p = pre.clone().requires_grad_(True)
+        values, index = p.topk(4, dim=-1)
+        out = decode_topk(sae, values, index, sparse=sparse)
+        out.pow(2).sum().backward()
+        grads.append((out.detach(), sae.W_dec.grad.clone(), p.grad.clone()))
+    dense_reference = sae.activate(pre) @ sae.W_dec
+    assert torch.allclose(grads[0][0], dense_reference.detach(), atol=1e-5)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_auxk_is_zero_without_dead_latents_and_matches_brute_force_with_them():
+    sae = _sae()
+    pre = torch.relu(torch.randn(10, 48)).requires_grad_(True)
+    residual = torch.randn(10, 12)
+    none_dead = torch.zeros(48, dtype=torch.bool)
+    assert auxk_loss(sae, pre, residual, none_dead, 8).detach().item() == 0.0
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[:5] = True  # fewer dead latents than k_aux
+    loss = auxk_loss(sae, pre, residual, dead, 8)
+    z = torch.where(dead, pre, torch.zeros_like(pre))  # all dead latents (5 < 8) reconstruct the residual
+    brute = (z @ sae.W_dec - residual).pow(2).sum(-1).mean() / (residual - residual.mean(0)).pow(2).sum(-1).mean()
+    assert torch.allclose(loss, brute, atol=1e-5)
+    loss.backward()
+    assert pre.grad[:, 5:].abs().sum() == 0 and pre.grad[:, :5].abs().sum() > 0
+
+
+def test_divergence_fails_the_sae_stage_naming_the_steps():
+    x = torch.randn(200, 8)
+    x[7] = float("nan")
+    with pytest.raises(DivergedError, match=r"between steps \d+ and \d+"):
+        train_sae(x, SAEConfig(expansion_factor=2, k=2, steps=120, batch_size=64), check_every=50)
+
+
+def test_topk_rows_selects_exactly_the_row_top_k():
+    x = torch.randn(9, 100, requires_grad=True)
+    values, index = topk_rows(x, 7)
+    ref_values, ref_index = x.topk(7, dim=-1)
+    assert torch.equal(values.sort(-1).values, ref_values.sort(-1).values)
+    assert torch.equal(index.sort(-1).values, ref_index.sort(-1).values)
+    assert torch.equal(x.gather(-1, index), values)
+    values.sum().backward()  # gradient flows to exactly the selected entries
+    assert torch.equal(x.grad, torch.zeros_like(x).scatter(-1, ref_index, 1.0))
