@@ -118,6 +118,7 @@ def _with_cache_stats(metrics: dict, cache) -> dict:
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     """One chain; rank 0 checkpoints every cycle, so a restarted trial resumes after its last cycle."""
+    entered = time.time()
     import ray
     import ray.train
 
@@ -131,6 +132,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     rank, device, work, cache = _worker_context(loop_config)
     # When the worker's own work starts (for the overhead benchmark, bench/ray_overhead.py).
     resume_from, tags = None, {"saeception.worker_node": ray.get_runtime_context().get_node_id(),
+                               "saeception.worker_entered_at": f"{entered:.3f}",
                                "saeception.worker_started_at": f"{time.time():.3f}"}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -182,11 +184,18 @@ def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+HEALTH_CHECK_INTERVAL_S = 0.2
+
+
 def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids: dict[str, str], tracker) -> None:
     """Runs one TorchTrainer for the trial and closes its MLflow runs (FAILED with the reason on error)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    # Ray Train's controller polls its worker group every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
+    # default): up to that much dead time when the workers come up and again when they finish. Poll
+    # faster unless the user set it (the controller inherits this process's value).
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
     use_gpu = spec.gpus_per_worker > 0
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
@@ -203,6 +212,8 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
     )
     for run_id in run_ids.values():
         tracker.clear_failure(run_id)  # a restarted trial starts clean
+    for run_id in run_ids.values():
+        tracker.set_tags(run_id, {"saeception.trainer_started_at": f"{time.time():.3f}"})
     try:
         trainer.fit()
         for run_id in run_ids.values():

@@ -1,0 +1,37 @@
+"""The Optuna searcher's corrections, without a Ray cluster."""
+
+import optuna
+from ray import tune
+
+from trainables.optuna_search import FailAwareOptunaSearch
+
+
+def _searcher(tmp_path):
+    return FailAwareOptunaSearch(space={"x": tune.uniform(0, 1)}, metric="val_acc", mode="max",
+                                 storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"), study_name="s")
+
+
+def _trials(tmp_path):
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}").trials
+
+
+def test_failed_trial_is_fail_not_complete(tmp_path):
+    s = _searcher(tmp_path)
+    s.suggest("t1")
+    s.on_trial_result("t1", {"val_acc": 0.9, "training_iteration": 1})
+    s.on_trial_complete("t1", {"val_acc": 0.9}, error=True)
+    assert _trials(tmp_path)[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_a_resumed_trial_repeating_its_results_keeps_the_recorded_value(tmp_path):
+    """The driver died after Optuna recorded t1's end but before Tune saved it: the resumed trial
+    reports again. The sweep must go on and Optuna keep the first value."""
+    s = _searcher(tmp_path)
+    s.suggest("t1")
+    s.on_trial_result("t1", {"val_acc": 0.7, "training_iteration": 1})
+    s.on_trial_complete("t1", {"val_acc": 0.7})
+    s._completed_trials.discard("t1")  # the searcher state Tune saved before the kill
+    s.on_trial_result("t1", {"val_acc": 0.8, "training_iteration": 2})
+    s.on_trial_complete("t1", {"val_acc": 0.8})
+    (t,) = _trials(tmp_path)
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.value == 0.7
