@@ -90,7 +90,7 @@ def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env):
         storage = tmp_path / "s"
         proc = subprocess.Popen(
             sweep_cmd(storage, "--trials", "1", "--address", ctx.address_info["address"], "--workers-per-trial", "2",
-                      "--cpus-per-worker", "0.5", "--set", "chain.cycles=3", "--set", "sae.steps=400"),
+                      "--cpus-per-worker", "0.5", "--set", "chain.cycles=3", "--set", "sae.steps=2000"),
             env=ray_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         # Tune sees a cycle only after Ray Train has registered its checkpoint: wait for that.
         wait_for(lambda: tune_cycles(storage / "ray" / "rel") >= {0}, 300, "cycle 0 to be checkpointed", proc)
