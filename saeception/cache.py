@@ -8,7 +8,8 @@ data fingerprint and a format version, so no two different stages ever share an 
 An entry is a directory of safetensors + JSON files with a manifest of sizes and SHA-256 sums. It is
 built aside and published with one atomic rename; builders of the same key serialise on an exclusive
 file lock (one builds, the others wait and reuse); an entry that fails its checksums is deleted and
-rebuilt, never used. The root is a local or shared (NFS) directory, visible to every worker.
+rebuilt, never used. The root is a local or shared (NFS) directory, visible to every worker, or an
+object-store URI (`ObjectStageCache`: the same contract without rename or file locks).
 """
 
 from __future__ import annotations
@@ -131,3 +132,210 @@ class StageCache:
             shutil.rmtree(tmp, ignore_errors=True)
         self.stats.bytes_written += sum(p.stat().st_size for p in final.iterdir() if p.is_file())
         return final
+
+
+# --------------------------------------------------------------------------------------------------
+# Object stores (s3://, gs://, any fsspec URI): no rename, no flock.
+
+_PYARROW_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+_LEASE_S = 60.0  # a builder's lock lapses this long after its process stops renewing it
+
+
+def is_uri(root: str | Path) -> bool:
+    return "://" in str(root) and not str(root).startswith("file://")
+
+
+def check_uri(root: str) -> str | None:
+    """None when `root` names a filesystem pyarrow or fsspec knows; otherwise what is wrong."""
+    scheme = str(root).split("://", 1)[0]
+    if scheme in _PYARROW_SCHEMES:
+        return None
+    import fsspec
+
+    if scheme not in fsspec.available_protocols():
+        return f"unknown filesystem scheme {scheme!r} (pyarrow: {', '.join(_PYARROW_SCHEMES)}; or an fsspec protocol)"
+    return None
+
+
+def _filesystem(root: str):
+    """(pyarrow FileSystem, path) for a URI: pyarrow's own for s3/gs/hdfs/abfs, fsspec's otherwise."""
+    import pyarrow.fs as pafs
+
+    if root.split("://", 1)[0] in _PYARROW_SCHEMES:
+        return pafs.FileSystem.from_uri(root)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(root)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+class _Locks:
+    """Cluster-wide per-key build locks with leases, held by one named Ray actor that every worker of
+    every sweep on the cluster finds by name. A holder renews its lease while it builds; a crashed
+    holder's lock lapses after _LEASE_S, and a waiter takes it over."""
+
+    def __init__(self):
+        self.held: dict[str, tuple[str, float]] = {}
+
+    def acquire(self, key: str, owner: str, lease_s: float) -> bool:
+        now = time.time()
+        holder = self.held.get(key)
+        if holder is None or holder[1] < now or holder[0] == owner:
+            self.held[key] = (owner, now + lease_s)
+            return True
+        return False
+
+    def release(self, key: str, owner: str) -> None:
+        if self.held.get(key, ("", 0.0))[0] == owner:
+            del self.held[key]
+
+
+class ObjectStageCache(StageCache):
+    """The stage cache on an object store. An entry is an immutable blob folder written by one builder
+    (`<kk>/<key>/<build-id>/…`) and published by writing its pointer `<kk>/<key>.json` last: one
+    object PUT, atomic on S3/GCS, holding the blob's id and the size and SHA-256 of every file. A
+    reader downloads the files to local scratch and checks them against the pointer; a mismatch drops
+    the pointer (the entry is rebuilt). Builders of one key serialise on a lease lock in a named Ray
+    actor (`_Locks`), or, outside Ray, on a lock of this process."""
+
+    _local_locks: dict[str, Any] = {}
+
+    def __init__(self, root: str, readonly: bool = False, scratch: str | Path | None = None):
+        import tempfile
+
+        self.uri = root.rstrip("/")
+        self.fs, self.base = _filesystem(self.uri)
+        self.readonly = readonly
+        self.stats = CacheStats()
+        self.scratch = Path(scratch or tempfile.mkdtemp(prefix="saeception-cache-"))
+        if not readonly:
+            self.fs.create_dir(self.base, recursive=True)
+
+    def _pointer(self, key: str) -> str:
+        return f"{self.base}/{key[:2]}/{key}.json"
+
+    def _blob(self, key: str, build: str) -> str:
+        return f"{self.base}/{key[:2]}/{key}/{build}"
+
+    def _read_pointer(self, key: str) -> dict | None:
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(self._pointer(key)).type == pafs.FileType.NotFound:
+            return None
+        with self.fs.open_input_stream(self._pointer(key)) as f:
+            return json.loads(f.read())
+
+    def _delete(self, path: str, directory: bool) -> None:
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(path).type != pafs.FileType.NotFound:  # another reader may have been first
+            self.fs.delete_dir(path) if directory else self.fs.delete_file(path)
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        if self.readonly:
+            yield
+            return
+        import ray
+
+        if not ray.is_initialized():
+            import threading
+
+            with self._local_locks.setdefault(key, threading.Lock()):
+                yield
+            return
+        locks = ray.remote(num_cpus=0)(_Locks).options(
+            name="saeception-cache-locks", namespace="saeception", lifetime="detached", get_if_exists=True,
+            scheduling_strategy="DEFAULT").remote()
+        owner = uuid.uuid4().hex
+        while not ray.get(locks.acquire.remote(key, owner, _LEASE_S)):
+            time.sleep(0.5)
+        import threading
+
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(_LEASE_S / 4):
+                ray.get(locks.acquire.remote(key, owner, _LEASE_S))
+
+        renewer = threading.Thread(target=renew, daemon=True, name=f"cache-lease-{key[:8]}")
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            ray.get(locks.release.remote(key, owner))
+
+    def entry(self, key: str) -> Path:
+        """A verified local copy of the entry (downloaded once per process)."""
+        path = self.lookup(key)
+        if path is None:
+            raise FileNotFoundError(f"cache entry {key} is not in {self.uri}")
+        return path
+
+    def lookup(self, key: str) -> Path | None:
+        pointer = self._read_pointer(key)
+        if pointer is None:
+            return None
+        local = self.scratch / key / pointer["build"]
+        if not local.exists():
+            tmp = self.scratch / key / f".tmp-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            try:
+                blob = self._blob(key, pointer["build"])
+                for name in pointer["files"]:
+                    with self.fs.open_input_stream(f"{blob}/{name}") as src, open(tmp / name, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                from .artifacts import MANIFEST, write_json
+
+                write_json(tmp / MANIFEST, pointer["files"])
+                problem = verify_dir(tmp)
+                if problem is None:
+                    os.rename(tmp, local)
+            except FileNotFoundError as e:
+                problem = f"missing blob file ({e})"
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if problem is not None:
+                log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
+                self.stats.events.append(f"rejected {key}: {problem}")
+                if not self.readonly:
+                    self._delete(self._pointer(key), directory=False)
+                    self._delete(self._blob(key, pointer["build"]), directory=True)
+                return None
+        return local
+
+    def publish(self, key: str, write: Callable[[Path], None], build_seconds: float) -> Path | None:
+        """Writes the entry locally, uploads it as a new blob, then publishes its pointer (one PUT)."""
+        self.stats.misses += 1
+        self.stats.seconds_building += build_seconds
+        if self.readonly:
+            return None
+        from .artifacts import MANIFEST
+
+        build = uuid.uuid4().hex[:12]
+        local = self.scratch / key / build
+        local.mkdir(parents=True)
+        write(local)
+        (local / "entry.json").write_text(json.dumps({"key": key, "build_seconds": build_seconds, "created": time.time()}))
+        seal_dir(local)
+        files = json.loads((local / MANIFEST).read_text())
+        blob = self._blob(key, build)
+        self.fs.create_dir(blob, recursive=True)
+        for name in files:
+            with open(local / name, "rb") as src, self.fs.open_output_stream(f"{blob}/{name}") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        with self.fs.open_output_stream(self._pointer(key)) as f:
+            f.write(json.dumps({"key": key, "build": build, "files": files}).encode())
+        self.stats.bytes_written += sum(f["bytes"] for f in files.values())
+        return local
+
+
+def open_cache(root: str | Path, readonly: bool = False, scratch: str | Path | None = None) -> StageCache:
+    """The stage cache at `root`: a local/NFS directory (or file:// URI), or an object-store URI (whose
+    entries are downloaded under `scratch`, a fresh temporary directory if None)."""
+    root = str(root)
+    if is_uri(root):
+        return ObjectStageCache(root, readonly, scratch)
+    return StageCache(root.removeprefix("file://"), readonly)

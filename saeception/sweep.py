@@ -52,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
                    help="early stopping per cycle (asha: single-objective spaces only; default: none)")
     p.add_argument("--confirm-seeds", type=int, default=3,
                    help="re-run the best config and its controls (aux.weight=0, random targets) on N fresh seeds (default: 3; 0 skips)")
-    p.add_argument("--cache", metavar="DIR", help="stage cache directory, shared by every node (default: <storage>/cache; "
-                   "with a URI --storage, no cache unless given)")
+    p.add_argument("--cache", metavar="DIR_OR_URI", help="stage cache, shared by every node: a directory (local, NFS) or "
+                   "an object-store URI (s3://, gs://, any fsspec URI) (default: <storage>/cache)")
     p.add_argument("--no-cache", action="store_true", help="recompute every stage (no stage cache)")
     p.add_argument("--cache-readonly", action="store_true", help="use --cache entries but never write (a shared cycle 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -131,14 +131,26 @@ def plan(args: argparse.Namespace) -> Plan:
 
 
 def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
+    from .cache import check_uri, is_uri
+
     cache_dir = None
     if not args.no_cache:
-        if args.cache:
-            cache_dir = str(Path(args.cache).expanduser().resolve())
+        if args.cache and is_uri(args.cache):
+            problem = check_uri(args.cache)
+            if problem:
+                _fail(f"--cache: {problem}")
+            cache_dir = args.cache.rstrip("/")
+        elif args.cache:
+            cache_dir = str(Path(args.cache.removeprefix("file://")).expanduser().resolve())
             if args.cache_readonly and not Path(cache_dir).is_dir():
                 _fail(f"--cache: {cache_dir} does not exist (needed with --cache-readonly)")
-        elif "://" not in storage:
-            cache_dir = str(Path(storage) / "cache")
+        elif is_uri(storage):
+            problem = check_uri(storage)
+            if problem:
+                _fail(f"--storage: {problem} (or pass --no-cache)")
+            cache_dir = storage.rstrip("/") + "/cache"
+        else:
+            cache_dir = str(Path(storage.removeprefix("file://")) / "cache")
     elif args.cache or args.cache_readonly:
         _fail("--no-cache: cannot be combined with --cache or --cache-readonly")
     return cache_dir

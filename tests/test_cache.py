@@ -108,3 +108,131 @@ def test_readonly_cache_never_writes(tmp_path, readonly):
     cache = StageCache(tmp_path / "ro", readonly=readonly)
     run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
     assert cache.stats.misses == 3 and not (tmp_path / "ro").exists()
+
+
+# ---- Object stores: the same contract through the pointer-last, blob-per-build layout -------------
+
+def _object_cache(uri, **kw):
+    from saeception.cache import ObjectStageCache
+
+    return ObjectStageCache(uri, **kw)
+
+
+def test_object_store_cache_hits_and_matches_uncached(tmp_path):
+    """memory:// is fsspec's in-process object store: no rename, no flock, as on S3/GCS."""
+    from saeception.cache import open_cache
+
+    uri = f"memory://bucket-{tmp_path.name}/cache"
+    cfg = build_config(TINY)
+    plain = run_chain(cfg, ChainPaths(tmp_path / "plain"))
+    first_cache = open_cache(uri)
+    assert type(first_cache).__name__ == "ObjectStageCache"
+    first = run_chain(cfg, ChainPaths(tmp_path / "a"), cache=first_cache)
+    assert first_cache.stats.misses == 3 and first_cache.stats.bytes_written > 0
+    second = _object_cache(uri, scratch=tmp_path / "scratch2")  # another node: its own local copies
+    other = run_chain(build_config({**TINY, "sharpen.top_k_pct": 7.0}), ChainPaths(tmp_path / "b"), cache=second)
+    assert second.stats.hits == 3 and second.stats.misses == 0
+    for key in ("task_accuracy", "sae_u", "explained_variance"):
+        assert first[0][key] == plain[0][key] == other[0][key], key
+
+
+def test_object_store_entry_is_invisible_until_its_pointer_and_corruption_is_rebuilt(tmp_path):
+    cache = _object_cache(f"memory://bucket-{tmp_path.name}/c")
+    key = "abcdef0123456789"
+    # A builder that died after uploading its blob but before the pointer: no entry.
+    cache.fs.create_dir(cache._blob(key, "dead"), recursive=True)
+    with cache.fs.open_output_stream(cache._blob(key, "dead") + "/x.json") as f:
+        f.write(b"{}")
+    assert cache.lookup(key) is None
+    cache.publish(key, lambda d: (d / "x.json").write_text('{"v": 1}'), 1.5)
+    reader = _object_cache(cache.uri, scratch=tmp_path / "r1")
+    path = reader.lookup(key)
+    assert path is not None and (path / "x.json").read_text() == '{"v": 1}'
+    reader.record_hit(path)
+    assert reader.stats.hits == 1 and reader.stats.seconds_saved == 1.5
+    # Corrupt the stored blob: a fresh reader rejects it, drops the pointer, and reports a miss.
+    build = cache._read_pointer(key)["build"]
+    with cache.fs.open_output_stream(cache._blob(key, build) + "/x.json") as f:
+        f.write(b'{"v": 2}')
+    damaged = _object_cache(cache.uri, scratch=tmp_path / "r2")
+    assert damaged.lookup(key) is None and damaged.stats.events
+    assert cache._read_pointer(key) is None
+
+
+def test_object_store_readonly_never_writes(tmp_path):
+    uri = f"memory://bucket-{tmp_path.name}/ro"
+    cache = _object_cache(uri, readonly=True)
+    run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
+    assert cache.stats.misses == 3 and not cache.fs.get_file_info(cache.base).type.name == "Directory"
+
+
+def _object_builder(uri: str, key: str, scratch: str) -> str:
+    cache = _object_cache(uri, scratch=scratch)
+    with cache.lock(key):
+        if cache.lookup(key) is not None:
+            return "reused"
+        time.sleep(1.0)  # a slow build: the other builder must wait, not build too
+        cache.publish(key, lambda d: (d / "x.json").write_text("{}"), 1.0)
+        return "built"
+
+
+@pytest.mark.ray
+def test_two_concurrent_object_store_builders_on_ray_produce_one_entry(tmp_path, monkeypatch, ray_env):
+    """Across processes the lock is a lease in a named Ray actor (local:// is fsspec's local disk,
+    reached through the object-store code path)."""
+    import os
+
+    import ray
+
+    for k in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED"):
+        monkeypatch.setenv(k, ray_env[k])
+    tests_dir = os.path.dirname(__file__)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}})
+    try:
+        build = ray.remote(num_cpus=1)(_object_builder)
+        uri = f"local://{tmp_path}/store"
+        results = ray.get([build.remote(uri, "feedbeef01", str(tmp_path / f"s{i}")) for i in range(2)])
+    finally:
+        ray.shutdown()
+    assert sorted(results) == ["built", "reused"]
+    cache = _object_cache(uri)
+    assert [p.name for p in (tmp_path / "store" / "fe" / "feedbeef01").iterdir()] == [cache._read_pointer("feedbeef01")["build"]]
+
+
+@pytest.fixture
+def s3_uri(monkeypatch, tmp_path):
+    """A real S3 endpoint on loopback (moto's server) and a bucket on it, as a pyarrow S3 URI."""
+    moto_server = pytest.importorskip("moto.server")
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        import pyarrow.fs as pafs
+
+        bucket = f"b-{tmp_path.name.lower().replace('_', '-')}"[:60]
+        fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}?endpoint_override={host}:{port}&scheme=http&allow_bucket_creation=true")
+        fs.create_dir(bucket)
+        yield f"s3://{bucket}/cache?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    finally:
+        server.stop()
+
+
+def test_s3_cache_round_trip_and_rejects_a_corrupted_blob(tmp_path, s3_uri):
+    cfg = build_config(TINY)
+    first = _object_cache(s3_uri, scratch=tmp_path / "n1")
+    a = run_chain(cfg, ChainPaths(tmp_path / "a"), cache=first)
+    assert first.stats.misses == 3
+    second = _object_cache(s3_uri, scratch=tmp_path / "n2")
+    b = run_chain(cfg, ChainPaths(tmp_path / "b"), cache=second)
+    assert second.stats.hits == 3 and a[0]["sae_u"] == b[0]["sae_u"]
+    key = stage_keys(cfg, _fingerprint(cfg))["sae0"]
+    build = first._read_pointer(key)["build"]
+    with first.fs.open_output_stream(first._blob(key, build) + "/sae.safetensors") as f:
+        f.write(b"truncated")
+    third = _object_cache(s3_uri, scratch=tmp_path / "n3")
+    run_chain(cfg, ChainPaths(tmp_path / "c"), cache=third)
+    assert third.stats.hits == 2 and third.stats.misses == 1 and any("sae" in e for e in third.stats.events)
+    assert first._read_pointer(key)["build"] != build  # rebuilt under a new blob

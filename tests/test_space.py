@@ -94,6 +94,7 @@ def test_bad_input_corpus_is_large_enough():
     (["--name", "a/b"], "--name"),
     (["--no-cache", "--cache", "/tmp/x"], "--no-cache"),
     (["--cache", "/nonexistent/cache", "--cache-readonly"], "--cache"),
+    (["--cache", "nosuchfs://bucket/cache"], "--cache"),
     (["--confirm-seeds", "-1"], "--confirm-seeds"),
 ])
 def test_bad_flags_exit_2(args, expect, tmp_path, capsys):
@@ -132,3 +133,6 @@ def test_cache_defaults_and_no_cache(tmp_path):
     assert sweep.plan(args).cache_dir == str(tmp_path / "s" / "cache")
     args = sweep.parser().parse_args(["--storage", str(tmp_path / "s2"), "--no-cache"])
     assert sweep.plan(args).cache_dir is None
+    # Object stores: the URI is kept as given (each worker opens it itself).
+    args = sweep.parser().parse_args(["--storage", str(tmp_path / "s3"), "--cache", "s3://bucket/saeception-cache/"])
+    assert sweep.plan(args).cache_dir == "s3://bucket/saeception-cache"

@@ -103,12 +103,13 @@ def _worker_context(loop_config: dict[str, Any]):
     import ray.train
     import ray.train.torch
 
-    from saeception.cache import StageCache
+    from saeception.cache import open_cache
 
     rank = ray.train.get_context().get_world_rank()
     work = Path(tempfile.mkdtemp(prefix=f"saeception-r{rank}-"))
     cache_dir = loop_config.get("cache_dir")
-    cache = StageCache(cache_dir, readonly=loop_config.get("cache_readonly", False)) if cache_dir else None
+    # An object-store cache downloads entries into the worker's work dir, removed with it.
+    cache = open_cache(cache_dir, readonly=loop_config.get("cache_readonly", False), scratch=work / "cache") if cache_dir else None
     return rank, ray.train.torch.get_device(), work, cache
 
 
