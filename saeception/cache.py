@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import seal_dir, verify_dir
+from .artifacts import MANIFEST, seal_dir, verify_dir, write_json
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -239,8 +240,6 @@ class ObjectStageCache(StageCache):
         import ray
 
         if not ray.is_initialized():
-            import threading
-
             with self._local_locks.setdefault(key, threading.Lock()):
                 yield
             return
@@ -250,8 +249,6 @@ class ObjectStageCache(StageCache):
         owner = uuid.uuid4().hex
         while not ray.get(locks.acquire.remote(key, owner, _LEASE_S)):
             time.sleep(0.5)
-        import threading
-
         stop = threading.Event()
 
         def renew() -> None:
@@ -287,8 +284,6 @@ class ObjectStageCache(StageCache):
                 for name in pointer["files"]:
                     with self.fs.open_input_stream(f"{blob}/{name}") as src, open(tmp / name, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
-                from .artifacts import MANIFEST, write_json
-
                 write_json(tmp / MANIFEST, pointer["files"])
                 problem = verify_dir(tmp)
                 if problem is None:
@@ -312,8 +307,6 @@ class ObjectStageCache(StageCache):
         self.stats.seconds_building += build_seconds
         if self.readonly:
             return None
-        from .artifacts import MANIFEST
-
         build = uuid.uuid4().hex[:12]
         local = self.scratch / key / build
         local.mkdir(parents=True)
