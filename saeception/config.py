@@ -131,8 +131,8 @@ class SAEConfig:
     dead_after: int = 5000
     # Train on the pooled token per example ("pooled", what sharpening uses) or on all real tokens ("all").
     tokens: str = "pooled"
-    # On CUDA in one process, capture the training step once as a CUDA graph and replay it (no
-    # per-step launch overhead); false runs the same step eagerly.
+    # On CUDA, for kind topk in one process, capture the training step once as a CUDA graph and replay
+    # it (no per-step launch overhead); false (and every other case) runs the same step eagerly.
     cuda_graphs: bool = True
 
     def __post_init__(self) -> None:

@@ -147,9 +147,10 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
     The step never waits on the host: batch indices are drawn on the device, and every `check_every`
     steps (and at the end) one sync checks the running loss sum for NaN/inf (a divergence fails the
     stage, naming the steps) and refreshes whether any latent is dead (AuxK runs only while one is).
-    On CUDA the matmuls run under bf16 autocast (parameters and fused-Adam state stay fp32), and in
-    one process the whole step (forward, backward, Adam, decoder renormalisation) is captured once as
-    a CUDA graph and replayed (`sae.cuda_graphs`), so the host's launch overhead leaves the loop."""
+    On CUDA the matmuls run under bf16 autocast (parameters and fused-Adam state stay fp32), and for
+    a TopK SAE in one process the whole step (forward, backward, Adam, decoder renormalisation) is
+    captured once as a CUDA graph and replayed (`sae.cuda_graphs`), so the host's launch overhead
+    leaves the loop; other kinds and DDP run the same step eagerly."""
     cfg = cfg or SAEConfig()
     x_all = activations.detach().float()
     n, d = x_all.shape
@@ -170,7 +171,8 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
         sae.threshold.zero_()
 
     cuda = device.type == "cuda"
-    graphs = cuda and cfg.cuda_graphs and not is_dist
+    # Captured only where it was checked on a GPU (graph == eager, BENCHMARKS.md): TopK in one process.
+    graphs = cuda and cfg.cuda_graphs and not is_dist and cfg.kind == "topk"
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), **({"fused": True, "capturable": graphs} if cuda else {}))
     since_fired = torch.zeros(sae.n_latents, device=device)
     batch = min(cfg.batch_size, n)
