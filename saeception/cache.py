@@ -103,11 +103,21 @@ class StageCache:
         problem = verify_dir(path)
         if problem is None:
             return path
-        log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
-        self.stats.events.append(f"rejected {key}: {problem}")
+        self._reject(key, problem)
         if not self.readonly:
             shutil.rmtree(path, ignore_errors=True)
         return None
+
+    def _reject(self, key: str, problem: str) -> None:
+        log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
+        self.stats.events.append(f"rejected {key}: {problem}")
+
+    @staticmethod
+    def _write_entry(path: Path, key: str, write: Callable[[Path], None], build_seconds: float) -> None:
+        """The entry's files, its entry.json, then the manifest that seals them."""
+        write(path)
+        (path / "entry.json").write_text(json.dumps({"key": key, "build_seconds": build_seconds, "created": time.time()}))
+        seal_dir(path)
 
     def record_hit(self, path: Path) -> None:
         meta = json.loads((path / "entry.json").read_text())
@@ -125,9 +135,7 @@ class StageCache:
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
-            write(tmp)
-            (tmp / "entry.json").write_text(json.dumps({"key": key, "build_seconds": build_seconds, "created": time.time()}))
-            seal_dir(tmp)
+            self._write_entry(tmp, key, write, build_seconds)
             os.rename(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -293,8 +301,7 @@ class ObjectStageCache(StageCache):
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             if problem is not None:
-                log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
-                self.stats.events.append(f"rejected {key}: {problem}")
+                self._reject(key, problem)
                 if not self.readonly:
                     self._delete(self._pointer(key), directory=False)
                     self._delete(self._blob(key, pointer["build"]), directory=True)
@@ -310,9 +317,7 @@ class ObjectStageCache(StageCache):
         build = uuid.uuid4().hex[:12]
         local = self.scratch / key / build
         local.mkdir(parents=True)
-        write(local)
-        (local / "entry.json").write_text(json.dumps({"key": key, "build_seconds": build_seconds, "created": time.time()}))
-        seal_dir(local)
+        self._write_entry(local, key, write, build_seconds)
         files = json.loads((local / MANIFEST).read_text())
         blob = self._blob(key, build)
         self.fs.create_dir(blob, recursive=True)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError, DataConfig
+from .distributed import rank, world_size
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ def loader(task: TaskData, split: str, batch_size: int, shuffle: bool, seed: int
         lengths = [len(seq) for seq in task.split(split).inputs]
         batches = length_grouped_batches(lengths, batch_size, shuffle, seed * 1000 + epoch)
         if distributed:
-            batches = shard_batches(batches, torch.distributed.get_rank(), torch.distributed.get_world_size())
+            batches = shard_batches(batches, rank(), world_size())
         return torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=fn, pin_memory=pin_memory)
     if distributed:
         sampler = torch.utils.data.DistributedSampler(ds, shuffle=shuffle, seed=seed, drop_last=False)

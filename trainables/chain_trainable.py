@@ -213,7 +213,6 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
     )
     for run_id in run_ids.values():
         tracker.clear_failure(run_id)  # a restarted trial starts clean
-    for run_id in run_ids.values():
         tracker.set_tags(run_id, {"saeception.trainer_started_at": f"{time.time():.3f}"})
     try:
         trainer.fit()
