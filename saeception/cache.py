@@ -10,6 +10,10 @@ built aside and published with one atomic rename; builders of the same key seria
 file lock (one builds, the others wait and reuse); an entry that fails its checksums is deleted and
 rebuilt, never used. The root is a local or shared (NFS) directory, visible to every worker, or an
 object-store URI (`ObjectStageCache`: the same contract without rename or file locks).
+
+Builders of one key serialise on a lock given as a parameter (`KeyLock`): a file lock by default, a
+process-local lock for object stores; the Ray layer passes a cluster-wide lease lock
+(`saeception.trainables.locks`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,14 @@ def stage_keys(cfg: Config, data_fingerprint: str) -> dict[str, str]:
     return {"model0": model0, "acts0": acts0, "sae0": sae0}
 
 
+# A cross-process lock per cache key: lock(key) is a context manager held while that key is built.
+KeyLock = Callable[[str], ContextManager[None]]
+
+# The counters a cache keeps, as a trial logs them (cumulative per trial).
+CACHE_COUNTERS = ("cache_hits", "cache_misses", "cache_bytes_read", "cache_bytes_written", "cache_seconds_saved",
+                  "cache_seconds_building")
+
+
 @dataclass
 class CacheStats:
     hits: int = 0
@@ -64,28 +77,29 @@ class CacheStats:
     events: list[str] = field(default_factory=list)
 
     def as_metrics(self) -> dict[str, float]:
-        return {"cache_hits": self.hits, "cache_misses": self.misses, "cache_bytes_read": self.bytes_read,
-                "cache_bytes_written": self.bytes_written, "cache_seconds_saved": self.seconds_saved,
-                "cache_seconds_building": self.seconds_building}
+        values = (self.hits, self.misses, self.bytes_read, self.bytes_written, self.seconds_saved, self.seconds_building)
+        return dict(zip(CACHE_COUNTERS, values))
 
 
 class StageCache:
-    def __init__(self, root: str | Path, readonly: bool = False):
+    def __init__(self, root: str | Path, readonly: bool = False, lock: KeyLock | None = None):
         self.root = Path(root)
         self.readonly = readonly
         self.stats = CacheStats()
+        self._lock = lock or self._file_lock
         if not readonly:
             self.root.mkdir(parents=True, exist_ok=True)
 
     def entry(self, key: str) -> Path:
         return self.root / key[:2] / key
 
+    def lock(self, key: str) -> ContextManager[None]:
+        """Held while `key` is looked up and, on a miss, built and published (none when read-only)."""
+        return contextlib.nullcontext() if self.readonly else self._lock(key)
+
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
+    def _file_lock(self, key: str) -> Iterator[None]:
         """Exclusive per-key lock across processes (and NFS clients with lockd)."""
-        if self.readonly:
-            yield
-            return
         path = self.entry(key).with_suffix(".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as f:
@@ -147,7 +161,6 @@ class StageCache:
 # Object stores (s3://, gs://, any fsspec URI): no rename, no flock.
 
 _PYARROW_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
-_LEASE_S = 60.0  # a builder's lock lapses this long after its process stops renewing it
 
 
 def is_uri(root: str | Path) -> bool:
@@ -178,44 +191,24 @@ def _filesystem(root: str):
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-class _Locks:
-    """Cluster-wide per-key build locks with leases, held by one named Ray actor that every worker of
-    every sweep on the cluster finds by name. A holder renews its lease while it builds; a crashed
-    holder's lock lapses after _LEASE_S, and a waiter takes it over."""
-
-    def __init__(self):
-        self.held: dict[str, tuple[str, float]] = {}
-
-    def acquire(self, key: str, owner: str, lease_s: float) -> bool:
-        now = time.time()
-        holder = self.held.get(key)
-        if holder is None or holder[1] < now or holder[0] == owner:
-            self.held[key] = (owner, now + lease_s)
-            return True
-        return False
-
-    def release(self, key: str, owner: str) -> None:
-        if self.held.get(key, ("", 0.0))[0] == owner:
-            del self.held[key]
-
-
 class ObjectStageCache(StageCache):
     """The stage cache on an object store. An entry is an immutable blob folder written by one builder
     (`<kk>/<key>/<build-id>/…`) and published by writing its pointer `<kk>/<key>.json` last: one
     object PUT, atomic on S3/GCS, holding the blob's id and the size and SHA-256 of every file. A
     reader downloads the files to local scratch and checks them against the pointer; a mismatch drops
     the pointer (the entry is rebuilt). Builders of one key serialise on a lease lock in a named Ray
-    actor (`_Locks`), or, outside Ray, on a lock of this process."""
+    actor (the Ray layer passes it as `lock`), or, without one, on a lock of this process."""
 
-    _local_locks: dict[str, Any] = {}
+    _local_locks: dict[str, threading.Lock] = {}
 
-    def __init__(self, root: str, readonly: bool = False, scratch: str | Path | None = None):
+    def __init__(self, root: str, readonly: bool = False, scratch: str | Path | None = None, lock: KeyLock | None = None):
         import tempfile
 
         self.uri = root.rstrip("/")
         self.fs, self.base = _filesystem(self.uri)
         self.readonly = readonly
         self.stats = CacheStats()
+        self._lock = lock or self._process_lock
         self.scratch = Path(scratch or tempfile.mkdtemp(prefix="saeception-cache-"))
         if not readonly:
             self.fs.create_dir(self.base, recursive=True)
@@ -241,36 +234,9 @@ class ObjectStageCache(StageCache):
             self.fs.delete_dir(path) if directory else self.fs.delete_file(path)
 
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        if self.readonly:
+    def _process_lock(self, key: str) -> Iterator[None]:
+        with self._local_locks.setdefault(key, threading.Lock()):
             yield
-            return
-        import ray
-
-        if not ray.is_initialized():
-            with self._local_locks.setdefault(key, threading.Lock()):
-                yield
-            return
-        locks = ray.remote(num_cpus=0)(_Locks).options(
-            name="saeception-cache-locks", namespace="saeception", lifetime="detached", get_if_exists=True,
-            scheduling_strategy="DEFAULT").remote()
-        owner = uuid.uuid4().hex
-        while not ray.get(locks.acquire.remote(key, owner, _LEASE_S)):
-            time.sleep(0.5)
-        stop = threading.Event()
-
-        def renew() -> None:
-            while not stop.wait(_LEASE_S / 4):
-                ray.get(locks.acquire.remote(key, owner, _LEASE_S))
-
-        renewer = threading.Thread(target=renew, daemon=True, name=f"cache-lease-{key[:8]}")
-        renewer.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            renewer.join()
-            ray.get(locks.release.remote(key, owner))
 
     def entry(self, key: str) -> Path:
         """A verified local copy of the entry (downloaded once per process)."""
@@ -330,10 +296,12 @@ class ObjectStageCache(StageCache):
         return local
 
 
-def open_cache(root: str | Path, readonly: bool = False, scratch: str | Path | None = None) -> StageCache:
+def open_cache(root: str | Path, readonly: bool = False, scratch: str | Path | None = None,
+               lock: KeyLock | None = None) -> StageCache:
     """The stage cache at `root`: a local/NFS directory (or file:// URI), or an object-store URI (whose
-    entries are downloaded under `scratch`, a fresh temporary directory if None)."""
+    entries are downloaded under `scratch`, a fresh temporary directory if None). `lock`: the per-key
+    build lock (default: a file lock for directories, a process-local lock for object stores)."""
     root = str(root)
     if is_uri(root):
-        return ObjectStageCache(root, readonly, scratch)
-    return StageCache(root.removeprefix("file://"), readonly)
+        return ObjectStageCache(root, readonly, scratch, lock)
+    return StageCache(root.removeprefix("file://"), readonly, lock)

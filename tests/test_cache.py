@@ -167,7 +167,9 @@ def test_object_store_readonly_never_writes(tmp_path):
 
 
 def _object_builder(uri: str, key: str, scratch: str) -> str:
-    cache = _object_cache(uri, scratch=scratch)
+    from saeception.trainables.locks import lease_lock
+
+    cache = _object_cache(uri, scratch=scratch, lock=lease_lock)
     with cache.lock(key):
         if cache.lookup(key) is not None:
             return "reused"

@@ -4,7 +4,7 @@ import pytest
 from scipy import stats
 
 from saeception.confirm import arm_values, confirm_seeds, format_table, paired_test, run_arms, summarize
-from saeception.plots import confirmation_plot
+from saeception.sweep.plots import confirmation_plot
 
 TINY = {"data.max_examples": 300, "model.hidden_sizes": [32, 16], "finetune.epochs": 2, "sae.steps": 80, "sae.k": 4,
         "aux.epochs": 1, "eval.probe_max_iter": 100, "chain.cycles": 1}

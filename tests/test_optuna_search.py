@@ -2,8 +2,7 @@
 
 import optuna
 from ray import tune
-
-from trainables.optuna_search import FailAwareOptunaSearch
+from saeception.trainables.optuna_search import FailAwareOptunaSearch
 
 
 def _searcher(tmp_path):

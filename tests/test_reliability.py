@@ -220,7 +220,7 @@ def test_unwritable_storage_fails_at_start(tmp_path, capsys):
 @pytest.mark.security
 def test_security_defaults():
     """6. UI commands bind loopback; token auth is never turned off; nothing is unpickled."""
-    from saeception.tracking import ui_command
+    from saeception.sweep.tracking import ui_command
 
     assert "--host 127.0.0.1" in ui_command("sqlite:////x/mlflow.db")
     sources = {p: p.read_text() for p in [*(REPO / "saeception").rglob("*.py"), *(REPO / "trainables").rglob("*.py"),

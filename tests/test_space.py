@@ -8,7 +8,7 @@ import pytest
 
 from saeception import sweep
 from saeception.config import ConfigError
-from saeception.space import load_space, parse_space
+from saeception.sweep.space import load_space, parse_space
 
 REPO = Path(__file__).resolve().parents[1]
 BAD = sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))

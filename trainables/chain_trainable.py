@@ -60,7 +60,7 @@ class MlflowRelay(TuneReportCallback):
         self._tracker = None
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        from saeception.tracking import FAILURE, Tracker
+        from saeception.sweep.tracking import FAILURE, Tracker
 
         first = dict(metrics[0])
         history = json.loads(first.pop(HISTORY, "[]"))
@@ -103,13 +103,19 @@ def _worker_context(loop_config: dict[str, Any]):
     import ray.train
     import ray.train.torch
 
-    from saeception.cache import open_cache
+    from saeception.cache import is_uri, open_cache
+
+    from .locks import lease_lock
 
     rank = ray.train.get_context().get_world_rank()
     work = Path(tempfile.mkdtemp(prefix=f"saeception-r{rank}-"))
     cache_dir = loop_config.get("cache_dir")
-    # An object-store cache downloads entries into the worker's work dir, removed with it.
-    cache = open_cache(cache_dir, readonly=loop_config.get("cache_readonly", False), scratch=work / "cache") if cache_dir else None
+    cache = None
+    if cache_dir:
+        # An object-store cache has no file locks: builders serialise on the cluster-wide lease lock, and
+        # entries are downloaded into the worker's work dir, removed with it.
+        cache = open_cache(cache_dir, readonly=loop_config.get("cache_readonly", False), scratch=work / "cache",
+                           lock=lease_lock if is_uri(cache_dir) else None)
     return rank, ray.train.torch.get_device(), work, cache
 
 
@@ -234,7 +240,7 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
 
 
 def _log_trial_plot(tracker, run_id: str, title: str) -> None:
-    from saeception.plots import TRAJECTORY_METRICS, trial_plot
+    from saeception.sweep.plots import TRAJECTORY_METRICS, trial_plot
 
     history = tracker.histories(run_id, TRAJECTORY_METRICS)
     if history:
@@ -247,7 +253,7 @@ def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     import ray.tune
 
     from saeception.config import build_config, to_flat_dict
-    from saeception.tracking import Tracker
+    from saeception.sweep.tracking import Tracker
 
     sampled = dict(config)
     values = {**spec.fixed, **sampled}
@@ -267,7 +273,7 @@ def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     worker-group start for all of them, and a large one runs the groups in parallel."""
     from saeception.config import build_config, to_flat_dict
     from saeception.confirm import ARMS, arm_values
-    from saeception.tracking import Tracker
+    from saeception.sweep.tracking import Tracker
 
     seeds = [int(s) for s in config["seeds"]]
     tracker = Tracker(spec.mlflow_uri)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, build_config, config_keys, flatten, read_yaml
-from .evaluate import VAL_METRIC_NAMES
+from ..config import Config, ConfigError, build_config, config_keys, flatten, read_yaml
+from ..evaluate import VAL_METRIC_NAMES
 
 TOP_KEYS = ("name", "description", "fixed", "params", "objectives")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
@@ -228,3 +228,21 @@ def _check_k_fits(fixed: dict[str, Any], params: dict[str, Param]) -> None:
 
 def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
     return parse_space(read_yaml(path, "--space"), str(path), overrides)
+
+
+def shipped_spaces() -> dict[str, Any]:
+    """The search spaces installed with saeception (`search_spaces/*.yaml`), by name."""
+    from importlib.resources import files
+
+    root = files("saeception.search_spaces")
+    return {p.name.removesuffix(".yaml"): p for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_space(name_or_path: str) -> Any:
+    """A path to a YAML file, or the name of a shipped space ("default", "gpt2_sst2", ...)."""
+    if Path(name_or_path).exists() or name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        return Path(name_or_path)
+    shipped = shipped_spaces()
+    if name_or_path not in shipped:
+        raise ConfigError(f"--space: {name_or_path!r} is neither a file nor a shipped space ({', '.join(sorted(shipped))})")
+    return shipped[name_or_path]

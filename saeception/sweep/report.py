@@ -1,0 +1,161 @@
+"""What a sweep shows and keeps: live progress lines, the best trial or Pareto front, the summary, the
+sweep-level plots and the stage cache's totals on the parent run."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from ..cache import CACHE_COUNTERS
+from .cli import Plan
+from .space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+def progress_callback(p: Plan, total: int):
+    from ray.tune import Callback
+
+    metric, mode = p.space.metrics[0], p.space.modes[0]
+
+    class Progress(Callback):
+        def __init__(self):
+            self.t0 = time.time()
+            self.done, self.failed, self.running = set(), set(), set()
+            self.best: tuple[float, str] | None = None
+            self.last: dict[str, dict] = {}
+
+        def _line(self, what: str) -> None:
+            elapsed = time.time() - self.t0
+            best = f"best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
+            print(f"[{int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {len(self.done)} done, {len(self.running)} running, "
+                  f"{len(self.failed)} failed of {total} | {best} | {what}", flush=True)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.running.add(trial.trial_id)
+            self._line(f"started {trial.trial_id}")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.last[trial.trial_id] = result
+            self._line(f"{trial.trial_id} finished cycle {result.get('cycle')}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.running.discard(trial.trial_id)
+            self.done.add(trial.trial_id)
+            # The objective is the last cycle's value, so "best" only moves when a trial completes.
+            value = self.last.get(trial.trial_id, {}).get(metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                if self.best is None or (value > self.best[0] if mode == "max" else value < self.best[0]):
+                    self.best = (float(value), trial.trial_id)
+            self._line(f"completed {trial.trial_id}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.running.discard(trial.trial_id)
+            self.failed.add(trial.trial_id)
+            self._line(f"FAILED {trial.trial_id}")
+
+    return Progress()
+
+
+def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str]) -> list[dict[str, Any]]:
+    """Rows not dominated by any other row (>= in every objective, > in one, after mode signs)."""
+    signs = [1 if m == "max" else -1 for m in modes]
+    vals = [[s * r[m] for m, s in zip(metrics, signs)] for r in rows]
+    front = []
+    for i, a in enumerate(vals):
+        dominated = any(all(b_j >= a_j for a_j, b_j in zip(a, b)) and any(b_j > a_j for a_j, b_j in zip(a, b))
+                        for j, b in enumerate(vals) if j != i)
+        if not dominated:
+            front.append(rows[i])
+    return front
+
+
+def best_trials(rows: list[dict[str, Any]], space: SearchSpace) -> list[dict[str, Any]]:
+    """The best trial (single objective) or the Pareto front (several), among trials with finite values."""
+    usable = [r for r in rows if not r["error"] and all(isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) for m in space.metrics)]
+    if not usable:
+        return []
+    if len(space.objectives) == 1:
+        m, mode = space.metrics[0], space.modes[0]
+        return [max(usable, key=lambda r: r[m]) if mode == "max" else min(usable, key=lambda r: r[m])]
+    return sorted(pareto_front(usable, space.metrics, space.modes), key=lambda r: -r[space.metrics[0]])
+
+
+def trial_rows(results, space: SearchSpace) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        if r.metrics is None:
+            continue
+        config = {k: v for k, v in (r.config or {}).items() if not k.startswith("__")}
+        row = {"trial_id": r.metrics.get("trial_id"), "error": r.error is not None, "config": config,
+               "cycle": r.metrics.get("cycle")}
+        for m in ("task_accuracy", "sae_u", *space.metrics):
+            row[m] = r.metrics.get(m)
+        rows.append(row)
+    return rows
+
+
+def print_summary(p: Plan, rows: list[dict], best: list[dict]) -> None:
+    print()
+    print(f"sweep {p.name}: {sum(not r['error'] for r in rows)} trials finished, {sum(r['error'] for r in rows)} failed")
+    title = "best trial" if len(p.space.objectives) == 1 else "Pareto front"
+    print(f"{title} (objectives at the last cycle, validation split; test metrics for reporting):")
+    for r in best:
+        objs = ", ".join(f"{m} {r[m]:.4f}" for m in p.space.metrics)
+        test = ", ".join(f"{m} {r[m]:.4f}" for m in ("task_accuracy", "sae_u") if isinstance(r.get(m), float))
+        print(f"  trial {r['trial_id']}: {objs} | test: {test}")
+        print(f"    {' '.join(f'{k}={_fmt(v)}' for k, v in sorted(r['config'].items()))}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+
+def log_cache_totals(p: Plan, tracker, parent: str) -> None:
+    """Sums each trial's final cache_* counters into the parent run (and prints them)."""
+    if p.cache_dir is None:
+        return
+    keys = CACHE_COUNTERS
+    totals = dict.fromkeys(keys, 0.0)
+    for run in tracker.children(parent):
+        for k in keys:
+            totals[k] += run.data.metrics.get(k, 0.0)
+    tracker.log_metrics(parent, totals)
+    tracker.set_tags(parent, {"saeception.cache_dir": p.cache_dir})
+    print(f"stage cache {p.cache_dir}: {int(totals['cache_hits'])} hits, {int(totals['cache_misses'])} misses, "
+          f"{totals['cache_seconds_saved']:.0f} s of stage work saved", flush=True)
+
+
+def log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[dict]) -> None:
+    """Objective(s) over trials, the Pareto front (several objectives), Optuna's parameter importances
+    and a parallel-coordinates view, as PNGs on the parent run."""
+    import optuna
+
+    from .plots import importance_plot, objective_plot, parallel_plot, pareto_plot
+
+    done = [r for r in rows if not r["error"]]
+    files = [objective_plot(done, p.space.metrics, p.space.modes, p.local_dir / "objectives.png")]
+    if len(p.space.objectives) > 1 and best:
+        files.append(pareto_plot(done, best, p.space.metrics, p.local_dir / "pareto_front.png"))
+    params = [q.key for q in p.space.params]
+    files.append(parallel_plot(done, params, p.space.metrics[0], p.local_dir / "parallel_coordinates.png"))
+    study = optuna.load_study(study_name=p.name, storage=p.optuna_uri)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) >= 3:
+        for i, metric in enumerate(p.space.metrics):
+            try:
+                imp = optuna.importance.get_param_importances(
+                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=lambda t, i=i: t.values[i])
+            except (ValueError, RuntimeError) as e:  # e.g. no parameter common to all trials varies
+                log.warning("parameter importances for %s skipped: %s", metric, e)
+                tracker.set_tags(parent, {f"saeception.importance_skipped.{metric}": str(e)[:500]})
+                continue
+            if imp:
+                files.append(importance_plot(imp, metric, p.local_dir / f"importance_{metric}.png"))
+    else:
+        tracker.set_tags(parent, {"saeception.importance_skipped": f"needs >= 3 complete trials, has {len(complete)}"})
+    for f in files:
+        tracker.log_artifact(parent, f)

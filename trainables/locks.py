@@ -1,0 +1,60 @@
+"""A cluster-wide build lock per stage-cache key, for caches without file locks (object stores).
+
+One named Ray actor (`saeception-cache-locks`, namespace `saeception`, 0 CPUs) holds every lock with a
+lease: the holder renews it while it builds, and a crashed holder's lock lapses after LEASE_S so a
+waiter takes over. Passed to the core's cache as its `lock` (`saeception.cache.open_cache`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+LEASE_S = 60.0  # a builder's lock lapses this long after its process stops renewing it
+
+
+class _Locks:
+    def __init__(self):
+        self.held: dict[str, tuple[str, float]] = {}
+
+    def acquire(self, key: str, owner: str, lease_s: float) -> bool:
+        now = time.time()
+        holder = self.held.get(key)
+        if holder is None or holder[1] < now or holder[0] == owner:
+            self.held[key] = (owner, now + lease_s)
+            return True
+        return False
+
+    def release(self, key: str, owner: str) -> None:
+        if self.held.get(key, ("", 0.0))[0] == owner:
+            del self.held[key]
+
+
+@contextlib.contextmanager
+def lease_lock(key: str) -> Iterator[None]:
+    """Holds the cluster-wide lock of `key` (needs a connected Ray), renewing its lease meanwhile."""
+    import ray
+
+    locks = ray.remote(num_cpus=0)(_Locks).options(
+        name="saeception-cache-locks", namespace="saeception", lifetime="detached", get_if_exists=True,
+        scheduling_strategy="DEFAULT").remote()
+    owner = uuid.uuid4().hex
+    while not ray.get(locks.acquire.remote(key, owner, LEASE_S)):
+        time.sleep(0.5)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LEASE_S / 4):
+            ray.get(locks.acquire.remote(key, owner, LEASE_S))
+
+    renewer = threading.Thread(target=renew, daemon=True, name=f"cache-lease-{key[:8]}")
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        ray.get(locks.release.remote(key, owner))
