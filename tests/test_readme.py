@@ -3,18 +3,26 @@
 from pathlib import Path
 
 from saeception import run, sweep
-from saeception.config import config_keys
+from saeception.config import keys_table
 from saeception.evaluate import METRIC_NAMES
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
-def test_every_config_key_is_documented():
-    rows = [line for line in README.splitlines() if line.startswith("| `")]
-    for key in config_keys():
-        section, _, field = key.partition(".")
-        # A row documents `key`, or groups it as `section.a` / `.field` / `section.field`.
-        assert any(f"`{key}`" in row or (f"`{section}." in row and f"`.{field}`" in row) for row in rows), key
+def test_readme_config_table_is_generated_from_the_dataclasses():
+    """Keys, types, defaults and help text: one source (config.py), the README shows it verbatim."""
+    start, end = "<!-- config-keys:start -->\n", "\n<!-- config-keys:end -->"
+    table = README[README.index(start) + len(start):README.index(end)]
+    assert table == keys_table(), "README config table is stale: regenerate it from saeception.config.keys_table()"
+
+
+def test_keys_flag_prints_every_key(capsys):
+    from saeception.config import key_docs
+
+    assert run.main(["--keys"]) == 0
+    out = capsys.readouterr().out
+    for d in key_docs():
+        assert d.key in out and d.help.replace("`", "")[:40] in out, d.key
 
 
 def test_every_metric_is_documented():

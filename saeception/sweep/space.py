@@ -17,6 +17,7 @@ metrics (`val_*`) read at the chain's last cycle: test metrics are for reporting
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,13 @@ class SearchSpace:
 
 
 def _number(where: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"{where}: must be a number, got {v!r}")
+    if isinstance(v, str):
+        try:  # PyYAML reads "1e-4" as a string
+            v = float(v)
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{where}: must be a finite number, got {v!r}")
     return float(v)
 
 
