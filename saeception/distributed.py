@@ -47,3 +47,10 @@ def broadcast_(t: Tensor, src: int = 0) -> Tensor:
     if is_distributed():
         dist.broadcast(t, src)
     return t
+
+
+def all_reduce_(t: Tensor) -> Tensor:
+    """Sums `t` over ranks in place."""
+    if is_distributed():
+        dist.all_reduce(t)
+    return t

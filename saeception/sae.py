@@ -8,6 +8,7 @@ codes decode back into the layer's own units. Decoder rows are kept at unit norm
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,9 +19,23 @@ from torch import Tensor, nn
 from .accel import autocast
 from .artifacts import load_weights, save_weights
 from .config import SAEConfig
+from .distributed import rank as dist_rank
+from .distributed import world_size as dist_world_size
 from .errors import DivergedError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ForwardOutput:
+    """Everything one SAE forward computes, for training and inference alike."""
+
+    pre: Tensor  # (B, n_latents) ReLU pre-activations
+    codes: Tensor  # (B, n_latents) sparse non-negative codes
+    x_hat: Tensor  # (B, d) reconstruction in the layer's units
+    mse: Tensor  # () sum of squared errors per example / d, in scaled units (E||x||^2 = d)
+    l1: Tensor  # () mean L1 norm of the codes (the l1 kind's penalty)
+    auxk: Tensor  # () AuxK loss (0 when no latent is dead or `dead` was not given)
 
 
 class SAE(nn.Module):
@@ -40,6 +55,7 @@ class SAE(nn.Module):
         return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
 
     def activate(self, pre: Tensor, batch_topk: bool = False) -> Tensor:
+        """Pre-activations -> codes. batch_topk: BatchTopK's training rule (top k·B over the batch)."""
         if self.kind == "l1":
             return pre
         if self.kind == "topk":
@@ -57,10 +73,18 @@ class SAE(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """(..., n_latents) codes -> (..., d) reconstructions in the layer's units."""
-        return (z @ self.W_dec + self.b_dec) * self.input_scale
+        return ((z @ self.W_dec).float() + self.b_dec) * self.input_scale
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+    def forward(self, x: Tensor, batch_topk: bool = False, dead: Tensor | None = None, auxk_k: int = 64) -> ForwardOutput:
+        """One pass with every output and loss term: the training step and inference share it.
+        dead: (n_latents,) bool mask of dead latents, to compute the AuxK term."""
+        pre = self.pre_activations(x)
+        codes = self.activate(pre, batch_topk)
+        x_hat = self.decode(codes)
+        residual = (x.float() - x_hat) / self.input_scale
+        mse = residual.pow(2).sum(-1).mean() / self.d
+        auxk = auxk_loss(self, pre, residual.detach(), dead, auxk_k) if dead is not None else mse.new_zeros(())
+        return ForwardOutput(pre, codes, x_hat, mse, codes.float().sum(-1).mean(), auxk)
 
     def decoder_directions(self) -> Tensor:
         """(n_latents, d) unit-norm decoder rows."""
@@ -105,12 +129,6 @@ def geometric_median(x: Tensor, iters: int = 50, eps: float = 1e-6) -> Tensor:
     return median
 
 
-def _distributed() -> tuple[bool, int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return True, dist.get_rank(), dist.get_world_size()
-    return False, 0, 1
-
-
 def topk_rows(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(values, indices) of the k largest entries of each row, in no particular order (unsorted is
     faster; a chunked two-stage selection was slower at every chunk size on an H200: BENCHMARKS.md)."""
@@ -138,120 +156,132 @@ def auxk_loss(sae: SAE, pre: Tensor, residual: Tensor, dead: Tensor, k_aux: int)
     return (residual_hat - residual).pow(2).sum(-1).mean() / denom * dead.any()
 
 
+@torch.no_grad()
+def init_sae(x_all: Tensor, cfg: SAEConfig, gen: torch.Generator) -> SAE:
+    """A new SAE for (N, d) activations: input scale so that E||x||^2 = d, random unit decoder rows,
+    encoder = decoder transposed, decoder bias at the geometric median of a sample."""
+    n, d = x_all.shape
+    device = x_all.device
+    sae = SAE(d, cfg.n_latents(d), cfg.kind, cfg.k).to(device)
+    sample = x_all[torch.randperm(n, generator=gen)[:4096].to(device)]
+    sae.input_scale.fill_(float(sample.pow(2).sum(-1).mean().div(d).sqrt().clamp_min(1e-8)))
+    sae.W_dec.copy_(torch.randn(sae.n_latents, d, generator=gen).to(device))
+    sae.normalize_decoder()
+    sae.W_enc.copy_(sae.W_dec.t())
+    sae.b_dec.copy_(geometric_median(sample / sae.input_scale))
+    sae.threshold.zero_()
+    return sae
+
+
+@dataclass
+class StepState:
+    """Device tensors a training step reads and updates in place (so a captured graph can replay it)."""
+
+    index: Tensor  # (batch,) example rows of this step
+    since_fired: Tensor  # (n_latents,) examples seen since each latent last fired
+    loss_sum: Tensor  # () running loss, checked for NaN/inf every few steps
+
+
+def sae_step(sae: SAE, opt: torch.optim.Optimizer, x_all: Tensor, state: StepState, cfg: SAEConfig,
+             aux_on: bool, first: bool) -> tuple[Tensor, Tensor]:
+    """One optimiser step on the rows `state.index` (this rank's share under torch.distributed): the
+    SAE's forward, the kind's loss, gradients averaged across ranks, Adam, decoder rows renormalised,
+    dead-latent bookkeeping. Returns (loss, mse) as device tensors (no host sync)."""
+    rank, world = dist_rank(), dist_world_size()
+    x = x_all[state.index[rank::world]]
+    # Matmuls in bf16 on CUDA (no weight-cast cache: it must not outlive a captured step).
+    with autocast(x.device, cache_enabled=False):
+        dead = state.since_fired >= cfg.dead_after if aux_on else None
+        out = sae(x, batch_topk=cfg.kind == "batchtopk", dead=dead, auxk_k=cfg.auxk_k)
+        if cfg.kind == "l1":
+            loss = out.mse + cfg.l1_coefficient * out.l1
+        else:
+            loss = out.mse + cfg.auxk_coefficient * out.auxk
+    state.loss_sum.add_(loss.detach())
+    opt.zero_grad(set_to_none=False)
+    loss.backward()
+    if world > 1:
+        for p in sae.parameters():
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
+    sae.remove_parallel_grad()
+    opt.step()
+    sae.normalize_decoder()
+    with torch.no_grad():
+        fired = (out.codes.detach() > 0).any(0).float()
+        if cfg.kind == "batchtopk":
+            z = out.codes.detach()
+            kept = torch.where(z > 0, z, torch.full_like(z, float("inf"))).amin().float()
+            smallest = torch.where(torch.isfinite(kept), kept, sae.threshold)
+            if world > 1:
+                dist.all_reduce(smallest)
+                smallest = smallest / world
+            sae.threshold.lerp_(smallest, 1.0 if first else 0.01)
+        if world > 1:
+            dist.all_reduce(fired)
+        state.since_fired.copy_(torch.where(fired > 0, torch.zeros_like(state.since_fired),
+                                            state.since_fired + len(state.index)))
+    return loss, out.mse
+
+
 def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
               check_every: int = 50) -> SAE:
     """Trains an SAE on (N, d) activations. Under torch.distributed every rank passes the same full
     tensor; each rank steps on its share of every batch and gradients are averaged, so all ranks end
     with the same SAE.
 
-    The step never waits on the host: batch indices are drawn on the device, and every `check_every`
+    The loop never waits on the host: batch indices are drawn on the device, and every `check_every`
     steps (and at the end) one sync checks the running loss sum for NaN/inf (a divergence fails the
     stage, naming the steps) and refreshes whether any latent is dead (AuxK runs only while one is).
     On CUDA the matmuls run under bf16 autocast (parameters and fused-Adam state stay fp32), and for
-    a TopK SAE in one process the whole step (forward, backward, Adam, decoder renormalisation) is
-    captured once as a CUDA graph and replayed (`sae.cuda_graphs`), so the host's launch overhead
-    leaves the loop; other kinds and DDP run the same step eagerly."""
+    a TopK SAE in one process the step (`sae_step`: forward, backward, Adam, decoder renormalisation)
+    is captured once as a CUDA graph and replayed (`sae.cuda_graphs`); other kinds and DDP run the
+    same step eagerly."""
     cfg = cfg or SAEConfig()
     x_all = activations.detach().float()
     n, d = x_all.shape
     cfg.check_width(d)
     device = x_all.device
-    is_dist, rank, world = _distributed()
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-
-    sae = SAE(d, cfg.n_latents(d), cfg.kind, cfg.k).to(device)
-    with torch.no_grad():
-        sample = x_all[torch.randperm(n, generator=gen)[:4096].to(device)]
-        sae.input_scale.fill_(float(sample.pow(2).sum(-1).mean().div(d).sqrt().clamp_min(1e-8)))
-        sample = sample / sae.input_scale
-        sae.W_dec.copy_(torch.randn(sae.n_latents, d, generator=gen).to(device))
-        sae.normalize_decoder()
-        sae.W_enc.copy_(sae.W_dec.t())
-        sae.b_dec.copy_(geometric_median(sample))
-        sae.threshold.zero_()
-
+    sae = init_sae(x_all, cfg, torch.Generator(device="cpu").manual_seed(seed))
     cuda = device.type == "cuda"
     # Captured only where it was checked on a GPU (graph == eager, BENCHMARKS.md): TopK in one process.
-    graphs = cuda and cfg.cuda_graphs and not is_dist and cfg.kind == "topk"
+    graphs = cuda and cfg.cuda_graphs and dist_world_size() == 1 and cfg.kind == "topk"
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), **({"fused": True, "capturable": graphs} if cuda else {}))
-    since_fired = torch.zeros(sae.n_latents, device=device)
     batch = min(cfg.batch_size, n)
+    state = StepState(torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(sae.n_latents, device=device),
+                      torch.zeros((), device=device))
     index_gen = torch.Generator(device=device).manual_seed(seed)
-    index = torch.zeros(batch, dtype=torch.long, device=device)  # static: a captured step reads it
-    loss_sum = torch.zeros((), device=device)
 
-    def step_fn(aux_on: bool, first: bool) -> tuple[Tensor, Tensor]:
-        x = x_all[index[rank::world]] / sae.input_scale
-        fired = torch.zeros(sae.n_latents, device=device)
-        # Matmuls in bf16 on CUDA (no weight-cast cache: it must not outlive a captured step).
-        with autocast(device, cache_enabled=False):
-            pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
-            if cfg.kind == "topk":
-                values, top = topk_rows(pre, cfg.k)
-                x_hat = decode_topk(sae, values, top).float() + sae.b_dec
-                fired.scatter_add_(0, top.flatten(), (values.detach() > 0).flatten().float())
-            else:
-                z = sae.activate(pre.float(), batch_topk=True)
-                x_hat = (z @ sae.W_dec).float() + sae.b_dec
-                fired += (z.detach() > 0).any(0).float()
-            mse = (x_hat - x).pow(2).sum(-1).mean() / d
-            if cfg.kind == "l1":
-                loss = mse + cfg.l1_coefficient * z.float().sum(-1).mean()
-            else:
-                loss = mse
-                if aux_on:
-                    dead = since_fired >= cfg.dead_after
-                    loss = loss + cfg.auxk_coefficient * auxk_loss(sae, pre, (x - x_hat).detach(), dead, cfg.auxk_k)
-        loss_sum.add_(loss.detach())
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        if is_dist:
-            for p in sae.parameters():
-                dist.all_reduce(p.grad)
-                p.grad.div_(world)
-        sae.remove_parallel_grad()
-        opt.step()
-        sae.normalize_decoder()
-        with torch.no_grad():
-            if cfg.kind == "batchtopk":
-                kept = torch.where(z > 0, z, torch.full_like(z, float("inf"))).amin()
-                smallest = torch.where(torch.isfinite(kept), kept, sae.threshold)
-                if is_dist:
-                    dist.all_reduce(smallest)
-                    smallest = smallest / world
-                sae.threshold.lerp_(smallest, 1.0 if first else 0.01)
-            if is_dist:
-                dist.all_reduce(fired)
-            since_fired.copy_(torch.where(fired > 0, torch.zeros_like(since_fired), since_fired + batch))
-        return loss, mse
+    def step(aux_on: bool, first: bool) -> tuple[Tensor, Tensor]:
+        return sae_step(sae, opt, x_all, state, cfg, aux_on, first)
 
     captured: dict[bool, tuple[torch.cuda.CUDAGraph, tuple[Tensor, Tensor]]] = {}
     side = torch.cuda.Stream() if graphs else None
     aux_on, checked = False, 0
-    for step in range(cfg.steps):
-        index.copy_(torch.randint(0, n, (batch,), generator=index_gen, device=device))
+    for i in range(cfg.steps):
+        state.index.copy_(torch.randint(0, n, (batch,), generator=index_gen, device=device))
         if not graphs:
-            loss, mse = step_fn(aux_on, step == 0)
-        elif step < 3:  # warm-up steps (real steps) on a side stream, as graph capture requires
+            loss, mse = step(aux_on, i == 0)
+        elif i < 3:  # warm-up steps (real steps) on a side stream, as graph capture requires
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                loss, mse = step_fn(aux_on, step == 0)
+                loss, mse = step(aux_on, i == 0)
             torch.cuda.current_stream().wait_stream(side)
         else:
             if aux_on not in captured:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    outputs = step_fn(aux_on, False)
+                    outputs = step(aux_on, False)
                 captured[aux_on] = (graph, outputs)
             graph, (loss, mse) = captured[aux_on]
             graph.replay()
-        if step + 1 == cfg.steps or (step + 1) % check_every == 0:
-            if not torch.isfinite(loss_sum):
-                raise DivergedError(f"SAE loss became {loss_sum.item()} between steps {checked} and {step} (sae.lr {cfg.lr})")
-            checked = step + 1
-            aux_on = cfg.kind != "l1" and cfg.auxk_coefficient > 0 and bool((since_fired >= cfg.dead_after).any())
-        if step % 500 == 0 and log.isEnabledFor(logging.DEBUG):
-            log.debug("sae step %d loss %.4f mse %.4f", step, loss.item(), mse.item())
+        if i + 1 == cfg.steps or (i + 1) % check_every == 0:
+            if not torch.isfinite(state.loss_sum):
+                raise DivergedError(f"SAE loss became {state.loss_sum.item()} between steps {checked} and {i} (sae.lr {cfg.lr})")
+            checked = i + 1
+            aux_on = cfg.kind != "l1" and cfg.auxk_coefficient > 0 and bool((state.since_fired >= cfg.dead_after).any())
+        if i % 500 == 0 and log.isEnabledFor(logging.DEBUG):
+            log.debug("sae step %d loss %.4f mse %.4f", i, loss.item(), mse.item())
     sae.eval()
     return sae.requires_grad_(False)
 

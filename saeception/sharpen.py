@@ -7,10 +7,10 @@ retraining looks them up with `targets[batch["ids"]]`, never by loader position.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from .config import SharpenConfig
+from .distributed import all_reduce_
 from .sae import SAE, encode_all
 
 
@@ -25,9 +25,8 @@ def class_means(codes: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     sums = torch.zeros(n_classes, codes.shape[1], dtype=torch.float64, device=codes.device)
     sums.index_add_(0, labels, codes.double())
     counts = torch.bincount(labels, minlength=n_classes).double().to(codes.device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums)
-        dist.all_reduce(counts)
+    all_reduce_(sums)
+    all_reduce_(counts)
     return (sums / counts.clamp_min(1)[:, None]).to(codes.dtype)
 
 

@@ -42,7 +42,7 @@ def test_input_scale_makes_codes_decode_in_layer_units():
     x, _ = planted(n=2048)
     x = 100 * x + 5
     sae = train_sae(x, SAEConfig(kind="topk", expansion_factor=2, k=4, steps=400))
-    ev = 1 - (sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    ev = 1 - (sae(x).x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert ev > 0.5
 
 
