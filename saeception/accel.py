@@ -13,3 +13,8 @@ def autocast(device: torch.device, cache_enabled: bool = True):
     if device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
+
+
+def precision(device: torch.device) -> str:
+    """What the stages compute in on `device` (part of cache keys: bf16 results are not fp32 results)."""
+    return "cuda:bf16-autocast" if device.type == "cuda" else f"{device.type}:fp32"

@@ -1,9 +1,7 @@
 """A content-addressed cache for the stages that most trials of a sweep repeat.
 
-Cycle 0's fine-tuned model depends only on data, model and fine-tuning settings (and the seed); its
-activations only on that model and the layer/pooling; cycle 0's SAE only on those activations and the
-SAE settings. Each stage's key hashes exactly the config fields it reads, the keys of its inputs, the
-data fingerprint and a format version, so no two different stages ever share an entry.
+Keys come from each stage's declaration of what it reads (`saeception.stages`); this module only
+stores and finds entries.
 
 An entry is a directory of safetensors + JSON files with a manifest of sizes and SHA-256 sums. It is
 built aside and published with one atomic rename; builders of the same key serialise on an exclusive
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -32,30 +29,15 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .artifacts import MANIFEST, seal_dir, verify_dir, write_json
-from .config import Config
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
 
 
-def _digest(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def stage_keys(cfg: Config, data_fingerprint: str) -> dict[str, str]:
-    """The cache key of each cacheable stage of cycle 0."""
-    model0 = _digest({"stage": "model0", "v": CACHE_VERSION, "seed": cfg.seed, "data": cfg.data.__dict__,
-                      "fingerprint": data_fingerprint, "model": {"name": cfg.model.name, "hidden_sizes": cfg.model.hidden_sizes},
-                      "finetune": cfg.finetune.__dict__, "device": cfg.device})
-    acts0 = _digest({"stage": "acts0", "v": CACHE_VERSION, "model0": model0, "layer": cfg.model.layer,
-                     "pooling": cfg.model.pooling})
-    sae0 = _digest({"stage": "sae0", "v": CACHE_VERSION, "acts0": acts0, "sae": cfg.sae.__dict__, "seed": cfg.seed,
-                    "batch_size": cfg.finetune.batch_size})
-    return {"model0": model0, "acts0": acts0, "sae0": sae0}
+class EntryError(ValueError):
+    """A cache entry that passed its checksums but does not hold what the stage needs: rejected and rebuilt."""
 
 
 # A cross-process lock per cache key: lock(key) is a context manager held while that key is built.
@@ -117,14 +99,15 @@ class StageCache:
         problem = verify_dir(path)
         if problem is None:
             return path
-        self._reject(key, problem)
-        if not self.readonly:
-            shutil.rmtree(path, ignore_errors=True)
+        self.reject(key, problem)
         return None
 
-    def _reject(self, key: str, problem: str) -> None:
+    def reject(self, key: str, problem: str) -> None:
+        """Drops a damaged or unusable entry (it will be rebuilt), with a warning naming it."""
         log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
         self.stats.events.append(f"rejected {key}: {problem}")
+        if not self.readonly:
+            shutil.rmtree(self.entry(key), ignore_errors=True)
 
     @staticmethod
     def _write_entry(path: Path, key: str, write: Callable[[Path], None], build_seconds: float) -> None:
@@ -267,12 +250,22 @@ class ObjectStageCache(StageCache):
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             if problem is not None:
-                self._reject(key, problem)
-                if not self.readonly:
-                    self._delete(self._pointer(key), directory=False)
-                    self._delete(self._blob(key, pointer["build"]), directory=True)
+                self._reject_blob(key, pointer["build"], problem)
                 return None
         return local
+
+    def reject(self, key: str, problem: str) -> None:
+        pointer = self._read_pointer(key)
+        if pointer is not None:
+            self._reject_blob(key, pointer["build"], problem)
+
+    def _reject_blob(self, key: str, build: str, problem: str) -> None:
+        log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
+        self.stats.events.append(f"rejected {key}: {problem}")
+        shutil.rmtree(self.scratch / key / build, ignore_errors=True)
+        if not self.readonly:
+            self._delete(self._pointer(key), directory=False)
+            self._delete(self._blob(key, build), directory=True)
 
     def publish(self, key: str, write: Callable[[Path], None], build_seconds: float) -> Path | None:
         """Writes the entry locally, uploads it as a new blob, then publishes its pointer (one PUT)."""

@@ -4,37 +4,39 @@ Cycle 0: fine-tune (or use the model as loaded), extract the target layer, train
 Cycle c >= 1: encode the train split with cycle c-1's SAE, sharpen, decode into per-example targets,
 retrain with CE + lambda * (1 - cos(h, target)), extract, train a new SAE, evaluate.
 
-Runs unchanged in one process or under torch.distributed (every rank calls run_chain; rank 0 writes
-the artifacts and calls the callback).
+Every stage runs through `run_stage` with its declaration (`STAGES`, saeception.stages): the cache key
+is built from it, the stage's code reads the config through it, and its random numbers come from its
+own generator. Runs unchanged in one process or under torch.distributed: every rank runs every cycle,
+rank 0 evaluates and broadcasts the metrics, writes the files, and every rank calls the callback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from . import metrics as M
+from .accel import precision
 from .artifacts import ChainPaths, CycleDir, load_state_strict, load_weights, save_module, write_json
-from .cache import StageCache, stage_keys
+from .cache import EntryError, StageCache
 from .config import Config, to_dict
 from .data import TaskData, load_task
-from .distributed import barrier, broadcast_, is_distributed, is_main, rank, world_size
+from .distributed import barrier, broadcast_, broadcast_object, is_distributed, is_main, rank, world_size
 from .errors import CorruptCycleError
 from .evaluate import evaluate
-from .models import TapModel, build_model, load_tokenizer
+from .models import TapModel, build_model, load_tokenizer, model_source
 from .sae import SAE, encode_all, train_sae
-from .sharpen import build_targets, class_means
+from .sharpen import build_targets, class_means, is_noop
+from .stages import ConfigView, Stage, model_fingerprint, stage_key, stage_rng
 from .train import extract, finetune, retrain
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,20 @@ log = logging.getLogger(__name__)
 # on_cycle(cycle, metrics, cycle_dir): cycle_dir holds that cycle's complete, loadable artifacts.
 CycleCallback = Callable[[int, dict, Path], None]
 
+SPLITS = ("train", "val", "test")
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+# What each stage reads. Cycle 0's finetune, extract and sae stages are cached under keys built from
+# exactly these declarations; later cycles' stages are not cached but draw their random numbers the same way.
+INIT = Stage("init", reads=("seed", "model.name", "model.hidden_sizes"), env=("data", "model_source"))
+FINETUNE = Stage("finetune", reads=("seed", "model.name", "model.hidden_sizes", "finetune"), inputs=("init",),
+                 env=("data", "model_source", "world_size", "precision"))
+EXTRACT = Stage("extract", reads=("model.layer", "model.pooling", "sae.tokens", "finetune.batch_size"),
+                inputs=("finetune",), env=("data", "precision"))
+SAE_STAGE = Stage("sae", reads=("seed", "sae"), inputs=("extract",), env=("world_size", "precision"))
+SHARPEN = Stage("sharpen", reads=("seed", "sharpen", "aux.batch_size", "aux.center"), env=("data",))
+RETRAIN = Stage("retrain", reads=("seed", "model.freeze", "aux"), env=("data", "world_size", "precision"))
+EVALUATE = Stage("evaluate", reads=("seed", "eval"), env=("data",))
+STAGES = (INIT, FINETUNE, EXTRACT, SAE_STAGE, SHARPEN, RETRAIN, EVALUATE)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,50 +94,91 @@ class ChainState:
 
 @dataclass
 class Setup:
-    """What every cycle needs: data and a tapped model. Built once per chain."""
+    """What every cycle needs: data and a tapped model, and the facts of the run stage keys depend on.
+    Built once per chain."""
 
     task: TaskData
     tap: TapModel
+    model_source: str  # saeception.stages.model_fingerprint of the loaded model
 
 
 def setup(cfg: Config) -> Setup:
     """Loads data and model and checks everything that depends on them (layer, SAE size), before any
-    training. Raises ConfigError naming the key."""
-    seed_everything(cfg.seed)
+    training. The model's initial weights come from the init stage's generator. Raises ConfigError."""
     tokenizer = None if cfg.model.name == "mlp" else load_tokenizer(cfg.model, cfg.data.padding_side)
-    task = load_task(cfg.data, cfg.seed, tokenizer)
+    task = load_task(cfg.data, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer is not None else None
-    model = build_model(cfg.model, task.n_classes, task.input_dim, pad)
+    with stage_rng(cfg.seed, 0, INIT.name):
+        model = build_model(cfg.model, task.n_classes, task.input_dim, pad)
     tap = TapModel(model, cfg.model.layer, cfg.model.pooling)
     cfg.sae.check_width(tap.width())
-    return Setup(task, tap)
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    source = "mlp" if cfg.model.name == "mlp" else model_source(cfg.model.name)
+    return Setup(task, tap, model_fingerprint(source, commit))
 
 
-def _extract_all(tap: TapModel, task: TaskData, cfg: Config, device: torch.device) -> dict[str, torch.Tensor]:
-    """Pooled activations and logits per split (contiguous, row = example id), plus all real tokens
-    of the train split when the SAE trains on them."""
-    out = {}
-    for split in ("train", "val", "test"):
-        h, logits = extract(tap, task, split, cfg.finetune.batch_size, device)
-        out[f"{split}.acts"], out[f"{split}.logits"] = h.contiguous(), logits.contiguous()
-    if cfg.sae.tokens == "all":
-        out["train.tokens"] = extract(tap, task, "train", cfg.finetune.batch_size, device, tokens=True)[0].contiguous()
-    return out
+@dataclass
+class Run:
+    """One chain's fixed context: what run_stage and the cycle steps share."""
+
+    cfg: Config
+    task: TaskData
+    tap: TapModel
+    device: torch.device
+    cache: StageCache | None
+    env: dict[str, str]
+    keys: dict[str, str] = field(default_factory=dict)  # cycle 0's stage keys, filled as stages run
 
 
-def _stage(cache: StageCache | None, key: str | None, device: torch.device, build, save, load):
-    """Runs `build()` (on every rank), or loads a cached result. Rank 0 looks up and publishes under the
-    key's lock, so concurrent trials build an entry once; the other ranks follow its decision."""
-    if cache is None or key is None:
-        return build()
-    with cache.lock(key) if is_main() else contextlib.nullcontext():
+def _env(s: Setup, device: torch.device) -> dict[str, str]:
+    splits = json.dumps(s.task.splits_identity(), sort_keys=True)
+    return {"data": f"{s.task.fingerprint}/{splits}", "model_source": s.model_source,
+            "world_size": str(world_size()), "precision": precision(device)}
+
+
+def cycle0_keys(cfg: Config, env: dict[str, str]) -> dict[str, str]:
+    """The cache keys of cycle 0's stages for `cfg` under the run facts `env`, in the order they run."""
+    keys: dict[str, str] = {}
+    for stage in (INIT, FINETUNE, EXTRACT, SAE_STAGE):
+        keys[stage.name] = stage_key(stage, cfg, env, keys)
+    if cfg.finetune.epochs == 0:
+        keys[FINETUNE.name] = keys[INIT.name]
+        for stage in (EXTRACT, SAE_STAGE):
+            keys[stage.name] = stage_key(stage, cfg, env, keys)
+    return keys
+
+
+def run_stage(r: Run, stage: Stage, cycle: int, build: Callable[[ConfigView, int], Any],
+              save: Callable[[Any, Path], None] | None = None, load: Callable[[Path], Any] | None = None) -> Any:
+    """Runs build(view, seed) under the stage's own generator: the view reads only the declared keys,
+    the seed seeds the stage's explicit generators. In cycle 0 with a cache (and save/load given),
+    rank 0 looks the stage's key up under its lock, and all ranks load or build together; an entry
+    that does not hold what the stage needs is rejected and rebuilt, never used partly."""
+    view = ConfigView(r.cfg, stage)
+    with stage_rng(r.cfg.seed, cycle, stage.name, r.device) as seed:
+        if r.cache is None or cycle > 0 or save is None or load is None:
+            return build(view, seed)
+        key = r.keys[stage.name] = stage_key(stage, r.cfg, r.env, r.keys)
+        return _cached(r, key, lambda: build(view, seed), save, load)
+
+
+def _cached(r: Run, key: str, build: Callable[[], Any], save: Callable[[Any, Path], None], load: Callable[[Path], Any]) -> Any:
+    cache = r.cache
+    with cache.lock(key) if is_main() else _nothing():
         path = cache.lookup(key) if is_main() else None
-        hit = broadcast_(torch.tensor([int(path is not None)], device=device if is_distributed() and device.type == "cuda" else "cpu"))
+        value = None
+        if path is not None:
+            try:
+                value = load(path)
+            except EntryError as e:
+                cache.reject(key, str(e))
+                path = None
+        hit = broadcast_(torch.tensor([int(path is not None)], device=r.device if is_distributed() and r.device.type == "cuda" else "cpu"))
         if int(hit.item()):
-            path = cache.entry(key)
             if is_main():
                 cache.record_hit(path)
-            return load(path)
+                return value
+            return load(cache.entry(key))
         t0 = time.perf_counter()
         value = build()
         if is_main():
@@ -135,8 +187,150 @@ def _stage(cache: StageCache | None, key: str | None, device: torch.device, buil
         return value
 
 
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# The cycle's steps
+
+
+def train_model0(r: Run) -> None:
+    """Cycle 0's fine-tuning (skipped with finetune.epochs 0: the model as loaded)."""
+    if r.cfg.finetune.epochs == 0:
+        # The model as loaded: what later stages' keys name as their input is its init.
+        r.keys[FINETUNE.name] = r.keys[INIT.name]
+        return
+
+    def build(view: ConfigView, seed: int) -> None:
+        finetune(r.tap, r.task, view.finetune, r.device, seed)
+
+    def save(_: None, d: Path) -> None:
+        save_module(d / "model", r.tap.model, {"name": r.cfg.model.name})
+
+    def load(d: Path) -> None:
+        load_state_strict(r.tap.model, load_weights(d / "model", r.device)[0])
+
+    run_stage(r, FINETUNE, 0, build, save, load)
+
+
+def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> dict[str, float]:
+    """Encodes the train split with the previous SAE, sharpens, decodes into one target per example,
+    retrains the model toward them; returns the aux metrics."""
+    cfg, task, device = r.cfg, r.task, r.device
+
+    def targets_for(view: ConfigView, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        acts, _ = extract(r.tap, task, "train", view.aux.batch_size, device)
+        labels = task.train.labels.to(device)
+        means = None
+        if view.sharpen.strategy == "per_class":
+            # Each rank contributes its shard of the class sums; the all-reduce makes them global.
+            shard = slice(rank(), None, world_size())
+            means = class_means(encode_all(sae, acts.to(device))[shard], labels[shard], task.n_classes)
+        targets, kept = build_targets(sae, acts.to(device), labels, view.sharpen, seed, means, task.n_classes)
+        return acts, targets.cpu(), kept
+
+    acts_before, targets, kept = run_stage(r, SHARPEN, cycle, targets_for)
+    mu = acts_before.mean(0)  # the cycle's mean train activation (every rank holds all rows)
+
+    def retrain_stage(view: ConfigView, seed: int) -> None:
+        if view.model.freeze == "before":
+            r.tap.freeze_before_target()
+        retrain(r.tap, task, targets, view.aux, device, seed, mu if view.aux.center else None)
+
+    run_stage(r, RETRAIN, cycle, retrain_stage)
+    acts_after, _ = extract(r.tap, task, "train", cfg.aux.batch_size, device)
+    return {"aux_cosine_before": M.cosine(acts_before, targets), "aux_cosine": M.cosine(acts_after, targets),
+            "aux_cosine_centered_before": M.cosine(acts_before, targets, mu),
+            "aux_cosine_centered": M.cosine(acts_after, targets, mu), "sharpen_kept_fraction": kept}
+
+
+def extract_all(r: Run, cycle: int) -> dict[str, torch.Tensor]:
+    """Pooled activations and logits per split (row = example id), plus every real token of the train
+    split when the SAE trains on them (sae.tokens: all)."""
+
+    def build(view: ConfigView, seed: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for split in SPLITS:
+            h, logits = extract(r.tap, r.task, split, view.finetune.batch_size, r.device)
+            out[f"{split}.acts"], out[f"{split}.logits"] = h.contiguous(), logits.contiguous()
+        if view.sae.tokens == "all":
+            out["train.tokens"] = extract(r.tap, r.task, "train", view.finetune.batch_size, r.device, tokens=True)[0].contiguous()
+        return out
+
+    def save(t: dict[str, torch.Tensor], d: Path) -> None:
+        save_file(t, str(d / "activations.safetensors"))
+
+    def load(d: Path) -> dict[str, torch.Tensor]:
+        tensors = load_file(str(d / "activations.safetensors"))
+        needed = [f"{s}.{k}" for s in SPLITS for k in ("acts", "logits")] + (["train.tokens"] if r.cfg.sae.tokens == "all" else [])
+        missing = [n for n in needed if n not in tensors]
+        if missing:
+            raise EntryError(f"activations entry lacks {', '.join(missing)}")
+        return tensors
+
+    return run_stage(r, EXTRACT, cycle, build, save, load)
+
+
+def train_cycle_sae(r: Run, cycle: int, extracted: dict[str, torch.Tensor]) -> SAE:
+    """The cycle's SAE, on the pooled train activations or every real token (sae.tokens)."""
+
+    def build(view: ConfigView, seed: int) -> SAE:
+        x = extracted["train.tokens"] if view.sae.tokens == "all" else extracted["train.acts"]
+        return train_sae(x.to(r.device), view.sae, seed=seed).cpu()
+
+    return run_stage(r, SAE_STAGE, cycle, build, lambda v, d: v.save(d / "sae"), lambda d: SAE.load(d / "sae"))
+
+
+def evaluate_cycle(r: Run, cycle: int, sae: SAE, extracted: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The metric set (rank 0 computes it; every rank gets the same dict)."""
+
+    def build(view: ConfigView, seed: int) -> dict[str, Any]:
+        acts = {s: extracted[f"{s}.acts"] for s in SPLITS}
+        logits = {s: extracted[f"{s}.logits"] for s in SPLITS}
+        labels = {s: r.task.split(s).labels for s in SPLITS}
+        return evaluate(sae, acts, logits, labels, r.task.n_classes, view.eval, seed)
+
+    return broadcast_object(run_stage(r, EVALUATE, cycle, build) if is_main() else None)
+
+
+def write_cycle(r: Run, paths: ChainPaths, cycle: int, history: list[dict], sae: SAE) -> CycleDir:
+    """Rank 0 writes the cycle's model, SAE and metrics (sealed by a manifest) and results.json."""
+    files = paths.cycle(cycle)
+    if is_main():
+        save_module(files.model, r.tap.model, {"name": r.cfg.model.name})
+        sae.save(files.sae)
+        # Written last: a cycle directory with metrics.json is complete.
+        write_json(files.metrics, {"cycles": history})
+        files.seal()
+        write_json(paths.results(), {"config": to_dict(r.cfg), "splits": r.task.splits_identity(), "cycles": history})
+    return files
+
+
 def _jsonable(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def _restore(r: Run, resume_from: Path | ChainState | None) -> tuple[list[dict], SAE | None]:
+    if resume_from is None:
+        return [], None
+    state = resume_from if isinstance(resume_from, ChainState) else ChainState.load(resume_from, r.device)
+    load_state_strict(r.tap.model, state.model_state)
+    r.tap.to(r.device)
+    log.info("resuming after cycle %d", state.history[-1]["cycle"])
+    return [dict(h) for h in state.history], state.sae.to(r.device)
+
+
+def _warn_noop(cfg: Config, tap: TapModel) -> None:
+    n = cfg.sae.n_latents(tap.width())
+    if is_noop(cfg.sharpen.strategy, cfg.sae.kind, cfg.sae.k, n, cfg.sharpen.top_k_pct):
+        log.warning("sharpen.top_k_pct %g keeps >= sae.k (%d) of %d latents: per_example sharpening keeps every "
+                    "active latent, so the targets are plain reconstructions (see sharpen_kept_fraction)",
+                    cfg.sharpen.top_k_pct, cfg.sae.k, n)
 
 
 def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallback | None = None,
@@ -147,87 +341,37 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
     """Runs cycles 0..cfg.chain.cycles and returns one metrics dict per cycle.
 
     resume_from: a ChainState, or a cycle directory (CycleDir layout) written by an earlier run or
-    restored from a checkpoint; the chain continues with the next cycle. paths: where this run writes
-    (rank 0 only). on_state(cycle, state): called on every rank after each cycle (the state is live:
-    copy it to keep it). cache: a StageCache for cycle 0's model, activations and SAE."""
+    restored from a checkpoint; the chain continues with the next cycle and gives the numbers an
+    uninterrupted run gives. paths: where this run writes (rank 0 only). on_state(cycle, state): called
+    on every rank after each cycle (the state is live: copy it to keep it). cache: a StageCache for
+    cycle 0's model, activations and SAE."""
     paths = paths if isinstance(paths, ChainPaths) else ChainPaths(paths)
     device = device or resolve_device(cfg.device)
-    seed_everything(cfg.seed)
     s = prepared or setup(cfg)
-    task, tap = s.task, s.tap
-    tap.to(device)
-    history: list[dict] = []
-    sae: SAE | None = None
-    start = 0
-    if resume_from is not None:
-        state = resume_from if isinstance(resume_from, ChainState) else ChainState.load(resume_from, device)
-        history = [dict(h) for h in state.history]
-        load_state_strict(tap.model, state.model_state)
-        tap.to(device)
-        sae = state.sae.to(device)
-        start = history[-1]["cycle"] + 1
-        log.info("resuming after cycle %d", start - 1)
-
+    s.tap.to(device)
+    r = Run(cfg, s.task, s.tap, device, cache, _env(s, device))
+    r.keys[INIT.name] = stage_key(INIT, cfg, r.env, {})
+    history, sae = _restore(r, resume_from)
+    start = history[-1]["cycle"] + 1 if history else 0
+    if start <= cfg.chain.cycles and cfg.chain.cycles > 0:
+        _warn_noop(cfg, s.tap)
     for cycle in range(start, cfg.chain.cycles + 1):
         t0 = time.perf_counter()
-        cycle_seed = cfg.seed + 1000 * cycle
-        aux: dict[str, float] = {}
-        keys = stage_keys(cfg, task.fingerprint) if cache is not None and cycle == 0 else {}
         if cycle == 0:
-            if cfg.finetune.epochs > 0:
-                _stage(cache, keys.get("model0"), device,
-                       build=lambda seed=cycle_seed: finetune(tap, task, cfg.finetune, device, seed),
-                       save=lambda _, d: save_module(d / "model", tap.model, {"name": cfg.model.name}),
-                       load=lambda d: load_state_strict(tap.model, load_weights(d / "model", device)[0]))
+            train_model0(r)
+            aux: dict[str, float] = {}
         else:
-            assert sae is not None
-            acts_before, _ = extract(tap, task, "train", cfg.aux.batch_size, device)
-            labels = task.train.labels
-            means = None
-            if cfg.sharpen.strategy == "per_class":
-                # Each rank contributes its shard of the class sums; the all-reduce makes them global.
-                shard = slice(rank(), None, world_size())
-                means = class_means(encode_all(sae, acts_before.to(device))[shard], labels.to(device)[shard], task.n_classes)
-            targets = build_targets(sae, acts_before.to(device), labels.to(device), cfg.sharpen, cycle_seed, means).cpu()
-            aux["aux_cosine_before"] = M.cosine(acts_before, targets)
-            if cfg.model.freeze == "before":
-                tap.freeze_before_target()
-            retrain(tap, task, targets, cfg.aux, device, cycle_seed)
-        extracted = _stage(cache, keys.get("acts0"), device,
-                           build=lambda: _extract_all(tap, task, cfg, device),
-                           save=lambda t, d: save_file(t, str(d / "activations.safetensors")),
-                           load=lambda d: load_file(str(d / "activations.safetensors")))
-        acts = {sp: extracted[f"{sp}.acts"] for sp in ("train", "val", "test")}
-        logits = {sp: extracted[f"{sp}.logits"] for sp in ("train", "val", "test")}
-        if cycle > 0:
-            aux["aux_cosine"] = M.cosine(acts["train"], targets)
-        sae_input = extracted.get("train.tokens", acts["train"])
-        sae = _stage(cache, keys.get("sae0"), device,
-                     build=lambda x=sae_input, seed=cycle_seed: train_sae(x.to(device), cfg.sae, seed=seed).cpu(),
-                     save=lambda v, d: v.save(d / "sae"),
-                     load=lambda d: SAE.load(d / "sae"))
-        metrics: dict = {"cycle": cycle}
-        if is_main():
-            labels_by_split = {sp: task.split(sp).labels for sp in ("train", "val", "test")}
-            metrics.update(evaluate(sae, acts, logits, labels_by_split, task.n_classes, cfg.eval, cycle_seed))
-            metrics.update(aux)
-            metrics["cycle_seconds"] = time.perf_counter() - t0
-            history.append(_jsonable(metrics))
-            files = paths.cycle(cycle)
-            save_module(files.model, tap.model, {"name": cfg.model.name})
-            sae.save(files.sae)
-            # Written last: a cycle directory with metrics.json is complete.
-            write_json(files.metrics, {"cycles": history})
-            files.seal()
-            write_json(paths.results(), {"config": to_dict(cfg), "cycles": history})
-            if on_cycle is not None:
-                on_cycle(cycle, metrics, files.path)
-        else:
-            history.append(metrics)
-            if on_cycle is not None:
-                on_cycle(cycle, metrics, paths.cycle(cycle).path)
+            aux = sharpen_and_retrain(r, cycle, sae)
+        extracted = extract_all(r, cycle)
+        sae = train_cycle_sae(r, cycle, extracted)
+        metrics = {"cycle": cycle, **evaluate_cycle(r, cycle, sae, extracted), **aux}
+        metrics["cycle_seconds"] = time.perf_counter() - t0
+        history.append(_jsonable(metrics))
+        files = write_cycle(r, paths, cycle, history, sae)
+        if on_cycle is not None:
+            on_cycle(cycle, metrics, files.path)
         sae = sae.to(device)
         if on_state is not None:
-            on_state(cycle, ChainState(history, tap.model.state_dict(), sae))
+            on_state(cycle, ChainState(history, s.tap.model.state_dict(), sae))
         barrier()
     return history

@@ -49,6 +49,8 @@ class DataConfig:
     val_fraction: float = doc(0.2, "size of a carved validation split (fraction of all examples)")
     test_fraction: float = doc(0.2, "size of a carved test split (fraction of all examples)")
     max_examples: int = doc(0, "cap per split (stratified subsample seeded by `data.split_seed`; 0 = none)")
+    split_seed: int = doc(0, "seeds the carving of missing splits and the `max_examples` subsample; no trial or "
+                          "confirmation seed changes it, so every run of a sweep sees the same splits")
     max_length: int = doc(128, "tokenizer truncation; batches are padded to their longest member only")
     padding_side: str = doc("right", "`right` or `left`; pooling reads the last real token either way")
     delimiter: str = doc("", "CSV separator (empty: `,` for .csv, tab for .tsv)")
@@ -62,6 +64,10 @@ class DataConfig:
         _require(self.val_fraction + self.test_fraction < 1, "data.val_fraction",
                  "val_fraction + test_fraction must be < 1")
         _require(self.max_examples >= 0, "data.max_examples", "must be >= 0 (0 = no cap)")
+        _require(self.split_seed >= 0, "data.split_seed", "must be >= 0")
+        names = {"data.train_split": self.train_split, "data.val_split": self.val_split, "data.test_split": self.test_split}
+        _require(len(set(names.values())) == 3, "data.val_split",
+                 f"train, val and test must name three different source splits (got {', '.join(f'{k}={v!r}' for k, v in names.items())})")
         _require(self.max_length >= 2, "data.max_length", "must be >= 2")
         _require(self.padding_side in ("right", "left"), "data.padding_side", "must be one of: right, left")
 
@@ -149,16 +155,19 @@ class SAEConfig:
             _require(self.k < n, "sae.k", f"must be < the number of latents ({n} = {self.expansion_factor} x width {width})")
 
 
+SHARPEN_STRATEGIES = ("per_class", "per_example", "random", "random_direction")
+
+
 @dataclass
 class SharpenConfig:
     strategy: str = doc("per_class", "`per_class` (keep the top-k% latents of the example's class-mean code, class "
-                        "means on train), `per_example` (each example's own top-k%), `random` (random unit targets: "
-                        "a control)")
+                        "means on train), `per_example` (each example's own top-k%), `random` (the control: per_class's "
+                        "construction with a random latent set of the same size per class, decoded through the same "
+                        "SAE), `random_direction` (a weaker control: isotropic random unit targets)")
     top_k_pct: float = doc(2.0, "% of latents kept, in (0, 100]; at least one")
 
     def __post_init__(self) -> None:
-        _require(self.strategy in ("per_class", "per_example", "random"), "sharpen.strategy",
-                 "must be one of: per_class, per_example, random")
+        _require(self.strategy in SHARPEN_STRATEGIES, "sharpen.strategy", f"must be one of: {', '.join(SHARPEN_STRATEGIES)}")
         _require(0 < self.top_k_pct <= 100, "sharpen.top_k_pct", "must be in (0, 100]")
 
 
@@ -168,6 +177,9 @@ class AuxConfig:
     epochs: int = doc(5, "aux retraining epochs (AdamW)")
     lr: float = doc(5e-4, "aux retraining learning rate")
     batch_size: int = doc(64, "aux retraining batch size per worker")
+    center: bool = doc(False, "take the cosine between h − μ and target − μ, μ the mean train activation at the start "
+                       "of the cycle (raw activations share a large mean direction that saturates the cosine); "
+                       "false is the paper's loss")
 
     def __post_init__(self) -> None:
         _require(self.weight >= 0, "aux.weight", "must be >= 0")

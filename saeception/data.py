@@ -7,9 +7,10 @@ yield it at: that is what keeps each target with its own example after shuffling
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,12 @@ class Split:
     inputs: Any
     labels: Tensor  # (N,) long
     ids: Tensor  # (N,) long, equal to arange(N): the stable example id
+    source_ids: list[str] = field(default_factory=list)  # "<source split>:<row>" of each example
+
+    def identity(self) -> dict[str, Any]:
+        """{"n", "ids_sha256"}: which source examples this split holds (hash of the sorted source ids)."""
+        digest = hashlib.sha256("\n".join(sorted(self.source_ids)).encode()).hexdigest()
+        return {"n": len(self), "ids_sha256": digest}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,6 +61,9 @@ class TaskData:
 
     def split(self, name: str) -> Split:
         return getattr(self, name)
+
+    def splits_identity(self) -> dict[str, dict[str, Any]]:
+        return {s: self.split(s).identity() for s in SPLITS}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,30 +208,35 @@ def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(keep), np.sort(held)
 
 
-def make_splits(raw: dict[str, tuple[Any, np.ndarray]], cfg: DataConfig, seed: int) -> dict[str, tuple[Any, np.ndarray]]:
-    """Fills missing val/test splits from train with seeded stratified splits; caps sizes."""
-    out = dict(raw)
-    if "all" in out:
-        out["train"] = out.pop("all")
-    inputs, labels = out["train"]
+# A split as it moves through carving: (inputs, labels, source ids).
+Raw = tuple[Any, np.ndarray, np.ndarray]
+
+
+def make_splits(raw: dict[str, tuple[Any, np.ndarray]], cfg: DataConfig) -> dict[str, Raw]:
+    """Fills missing val/test splits from train with stratified splits seeded by `cfg.split_seed`
+    (never by a trial's seed) and caps sizes; every example keeps its source id "<split>:<row>"."""
+    out: dict[str, Raw] = {}
+    for name, (x, y) in raw.items():
+        out["train" if name == "all" else name] = (x, y, np.asarray([f"{name}:{i}" for i in range(len(y))]))
+    inputs, labels, ids = out["train"]
     missing = [s for s in ("test", "val") if s not in out]
     total = len(labels)
     for s in missing:
         frac = (cfg.test_fraction if s == "test" else cfg.val_fraction) * total / len(labels)
-        keep, held = _stratified(labels, frac, seed)
-        out[s] = (_take(inputs, held), labels[held])
-        inputs, labels = _take(inputs, keep), labels[keep]
-    out["train"] = (inputs, labels)
+        keep, held = _stratified(labels, frac, cfg.split_seed)
+        out[s] = (_take(inputs, held), labels[held], ids[held])
+        inputs, labels, ids = _take(inputs, keep), labels[keep], ids[keep]
+    out["train"] = (inputs, labels, ids)
     if cfg.max_examples:
         for s in SPLITS:
-            x, y = out[s]
+            x, y, i = out[s]
             if len(y) > cfg.max_examples:
-                keep, _ = _stratified(y, 1 - cfg.max_examples / len(y), seed)
-                out[s] = (_take(x, keep), y[keep])
+                keep, _ = _stratified(y, 1 - cfg.max_examples / len(y), cfg.split_seed)
+                out[s] = (_take(x, keep), y[keep], i[keep])
     return out
 
 
-def _encode_labels(splits: dict[str, tuple[Any, np.ndarray]]) -> tuple[dict[str, Tensor], int]:
+def _encode_labels(splits: dict[str, Raw]) -> tuple[dict[str, Tensor], int]:
     all_labels = np.concatenate([splits[s][1] for s in SPLITS])
     if np.issubdtype(all_labels.dtype, np.integer) and all_labels.min() >= 0:
         n = int(all_labels.max()) + 1
@@ -231,21 +246,19 @@ def _encode_labels(splits: dict[str, tuple[Any, np.ndarray]]) -> tuple[dict[str,
     return {s: torch.tensor([index[str(v)] for v in splits[s][1]], dtype=torch.long) for s in SPLITS}, len(classes)
 
 
-def _fingerprint(splits: dict[str, tuple[Any, np.ndarray]]) -> str:
-    import hashlib
-
+def _fingerprint(splits: dict[str, Raw]) -> str:
     h = hashlib.sha256()
     for s in SPLITS:
-        x, y = splits[s]
+        x, y, _ = splits[s]
         h.update(s.encode())
         h.update(np.ascontiguousarray(x).tobytes() if isinstance(x, np.ndarray) else "\x00".join(x).encode())
         h.update(np.asarray(y).astype(str).tobytes())
     return h.hexdigest()[:16]
 
 
-def load_task(cfg: DataConfig, seed: int, tokenizer=None) -> TaskData:
+def load_task(cfg: DataConfig, tokenizer=None) -> TaskData:
     """Loads and splits the data; tokenizes text with `tokenizer` (required for text data)."""
-    splits = make_splits(load_raw(cfg), cfg, seed)
+    splits = make_splits(load_raw(cfg), cfg)
     labels, n_classes = _encode_labels(splits)
     if n_classes < 2:
         raise ConfigError(f"data.label_column: {cfg.label_column!r} must hold at least 2 classes")
@@ -253,7 +266,7 @@ def load_task(cfg: DataConfig, seed: int, tokenizer=None) -> TaskData:
     first = splits["train"][0]
     if isinstance(first, np.ndarray):
         parts = {s: Split(torch.as_tensor(splits[s][0], dtype=torch.float32), labels[s],
-                          torch.arange(len(labels[s]))) for s in SPLITS}
+                          torch.arange(len(labels[s])), list(splits[s][2])) for s in SPLITS}
         return TaskData(**parts, n_classes=n_classes, kind="features", input_dim=first.shape[1], fingerprint=fp)
     if tokenizer is None:
         raise ConfigError(f"model.name: text data ({cfg.name}) needs a transformer model, not 'mlp'")
@@ -261,7 +274,7 @@ def load_task(cfg: DataConfig, seed: int, tokenizer=None) -> TaskData:
     for s in SPLITS:
         enc = tokenizer(list(splits[s][0]), truncation=True, max_length=cfg.max_length, add_special_tokens=True)
         ids = [seq if len(seq) else [tokenizer.pad_token_id] for seq in enc["input_ids"]]
-        parts[s] = Split(ids, labels[s], torch.arange(len(labels[s])))
+        parts[s] = Split(ids, labels[s], torch.arange(len(labels[s])), list(splits[s][2]))
     return TaskData(**parts, n_classes=n_classes, kind="text", pad_token_id=int(tokenizer.pad_token_id),
                     padding_side=cfg.padding_side, fingerprint=fp)
 

@@ -54,3 +54,12 @@ def all_reduce_(t: Tensor) -> Tensor:
     if is_distributed():
         dist.all_reduce(t)
     return t
+
+
+def broadcast_object(obj):
+    """Rank 0's picklable object on every rank (metrics dicts: plain numbers and strings)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -11,6 +11,9 @@ from .sae import SAE, encode_all
 
 SPARSE_PROBE_KS = (1, 5, 25)
 
+# Measured while sharpening and retraining (cycle >= 1), on the train split.
+AUX_METRICS = ("aux_cosine", "aux_cosine_before", "aux_cosine_centered", "aux_cosine_centered_before",
+               "sharpen_kept_fraction")
 # Every metric name a cycle can report (test split); val_<name> exists for each but aux_* and dead_pct.
 METRIC_NAMES = (
     "task_accuracy", "task_f1_macro", "probe_accuracy",
@@ -18,9 +21,10 @@ METRIC_NAMES = (
     "sae_csi", "sae_u", "base_csi", "base_u",
     "ari", "silhouette", "davies_bouldin", "calinski_harabasz",
     "l0", "dead_pct", "explained_variance",
-    "aux_cosine", "aux_cosine_before",
+    *AUX_METRICS,
 )
-TRAIN_ONLY = ("dead_pct", "aux_cosine", "aux_cosine_before")
+# Computed on the train split during retraining (cycle >= 1): no val_ twin.
+TRAIN_ONLY = ("dead_pct", *AUX_METRICS)
 VAL_METRIC_NAMES = tuple(f"val_{m}" for m in METRIC_NAMES if m not in TRAIN_ONLY)
 
 

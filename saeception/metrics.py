@@ -139,6 +139,9 @@ def task_metrics(logits: Tensor, labels: Tensor, n_classes: int) -> dict[str, fl
     return {"task_accuracy": float((pred == labels).double().mean()), "task_f1_macro": float(f1[present].mean())}
 
 
-def cosine(h: Tensor, targets: Tensor) -> float:
-    """Mean cosine similarity between matching rows."""
-    return float(torch.nn.functional.cosine_similarity(h.double(), targets.double(), dim=-1).mean())
+def cosine(h: Tensor, targets: Tensor, center: Tensor | None = None) -> float:
+    """Mean cosine similarity between matching rows (of h - center and targets - center)."""
+    h, targets = h.double(), targets.double()
+    if center is not None:
+        h, targets = h - center.double(), targets - center.double()
+    return float(torch.nn.functional.cosine_similarity(h, targets, dim=-1).mean())

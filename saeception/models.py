@@ -1,13 +1,15 @@
 """Classifiers with a tap on one layer: `TapModel(batch) -> (logits, h)`.
 
 `h` is the pooled target-layer activation *with its gradient*: the forward hook keeps the layer's
-output in the autograd graph (the earlier implementation stored `output.detach()`, so its auxiliary
-loss never reached the weights). For sequences, pooling reads the last *real* token for decoder
-models (what Hugging Face's classification head reads), under right and left padding alike.
+output in the autograd graph, so the auxiliary loss reaches the weights. For sequences, pooling reads
+the last *real* token for decoder models (what Hugging Face's classification head reads), under right
+and left padding alike; position ids come from the attention mask, so a sequence's activations do not
+depend on how much padding its batch has; the model's head and the tap use the tokenizer's pad id.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -95,18 +97,27 @@ class TapModel(nn.Module):
             pooling = "first" if model_type in _ENCODER_TYPES else "last"
         self.pooling = pooling
         self._captured: Tensor | None = None
-        self._all_tokens = False
+        # Models that take position ids get them from the mask (real tokens count 0, 1, 2, ...), so left
+        # padding does not shift positions (GPT-2's absolute embeddings, rotary models).
+        self._position_ids = self.is_text and "position_ids" in inspect.signature(model.forward).parameters
         self.target.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs, output) -> None:
         # No detach: h must stay in the graph for the auxiliary loss to have a gradient.
         self._captured = output[0] if isinstance(output, tuple) else output
 
+    def _text_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        mask = batch["attention_mask"]
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": mask}
+        if self._position_ids:
+            inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        return inputs
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         if not self.is_text:
             logits = self.model(batch["features"])
             return logits, self._take()
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = self.model(**self._text_inputs(batch)).logits
         hidden = self._take()
         return logits, pool(hidden, batch["attention_mask"], self.pooling)
 
@@ -115,7 +126,7 @@ class TapModel(nn.Module):
         if not self.is_text:
             self.model(batch["features"])
             return self._take()
-        self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        self.model(**self._text_inputs(batch))
         return self._take()[batch["attention_mask"].bool()]
 
     def _take(self) -> Tensor:
@@ -175,7 +186,9 @@ def build_model(cfg: ModelConfig, n_classes: int, input_dim: int = 0, pad_token_
 
     model = AutoModelForSequenceClassification.from_pretrained(
         model_source(cfg.name), num_labels=n_classes, ignore_mismatched_sizes=True)
-    if pad_token_id is not None and model.config.pad_token_id is None:
+    if pad_token_id is not None:
+        # One pad id for the tokenizer (which pads) and the head (which skips pads to find the last real
+        # token): a checkpoint may name a pad id its tokenizer does not have.
         model.config.pad_token_id = pad_token_id
     return model
 

@@ -35,8 +35,10 @@ def _wrap(tap: TapModel, device: torch.device) -> nn.Module:
     return DistributedDataParallel(tap, device_ids=ids)
 
 
-def aux_loss(h: Tensor, targets: Tensor) -> Tensor:
-    """Mean of 1 - cos(h, target) over the batch; differentiable in h."""
+def aux_loss(h: Tensor, targets: Tensor, center: Tensor | None = None) -> Tensor:
+    """Mean of 1 - cos(h - center, target - center) over the batch (center None: 0); differentiable in h."""
+    if center is not None:
+        h, targets = h - center, targets - center
     return (1 - F.cosine_similarity(h, targets, dim=-1)).mean()
 
 
@@ -50,7 +52,8 @@ def _check_finite(loss_sum: Tensor, checked: int, step: int, epoch: int, lr: flo
 
 
 def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int, weight_decay: float,
-         device: torch.device, seed: int, targets: Tensor | None = None, weight: float = 0.0) -> None:
+         device: torch.device, seed: int, targets: Tensor | None = None, weight: float = 0.0,
+         center: Tensor | None = None) -> None:
     params = [p for p in tap.parameters() if p.requires_grad]
     if not params:
         return
@@ -69,7 +72,7 @@ def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int,
             loss = F.cross_entropy(logits.float(), batch["labels"])
             if targets is not None:
                 # Targets are looked up by example id: row i of `targets` belongs to example i.
-                loss = loss + weight * aux_loss(h.float(), targets[batch["ids"]])
+                loss = loss + weight * aux_loss(h.float(), targets[batch["ids"]], center)
             loss_sum += loss.detach()
             step += 1
             if step % _CHECK_EVERY == 0:
@@ -86,36 +89,50 @@ def finetune(tap: TapModel, task: TaskData, cfg: FinetuneConfig, device: torch.d
     _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, device, seed)
 
 
-def retrain(tap: TapModel, task: TaskData, targets: Tensor, cfg: AuxConfig, device: torch.device, seed: int) -> None:
-    """Retrains with  CE + aux.weight * (1 - cos(h, target))  on the train split; `targets` is (N_train, d)
-    indexed by example id. Freezing is the caller's choice (TapModel.freeze_before_target)."""
-    _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, 0.0, device, seed, targets.to(device), cfg.weight)
+def retrain(tap: TapModel, task: TaskData, targets: Tensor, cfg: AuxConfig, device: torch.device, seed: int,
+            center: Tensor | None = None) -> None:
+    """Retrains with  CE + aux.weight * (1 - cos(h - μ, target - μ))  on the train split; `targets` is
+    (N_train, d) indexed by example id; μ = `center` (aux.center) or 0. Freezing is the caller's choice
+    (TapModel.freeze_before_target)."""
+    mu = center.to(device) if center is not None else None
+    _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, 0.0, device, seed, targets.to(device), cfg.weight, mu)
 
 
 @torch.no_grad()
 def extract(tap: TapModel, task: TaskData, split: str, batch_size: int, device: torch.device,
             tokens: bool = False) -> tuple[Tensor, Tensor]:
     """Pooled target-layer activations (N, d) and logits (N, C) for a split, row i = example id i.
-    With tokens=True the first tensor instead holds every real token's activation (n_tokens, d)."""
+    With tokens=True the first tensor instead holds every real token's activation once, ordered by
+    (example id, position) whatever the world size (DDP shards repeat a few examples: dropped here)."""
     tap.eval()
-    ids, hs, logits_all = [], [], []
+    ids, hs, logits_all, positions = [], [], [], []
     for batch in loader(task, split, batch_size, shuffle=False, distributed=is_distributed(), pin_memory=device.type == "cuda"):
         batch = _to(batch, device)
-        if tokens:
-            with autocast(device):
-                hs.append(tap.tokens(batch).float())
-            continue
         with autocast(device):
-            logits, h = tap(batch)
-        ids.append(batch["ids"])
-        hs.append(h.float())
-        logits_all.append(logits.float())
-    h_local = torch.cat(hs)
-    if tokens:
-        return all_gather_rows(h_local).cpu(), torch.empty(0)
-    n = len(task.split(split))
+            if tokens:
+                hs.append(tap.tokens(batch).float())
+            else:
+                logits, h = tap(batch)
+                hs.append(h.float())
+                logits_all.append(logits.float())
+        if tokens and "attention_mask" in batch:
+            mask = batch["attention_mask"].bool()
+            ids.append(batch["ids"].repeat_interleave(mask.sum(1)))
+            positions.append((mask.long().cumsum(1) - 1)[mask])
+        else:
+            ids.append(batch["ids"])
+            positions.append(torch.zeros_like(batch["ids"]))
     order = all_gather_rows(torch.cat(ids)).cpu()
-    h_all, l_all = all_gather_rows(h_local).cpu(), all_gather_rows(torch.cat(logits_all)).cpu()
+    h_all = all_gather_rows(torch.cat(hs)).cpu()
+    if tokens:
+        pos = all_gather_rows(torch.cat(positions)).cpu()
+        key = order * (int(pos.max()) + 1 if len(pos) else 1) + pos
+        key, index = key.sort(stable=True)
+        first = torch.ones_like(key, dtype=torch.bool)
+        first[1:] = key[1:] != key[:-1]
+        return h_all[index[first]], torch.empty(0)
+    n = len(task.split(split))
+    l_all = all_gather_rows(torch.cat(logits_all)).cpu()
     # DistributedSampler repeats a few examples to even out shards; writing by id makes that harmless.
     out_h = torch.empty(n, h_all.shape[1])
     out_l = torch.empty(n, l_all.shape[1])

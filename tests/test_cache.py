@@ -2,39 +2,97 @@ import multiprocessing as mp
 import time
 
 import pytest
+import torch
 
 from saeception.artifacts import ChainPaths
-from saeception.cache import StageCache, stage_keys
-from saeception.chain import run_chain
+from saeception.cache import StageCache
+from saeception.chain import cycle0_keys, run_chain
 from saeception.config import build_config
 
 TINY = {"data.max_examples": 300, "model.hidden_sizes": [32, 16], "finetune.epochs": 2, "sae.steps": 60, "sae.k": 4,
         "aux.epochs": 1, "eval.probe_max_iter": 50, "chain.cycles": 1}
 
 
-def keys(**over):
-    return stage_keys(build_config({**TINY, **over}), "fp")
+ENV = {"data": "fp", "model_source": "mlp", "world_size": "1", "precision": "cpu:fp32"}
+
+
+def keys(env=None, **over):
+    return cycle0_keys(build_config({**TINY, **over}), {**ENV, **(env or {})})
 
 
 def test_same_inputs_same_keys_and_every_read_field_changes_them():
     base = keys()
     assert keys() == base
-    # Cycle 0's model reads seed, data, model and fine-tuning settings: every one changes every key.
-    for over in ({"seed": 1}, {"finetune.lr": 0.01}, {"finetune.epochs": 3}, {"model.name": "/models/other"},
-                 {"model.hidden_sizes": [32, 8]}, {"data.max_examples": 200}):
+    # The fine-tuned model reads seed, data, model and fine-tuning settings: every one changes every key.
+    for over in ({"seed": 1}, {"finetune.lr": 0.01}, {"finetune.epochs": 3}, {"model.hidden_sizes": [32, 8]}):
         changed = keys(**over)
-        assert all(changed[s] != base[s] for s in base), over
-    assert stage_keys(build_config(TINY), "other-data")["model0"] != base["model0"]
-    # Layer and pooling change the activations (and the SAE), not the fine-tuned model.
-    for over in ({"model.layer": 0}, {"model.pooling": "mean"}):
+        assert all(changed[s] != base[s] for s in base if s != "init" or "finetune" not in str(over)), over
+    # Facts of the run: the data as split, the model's content, the world size (the effective batch),
+    # the resolved precision.
+    for env in ({"data": "other"}, {"model_source": "dir:abc"}, {"world_size": "2"}, {"precision": "cuda:bf16-autocast"}):
+        changed = keys(env=env)
+        assert changed["finetune"] != base["finetune"] and changed["sae"] != base["sae"], env
+    # Layer, pooling and which tokens the SAE trains on change the activations (and the SAE), not the model.
+    for over in ({"model.layer": 0}, {"model.pooling": "mean"}, {"sae.tokens": "all"}):
         changed = keys(**over)
-        assert changed["model0"] == base["model0"] and changed["acts0"] != base["acts0"] and changed["sae0"] != base["sae0"]
+        assert changed["finetune"] == base["finetune"] and changed["extract"] != base["extract"] and changed["sae"] != base["sae"], over
     # SAE settings change only the SAE; sharpening and aux settings change nothing cached.
     for over in ({"sae.k": 8}, {"sae.kind": "l1"}, {"sae.expansion_factor": 8}, {"sae.l1_coefficient": 0.1}):
         changed = keys(**over)
-        assert changed["acts0"] == base["acts0"] and changed["sae0"] != base["sae0"]
-    for over in ({"sharpen.top_k_pct": 5}, {"aux.weight": 0.0}, {"chain.cycles": 3}):
+        assert changed["extract"] == base["extract"] and changed["sae"] != base["sae"]
+    for over in ({"sharpen.top_k_pct": 5}, {"aux.weight": 0.0}, {"chain.cycles": 3}, {"device": "cpu"}):
         assert keys(**over) == base
+
+
+def test_a_stage_cannot_read_what_it_does_not_declare(monkeypatch, tmp_path):
+    """The key is built from the declaration the stage's code reads through: drop `sae.tokens` from the
+    extraction's declaration (the first version's missing key field) and the stage fails loudly."""
+    from saeception import chain
+    from saeception.stages import Stage, UndeclaredRead
+
+    narrowed = Stage("extract", reads=tuple(r for r in chain.EXTRACT.reads if r != "sae.tokens"),
+                     inputs=chain.EXTRACT.inputs, env=chain.EXTRACT.env)
+    monkeypatch.setattr(chain, "EXTRACT", narrowed)
+    with pytest.raises(UndeclaredRead, match="sae.tokens"):
+        run_chain(build_config({**TINY, "chain.cycles": 0}), ChainPaths(tmp_path / "a"), cache=StageCache(tmp_path / "c"))
+
+
+def test_an_all_tokens_trial_never_reuses_pooled_activations(tmp_path):
+    cache = StageCache(tmp_path / "cache")
+    run_chain(build_config({**TINY, "chain.cycles": 0}), ChainPaths(tmp_path / "pooled"), cache=cache)
+    all_tokens = build_config({**TINY, "chain.cycles": 0, "sae.tokens": "all"})
+    again = StageCache(tmp_path / "cache")
+    cached = run_chain(all_tokens, ChainPaths(tmp_path / "all"), cache=again)
+    assert again.stats.hits == 1 and again.stats.misses == 2  # the model is shared; activations and SAE are not
+    fresh = run_chain(all_tokens, ChainPaths(tmp_path / "fresh"))
+    assert cached[0]["explained_variance"] == fresh[0]["explained_variance"]
+
+
+def test_an_entry_missing_what_the_stage_needs_is_rebuilt_not_used(tmp_path):
+    """An intact activations entry without the all-token tensor is rejected, never a silent fallback."""
+    from safetensors.torch import load_file, save_file
+
+    from saeception.artifacts import seal_dir
+
+    cfg = build_config({**TINY, "chain.cycles": 0, "sae.tokens": "all"})
+    cache = StageCache(tmp_path / "cache")
+    fresh = run_chain(cfg, ChainPaths(tmp_path / "a"), cache=cache)
+    entry = cache.entry(cache_keys_of(cfg)["extract"])
+    tensors = load_file(str(entry / "activations.safetensors"))
+    del tensors["train.tokens"]
+    save_file(tensors, str(entry / "activations.safetensors"))
+    (entry / "manifest.json").unlink()
+    seal_dir(entry)  # checksums match: only the content is wrong
+    again = StageCache(tmp_path / "cache")
+    rebuilt = run_chain(cfg, ChainPaths(tmp_path / "b"), cache=again)
+    assert any("lacks train.tokens" in e for e in again.stats.events)
+    assert rebuilt[0]["explained_variance"] == fresh[0]["explained_variance"]
+
+
+def cache_keys_of(cfg):
+    from saeception.chain import _env, setup
+
+    return cycle0_keys(cfg, _env(setup(cfg), torch.device("cpu")))
 
 
 def test_cached_chain_equals_uncached_and_hits(tmp_path):
@@ -56,7 +114,7 @@ def test_corrupted_entry_is_rebuilt_not_used(tmp_path):
     cfg = build_config(TINY)
     cache = StageCache(tmp_path / "cache")
     run_chain(cfg, ChainPaths(tmp_path / "a"), cache=cache)
-    entry = cache.entry(stage_keys(cfg, _fingerprint(cfg))["sae0"])
+    entry = cache.entry(cache_keys_of(cfg)["sae"])
     weights = entry / "sae.safetensors"
     weights.write_bytes(weights.read_bytes()[:-64])
     again = StageCache(tmp_path / "cache")
@@ -68,12 +126,6 @@ def test_corrupted_entry_is_rebuilt_not_used(tmp_path):
 def test_no_cache_bypasses_it(tmp_path):
     run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=None)
     assert not (tmp_path / "cache").exists()
-
-
-def _fingerprint(cfg):
-    from saeception.data import load_task
-
-    return load_task(cfg.data, cfg.seed).fingerprint
 
 
 def _builder(root: str, key: str, out, barrier) -> None:
@@ -230,7 +282,7 @@ def test_s3_cache_round_trip_and_rejects_a_corrupted_blob(tmp_path, s3_uri):
     second = _object_cache(s3_uri, scratch=tmp_path / "n2")
     b = run_chain(cfg, ChainPaths(tmp_path / "b"), cache=second)
     assert second.stats.hits == 3 and a[0]["sae_u"] == b[0]["sae_u"]
-    key = stage_keys(cfg, _fingerprint(cfg))["sae0"]
+    key = cache_keys_of(cfg)["sae"]
     build = first._read_pointer(key)["build"]
     with first.fs.open_output_stream(first._blob(key, build) + "/sae.safetensors") as f:
         f.write(b"truncated")

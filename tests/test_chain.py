@@ -6,7 +6,7 @@ import torch
 from saeception.artifacts import ChainPaths
 from saeception.chain import run_chain
 from saeception.config import build_config
-from saeception.evaluate import METRIC_NAMES, VAL_METRIC_NAMES
+from saeception.evaluate import AUX_METRICS, METRIC_NAMES, VAL_METRIC_NAMES
 
 TINY = {"model.hidden_sizes": [32, 16], "finetune.epochs": 3, "sae.steps": 150, "sae.k": 4,
         "sae.expansion_factor": 4, "aux.epochs": 3, "sharpen.top_k_pct": 3, "eval.probe_max_iter": 100,
@@ -32,10 +32,10 @@ def test_chain_reports_every_metric_and_resumes(tmp_path):
     history = run_chain(tiny(chain__cycles=1), paths, on_cycle=lambda c, m, d: seen.append((c, d)))
     assert [c for c, _ in seen] == [0, 1]
     for name in METRIC_NAMES + VAL_METRIC_NAMES:
-        if name.startswith(("aux_", "val_aux")):
+        if name in AUX_METRICS:
             continue
         assert name in history[0], name
-    assert "aux_cosine" in history[1] and "aux_cosine_before" in history[1]
+    assert all(name in history[1] for name in AUX_METRICS)
     results = json.loads(paths.results().read_text())
     assert results["config"]["sae"]["k"] == 4 and len(results["cycles"]) == 2
 
@@ -46,7 +46,7 @@ def test_chain_reports_every_metric_and_resumes(tmp_path):
     assert again[1]["aux_cosine"] == pytest.approx(history[1]["aux_cosine"], abs=1e-6)
 
 
-@pytest.mark.parametrize("strategy", ["per_example", "random"])
+@pytest.mark.parametrize("strategy", ["per_example", "random", "random_direction"])
 def test_other_strategies_run(tmp_path, strategy):
     history = run_chain(tiny(chain__cycles=1, sharpen__strategy=strategy), tmp_path)
     assert -1 <= history[1]["aux_cosine"] <= 1
@@ -74,3 +74,77 @@ def test_retraining_changes_target_layer_weights(tmp_path):
     w1 = load_file(str(paths.cycle(1).model.with_suffix(".safetensors")))
     assert torch.equal(w0["hidden.0.0.weight"], w1["hidden.0.0.weight"]), "layers before the target are frozen"
     assert not torch.equal(w0["hidden.1.0.weight"], w1["hidden.1.0.weight"]), "the target layer is retrained"
+
+
+def _text_cfg(gpt2_dir, text_csv, **over):
+    return build_config({"data.name": str(text_csv), "model.name": str(gpt2_dir), "finetune.epochs": 1,
+                         "finetune.batch_size": 16, "sae.steps": 60, "sae.k": 4, "aux.epochs": 1, "aux.batch_size": 16,
+                         "chain.cycles": 2, "eval.probe_max_iter": 50, **over})
+
+
+def _numbers(history):
+    return [{k: v for k, v in h.items() if k != "cycle_seconds"} for h in history]
+
+
+def test_computed_cached_and_resumed_chains_give_identical_numbers(tmp_path, gpt2_dir, text_csv):
+    """GPT-2 has dropout: a stage that draws from the global generator would shift every later stage's
+    random numbers when a cache hit or a resume skips it. Each stage draws from its own generator."""
+    from saeception.cache import StageCache
+
+    cfg = _text_cfg(gpt2_dir, text_csv)
+    computed = run_chain(cfg, ChainPaths(tmp_path / "computed"), cache=StageCache(tmp_path / "cache"))
+    cache = StageCache(tmp_path / "cache")
+    cached = run_chain(cfg, ChainPaths(tmp_path / "cached"), cache=cache)
+    assert cache.stats.hits == 3 and cache.stats.misses == 0
+    resumed = run_chain(cfg, ChainPaths(tmp_path / "resumed"), resume_from=ChainPaths(tmp_path / "computed").cycle(1).path)
+    for other in (cached, resumed):
+        for a, b in zip(_numbers(computed), _numbers(other)):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert a[k] == pytest.approx(b[k], abs=1e-6, nan_ok=True), (a["cycle"], k)
+
+
+def test_retraining_on_the_aux_term_alone_moves_each_h_toward_its_own_target(tmp_path, monkeypatch):
+    """Targets are a teacher network's activations of the same examples: each one differs, and only the
+    right pairing (targets[ids]) can be learned. With the task loss switched off, what moves h is the aux
+    term alone: a detached tap or targets read by loader position both fail here."""
+    import torch.nn.functional as F
+
+    from saeception import train as train_mod
+    from saeception.config import AuxConfig, DataConfig
+    from saeception.data import load_task
+    from saeception.metrics import cosine
+    from saeception.models import MLP, TapModel
+    from saeception.train import extract, retrain
+
+    task = load_task(DataConfig(name="digits", max_examples=400))
+    torch.manual_seed(1)
+    teacher = TapModel(MLP(task.input_dim, [32, 16], task.n_classes), -1)
+    torch.manual_seed(2)
+    student = TapModel(MLP(task.input_dim, [32, 16], task.n_classes), -1)
+    cpu = torch.device("cpu")
+    targets, _ = extract(teacher, task, "train", 64, cpu)
+    before, _ = extract(student, task, "train", 64, cpu)
+    cross_entropy = F.cross_entropy
+    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda logits, y: 0.0 * cross_entropy(logits, y))
+    retrain(student, task, targets, AuxConfig(weight=1.0, epochs=30, lr=3e-3, batch_size=32), cpu, seed=0)
+    after, _ = extract(student, task, "train", 64, cpu)
+    wrong = targets[torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))]
+    own_gain = cosine(after, targets) - cosine(before, targets)
+    wrong_gain = cosine(after, wrong) - cosine(before, wrong)
+    assert own_gain > 0.05 and own_gain > wrong_gain + 0.03, (own_gain, wrong_gain)
+
+
+def test_split_seed_fixes_the_splits_whatever_the_seed(tmp_path):
+    from saeception.data import load_task
+
+    a = load_task(build_config({"seed": 0}).data)
+    b = load_task(build_config({"seed": 7}).data)
+    c = load_task(build_config({"data.split_seed": 1}).data)
+    assert a.splits_identity() == b.splits_identity() and a.splits_identity() != c.splits_identity()
+    ids = {s: set(a.split(s).source_ids) for s in ("train", "val", "test")}
+    assert not (ids["train"] & ids["val"]) and not (ids["val"] & ids["test"]) and not (ids["train"] & ids["test"])
+    history_paths = ChainPaths(tmp_path / "r")
+    run_chain(tiny(chain__cycles=0, seed=3), history_paths)
+    results = json.loads(history_paths.results().read_text())
+    assert results["splits"] == load_task(tiny(seed=0).data).splits_identity()

@@ -30,7 +30,7 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
         codes, labels = _inputs()
         shard = slice(rank, None, world)
         means = class_means(codes[shard], labels[shard], 4)
-        task = load_task(DataConfig(name="digits", max_examples=200), seed=0)
+        task = load_task(DataConfig(name="digits", max_examples=200))
         acts, logits = extract(_tap(task), task, "train", 32, torch.device("cpu"))
         sae = train_sae(acts, SAEConfig(kind="topk", expansion_factor=2, k=4, steps=30), seed=0)
         torch.save({"means": means, "acts": acts, "logits": logits, "W_dec": sae.W_dec.detach()}, f"{out}.{rank}")
@@ -45,7 +45,7 @@ def test_two_gloo_processes_match_one(tmp_path):
 
     codes, labels = _inputs()
     single_means = class_means(codes, labels, 4)
-    task = load_task(DataConfig(name="digits", max_examples=200), seed=0)
+    task = load_task(DataConfig(name="digits", max_examples=200))
     single_acts, single_logits = extract(_tap(task), task, "train", 32, torch.device("cpu"))
     single_sae = train_sae(single_acts, SAEConfig(kind="topk", expansion_factor=2, k=4, steps=30), seed=0)
 
@@ -71,7 +71,7 @@ def test_shard_batches_gives_every_rank_the_same_count_and_covers_all():
 def _text(gpt2_dir, text_csv):
     cfg = ModelConfig(name=str(gpt2_dir), layer=-1)
     tok = load_tokenizer(cfg)
-    task = load_task(DataConfig(name=str(text_csv)), seed=0, tokenizer=tok)
+    task = load_task(DataConfig(name=str(text_csv)), tokenizer=tok)
     torch.manual_seed(0)
     return TapModel(build_model(cfg, task.n_classes, pad_token_id=tok.pad_token_id).eval(), cfg.layer), task
 
@@ -81,7 +81,8 @@ def _text_worker(rank: int, world: int, init: str, out: str, gpt2_dir: str, text
     try:
         tap, task = _text(gpt2_dir, text_csv)
         acts, logits = extract(tap, task, "train", 16, torch.device("cpu"))
-        torch.save({"acts": acts, "logits": logits}, f"{out}.{rank}")
+        tokens, _ = extract(tap, task, "train", 16, torch.device("cpu"), tokens=True)
+        torch.save({"acts": acts, "logits": logits, "tokens": tokens}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -92,7 +93,14 @@ def test_text_extraction_under_two_processes_is_row_aligned(tmp_path, gpt2_dir, 
     mp.spawn(_text_worker, args=(2, init, str(tmp_path / "out"), str(gpt2_dir), str(text_csv)), nprocs=2, join=True)
     tap, task = _text(gpt2_dir, text_csv)
     single_acts, single_logits = extract(tap, task, "train", 16, torch.device("cpu"))
+    single_tokens, _ = extract(tap, task, "train", 16, torch.device("cpu"), tokens=True)
+    assert len(task.train) % 16 != 0 or (len(task.train) // 16) % 2 == 1, "shards must need padding for this test"
     for r in range(2):
         got = torch.load(tmp_path / f"out.{r}", weights_only=True)
         assert torch.allclose(got["acts"], single_acts, atol=1e-5)
         assert torch.allclose(got["logits"], single_logits, atol=1e-5)
+        # sae.tokens: all — every real token exactly once (the shards' padding repeats are dropped), in
+        # (example, position) order whatever the world size.
+        n_real = sum(len(seq) for seq in task.train.inputs)
+        assert got["tokens"].shape[0] == n_real
+        assert torch.allclose(got["tokens"], single_tokens, atol=1e-5)

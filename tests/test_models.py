@@ -37,15 +37,43 @@ def test_gpt2_pooling_equals_what_the_hf_head_reads(gpt2_dir, side):
             assert not torch.allclose(model.score(full[:, -1]), logits, atol=1e-3)
 
 
-def test_unpadded_sequence_pools_the_same_alone_and_in_a_padded_batch(gpt2_dir):
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_sequence_pools_the_same_alone_and_in_a_padded_batch(gpt2_dir, side):
+    """Under left padding GPT-2 needs position ids from the mask, or its positions shift with the padding."""
     cfg = ModelConfig(name=str(gpt2_dir), layer=-1)
-    tok = load_tokenizer(cfg, "right")
+    tok = load_tokenizer(cfg, side)
     tap = TapModel(build_model(cfg, 3, pad_token_id=tok.pad_token_id).eval(), cfg.layer)
     short, long_ = tok("pear plum")["input_ids"], tok("pear plum and the gear and the axle")["input_ids"]
     with torch.no_grad():
-        _, alone = tap(collate([(short, 0, 0)], tok.pad_token_id))
-        _, batched = tap(collate([(short, 0, 0), (long_, 0, 1)], tok.pad_token_id))
-    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+        _, alone = tap(collate([(short, 0, 0)], tok.pad_token_id, side))
+        batch = collate([(short, 0, 0), (long_, 0, 1)], tok.pad_token_id, side)
+        assert (batch["attention_mask"][0] == 0).any()
+        _, batched = tap(batch)
+    assert torch.allclose(alone[0], batched[0], atol=1e-5), (alone[0] - batched[0]).abs().max()
+
+
+def test_head_and_tap_use_one_pad_id(tmp_path, gpt2_dir):
+    """A checkpoint whose config names a pad id its tokenizer lacks (the tokenizer pads with EOS): the
+    head must skip the same pads the tap skips, so logits equal score(h) on a padded row."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    ckpt = tmp_path / "gpt2"
+    shutil.copytree(gpt2_dir, ckpt)
+    conf = AutoConfig.from_pretrained(ckpt)
+    conf.pad_token_id = 5  # an ordinary token id, never used for padding here
+    conf.save_pretrained(ckpt)
+    cfg = ModelConfig(name=str(ckpt), layer="transformer.ln_f")
+    tok = load_tokenizer(cfg, "right")
+    model = build_model(cfg, 3, pad_token_id=tok.pad_token_id).eval()
+    assert model.config.pad_token_id == tok.pad_token_id
+    tap = TapModel(model, cfg.layer, "auto")
+    seqs = [tok("apple engine")["input_ids"], tok("the violin and the drum and the harp")["input_ids"]]
+    batch = collate([(s, 0, i) for i, s in enumerate(seqs)], tok.pad_token_id, "right")
+    with torch.no_grad():
+        logits, h = tap(batch)
+    assert torch.allclose(model.score(h), logits, atol=1e-5)
 
 
 def test_bert_pools_first_token(bert_dir):

@@ -4,7 +4,15 @@ from saeception.config import DataConfig, SAEConfig, SharpenConfig
 from saeception.data import load_task, loader
 from saeception.models import MLP, TapModel
 from saeception.sae import train_sae
-from saeception.sharpen import build_targets, class_means, n_kept, random_targets, sharpen
+from saeception.sharpen import (
+    build_targets,
+    class_means,
+    is_noop,
+    kept_fraction,
+    n_kept,
+    random_directions,
+    sharpen,
+)
 from saeception.train import extract
 
 
@@ -24,10 +32,39 @@ def test_per_example_keeps_own_top_latents():
     assert out.tolist() == [[0, 0, 3.0, 4.0], [4.0, 3.0, 0, 0]]
 
 
-def test_n_kept_and_random_targets():
+def test_n_kept_and_random_directions():
     assert n_kept(100, 10) == 10 and n_kept(100, 0.1) == 1 and n_kept(100, 100) == 100
-    t = random_targets(5, 7, seed=3)
-    assert torch.allclose(t.norm(dim=-1), torch.ones(5)) and torch.equal(t, random_targets(5, 7, seed=3))
+    t = random_directions(5, 7, seed=3)
+    assert torch.allclose(t.norm(dim=-1), torch.ones(5)) and torch.equal(t, random_directions(5, 7, seed=3))
+
+
+def test_random_control_is_per_class_with_random_latents():
+    """`random` keeps, per class, a seeded random latent set of per_class's size: the same construction,
+    decoded through the same SAE; only the choice of latents differs."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.rand(60, 50, generator=g) + 0.1  # every latent active: what is kept shows in the mask
+    labels = torch.arange(60) % 3
+    cfg = SharpenConfig("random", top_k_pct=10)
+    out = sharpen(codes, labels, cfg, seed=4)
+    kept = out != 0
+    for c in range(3):
+        rows = kept[labels == c]
+        assert (rows == rows[0]).all(), "one latent set per class"
+        assert rows[0].sum() == n_kept(50, 10)
+        assert torch.equal(out[labels == c], (codes * rows[0])[labels == c])
+    assert not torch.equal(kept[labels == 0][0], kept[labels == 1][0])
+    assert torch.equal(out, sharpen(codes, labels, cfg, seed=4)) and not torch.equal(out, sharpen(codes, labels, cfg, seed=5))
+    per_class = sharpen(codes, labels, SharpenConfig("per_class", top_k_pct=10))
+    assert not torch.equal(out, per_class)
+
+
+def test_kept_fraction_and_noop_detection():
+    codes = torch.tensor([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, 0.0]])
+    assert kept_fraction(codes, codes * torch.tensor([0.0, 1.0, 1.0])) == (0.75 + 0.5) / 2
+    assert kept_fraction(codes, codes) == 1.0
+    # 2% of 512 latents = 10 kept >= k = 8: per_example keeps every active latent.
+    assert is_noop("per_example", "topk", 8, 512, 2.0) and not is_noop("per_example", "topk", 16, 512, 2.0)
+    assert not is_noop("per_class", "topk", 8, 512, 2.0) and not is_noop("per_example", "l1", 8, 512, 2.0)
 
 
 def test_class_means_single_process():
@@ -37,12 +74,12 @@ def test_class_means_single_process():
 
 def test_targets_belong_to_their_examples_after_shuffling():
     """Each batch of a shuffled loader must read the target built from its own examples' codes."""
-    task = load_task(DataConfig(name="digits"), seed=0)
+    task = load_task(DataConfig(name="digits"))
     tap = TapModel(MLP(task.input_dim, [32, 16], task.n_classes), -1).eval()
     acts, _ = extract(tap, task, "train", 64, torch.device("cpu"))
     sae = train_sae(acts, SAEConfig(kind="topk", expansion_factor=2, k=4, steps=100))
     cfg = SharpenConfig("per_example", top_k_pct=10)
-    targets = build_targets(sae, acts, task.train.labels, cfg)
+    targets, _ = build_targets(sae, acts, task.train.labels, cfg)
     seen = 0
     for batch in loader(task, "train", 50, shuffle=True, seed=1):
         with torch.no_grad():
@@ -74,7 +111,7 @@ def test_text_targets_stay_aligned_with_length_grouping(gpt2_dir, text_csv):
 
     mcfg = ModelConfig(name=str(gpt2_dir), layer=-1)
     tok = load_tokenizer(mcfg)
-    task = load_task(DataConfig(name=str(text_csv)), seed=0, tokenizer=tok)
+    task = load_task(DataConfig(name=str(text_csv)), tokenizer=tok)
     tap = TapModel(build_model(mcfg, task.n_classes, pad_token_id=tok.pad_token_id).eval(), -1)
     acts, _ = extract(tap, task, "train", 16, torch.device("cpu"))
     for batch in loader(task, "train", 16, shuffle=True, seed=2):
