@@ -154,6 +154,7 @@ class Target:
     """Where the SAE reads: the tapped module (None when the run's config is unknown) and which of its
     outputs it was trained on."""
 
+    model_name: str  # as model.json records it: "mlp", a hub id or a directory
     hook_name: str | None
     text: bool
     pooling: str | None = None  # "last"/"first"/"mean" for text models; None for the MLP
@@ -167,12 +168,12 @@ class Target:
         return f"{where}, {pooled[self.pooling]} per example" if self.pooling else where
 
 
-def resolve_target(src: Source, model: nn.Module) -> Target:
+def resolve_target(src: Source, model_name: str, model: nn.Module) -> Target:
     text, cfg = not isinstance(model, MLP), src.config
     if cfg is None:
-        return Target(None, text)
+        return Target(model_name, None, text)
     tap = TapModel(model, cfg["model"]["layer"], cfg["model"]["pooling"])
-    return Target(tap.target_name, text, tap.pooling if text else None, text and cfg["sae"]["tokens"] == "all")
+    return Target(model_name, tap.target_name, text, tap.pooling if text else None, text and cfg["sae"]["tokens"] == "all")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
     metadata = {
         "sae_lens_version": SAELENS_FORMAT_VERSION,
         "sae_lens_training_version": None,  # not trained by SAELens
-        "model_name": cfg.get("model", {}).get("name"),
+        "model_name": target.model_name,
         "hook_name": target.hook_name,
         "hook_head_index": None,
         "dataset_path": cfg.get("data", {}).get("name"),
@@ -226,44 +227,6 @@ def write_sparsify(sae: SAE, out: Path) -> None:
     write_json(out / "cfg.json", config)
 
 
-MLP_LOADER = '''"""Loads the exported saeception MLP classifier with torch and safetensors only.
-
-    from mlp import load_mlp
-    model = load_mlp("classifier")          # eval mode
-    logits = model(features)                # (B, input_dim) float32 -> (B, n_classes)
-"""
-
-import json
-from pathlib import Path
-
-from safetensors.torch import load_file
-from torch import nn
-
-
-class MLP(nn.Module):
-    # The module names of saeception.models.MLP, so the saved state dict loads strictly.
-    def __init__(self, input_dim, hidden_sizes, n_classes):
-        super().__init__()
-        dims = [input_dim, *hidden_sizes]
-        self.hidden = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(dims[:-1], dims[1:]))
-        self.head = nn.Linear(dims[-1], n_classes)
-
-    def forward(self, features):
-        x = features
-        for layer in self.hidden:
-            x = layer(x)
-        return self.head(x)
-
-
-def load_mlp(directory):
-    directory = Path(directory)
-    cfg = json.loads((directory / "config.json").read_text())
-    model = MLP(cfg["input_dim"], cfg["hidden_sizes"], cfg["n_classes"])
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
-    return model.eval()
-'''
-
-
 def write_hf(model: nn.Module, src: Source, target: Target, out: Path) -> None:
     out.mkdir(parents=True)
     if isinstance(model, MLP):
@@ -271,19 +234,14 @@ def write_hf(model: nn.Module, src: Source, target: Target, out: Path) -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
         write_json(out / "config.json", {"architecture": "saeception.MLP", "input_dim": input_dim,
                                          "hidden_sizes": hidden, "n_classes": n_classes, "tapped_layer": target.hook_name})
-        (out / "mlp.py").write_text(MLP_LOADER)
+        # A standalone copy (torch + safetensors only), so the export loads without saeception.
+        shutil.copyfile(Path(__file__).with_name("mlp_loader.py"), out / "mlp.py")
         return
-    cfg = src.config
-    model_cfg = ModelConfig(name=cfg["model"]["name"]) if cfg else ModelConfig(name=_model_name(src))
-    tok = load_tokenizer(model_cfg, cfg["data"]["padding_side"] if cfg else "right")
+    tok = load_tokenizer(ModelConfig(name=target.model_name), src.config["data"]["padding_side"] if src.config else "right")
     if model.config.pad_token_id is None:  # as build_model sets it: the classifier needs it to find the last token
         model.config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-
-
-def _model_name(src: Source) -> str:
-    return json.loads(src.cycle_dir.model.with_suffix(".json").read_text())["name"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,8 +267,7 @@ SUMMARY_KEYS = ("seed", "data.name", "model.name", "model.layer", "model.hidden_
 def model_card(src: Source, sae: SAE, target: Target, files: dict[str, str], card_extra: dict[str, str] | None = None) -> str:
     """The README.md beside the exports; files: {format: path relative to the card}."""
     cfg = src.config
-    name = cfg["model"]["name"] if cfg else _model_name(src)
-    parts = [f"---\ntags: [saeception, sparse-autoencoder]\n---\n\n# SAE-ception export: {name}, cycle {src.cycle}\n",
+    parts = [f"---\ntags: [saeception, sparse-autoencoder]\n---\n\n# SAE-ception export: {target.model_name}, cycle {src.cycle}\n",
              f"Exported from `{src.cycle_dir.path}`. A {sae.kind} SAE with {sae.n_latents} latents on the "
              f"{sae.d}-dimensional output of {target.reads()}, and the classifier it was trained on.\n"]
     if cfg:
@@ -404,7 +361,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, formats: list[str] | No
         raise ExportError(f"{src.cycle_dir.path}: unreadable artifacts ({e}); must be written by this saeception") from e
     chosen = _choose_formats(formats, sae.kind)
     model = build_classifier(meta["name"], tensors, device="cpu" if "hf" in chosen else "meta")
-    target = resolve_target(src, model)
+    target = resolve_target(src, meta["name"], model)
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -180,6 +180,11 @@ def test_cycle_choice(mlp_runs, tmp_path):
     export_run(ChainPaths(run).cycle(0).path, tmp_path / "dir", formats=["saelens"])  # one cycle's directory
     assert torch.equal(exported_b_enc(tmp_path / "dir"), ours(run, 0).b_enc)
     assert json.loads((tmp_path / "dir/saelens/cfg.json").read_text())["metadata"]["hook_name"] == "hidden.1"
+    # A cycle directory on its own (a restored checkpoint): exported, its layer unknown and the card says so.
+    alone = shutil.copytree(ChainPaths(run).cycle(0).path, tmp_path / "checkpoint" / "cycle")
+    written = export_run(alone, tmp_path / "alone")
+    assert json.loads((written["saelens"] / "cfg.json").read_text())["metadata"]["hook_name"] is None
+    assert written["sparsify"].name == "sae" and "the run's config is unknown" in written["card"].read_text()
     ChainPaths(run).cycle(1).manifest.unlink()  # an incomplete last cycle: the last complete one is exported
     export_run(run, tmp_path / "incomplete", formats=["saelens"])
     assert torch.equal(exported_b_enc(tmp_path / "incomplete"), ours(run, 0).b_enc)
