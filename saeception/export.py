@@ -319,7 +319,7 @@ def _loading(rel: dict[str, str], sae: SAE, target: Target) -> str:
                     "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
                     f"model = AutoModelForSequenceClassification.from_pretrained(\"{rel['hf']}\")\n"
                     f"tok = AutoTokenizer.from_pretrained(\"{rel['hf']}\")\n"
-                    + (f"model.get_submodule(\"{target.hook_name}\").register_forward_hook(lambda m, i, o: ...)  # the SAE's input\n"
+                    + (f"model.get_submodule(\"{target.hook_name}\").register_forward_hook(lambda m, i, o: ...)  # o, or o[0] if a tuple: the SAE's input\n"
                        if target.hook_name else "") + "```\n")
     return "\n".join(text)
 
