@@ -1,0 +1,438 @@
+"""Export one cycle of a finished chain to the tools researchers use: the SAE for SAELens and
+EleutherAI sparsify, the classifier for Hugging Face, and a model card (README.md) beside them.
+
+    python -m saeception.export RUN_OR_CYCLE_DIR --out DIR [--format saelens|sparsify|hf ...] [--cycle N] [--force]
+
+Both SAE libraries compute codes = act((x - b_dec) @ W_enc + b_enc) and x_hat = codes @ W_dec + b_dec
+with no input scaling, while saeception divides x by `input_scale` (s) first and multiplies the
+reconstruction by s after. The scale folds exactly into the weights:
+
+    (x/s - b_dec) @ W_enc + b_enc  =  (x - s*b_dec) @ (W_enc/s) + b_enc     same pre-activations, same codes
+    (z @ W_dec + b_dec) * s        =  z @ (s*W_dec) + s*b_dec               same reconstructions
+
+so the exported SAE reads the layer's raw activations and gives saeception's codes; its decoder rows have
+norm s, not 1 (which is why sparsify's cfg says normalize_decoder: false).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from .artifacts import ChainPaths, CycleDir, load_state_strict, load_weights, write_json
+from .config import ConfigError, ModelConfig, flatten
+from .models import MLP, TapModel, load_tokenizer, model_source
+from .sae import SAE
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("saelens", "sparsify", "hf")
+# SAELens architecture per saeception kind. BatchTopK's inference rule pre * (pre > threshold) on
+# pre = relu(h) equals JumpReLU's relu(h) * (h > threshold) for every threshold >= 0 (and the
+# threshold, a running mean of kept activations, is never negative); SAELens itself saves its
+# trained BatchTopK SAEs as JumpReLU.
+SAELENS_ARCHITECTURE = {"l1": "standard", "topk": "topk", "batchtopk": "jumprelu"}
+# The SAELens on-disk format written here; SAELens treats configs without it as pre-6.0 and renames keys.
+SAELENS_FORMAT_VERSION = "6.0.0"
+# Top-level names inside the output directory; nothing else in it is touched, even under --force.
+CARD, SAELENS_DIR, SPARSIFY_DIR, HF_DIR = "README.md", "saelens", "sparsify", "classifier"
+
+
+class ExportError(ValueError):
+    """Bad export input; the message starts with the field or path at fault."""
+
+
+@dataclass
+class Source:
+    """What one export reads: a verified cycle, with its run's config when the run is known."""
+
+    cycle_dir: CycleDir
+    cycle: int
+    metrics: dict  # this cycle's metrics
+    results: dict | None  # the run's results.json (config, cycles, optional splits)
+
+    @property
+    def config(self) -> dict | None:
+        return None if self.results is None else self.results.get("config")
+
+
+def resolve_source(path: str | Path, cycle: int | None = None) -> Source:
+    """A run directory (its last complete cycle, or `cycle`) or one cycle's directory, verified
+    against its manifest. Raises ExportError."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ExportError(f"{root}: must be a run directory or a cycle directory (not found)")
+    single = CycleDir(root)
+    if single.manifest.exists() or single.metrics.exists() or single.sae.with_suffix(".json").exists():
+        if cycle is not None:
+            raise ExportError(f"--cycle: only with a run directory; {root} is one cycle's directory")
+        cycle_dir, run = single, ChainPaths(root.parent)
+    else:
+        run = ChainPaths(root)
+        present = []
+        while run.cycle(len(present)).path.is_dir():
+            present.append(len(present))
+        if not present:
+            raise ExportError(f"{root}: must be a run directory (results.json + cycle directories) or a cycle directory")
+        if cycle is None:
+            complete = [c for c in present if run.cycle(c).manifest.exists()]
+            if not complete:
+                raise ExportError(f"{root}: no complete cycle to export (no cycle has its manifest)")
+            cycle = complete[-1]
+        elif cycle not in present:
+            raise ExportError(f"--cycle: must be one of {present}, got {cycle}")
+        cycle_dir = run.cycle(cycle)
+    problem = cycle_dir.verify()
+    if problem:
+        raise ExportError(f"{problem}; only an intact cycle is exported")
+    history = json.loads(cycle_dir.metrics.read_text())["cycles"]
+    results = json.loads(run.results().read_text()) if run.results().exists() else None
+    if results is not None and history[-1] not in results.get("cycles", []):
+        # A results.json that does not hold this cycle belongs to another run: its config would mislabel the export.
+        log.warning("%s does not hold cycle %s of %s; exporting without the run's config", run.results(),
+                    history[-1]["cycle"], cycle_dir.path)
+        results = None
+    return Source(cycle_dir, int(history[-1]["cycle"]), history[-1], results)
+
+
+# --------------------------------------------------------------------------------------------------
+# The classifier, rebuilt from the cycle's state dict
+
+
+def _mlp_dims(tensors: dict[str, Tensor]) -> tuple[int, list[int], int]:
+    """(input_dim, hidden_sizes, n_classes) of a saved saeception MLP."""
+    hidden = []
+    while f"hidden.{len(hidden)}.0.weight" in tensors:
+        hidden.append(tensors[f"hidden.{len(hidden)}.0.weight"])
+    return int(hidden[0].shape[1]), [int(w.shape[0]) for w in hidden], int(tensors["head.weight"].shape[0])
+
+
+def build_classifier(name: str, tensors: dict[str, Tensor], device: str = "cpu") -> nn.Module:
+    """The cycle's classifier with its weights; device "meta" builds the structure only (cheap: for
+    layer names). Raises ExportError when the model's source cannot be read."""
+    if name == "mlp":
+        model = MLP(*_mlp_dims(tensors))
+        load_state_strict(model, tensors)
+        return model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(model_source(name))
+    except (OSError, ValueError, ConfigError) as e:
+        raise ExportError(f"model.name: cannot read {name!r} to rebuild the classifier ({e})") from e
+    # The label count is not stored; the head is the only tensor whose shape follows it.
+    with torch.device("meta"):
+        probe = AutoModelForSequenceClassification.from_config(config)
+    for key, t in probe.state_dict().items():
+        if key in tensors and tensors[key].shape != t.shape:
+            config.num_labels = int(tensors[key].shape[0])
+            break
+    if device == "meta":
+        with torch.device("meta"):
+            return AutoModelForSequenceClassification.from_config(config)
+    model = AutoModelForSequenceClassification.from_config(config)
+    dtype = next(t.dtype for t in tensors.values() if t.is_floating_point())
+    model.to(dtype)
+    load_state_strict(model, tensors)
+    return model.eval()
+
+
+@dataclass
+class Target:
+    """Where the SAE reads: the tapped module (None when the run's config is unknown) and which of its
+    outputs it was trained on."""
+
+    model_name: str  # as model.json records it: "mlp", a hub id or a directory
+    hook_name: str | None
+    text: bool
+    pooling: str | None = None  # "last"/"first"/"mean" for text models; None for the MLP
+    every_token: bool = False  # sae.tokens "all": trained on every real token, not the pooled one
+
+    def reads(self) -> str:
+        where = f"`{self.hook_name}`" if self.hook_name else "the tapped layer (unknown: no results.json beside the cycle)"
+        if self.every_token:
+            return f"{where}, every real token"
+        pooled = {"last": "last real token", "first": "first token", "mean": "mean over real tokens"}
+        return f"{where}, {pooled[self.pooling]} per example" if self.pooling else where
+
+
+def resolve_target(src: Source, model_name: str, model: nn.Module) -> Target:
+    text, cfg = not isinstance(model, MLP), src.config
+    if cfg is None:
+        return Target(model_name, None, text)
+    tap = TapModel(model, cfg["model"]["layer"], cfg["model"]["pooling"])
+    return Target(model_name, tap.target_name, text, tap.pooling if text else None, text and cfg["sae"]["tokens"] == "all")
+
+
+# --------------------------------------------------------------------------------------------------
+# Writers: each writes into a fresh directory
+
+
+def folded_weights(sae: SAE) -> dict[str, Tensor]:
+    """W_enc (d, n), b_enc (n), W_dec (n, d), b_dec (d) with input_scale folded in (module docstring);
+    folded in float64 so the fold adds no rounding beyond the final cast."""
+    s = sae.input_scale.double()
+    return {"W_enc": (sae.W_enc.double() / s).float().contiguous(), "b_enc": sae.b_enc.float().contiguous(),
+            "W_dec": (sae.W_dec.double() * s).float().contiguous(), "b_dec": (sae.b_dec.double() * s).float().contiguous()}
+
+
+def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
+    tensors = folded_weights(sae)
+    cfg = src.config or {}
+    metadata = {
+        "sae_lens_version": SAELENS_FORMAT_VERSION,
+        "sae_lens_training_version": None,  # not trained by SAELens
+        "model_name": target.model_name,
+        "hook_name": target.hook_name,
+        "hook_head_index": None,
+        "dataset_path": cfg.get("data", {}).get("name"),
+        "context_size": cfg.get("data", {}).get("max_length") if target.text else None,
+        "saeception": {"kind": sae.kind, "cycle": src.cycle, "input_scale_folded": float(sae.input_scale),
+                       "pooling": None if target.every_token else target.pooling, "every_token": target.every_token},
+    }
+    config = {"architecture": SAELENS_ARCHITECTURE[sae.kind], "d_in": sae.d, "d_sae": sae.n_latents,
+              "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+              "normalize_activations": "none", "reshape_activations": "none", "metadata": metadata}
+    if sae.kind == "topk":
+        # rescale_acts_by_decoder_norm stays off: TopK selects on the pre-activations themselves.
+        config.update(k=sae.k, rescale_acts_by_decoder_norm=False)
+    if sae.kind == "batchtopk":
+        tensors["threshold"] = torch.full((sae.n_latents,), float(sae.threshold), dtype=torch.float32)
+    out.mkdir(parents=True)
+    save_file(tensors, str(out / "sae_weights.safetensors"))
+    write_json(out / "cfg.json", config)
+
+
+def write_sparsify(sae: SAE, out: Path) -> None:
+    w = folded_weights(sae)
+    tensors = {"encoder.weight": w["W_enc"].t().contiguous(), "encoder.bias": w["b_enc"],
+               "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+    config = {"activation": "topk", "expansion_factor": max(1, sae.n_latents // sae.d), "num_latents": sae.n_latents,
+              "k": sae.k, "normalize_decoder": False,  # rows have norm input_scale after the fold
+              "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": sae.d}
+    out.mkdir(parents=True)
+    save_file(tensors, str(out / "sae.safetensors"))
+    write_json(out / "cfg.json", config)
+
+
+def write_hf(model: nn.Module, src: Source, target: Target, out: Path) -> None:
+    out.mkdir(parents=True)
+    if isinstance(model, MLP):
+        input_dim, hidden, n_classes = _mlp_dims(model.state_dict())
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+        write_json(out / "config.json", {"architecture": "saeception.MLP", "input_dim": input_dim,
+                                         "hidden_sizes": hidden, "n_classes": n_classes, "tapped_layer": target.hook_name})
+        # A standalone copy (torch + safetensors only), so the export loads without saeception.
+        shutil.copyfile(Path(__file__).with_name("mlp_loader.py"), out / "mlp.py")
+        return
+    tok = load_tokenizer(ModelConfig(name=target.model_name), src.config["data"]["padding_side"] if src.config else "right")
+    if model.config.pad_token_id is None:  # as build_model sets it: the classifier needs it to find the last token
+        model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model card
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "-" if not math.isfinite(v) else f"{v:.4f}"
+    return "-" if v is None else str(v)
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)])
+
+
+SUMMARY_KEYS = ("seed", "data.name", "model.name", "model.layer", "model.hidden_sizes", "model.pooling",
+                "finetune.epochs", "sae.kind", "sae.expansion_factor", "sae.k", "sae.l1_coefficient", "sae.steps",
+                "sae.tokens", "sharpen.strategy", "sharpen.top_k_pct", "aux.weight", "aux.epochs", "chain.cycles")
+
+
+def model_card(src: Source, sae: SAE, target: Target, files: dict[str, str], card_extra: dict[str, str] | None = None) -> str:
+    """The README.md beside the exports; files: {format: path relative to the card}."""
+    cfg = src.config
+    parts = [f"---\ntags: [saeception, sparse-autoencoder]\n---\n\n# SAE-ception export: {target.model_name}, cycle {src.cycle}\n",
+             f"Exported from `{src.cycle_dir.path}`. A {sae.kind} SAE with {sae.n_latents} latents on the "
+             f"{sae.d}-dimensional output of {target.reads()}, and the classifier it was trained on.\n"]
+    if cfg:
+        flat = flatten(cfg)
+        parts.append("## The run\n\n" + _table([(f"`{k}`", flat[k] if isinstance(flat[k], str) else json.dumps(flat[k])) for k in SUMMARY_KEYS if k in flat], ("key", "value"))
+                     + "\n\n<details><summary>Full resolved config</summary>\n\n```json\n"
+                     + json.dumps(cfg, indent=2) + "\n```\n</details>\n")
+    else:
+        parts.append("## The run\n\nNo results.json was found beside this cycle, so the run's config is unknown.\n")
+    metrics = [(f"`{k}`", v) for k, v in src.metrics.items() if k != "cycle"]
+    parts.append(f"## Metrics of cycle {src.cycle}\n\n" + _table(metrics, ("metric", "value")) + "\n")
+    splits = (src.results or {}).get("splits")
+    if splits:
+        parts.append("## Data splits\n\n" + _table([(s, v.get("n"), f"`{v.get('ids_sha256')}`") for s, v in splits.items()],
+                                                   ("split", "examples", "ids_sha256")) + "\n")
+    parts.append("## Files and how to load them\n\n" + _loading(files, sae, target))
+    for title, body in (card_extra or {}).items():
+        parts.append(f"## {title}\n\n{body.strip()}\n")
+    return "\n".join(parts)
+
+
+def _loading(rel: dict[str, str], sae: SAE, target: Target) -> str:
+    acts = f"acts = ...  # (N, {sae.d}) float32 outputs of " + target.reads().replace("`", "")
+    text = []
+    if "saelens" in rel or "sparsify" in rel:
+        text.append(f"The SAE exports have `input_scale` ({float(sae.input_scale):.6g}) folded into their weights: they "
+                    "read the layer's raw activations and give saeception's codes and reconstructions (decoder rows have "
+                    "norm `input_scale`, not 1). `hook_name` is the module's name in the Hugging Face / PyTorch model, "
+                    "not a TransformerLens hook.\n")
+    if "saelens" in rel:
+        arch = SAELENS_ARCHITECTURE[sae.kind]
+        note = " (BatchTopK's inference threshold as a per-latent JumpReLU threshold)" if sae.kind == "batchtopk" else ""
+        text.append(f"`{rel['saelens']}/` — SAELens `{arch}` SAE{note}:\n\n```python\nfrom sae_lens import SAE\n"
+                    f"sae = SAE.load_from_disk(\"{rel['saelens']}\", device=\"cpu\")\n{acts}\n"
+                    "codes = sae.encode(acts); recon = sae.decode(codes)\n```\n")
+    if "sparsify" in rel:
+        text.append(f"`{rel['sparsify']}/` — EleutherAI sparsify TopK SAE (k={sae.k}):\n\n```python\n"
+                    f"from sparsify import SparseCoder\nsae = SparseCoder.load_from_disk(\"{rel['sparsify']}\")\n{acts}\n"
+                    "top_acts, top_indices, _ = sae.encode(acts); recon = sae.decode(top_acts, top_indices)\n```\n")
+    elif sae.kind != "topk":
+        text.append(f"No sparsify export: sparsify holds TopK SAEs only, and this one is `{sae.kind}`.\n")
+    if "hf" in rel and not target.text:
+        text.append(f"`{rel['hf']}/` — the MLP classifier (safetensors + config.json; `mlp.py` loads it with torch only):"
+                    f"\n\n```python\nimport sys; sys.path.insert(0, \"{rel['hf']}\")\nfrom mlp import load_mlp\n"
+                    f"model = load_mlp(\"{rel['hf']}\")\nlogits = model(features)  # (B, input_dim) float32, prepared as saeception "
+                    "loads data.name\n```\n")
+    elif "hf" in rel:
+        text.append(f"`{rel['hf']}/` — the classifier and its tokenizer:\n\n```python\n"
+                    "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+                    f"model = AutoModelForSequenceClassification.from_pretrained(\"{rel['hf']}\")\n"
+                    f"tok = AutoTokenizer.from_pretrained(\"{rel['hf']}\")\n"
+                    + (f"model.get_submodule(\"{target.hook_name}\").register_forward_hook(lambda m, i, o: ...)  # o, or o[0] if a tuple: the SAE's input\n"
+                       if target.hook_name else "") + "```\n")
+    return "\n".join(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Export
+
+
+def _choose_formats(requested: list[str] | None, kind: str) -> list[str]:
+    for f in requested or []:
+        if f not in FORMATS:
+            raise ExportError(f"--format: must be one of {', '.join(FORMATS)}, got {f!r}")
+    if not requested:
+        return [f for f in FORMATS if f != "sparsify" or kind == "topk"]
+    if "sparsify" in requested and kind != "topk":
+        raise ExportError(f"sae.kind: sparsify holds TopK SAEs only; this SAE is {kind!r} (export it with --format saelens)")
+    return list(dict.fromkeys(requested))
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, formats: list[str] | None = None, cycle: int | None = None,
+               card_extra: dict[str, str] | None = None, force: bool = False) -> dict[str, Path]:
+    """Exports one cycle of a run (its last complete cycle unless `cycle`) or one cycle directory into
+    `out_dir`: formats from FORMATS (default: all that apply to the SAE's kind) plus the model card.
+    card_extra: more card sections, title -> markdown. Returns {format or "card": path}.
+
+    Every input is checked before anything is written (ExportError otherwise); the files are built in a
+    staging directory inside out_dir and moved into place at the end, so a failed build leaves no partial
+    files. An out_dir that is not empty is refused unless `force`, which replaces only the names this
+    export writes (README.md, saelens/, sparsify/, classifier/)."""
+    src = resolve_source(run_dir, cycle)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out: {out} is a file; must be a new or empty directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"--out: {out} is not empty; must be a new or empty directory (or pass --force)")
+    try:
+        sae, (tensors, meta) = SAE.load(src.cycle_dir.sae), load_weights(src.cycle_dir.model)
+    except (KeyError, ValueError) as e:  # e.g. another format_version
+        raise ExportError(f"{src.cycle_dir.path}: unreadable artifacts ({e}); must be written by this saeception") from e
+    chosen = _choose_formats(formats, sae.kind)
+    model = build_classifier(meta["name"], tensors, device="cpu" if "hf" in chosen else "meta")
+    target = resolve_target(src, meta["name"], model)
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        written: dict[str, Path] = {}
+        if "saelens" in chosen:
+            write_saelens(sae, src, target, stage / SAELENS_DIR)
+            written["saelens"] = out / SAELENS_DIR
+        if "sparsify" in chosen:
+            hookpoint = target.hook_name or "sae"  # sparsify names each SAE's directory after its hookpoint
+            write_sparsify(sae, stage / SPARSIFY_DIR / hookpoint)
+            written["sparsify"] = out / SPARSIFY_DIR / hookpoint
+        if "hf" in chosen:
+            write_hf(model, src, target, stage / HF_DIR)
+            written["hf"] = out / HF_DIR
+        card = model_card(src, sae, target, {k: v.relative_to(out).as_posix() for k, v in written.items()}, card_extra)
+        (stage / CARD).write_text(card)
+        written["card"] = out / CARD
+        for entry in sorted(stage.iterdir()):
+            dest = out / entry.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            elif dest.exists() or dest.is_symlink():
+                dest.unlink()
+            os.replace(entry, dest)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    stage.rmdir()
+    log.info("exported cycle %d of %s to %s (%s)", src.cycle, run_dir, out, ", ".join(written))
+    return written
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, like every other bad input (argparse would print the usage too).
+        self.exit(2, f"error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m saeception.export",
+                description="Export a chain's SAE (SAELens, sparsify) and classifier (Hugging Face) with a model card.")
+    p.add_argument("source", metavar="RUN_OR_DIR", help="a run directory (python -m saeception.run --out) or one cycle directory")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    p.add_argument("--format", dest="formats", action="append", metavar="FORMAT",
+                   help=f"one of {', '.join(FORMATS)} (repeatable; default: all that apply to the SAE)")
+    p.add_argument("--cycle", type=int, help="which cycle of a run (default: its last complete cycle)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing earlier exports there")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        written = export_run(args.source, args.out, args.formats, args.cycle, force=args.force)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for what, path in written.items():
+        print(f"{what}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Export round trips through the real libraries: SAELens and sparsify load the exported SAE and give
+saeception's codes and reconstructions; Hugging Face loads the classifier and gives its logits."""
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saeception.artifacts import ChainPaths, load_state_strict, load_weights
+from saeception.chain import run_chain
+from saeception.config import ModelConfig, build_config
+from saeception.export import ExportError, build_classifier, export_run, main
+from saeception.models import TapModel, build_model, load_tokenizer
+from saeception.sae import SAE
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"device": "cpu", "finetune.epochs": 1, "sae.steps": 100, "sae.batch_size": 64, "sae.k": 4,
+        "aux.epochs": 1, "model.hidden_sizes": [32, 16], "data.max_examples": 150, "eval.probe_max_iter": 50}
+
+
+@pytest.fixture(scope="module")
+def mlp_runs(tmp_path_factory) -> dict[str, Path]:
+    """One MLP run per SAE kind; the TopK run has two cycles (for the cycle choice)."""
+    runs = {}
+    for kind in ("topk", "l1", "batchtopk"):
+        root = tmp_path_factory.mktemp(f"run_{kind}")
+        run_chain(build_config({**FAST, "sae.kind": kind, "chain.cycles": 1 if kind == "topk" else 0}), root)
+        runs[kind] = root
+    return runs
+
+
+@pytest.fixture(scope="module")
+def gpt2_run(tmp_path_factory, gpt2_dir, text_csv) -> Path:
+    root = tmp_path_factory.mktemp("run_gpt2")
+    run_chain(build_config({"device": "cpu", "model.name": str(gpt2_dir), "data.name": str(text_csv),
+                            "data.max_examples": 40, "finetune.epochs": 1, "sae.steps": 50, "sae.k": 4,
+                            "chain.cycles": 0, "eval.probe_max_iter": 50}), root)
+    return root
+
+
+def layer_acts(run: Path, cycle: int) -> torch.Tensor:
+    """Real activations of the tapped MLP layer on digits."""
+    from sklearn.datasets import load_digits
+
+    tensors, _ = load_weights(ChainPaths(run).cycle(cycle).model)
+    tap = TapModel(build_classifier("mlp", tensors), -1)
+    with torch.no_grad():
+        return tap({"features": torch.tensor(load_digits().data[:256] / 16.0, dtype=torch.float32)})[1]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def ours(run: Path, cycle: int) -> SAE:
+    return SAE.load(ChainPaths(run).cycle(cycle).sae)
+
+
+@pytest.mark.parametrize("kind,architecture", [("topk", "TopKSAE"), ("l1", "StandardSAE"), ("batchtopk", "JumpReLUSAE")])
+def test_saelens_round_trip(mlp_runs, tmp_path, kind, architecture):
+    sae_lens = pytest.importorskip("sae_lens", reason="sae-lens not installed (pip install saeception[export])")
+    written = export_run(mlp_runs[kind], tmp_path / "out", formats=["saelens"])
+    sae, x = ours(mlp_runs[kind], 0 if kind != "topk" else 1), layer_acts(mlp_runs[kind], 0 if kind != "topk" else 1)
+    # The fold must matter for this test to bite.
+    assert abs(float(sae.input_scale) - 1) > 0.5
+    theirs = sae_lens.SAE.load_from_disk(written["saelens"], device="cpu")
+    assert type(theirs).__name__ == architecture
+    assert theirs.cfg.metadata.hook_name == "hidden.1" and theirs.cfg.metadata.model_name == "mlp"
+    with torch.no_grad():
+        codes, their_codes = sae.encode(x), theirs.encode(x)
+        assert (codes > 0).any(-1).float().mean() > 0.5  # most examples have active latents
+        assert rel(their_codes, codes) < 1e-5 and torch.equal(their_codes > 0, codes > 0)
+        assert rel(theirs.decode(their_codes), sae.decode(codes)) < 1e-5
+    if kind == "topk":
+        assert theirs.cfg.k == sae.k
+    if kind == "batchtopk":
+        # The threshold must cut some positive pre-activations, or the test could not see it.
+        pre = torch.relu((x / sae.input_scale - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        assert ((pre > 0) & (pre <= sae.threshold)).any()
+
+
+def test_sparsify_round_trip(mlp_runs, tmp_path):
+    sparsify = pytest.importorskip("sparsify", reason="eai-sparsify not installed (pip install saeception[export])")
+    written = export_run(mlp_runs["topk"], tmp_path / "out", formats=["sparsify"])
+    assert written["sparsify"] == tmp_path / "out" / "sparsify" / "hidden.1"
+    sae, x = ours(mlp_runs["topk"], 1), layer_acts(mlp_runs["topk"], 1)
+    coder = sparsify.SparseCoder.load_from_disk(written["sparsify"])
+    assert coder.cfg.k == sae.k and not coder.cfg.normalize_decoder
+    with torch.no_grad():
+        codes = sae.encode(x)
+        top_acts, top_indices, _ = coder.encode(x)
+        dense = torch.zeros_like(codes).scatter(-1, top_indices, top_acts)
+        assert rel(dense, codes) < 1e-5
+        assert rel(coder.decode(top_acts, top_indices), sae.decode(codes)) < 1e-5
+
+
+def test_sparsify_refuses_non_topk(mlp_runs, tmp_path):
+    with pytest.raises(ExportError, match=r"^sae\.kind: sparsify holds TopK SAEs only"):
+        export_run(mlp_runs["l1"], tmp_path / "out", formats=["sparsify"])
+    assert not (tmp_path / "out").exists()
+    written = export_run(mlp_runs["l1"], tmp_path / "out")  # the default skips it, and the card says why
+    assert set(written) == {"saelens", "hf", "card"}
+    assert "No sparsify export" in written["card"].read_text()
+
+
+def test_mlp_classifier_export(mlp_runs, tmp_path):
+    written = export_run(mlp_runs["topk"], tmp_path / "out", formats=["hf"])
+    cfg = json.loads((written["hf"] / "config.json").read_text())
+    assert cfg == {"architecture": "saeception.MLP", "input_dim": 64, "hidden_sizes": [32, 16], "n_classes": 10,
+                   "tapped_layer": "hidden.1"}
+    spec = importlib.util.spec_from_file_location("exported_mlp", written["hf"] / "mlp.py")
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    exported = loader.load_mlp(written["hf"])
+    model = build_model(ModelConfig(hidden_sizes=[32, 16]), 10, 64)
+    load_state_strict(model, load_weights(ChainPaths(mlp_runs["topk"]).cycle(1).model)[0])
+    features = torch.rand(8, 64)
+    with torch.no_grad():
+        assert torch.equal(exported(features), model(features))
+
+
+def test_gpt2_export(gpt2_run, gpt2_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    written = export_run(gpt2_run, tmp_path / "out")
+    assert set(written) == {"saelens", "sparsify", "hf", "card"}
+    cfg = json.loads((written["saelens"] / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "transformer.h.1" and cfg["metadata"]["saeception"]["pooling"] == "last"
+    assert written["sparsify"].name == "transformer.h.1"
+    # The reference: the classifier as the chain built it, with the cycle's weights.
+    model_cfg = ModelConfig(name=str(gpt2_dir))
+    tok = load_tokenizer(model_cfg)
+    model = build_model(model_cfg, 3, pad_token_id=tok.pad_token_id)
+    load_state_strict(model, load_weights(ChainPaths(gpt2_run).cycle(0).model)[0])
+    exported = AutoModelForSequenceClassification.from_pretrained(written["hf"]).eval()
+    exported_tok = AutoTokenizer.from_pretrained(written["hf"])
+    texts = ["apple banana the cherry", "engine", "violin piano a drum of the flute and harp"]  # padded batch
+    batch, exported_batch = (t(texts, padding=True, return_tensors="pt") for t in (tok, exported_tok))
+    assert torch.equal(batch["input_ids"], exported_batch["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(exported(**exported_batch).logits, model.eval()(**batch).logits)
+
+
+def test_model_card(mlp_runs, tmp_path):
+    run = shutil.copytree(mlp_runs["topk"], tmp_path / "run")
+    results = json.loads(ChainPaths(run).results().read_text())
+    results["splits"] = {"train": {"n": 90, "ids_sha256": "ab" * 32}, "test": {"n": 30, "ids_sha256": "cd" * 32}}
+    ChainPaths(run).results().write_text(json.dumps(results))
+    extra = {"What was searched": "sae.k in [4, 8]", "Confirmation": "| seed | sae_u |\n|---|---|\n| 1 | 0.5 |"}
+    written = export_run(run, tmp_path / "out", card_extra=extra)
+    card = written["card"].read_text()
+    metrics = results["cycles"][1]
+    for text in ("cycle 1", "`sae.kind` | topk", "`model.hidden_sizes` | [32, 16]", f"`sae_u` | {metrics['sae_u']:.4f}",
+                 f"`task_accuracy` | {metrics['task_accuracy']:.4f}", "| train | 90 | `" + "ab" * 32, "| test | 30 |",
+                 "## What was searched\n\nsae.k in [4, 8]", "## Confirmation", "SAE.load_from_disk(\"saelens\"",
+                 "SparseCoder.load_from_disk(\"sparsify/hidden.1\")", "load_mlp(\"classifier\")",
+                 f"({float(ours(run, 1).input_scale):.6g}) folded"):
+        assert text in card, text
+    assert "## Data splits" not in export_run(mlp_runs["topk"], tmp_path / "plain", formats=["saelens"])["card"].read_text()
+
+
+def test_cycle_choice(mlp_runs, tmp_path):
+    run = shutil.copytree(mlp_runs["topk"], tmp_path / "run")
+
+    def exported_b_enc(out: Path) -> torch.Tensor:
+        return load_file(str(out / "saelens" / "sae_weights.safetensors"))["b_enc"]
+
+    export_run(run, tmp_path / "last", formats=["saelens"])
+    assert torch.equal(exported_b_enc(tmp_path / "last"), ours(run, 1).b_enc)
+    export_run(run, tmp_path / "c0", formats=["saelens"], cycle=0)
+    assert torch.equal(exported_b_enc(tmp_path / "c0"), ours(run, 0).b_enc)
+    export_run(ChainPaths(run).cycle(0).path, tmp_path / "dir", formats=["saelens"])  # one cycle's directory
+    assert torch.equal(exported_b_enc(tmp_path / "dir"), ours(run, 0).b_enc)
+    assert json.loads((tmp_path / "dir/saelens/cfg.json").read_text())["metadata"]["hook_name"] == "hidden.1"
+    # A cycle directory on its own (a restored checkpoint): exported, its layer unknown and the card says so.
+    alone = shutil.copytree(ChainPaths(run).cycle(0).path, tmp_path / "checkpoint" / "cycle")
+    written = export_run(alone, tmp_path / "alone")
+    assert json.loads((written["saelens"] / "cfg.json").read_text())["metadata"]["hook_name"] is None
+    assert written["sparsify"].name == "sae" and "the run's config is unknown" in written["card"].read_text()
+    ChainPaths(run).cycle(1).manifest.unlink()  # an incomplete last cycle: the last complete one is exported
+    export_run(run, tmp_path / "incomplete", formats=["saelens"])
+    assert torch.equal(exported_b_enc(tmp_path / "incomplete"), ours(run, 0).b_enc)
+
+
+def _damaged(run: Path, tmp: Path) -> Path:
+    copy = shutil.copytree(run, tmp / "damaged")
+    sae = ChainPaths(copy).cycle(1).sae.with_suffix(".safetensors")
+    sae.write_bytes(sae.read_bytes()[:-8])
+    return copy
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("missing", ["{tmp}/nope", "--out", "{out}"], r"^error: .*/nope: must be a run directory"),
+    ("damaged", ["{damaged}", "--out", "{out}"], r"^error: .*sae\.safetensors: does not match its checksum"),
+    ("format", ["{topk}", "--out", "{out}", "--format", "onnx"], r"^error: --format: must be one of saelens, sparsify, hf, got 'onnx'"),
+    ("kind", ["{l1}", "--out", "{out}", "--format", "sparsify"], r"^error: sae\.kind: sparsify holds TopK SAEs only"),
+    ("cycle", ["{topk}", "--out", "{out}", "--cycle", "7"], r"^error: --cycle: must be one of \[0, 1\], got 7"),
+    ("out_file", ["{topk}", "--out", "{file}"], r"^error: --out: .* is a file"),
+    ("out_full", ["{topk}", "--out", "{full}"], r"^error: --out: .* is not empty"),
+    ("no_out", ["{topk}"], r"^error: the following arguments are required: --out"),
+])
+def test_cli_bad_input(mlp_runs, tmp_path, capsys, case, args, message):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    paths = {"tmp": tmp_path, "out": tmp_path / "out", "topk": mlp_runs["topk"], "l1": mlp_runs["l1"],
+             "file": tmp_path / "file", "full": tmp_path / "full",
+             "damaged": _damaged(mlp_runs["topk"], tmp_path) if case == "damaged" else None}
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    try:
+        rc = main([a.format(**paths) for a in args])
+    except SystemExit as e:  # argparse's own errors exit
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert re.match(message, err), err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_cli_as_a_user_runs_it(mlp_runs, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "saeception.export", str(mlp_runs["topk"]), "--out", str(tmp_path / "out"),
+           "--format", "saelens", "--format", "hf"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "classifier", "saelens"]
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert again.returncode == 2 and again.stderr.startswith("error: --out:") and len(again.stderr.splitlines()) == 1
+    (tmp_path / "out" / "mine.txt").write_text("kept")
+    assert main([*cmd[3:], "--force"]) == 0
+    assert (tmp_path / "out" / "mine.txt").read_text() == "kept"  # --force replaces only what the export writes
