@@ -180,6 +180,53 @@ def test_diverging_trial_fails_everywhere_and_the_sweep_goes_on(tmp_path, ray_en
     assert best_id in {c.data.tags["saeception.trial_id"] for c in ok}
 
 
+@pytest.mark.ray
+@pytest.mark.asha
+def test_asha_stopped_trials_are_pruned_and_free_their_workers(tmp_path, ray_env):
+    """7. ASHA stops trials at cycle 1 of 2: each is PRUNED in Optuna (never COMPLETE with an early value),
+    KILLED with saeception.stopped_at_cycle in MLflow, never the best trial; and its Train workers'
+    resources come back, so all 6 trials run on 2 CPUs (a leaked placement group made later trials wait
+    for workers forever)."""
+    import optuna
+
+    storage = tmp_path / "s"
+    r = subprocess.run(sweep_cmd(storage, "--trials", "6", "--num-cpus", "2", "--scheduler", "asha",
+                                 "--set", "chain.cycles=2"), env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = optuna.load_study(study_name="rel", storage=f"sqlite:///{storage / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(states) == 6 and set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}, states
+    assert pruned, "ASHA stopped no trial: the test needs at least one"
+    client, children = mlflow_children(storage)
+    stopped = [c for c in children if "saeception.stopped_at_cycle" in c.data.tags]
+    assert len(stopped) == len(pruned) and all(c.info.status == "KILLED" for c in stopped)
+    assert all(int(c.data.tags["saeception.stopped_at_cycle"]) < 2 for c in stopped)
+    best_id = client.get_run(children[0].data.tags["mlflow.parentRunId"]).data.tags["best_trial_id"]
+    assert best_id not in {c.data.tags["saeception.trial_id"] for c in stopped}
+    assert f"{len(pruned)} stopped early" in r.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.interrupt
+def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
+    """8. Ctrl-C (SIGINT) ends the sweep with exit code 130, the parent run KILLED, no report."""
+    storage = tmp_path / "s"
+    proc = subprocess.Popen(sweep_cmd(storage, "--trials", "3", "--num-cpus", "2"), env=ray_env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: logged_steps(storage / "mlflow.db", "cycle"), 300, "a first cycle", proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted" in out and "best trial" not in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    parent = [x for x in runs if x.data.tags.get("saeception.role") == "sweep"][0]
+    assert parent.info.status == "KILLED"
+
+
 @pytest.mark.storage_faults
 def test_truncated_checkpoint_is_detected_and_rebuilt(tmp_path):
     """5. A truncated checkpoint is never loaded; the worker rebuilds the chain from cycle 0."""

@@ -92,29 +92,3 @@ def test_targets_belong_to_their_examples_after_shuffling():
     first = next(iter(loader(task, "train", 50, shuffle=True, seed=1)))
     assert not torch.equal(first["ids"], torch.arange(50))
 
-
-def test_length_grouped_batches_cover_every_example_once_and_cut_padding():
-    from saeception.data import length_grouped_batches
-
-    lengths = [int(x) for x in torch.randint(1, 100, (1000,))]
-    for shuffle in (True, False):
-        batches = length_grouped_batches(lengths, 16, shuffle, seed=3)
-        assert sorted(i for b in batches for i in b) == list(range(1000))
-        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-        naive = sum(16 * max(lengths[i] for i in range(s, min(s + 16, 1000))) for s in range(0, 1000, 16))
-        assert padded < 0.8 * naive
-
-
-def test_text_targets_stay_aligned_with_length_grouping(gpt2_dir, text_csv):
-    from saeception.config import ModelConfig
-    from saeception.models import build_model, load_tokenizer
-
-    mcfg = ModelConfig(name=str(gpt2_dir), layer=-1)
-    tok = load_tokenizer(mcfg)
-    task = load_task(DataConfig(name=str(text_csv)), tokenizer=tok)
-    tap = TapModel(build_model(mcfg, task.n_classes, pad_token_id=tok.pad_token_id).eval(), -1)
-    acts, _ = extract(tap, task, "train", 16, torch.device("cpu"))
-    for batch in loader(task, "train", 16, shuffle=True, seed=2):
-        with torch.no_grad():
-            _, h = tap(batch)
-        assert torch.allclose(acts[batch["ids"]], h, atol=1e-4)

@@ -20,7 +20,7 @@ def test_sweep_end_to_end(tmp_path, ray_env):
            "--confirm-seeds", "3"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ray_env, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "2 done, 0 running, 0 failed of 2" in r.stdout  # live progress
+    assert "2 done, 0 stopped early, 0 running, 0 failed of 2" in r.stdout  # live progress
 
     from mlflow.tracking import MlflowClient
 

@@ -33,6 +33,8 @@ HISTORY = "_saeception_history"  # JSON list of every cycle's metrics so far
 RUN_KEY = "_saeception_run"  # which MLflow run (confirmation trials hold several)
 TAGS = "_saeception_tags"  # JSON dict of tags for that run
 DIVERGED = "saeception_diverged"  # the chain's loss became NaN/inf: the reason
+FINAL_CYCLE = "final_cycle"  # the trial's last cycle (chain.cycles): a result before it is not a finished trial
+SPLIT_TAG = "saeception.split.{}.sha256"  # one tag per split: which source examples it holds
 
 
 @dataclass
@@ -91,12 +93,23 @@ def _rank0_report(rank: int, metrics: dict, cycle_dir: Path | None, run_key: str
         return
     if history is None and cycle_dir is not None:
         history = json.loads(CycleDir(cycle_dir).metrics.read_text())["cycles"]
+    if cycle_dir is not None:
+        tags = {**split_tags(Path(cycle_dir)), **(tags or {})}
     payload = {**metrics, HISTORY: json.dumps(history or []), RUN_KEY: run_key, TAGS: json.dumps(tags or {})}
     if checkpoint:
         ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(str(cycle_dir)),
                          checkpoint_dir_name=f"cycle_{metrics['cycle']:03d}")
     else:
         ray.train.report(payload)
+
+
+def split_tags(cycle_dir: Path) -> dict[str, str]:
+    """The split-identity tags of the chain that wrote `cycle_dir` (from its results.json)."""
+    from saeception.artifacts import ChainPaths
+
+    results = ChainPaths(cycle_dir.parent).results()
+    splits = json.loads(results.read_text()).get("splits", {}) if results.exists() else {}
+    return {SPLIT_TAG.format(name): v["ids_sha256"] for name, v in splits.items()}
 
 
 def _worker_context(loop_config: dict[str, Any]):
@@ -156,7 +169,8 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     reported = []
 
     def on_cycle(cycle: int, metrics: dict, cycle_dir: Path) -> None:
-        _rank0_report(rank, _with_cache_stats(metrics, cache), cycle_dir, tags=tags if not reported else None, checkpoint=True)
+        _rank0_report(rank, _with_cache_stats({**metrics, FINAL_CYCLE: cfg.chain.cycles}, cache), cycle_dir,
+                      tags=tags if not reported else None, checkpoint=True)
         reported.append(cycle)
 
     try:
@@ -164,7 +178,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
                             cache=cache)
         if not reported:
             # Restored from the final cycle's checkpoint: nothing left to run, but Tune needs the result.
-            _rank0_report(rank, history[-1], None, tags=tags, history=history)
+            _rank0_report(rank, {**history[-1], FINAL_CYCLE: cfg.chain.cycles}, None, tags=tags, history=history)
     except DivergedError as e:
         # Reported, not raised: Ray Train would retry a raised error, and a diverging config diverges
         # again. Tune checks every result for the objective, so the metrics are there, as NaN.

@@ -1,4 +1,5 @@
-"""Ray's OptunaSearch with two corrections: failed trials, and results a resumed sweep repeats."""
+"""Ray's OptunaSearch with three corrections: failed trials, early-stopped trials, and results a resumed
+sweep repeats."""
 
 from __future__ import annotations
 
@@ -35,6 +36,19 @@ class FailAwareOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
+        """A trial a scheduler stopped before its last cycle (ASHA) is PRUNED, not COMPLETE with an early
+        value that would compete with finished trials' last-cycle values."""
         if trial_id not in self._completed_trials and self._finished_in_study(trial_id):
             return
-        super().on_trial_complete(trial_id, None if error else result, error)
+        if error or stopped_early(result):
+            result = None  # no value: FAIL on error, else PRUNED
+        super().on_trial_complete(trial_id, result, error)
+
+
+def stopped_early(result: dict | None) -> bool:
+    """Whether a trial's last result comes before its last cycle (a scheduler stopped it)."""
+    from .chain_trainable import FINAL_CYCLE
+
+    if not result or FINAL_CYCLE not in result or "cycle" not in result:
+        return False
+    return int(result["cycle"]) < int(result[FINAL_CYCLE])

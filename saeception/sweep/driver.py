@@ -34,7 +34,9 @@ def run(p: Plan) -> int:
     started_ray = start_ray(p)
     try:
         s = open_parent_run(p)
-        rows, best = search(p, s)
+        rows, best, interrupted = search(p, s)
+        if interrupted:
+            return stop_interrupted(p, s)
         report(p, s, rows, best)
         if best and p.args.confirm_seeds > 0:
             from .confirmation import confirm
@@ -61,7 +63,11 @@ def start_ray(p: Plan) -> bool:
     if p.args.address:
         ray.init(address=p.args.address, log_to_driver=p.args.verbose)
     else:
-        ray.init(num_cpus=p.args.num_cpus, include_dashboard=False, log_to_driver=p.args.verbose)
+        # With the dashboard (Ray's state API), Ray Train's placement-group cleaner sees when a stopped
+        # trial's controller is gone and frees its resources; without it a trial that a scheduler stops
+        # leaks its placement group and later trials wait for workers forever.
+        ray.init(num_cpus=p.args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 log_to_driver=p.args.verbose)
     return True
 
 
@@ -96,8 +102,9 @@ def open_parent_run(p: Plan) -> Session:
     return Session(tracker, parent, spec, concurrency, trial_resources)
 
 
-def search(p: Plan, s: Session) -> tuple[list[dict], list[dict]]:
-    """The Optuna search over Ray Tune; returns every trial's row and the best trial(s)."""
+def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
+    """The Optuna search over Ray Tune; returns every trial's row, the best trial(s) and whether the
+    search was interrupted (Ctrl-C) before every trial ended."""
     import optuna
     from ray import tune
 
@@ -124,15 +131,29 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict]]:
 
             cycles = int(p.space.fixed.get("chain.cycles", 2))
             scheduler = ASHAScheduler(time_attr="cycle", metric=metric, mode=mode, max_t=max(cycles, 1), grace_period=1)
-        run_config = tune.RunConfig(name=p.name, storage_path=p.ray_dir, callbacks=[progress_callback(p, args.trials)],
+        run_config = tune.RunConfig(name=p.name, storage_path=p.ray_dir,
+                                    callbacks=[progress_callback(p, args.trials, s.tracker, s.parent)],
                                     verbose=0 if not args.verbose else 1)
         tuner = tune.Tuner(trainable, run_config=run_config,
                            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
                                                        max_concurrent_trials=s.concurrency))
     print(f"sweep {p.name}: {args.trials} trials, up to {s.concurrency} at once, "
           f"{args.workers_per_trial} worker(s) per trial; storage {p.storage}", flush=True)
-    rows = trial_rows(tuner.fit(), p.space)
-    return rows, best_trials(rows, p.space)
+    results = tuner.fit()
+    rows = trial_rows(results, p.space)
+    ended = results.num_terminated + results.num_errors
+    interrupted = len(results) < args.trials or ended < len(results)
+    return rows, best_trials(rows, p.space), interrupted
+
+
+def stop_interrupted(p: Plan, s: Session) -> int:
+    """An interrupted search (Ctrl-C): no report, no confirmation; the parent run is KILLED, the sweep
+    can be resumed. Exit code 130, as for SIGINT."""
+    s.tracker.set_tags(s.parent, {"saeception.interrupted": "true"})
+    s.tracker.client.set_terminated(s.parent, status="KILLED")
+    print(f"\nsweep {p.name} interrupted; continue it with: python -m saeception.sweep --resume --name {p.name} "
+          f"--storage {p.storage} (and the same flags)", flush=True)
+    return 130
 
 
 def report(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> None:

@@ -15,23 +15,28 @@ from .space import SearchSpace
 log = logging.getLogger(__name__)
 
 
-def progress_callback(p: Plan, total: int):
+def progress_callback(p: Plan, total: int, tracker, parent: str):
+    """A Tune callback printing one line per event; it also marks trials a scheduler stopped early
+    (their MLflow run: status KILLED, tag saeception.stopped_at_cycle)."""
     from ray.tune import Callback
+
+    from ..trainables.optuna_search import stopped_early
+    from .tracking import TRIAL_ID
 
     metric, mode = p.space.metrics[0], p.space.modes[0]
 
     class Progress(Callback):
         def __init__(self):
             self.t0 = time.time()
-            self.done, self.failed, self.running = set(), set(), set()
+            self.done, self.stopped, self.failed, self.running = set(), set(), set(), set()
             self.best: tuple[float, str] | None = None
             self.last: dict[str, dict] = {}
 
         def _line(self, what: str) -> None:
             elapsed = time.time() - self.t0
             best = f"best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
-            print(f"[{int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {len(self.done)} done, {len(self.running)} running, "
-                  f"{len(self.failed)} failed of {total} | {best} | {what}", flush=True)
+            print(f"[{int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {len(self.done)} done, {len(self.stopped)} stopped early, "
+                  f"{len(self.running)} running, {len(self.failed)} failed of {total} | {best} | {what}", flush=True)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.running.add(trial.trial_id)
@@ -43,9 +48,15 @@ def progress_callback(p: Plan, total: int):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.running.discard(trial.trial_id)
+            last = self.last.get(trial.trial_id, {})
+            if stopped_early(last):
+                self.stopped.add(trial.trial_id)
+                mark_stopped(tracker, parent, trial.trial_id, int(last["cycle"]))
+                self._line(f"stopped {trial.trial_id} early at cycle {last['cycle']} (pruned: it cannot win)")
+                return
             self.done.add(trial.trial_id)
             # The objective is the last cycle's value, so "best" only moves when a trial completes.
-            value = self.last.get(trial.trial_id, {}).get(metric)
+            value = last.get(metric)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 if self.best is None or (value > self.best[0] if mode == "max" else value < self.best[0]):
                     self.best = (float(value), trial.trial_id)
@@ -56,7 +67,16 @@ def progress_callback(p: Plan, total: int):
             self.failed.add(trial.trial_id)
             self._line(f"FAILED {trial.trial_id}")
 
+    def mark_stopped(tracker, parent: str, trial_id: str, cycle: int) -> None:
+        for run in tracker.children(parent):
+            if run.data.tags.get(TRIAL_ID) == trial_id:
+                tracker.set_tags(run.info.run_id, {STOPPED_AT: cycle})
+                tracker.client.set_terminated(run.info.run_id, status="KILLED")
+
     return Progress()
+
+
+STOPPED_AT = "saeception.stopped_at_cycle"
 
 
 def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str]) -> list[dict[str, Any]]:
@@ -73,24 +93,29 @@ def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str
 
 
 def best_trials(rows: list[dict[str, Any]], space: SearchSpace) -> list[dict[str, Any]]:
-    """The best trial (single objective) or the Pareto front (several), among trials with finite values."""
-    usable = [r for r in rows if not r["error"] and all(isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) for m in space.metrics)]
+    """The best trial (single objective) or the Pareto front (several), among trials that ran to their
+    last cycle with finite values; the front is ordered best-first by the first objective (its mode),
+    and its first point is the one confirmation re-runs."""
+    usable = [r for r in rows if not r["error"] and r.get("stopped_at") is None
+              and all(isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) for m in space.metrics)]
     if not usable:
         return []
+    m, sign = space.metrics[0], (1 if space.modes[0] == "max" else -1)
     if len(space.objectives) == 1:
-        m, mode = space.metrics[0], space.modes[0]
-        return [max(usable, key=lambda r: r[m]) if mode == "max" else min(usable, key=lambda r: r[m])]
-    return sorted(pareto_front(usable, space.metrics, space.modes), key=lambda r: -r[space.metrics[0]])
+        return [max(usable, key=lambda r: sign * r[m])]
+    return sorted(pareto_front(usable, space.metrics, space.modes), key=lambda r: -sign * r[m])
 
 
 def trial_rows(results, space: SearchSpace) -> list[dict[str, Any]]:
+    from ..trainables.optuna_search import stopped_early
+
     rows = []
     for r in results:
         if r.metrics is None:
             continue
         config = {k: v for k, v in (r.config or {}).items() if not k.startswith("__")}
         row = {"trial_id": r.metrics.get("trial_id"), "error": r.error is not None, "config": config,
-               "cycle": r.metrics.get("cycle")}
+               "cycle": r.metrics.get("cycle"), "stopped_at": r.metrics.get("cycle") if stopped_early(r.metrics) else None}
         for m in ("task_accuracy", "sae_u", *space.metrics):
             row[m] = r.metrics.get(m)
         rows.append(row)
@@ -99,7 +124,9 @@ def trial_rows(results, space: SearchSpace) -> list[dict[str, Any]]:
 
 def print_summary(p: Plan, rows: list[dict], best: list[dict]) -> None:
     print()
-    print(f"sweep {p.name}: {sum(not r['error'] for r in rows)} trials finished, {sum(r['error'] for r in rows)} failed")
+    stopped = sum(r["stopped_at"] is not None for r in rows)
+    finished = sum(not r["error"] for r in rows) - stopped
+    print(f"sweep {p.name}: {finished} trials finished, {stopped} stopped early, {sum(r['error'] for r in rows)} failed")
     title = "best trial" if len(p.space.objectives) == 1 else "Pareto front"
     print(f"{title} (objectives at the last cycle, validation split; test metrics for reporting):")
     for r in best:
@@ -136,7 +163,7 @@ def log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[
 
     from .plots import importance_plot, objective_plot, parallel_plot, pareto_plot
 
-    done = [r for r in rows if not r["error"]]
+    done = [r for r in rows if not r["error"] and r["stopped_at"] is None]
     files = [objective_plot(done, p.space.metrics, p.space.modes, p.local_dir / "objectives.png")]
     if len(p.space.objectives) > 1 and best:
         files.append(pareto_plot(done, best, p.space.metrics, p.local_dir / "pareto_front.png"))

@@ -230,6 +230,31 @@ def _check_k_fits(fixed: dict[str, Any], params: dict[str, Param]) -> None:
     if k_max >= e_min * width:
         where = "params.sae.k" if k else "fixed.sae.k"
         raise ConfigError(f"{where}: must be < the number of latents ({int(e_min * width)} = expansion {int(e_min)} x width {width})")
+    _check_sharpening_can_bite(cfg, params, width)
+
+
+def _lowest(params: dict[str, Param], key: str, default: Any) -> Any:
+    p = params.get(key)
+    return default if p is None else (min(p.choices) if p.kind == "categorical" else p.low)
+
+
+def _check_sharpening_can_bite(cfg: Config, params: dict[str, Param], width: int) -> None:
+    """per_example sharpening keeps every active latent of a TopK code when it keeps >= k latents: reject a
+    space in which that holds for every configuration it can sample (its sharpening would do nothing)."""
+    from ..sharpen import is_noop
+
+    strategies = params["sharpen.strategy"].choices if "sharpen.strategy" in params else [cfg.sharpen.strategy]
+    kinds = params["sae.kind"].choices if "sae.kind" in params else [cfg.sae.kind]
+    if strategies != ["per_example"] or not set(kinds) <= {"topk", "batchtopk"}:
+        return
+    k = params.get("sae.k")
+    k_max = (max(k.choices) if k.kind == "categorical" else int(k.high)) if k else cfg.sae.k
+    n_min = int(_lowest(params, "sae.expansion_factor", cfg.sae.expansion_factor)) * width
+    pct_min = float(_lowest(params, "sharpen.top_k_pct", cfg.sharpen.top_k_pct))
+    if is_noop("per_example", "topk", k_max, n_min, pct_min):
+        raise ConfigError(f"params.sharpen.top_k_pct: with per_example sharpening every sampled config keeps >= sae.k "
+                          f"latents (smallest: {pct_min:g}% of {n_min} latents vs k <= {k_max}), so sharpening would keep "
+                          "every active latent; lower sharpen.top_k_pct or raise sae.k")
 
 
 def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
