@@ -218,10 +218,26 @@ def train_model0(r: Run) -> None:
     run_stage(r, FINETUNE, 0, build, save, load)
 
 
-def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> dict[str, float]:
+@dataclass
+class Retrained:
+    """What sharpening and retraining leave for the cycle's aux metrics."""
+
+    acts_before: torch.Tensor  # (N_train, d) before retraining
+    targets: torch.Tensor  # (N_train, d), row = example id
+    mu: torch.Tensor  # (d,) the cycle's mean train activation before retraining
+    kept: float  # sharpen_kept_fraction
+
+    def metrics(self, acts_after: torch.Tensor) -> dict[str, float]:
+        t, mu = self.targets, self.mu
+        return {"aux_cosine_before": M.cosine(self.acts_before, t), "aux_cosine": M.cosine(acts_after, t),
+                "aux_cosine_centered_before": M.cosine(self.acts_before, t, mu),
+                "aux_cosine_centered": M.cosine(acts_after, t, mu), "sharpen_kept_fraction": self.kept}
+
+
+def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> Retrained:
     """Encodes the train split with the previous SAE, sharpens, decodes into one target per example,
-    retrains the model toward them; returns the aux metrics."""
-    cfg, task, device = r.cfg, r.task, r.device
+    and retrains the model toward them."""
+    task, device = r.task, r.device
 
     def targets_for(view: ConfigView, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         acts, _ = extract(r.tap, task, "train", view.aux.batch_size, device)
@@ -243,10 +259,7 @@ def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> dict[str, float]:
         retrain(r.tap, task, targets, view.aux, device, seed, mu if view.aux.center else None)
 
     run_stage(r, RETRAIN, cycle, retrain_stage)
-    acts_after, _ = extract(r.tap, task, "train", cfg.aux.batch_size, device)
-    return {"aux_cosine_before": M.cosine(acts_before, targets), "aux_cosine": M.cosine(acts_after, targets),
-            "aux_cosine_centered_before": M.cosine(acts_before, targets, mu),
-            "aux_cosine_centered": M.cosine(acts_after, targets, mu), "sharpen_kept_fraction": kept}
+    return Retrained(acts_before, targets, mu, kept)
 
 
 def extract_all(r: Run, cycle: int) -> dict[str, torch.Tensor]:
@@ -357,14 +370,16 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
         _warn_noop(cfg, s.tap)
     for cycle in range(start, cfg.chain.cycles + 1):
         t0 = time.perf_counter()
+        retrained = None
         if cycle == 0:
             train_model0(r)
-            aux: dict[str, float] = {}
         else:
-            aux = sharpen_and_retrain(r, cycle, sae)
+            retrained = sharpen_and_retrain(r, cycle, sae)
         extracted = extract_all(r, cycle)
         sae = train_cycle_sae(r, cycle, extracted)
-        metrics = {"cycle": cycle, **evaluate_cycle(r, cycle, sae, extracted), **aux}
+        metrics = {"cycle": cycle, **evaluate_cycle(r, cycle, sae, extracted)}
+        if retrained is not None:
+            metrics.update(retrained.metrics(extracted["train.acts"]))
         metrics["cycle_seconds"] = time.perf_counter() - t0
         history.append(_jsonable(metrics))
         files = write_cycle(r, paths, cycle, history, sae)
