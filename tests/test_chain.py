@@ -102,3 +102,15 @@ def test_computed_cached_and_resumed_chains_give_identical_numbers(tmp_path, gpt
             assert a.keys() == b.keys()
             for k in a:
                 assert a[k] == pytest.approx(b[k], abs=1e-6, nan_ok=True), (a["cycle"], k)
+
+
+def test_a_per_example_sharpening_that_keeps_everything_is_flagged(tmp_path, caplog):
+    """top_k_pct 50 of 128 latents keeps 64 >= k = 4: the targets are plain reconstructions."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="saeception.chain"):
+        history = run_chain(tiny(chain__cycles=2, sharpen__strategy="per_example", sharpen__top_k_pct=50), tmp_path)
+    assert sum("keeps every active latent" in r.getMessage() for r in caplog.records) == 1  # once per run
+    assert [h["sharpen_kept_fraction"] for h in history[1:]] == [1.0, 1.0]
+    sharp = run_chain(tiny(chain__cycles=1, sharpen__strategy="per_example", sharpen__top_k_pct=1), tmp_path / "b")
+    assert sharp[1]["sharpen_kept_fraction"] < 1.0

@@ -34,3 +34,15 @@ def test_a_resumed_trial_repeating_its_results_keeps_the_recorded_value(tmp_path
     s.on_trial_complete("t1", {"val_acc": 0.8})
     (t,) = _trials(tmp_path)
     assert t.state == optuna.trial.TrialState.COMPLETE and t.value == 0.7
+
+
+def test_a_trial_stopped_before_its_last_cycle_is_pruned_not_complete(tmp_path):
+    """ASHA stopped t1 at cycle 1 of 3: its early value must not compete with finished trials' values."""
+    s = _searcher(tmp_path)
+    for t, cycle in (("t1", 1), ("t2", 3)):
+        s.suggest(t)
+        s.on_trial_result(t, {"val_acc": 0.99, "cycle": cycle, "final_cycle": 3, "training_iteration": 1})
+        s.on_trial_complete(t, {"val_acc": 0.99 if t == "t1" else 0.5, "cycle": cycle, "final_cycle": 3})
+    t1, t2 = _trials(tmp_path)
+    assert t1.state == optuna.trial.TrialState.PRUNED and t2.state == optuna.trial.TrialState.COMPLETE
+    assert t2.value == 0.5

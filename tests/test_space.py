@@ -52,6 +52,23 @@ def test_pareto_front():
     assert rows[3] not in front and len(front) == 3
 
 
+def _row(trial_id, a, b, stopped_at=None):
+    return {"trial_id": trial_id, "error": False, "stopped_at": stopped_at, "config": {}, "a": a, "b": b}
+
+
+def test_best_trial_and_front_honour_mode_and_skip_stopped_trials():
+    """The confirmed point is the front's first: best by the first objective in ITS direction (min here);
+    a trial a scheduler stopped early is no candidate, however good its early value."""
+    from saeception.sweep.space import Objective, SearchSpace
+
+    space = SearchSpace("s", {}, [], [Objective("a", "min"), Objective("b", "max")])
+    rows = [_row("lo", 0.1, 0.2), _row("hi", 0.9, 0.9), _row("mid", 0.5, 0.5), _row("early", 0.0, 1.0, stopped_at=1)]
+    front = sweep.best_trials(rows, space)
+    assert [r["trial_id"] for r in front] == ["lo", "mid", "hi"]
+    single = SearchSpace("s", {}, [], [Objective("a", "min")])
+    assert [r["trial_id"] for r in sweep.best_trials(rows, single)] == ["lo"]
+
+
 def _materialise(path: Path, tmp_path: Path, text_csv: Path, gpt2_dir: Path) -> Path:
     text = path.read_text().replace("@DATA@", str(text_csv)).replace("@MODEL@", str(gpt2_dir))
     out = tmp_path / path.name

@@ -29,6 +29,11 @@ def test_sweep_end_to_end(tmp_path, ray_env):
     runs = client.search_runs([exp.experiment_id])
     roles = [x.data.tags.get("saeception.role") for x in runs]
     assert roles.count("confirm") == 3 and roles.count("control") == 6  # 3 seeds x (chosen config + 2 controls)
+    # Every trial, confirmation and control run saw the same splits (data.split_seed, not the run's seed).
+    split_tags = [{k: v for k, v in x.data.tags.items() if k.startswith("saeception.split.")}
+                  for x in runs if x.data.tags.get("saeception.role") in ("trial", "confirm", "control")]
+    assert len(split_tags) == 11 and len(split_tags[0]) == 3
+    assert all(t == split_tags[0] for t in split_tags)
     parents = [x for x in runs if x.data.tags.get("saeception.role") == "sweep"]
     children = [x for x in runs if x.data.tags.get("saeception.role") == "trial"]
     assert len(parents) == 1 and len(children) == 2

@@ -53,3 +53,14 @@ def test_text_extraction_stays_aligned_with_length_grouping(gpt2_dir, text_csv):
         with torch.no_grad():
             _, h = tap(batch)
         assert torch.allclose(acts[batch["ids"]], h, atol=1e-4)
+
+
+def test_centered_aux_loss_is_the_cosine_around_the_cycle_mean():
+    from saeception.train import aux_loss
+
+    g = torch.Generator().manual_seed(0)
+    h, t = torch.randn(6, 4, generator=g) + 5, torch.randn(6, 4, generator=g) + 5  # a shared mean direction
+    mu = torch.full((4,), 5.0)
+    plain, centered = aux_loss(h, t), aux_loss(h, t, mu)
+    expected = (1 - torch.nn.functional.cosine_similarity(h - mu, t - mu, dim=-1)).mean()
+    assert torch.allclose(centered, expected) and plain < 0.1 < centered  # the mean saturates the plain cosine
