@@ -51,8 +51,10 @@ class SAE(nn.Module):
         self.register_buffer("threshold", torch.zeros(()))
 
     def pre_activations(self, x: Tensor) -> Tensor:
+        # F.linear = one addmm with the bias: under autocast its output stays bf16 (no fp32 pass over the
+        # (B, n_latents) pre-activations just to add the bias).
         x = x / self.input_scale
-        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        return torch.relu(F.linear(x - self.b_dec, self.W_enc.t(), self.b_enc))
 
     def activate(self, pre: Tensor, batch_topk: bool = False) -> Tensor:
         """Pre-activations -> codes. batch_topk: BatchTopK's training rule (top k·B over the batch)."""
