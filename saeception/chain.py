@@ -12,6 +12,7 @@ rank 0 evaluates and broadcasts the metrics, writes the files, and every rank ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -164,7 +165,7 @@ def run_stage(r: Run, stage: Stage, cycle: int, build: Callable[[ConfigView, int
 
 def _cached(r: Run, key: str, build: Callable[[], Any], save: Callable[[Any, Path], None], load: Callable[[Path], Any]) -> Any:
     cache = r.cache
-    with cache.lock(key) if is_main() else _nothing():
+    with cache.lock(key) if is_main() else contextlib.nullcontext():
         path = cache.lookup(key) if is_main() else None
         value = None
         if path is not None:
@@ -185,14 +186,6 @@ def _cached(r: Run, key: str, build: Callable[[], Any], save: Callable[[Any, Pat
             cache.publish(key, lambda d: save(value, d), time.perf_counter() - t0)
         barrier()
         return value
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------------------------------
