@@ -72,7 +72,7 @@ def open_parent_run(p: Plan) -> Session:
     from ray import tune
 
     from ..trainables.chain_trainable import TrialSpec
-    from .tracking import Tracker
+    from .tracking import Tracker, run_tags
 
     args = p.args
     res = ray.cluster_resources()
