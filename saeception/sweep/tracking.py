@@ -93,6 +93,11 @@ def _dataset_source(name: str, subset: str, revision: str) -> tuple[str, str]:
                                        "data_dir": None, "data_files": None, "split": None})
 
 
+def ui_command(uri: str, port: int = 5000) -> str:
+    """The command that opens the MLflow UI on `uri`, bound to loopback only."""
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
+
+
 class Tracker:
     def __init__(self, uri: str):
         from mlflow.tracking import MlflowClient
