@@ -115,7 +115,7 @@ def _fmt(v: Any) -> str:
 
 
 def log_cache_totals(p: Plan, tracker, parent: str) -> None:
-    """Sums each trial's final cache_* counters into the parent run (and prints them)."""
+    """Sums each trial's final cache/* counters into the parent run (and prints them)."""
     if p.cache_dir is None:
         return
     keys = CACHE_COUNTERS
@@ -125,8 +125,8 @@ def log_cache_totals(p: Plan, tracker, parent: str) -> None:
             totals[k] += run.data.metrics.get(k, 0.0)
     tracker.log_metrics(parent, totals)
     tracker.set_tags(parent, {"saeception.cache_dir": p.cache_dir})
-    print(f"stage cache {p.cache_dir}: {int(totals['cache_hits'])} hits, {int(totals['cache_misses'])} misses, "
-          f"{totals['cache_seconds_saved']:.0f} s of stage work saved", flush=True)
+    hits, misses, saved = (totals[k] for k in ("cache/hits", "cache/misses", "cache/seconds_saved"))
+    print(f"stage cache {p.cache_dir}: {int(hits)} hits, {int(misses)} misses, {saved:.0f} s of stage work saved", flush=True)
 
 
 def log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[dict]) -> None:
