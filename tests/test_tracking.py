@@ -18,9 +18,11 @@ def tracker(tmp_path):
     return Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-def test_experiment_is_a_model_training_experiment(tracker):
+def test_experiment_is_a_model_training_experiment(tracker, tmp_path):
     exp_id = tracker.experiment_id("e")
     assert tracker.client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # Its artifacts live beside the SQLite store, not in ./mlruns of the current directory.
+    assert tracker.client.get_experiment(exp_id).artifact_location == str(tmp_path / "mlartifacts")
     # An experiment created elsewhere (e.g. by an older saeception) gets the tag too.
     other = tracker.client.create_experiment("older")
     assert tracker.experiment_id("older") == other

@@ -40,6 +40,16 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store (`<its dir>/mlartifacts`), so a
+    sweep directory holds its runs' files; MLflow's own default is ./mlruns of whichever directory the
+    process was started in. None (the server's choice) for other stores."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and uri[len(prefix):].startswith("/"):
+        return str(Path(uri[len(prefix):]).parent / "mlartifacts")
+    return None
+
+
 def run_tags() -> dict[str, str]:
     """The standard tags MLflow's own fluent API puts on a run (mlflow.source.name/type, mlflow.user,
     mlflow.source.git.commit/branch/repoURL, credentials stripped) resolved in this process, plus
@@ -109,7 +119,7 @@ class Tracker:
         """The experiment's id (created if needed), tagged as a model-training experiment."""
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
-            return self.client.create_experiment(name, tags=EXPERIMENT_KIND)
+            return self.client.create_experiment(name, artifact_location=artifact_root(self.uri), tags=EXPERIMENT_KIND)
         for k, v in EXPERIMENT_KIND.items():
             if exp.tags.get(k) != v:
                 self.client.set_experiment_tag(exp.experiment_id, k, v)
