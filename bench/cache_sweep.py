@@ -74,8 +74,8 @@ def main() -> None:
         walls[mode] = run_sweep(["--space", str(space), "--trials", str(args.trials), "--num-cpus", "2", "--seed", "7",
                                  "--confirm-seeds", "0", *extra], storage)
         _, parent, runs = trial_runs(storage)
-        saved[mode] = parent.data.metrics.get("cache_seconds_saved", 0.0)
-        hits = parent.data.metrics.get("cache_hits", 0.0)
+        saved[mode] = parent.data.metrics.get("cache/seconds_saved", 0.0)
+        hits = parent.data.metrics.get("cache/hits", 0.0)
         print(f"{mode:>8}: wall {walls[mode]:.1f} s, {len(runs)} trials, cache hits {hits:.0f}, stage seconds saved {saved[mode]:.1f}")
     measured = walls["no-cache"] / walls["cache"]
     ideal = walls["no-cache"] / (walls["no-cache"] - saved["cache"])

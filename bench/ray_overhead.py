@@ -30,12 +30,12 @@ def measure(workers: int, trials: int = 3) -> dict[str, float]:
     start, end, work, parts = [], [], [], {"driver": [], "train": [], "worker": []}
     for r in runs:
         tags = r.data.tags
-        t_trial, t_worker = float(tags["saeception.trial_started_at"]), float(tags["saeception.worker_started_at"])
-        t_fit, t_entered = float(tags["saeception.trainer_started_at"]), float(tags["saeception.worker_entered_at"])
+        t_trial, t_worker = float(tags["timing/trial_started_at"]), float(tags["timing/worker_started_at"])
+        t_fit, t_entered = float(tags["timing/trainer_started_at"]), float(tags["timing/worker_entered_at"])
         parts["driver"].append(t_fit - t_trial)  # trial function: MLflow child run, params, TorchTrainer
         parts["train"].append(t_entered - t_fit)  # Train controller, worker group, process group
         parts["worker"].append(t_worker - t_entered)  # worker loop: imports, config, cache
-        t_done = float(tags["saeception.trainer_finished_at"])
+        t_done = float(tags["timing/trainer_finished_at"])
         last_report = max(m.timestamp for m in client.get_metric_history(r.info.run_id, "cycle")) / 1000
         start.append(t_worker - t_trial)
         end.append(t_done - last_report)

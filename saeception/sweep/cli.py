@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, parse_override
+from ..config import ConfigError, build_config, flatten, parse_override, read_yaml
 from ..data import check_source
 from .space import SearchSpace, load_space, resolve_space
 
@@ -29,10 +29,12 @@ def parser() -> argparse.ArgumentParser:
                                 description="Run an SAE-ception hyperparameter sweep (Optuna over Ray Tune, MLflow tracking).")
     p.add_argument("--space", default=DEFAULT_SPACE, help="search-space YAML file, or the name of a shipped space (default, multi_objective, gpt2_sst2, "
                    f"gpt2_ag_news) (default: {DEFAULT_SPACE})")
+    p.add_argument("--config", metavar="BASE.yaml", help="a run config (python -m saeception.run --config) as the base of "
+                   "every trial; the space's fixed: values and --set override it")
     p.add_argument("--trials", type=int, default=6, help="number of Optuna trials (default: 6)")
     p.add_argument("--storage", help="sweep directory or URI (default: ./sweeps/<name>); holds mlflow.db, optuna.db, Ray results and checkpoints")
-    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db)")
-    p.add_argument("--experiment", default="saeception", help="MLflow experiment name (default: saeception)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<storage>/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (default: $MLFLOW_EXPERIMENT_NAME, else saeception)")
     p.add_argument("--name", help="sweep name (default: the space's name)")
     p.add_argument("--resume", action="store_true", help="continue the sweep stored under --storage/--name")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
@@ -52,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-readonly", action="store_true", help="use --cache entries but never write (a shared cycle 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial, e.g. --set chain.cycles=1 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved base config, the first sampled trial configs, "
+                   "resources per trial and concurrency; start nothing, write nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and saeception's logs")
     return p
 
@@ -68,6 +72,7 @@ class Plan:
     optuna_uri: str
     args: argparse.Namespace
     cache_dir: str | None = None
+    experiment: str = "saeception"
 
     @property
     def ray_dir(self) -> str:
@@ -79,12 +84,18 @@ def _fail(message: str) -> None:
 
 
 def plan(args: argparse.Namespace) -> Plan:
-    from .tracking import sqlite_uri
+    from .tracking import DEFAULT_EXPERIMENT, absolute_uri, sqlite_uri
 
     overrides = dict(parse_override(o) for o in args.overrides)
-    space = load_space(resolve_space(args.space), overrides)
+    base_values = None
+    if getattr(args, "config", None):
+        base_values = flatten(read_yaml(args.config))
+        build_config(base_values)  # its own errors first, named by key as python -m saeception.run names them
+    space = load_space(resolve_space(args.space), overrides, base_values)
     base = space.config({})
-    check_source(base.data, base.model.name)
+    note = check_source(base.data, base.model.name)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     if args.trials < 1:
         _fail("--trials: must be >= 1")
     if args.workers_per_trial < 1:
@@ -115,10 +126,13 @@ def plan(args: argparse.Namespace) -> Plan:
     if not args.resume and exists:
         _fail(f"--name: a sweep named {name!r} already exists under {storage}; pass --resume to continue it, or choose another --name")
     _cache_dir(args, storage)  # its errors come before anything is created
-    _check_writable(local_dir, "--storage")
-    mlflow_uri = args.mlflow_uri or sqlite_uri(local_dir / "mlflow.db")
+    if not getattr(args, "dry_run", False):
+        _check_writable(local_dir, "--storage")
+    mlflow_uri = absolute_uri(args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(local_dir / "mlflow.db"))
+    experiment = args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     cache_dir = _cache_dir(args, storage)
-    return Plan(space, name, storage, local_dir, mlflow_uri, sqlite_uri(local_dir / "optuna.db"), args, cache_dir)
+    return Plan(space, name, storage, local_dir, mlflow_uri, sqlite_uri(local_dir / "optuna.db"), args, cache_dir,
+                experiment)
 
 
 def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
@@ -197,4 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        from .dry_run import describe
+
+        print(describe(p))
+        return 0
     return run(p)

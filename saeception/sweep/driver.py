@@ -38,10 +38,16 @@ def run(p: Plan) -> int:
         if interrupted:
             return stop_interrupted(p, s)
         report(p, s, rows, best)
+        confirmed = None
         if best and p.args.confirm_seeds > 0:
             from .confirmation import confirm
 
-            confirm(p, s.tracker, s.parent, s.spec, {**p.space.fixed, **best[0]["config"]}, s.concurrency, s.trial_resources)
+            confirmed = confirm(p, s.tracker, s.parent, s.spec, {**p.space.fixed, **best[0]["config"]}, s.concurrency,
+                                s.trial_resources)
+        if best:
+            from .best import export_best
+
+            export_best(p, s.tracker, s.parent, best[0], confirmed)
         return close(p, s, rows, best)
     finally:
         if started_ray:
@@ -78,7 +84,7 @@ def open_parent_run(p: Plan) -> Session:
     from ray import tune
 
     from ..trainables.chain_trainable import TrialSpec
-    from .tracking import Tracker
+    from .tracking import Tracker, run_tags
 
     args = p.args
     res = ray.cluster_resources()
@@ -86,7 +92,8 @@ def open_parent_run(p: Plan) -> Session:
     # On a cluster whose head offers HEAD_RESOURCE (cluster.yaml), trial drivers stay on the head.
     trial_resources = tune.PlacementGroupFactory([{"CPU": TRIAL_CPU, **({HEAD_RESOURCE: 1} if res.get(HEAD_RESOURCE) else {})}])
     tracker = Tracker(p.mlflow_uri)
-    parent = tracker.sweep_run(args.experiment, p.name, reuse=args.resume)
+    tags = run_tags()
+    parent = tracker.sweep_run(p.experiment, p.name, reuse=args.resume, tags=tags)
     space_dict = p.space.to_dict()
     tracker.log_params(parent, {**{f"space.{k}": yaml.safe_dump(v, default_flow_style=True).strip()
                                    for k, v in space_dict["params"].items()},
@@ -98,7 +105,8 @@ def open_parent_run(p: Plan) -> Session:
     tracker.log_artifact(parent, space_file)
     spec = TrialSpec(fixed=p.space.fixed, storage=p.storage, mlflow_uri=p.mlflow_uri, parent_run_id=parent,
                      workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-                     gpus_per_worker=args.gpus_per_worker, cache_dir=p.cache_dir, cache_readonly=args.cache_readonly)
+                     gpus_per_worker=args.gpus_per_worker, cache_dir=p.cache_dir, cache_readonly=args.cache_readonly,
+                     run_tags=tags)
     return Session(tracker, parent, spec, concurrency, trial_resources)
 
 
@@ -159,11 +167,13 @@ def stop_interrupted(p: Plan, s: Session) -> int:
 def report(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> None:
     """Prints the summary; logs the best config and the sweep's plots on the parent run."""
     from ..config import to_dict
+    from .best import log_best_dataset
     from .report import log_sweep_plots, print_summary
 
     print_summary(p, rows, best)
     if best:
         top = best[0]
+        log_best_dataset(s.tracker, s.parent, str(top["trial_id"]))
         s.tracker.set_tags(s.parent, {"best_trial_id": ",".join(str(r["trial_id"]) for r in best)})
         s.tracker.log_metrics(s.parent, {f"best_{m}": top[m] for m in p.space.metrics})
         best_file = p.local_dir / "best_config.yaml"
@@ -181,6 +191,10 @@ def close(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> int:
     log_cache_totals(p, s.tracker, s.parent)
     failed = sum(r["error"] for r in rows)
     s.tracker.finish(s.parent, failed=None if best else f"no trial finished ({failed} failed)")
-    print(f"\nopen the results: {ui_command(p.mlflow_uri)}")
+    if p.mlflow_uri.startswith(("http://", "https://")):
+        exp = s.tracker.client.get_experiment_by_name(p.experiment)
+        print(f"\nopen the results: {p.mlflow_uri.rstrip('/')}/#/experiments/{exp.experiment_id}")
+    else:
+        print(f"\nopen the results: {ui_command(p.mlflow_uri)}")
     return 0 if best else 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,75 +70,52 @@ def trial_plot(history: dict[str, dict[int, float]], path: Path, title: str = ""
     return _save(fig, path, dpi=90)
 
 
-def objective_plot(rows: list[dict[str, Any]], metrics: list[str], modes: list[str], path: Path) -> Path:
-    """Each objective over trials (in start order), with the running best."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
-    for ax, metric, mode in zip(axes[0], metrics, modes):
-        ys = [r.get(metric) for r in rows]
-        xs = [i for i, y in enumerate(ys) if isinstance(y, (int, float)) and math.isfinite(y)]
-        vals = [ys[i] for i in xs]
-        ax.scatter(xs, vals, label="trial")
-        best, running = None, []
-        for v in vals:
-            best = v if best is None else (max(best, v) if mode == "max" else min(best, v))
-            running.append(best)
-        ax.step(xs, running, where="post", color="C1", label=f"best so far ({mode})")
-        ax.set_xlabel("trial")
-        ax.set_title(metric)
-        ax.legend(fontsize=8)
-    return _save(fig, path, dpi=90)
+def _target(i: int, mode: str | None):
+    """Objective i of a trial; negated for a maximised objective when `mode` is given (PED-ANOVA ranks
+    low target values as good)."""
+    sign = -1.0 if mode == "max" else 1.0
+    return lambda t: sign * t.values[i]
 
 
-def pareto_plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], metrics: list[str], path: Path) -> Path:
-    """Two objectives: every trial, the Pareto front highlighted."""
-    plt = _plt()
-    x, y = metrics[:2]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter([r[x] for r in rows], [r[y] for r in rows], color="C0", alpha=0.6, label="trials")
-    pts = sorted((r[x], r[y]) for r in front)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="C3", label="Pareto front")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.legend(fontsize=8)
-    return _save(fig, path, dpi=90)
+def _save_axes(ax, path: Path) -> Path:
+    """Saves the figure Optuna drew (its colour-bar axes do not take tight_layout: cropped instead)."""
+    fig = ax.flat[0].figure if hasattr(ax, "flat") else ax.figure
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    _plt().close(fig)
+    return path
 
 
-def importance_plot(importances: dict[str, float], metric: str, path: Path) -> Path:
-    plt = _plt()
-    names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
-    ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel(f"importance for {metric} (Optuna, fANOVA)")
-    return _save(fig, path, dpi=90)
+def optuna_plots(study, metrics: list[str], modes: list[str], out_dir: Path) -> tuple[list[Path], dict[str, str]]:
+    """The sweep's Optuna views, drawn by optuna.visualization.matplotlib from the study as stored:
+    optimization history (per objective), Pareto front (several objectives), parallel coordinates and
+    slice (per objective; Optuna draws a log axis for a log-range param every trial has) and parameter
+    importances (per objective) by PED-ANOVA, Optuna's default evaluator, which assesses conditional
+    params (sae.k, sae.l1_coefficient) over the trials where they exist. Returns the files and, per view
+    that could not be drawn, why."""
+    import optuna
+    from optuna.visualization import matplotlib as ovm
 
-
-def parallel_plot(rows: list[dict[str, Any]], params: list[str], metric: str, path: Path) -> Path:
-    """Parallel coordinates: each trial a line through its (min-max scaled) hyperparameters, coloured
-    by the objective. Categorical values are placed at evenly spaced levels."""
-    plt = _plt()
-    import matplotlib.cm as cm
-
-    usable = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
-    axes_vals = []
-    for p in params:
-        vals = [r["config"].get(p) for r in usable]
-        present = [v for v in vals if v is not None]
-        if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-            lo, hi = min(present), max(present)
-            axes_vals.append([None if v is None else (0.5 if hi == lo else (v - lo) / (hi - lo)) for v in vals])
-        else:
-            levels = sorted({str(v) for v in present})
-            axes_vals.append([None if v is None else (levels.index(str(v)) + 0.5) / max(len(levels), 1) for v in vals])
-    fig, ax = plt.subplots(figsize=(1.6 * max(len(params), 2) + 1, 4))
-    scores = [r[metric] for r in usable]
-    lo, hi = (min(scores), max(scores)) if scores else (0, 1)
-    for i, r in enumerate(usable):
-        xs = [j for j in range(len(params)) if axes_vals[j][i] is not None]
-        colour = cm.viridis(0.5 if hi == lo else (r[metric] - lo) / (hi - lo))
-        ax.plot(xs, [axes_vals[j][i] for j in xs], color=colour, alpha=0.8)
-    ax.set_xticks(range(len(params)))
-    ax.set_xticklabels(params, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks([])
-    ax.set_title(f"hyperparameters vs {metric} (yellow = high)")
-    return _save(fig, path, dpi=90)
+    _plt()
+    files, skipped = [], {}
+    multi = len(metrics) > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message=".*computes the importances of params to achieve low `target` values.*")
+        for i, metric in enumerate(metrics):
+            target = _target(i, None) if multi else None
+            files.append(_save_axes(ovm.plot_optimization_history(study, target=target, target_name=metric),
+                                    out_dir / f"optimization_history_{metric}.png"))
+            files.append(_save_axes(ovm.plot_parallel_coordinate(study, target=target, target_name=metric),
+                                    out_dir / (f"parallel_coordinates_{metric}.png" if multi else "parallel_coordinates.png")))
+            files.append(_save_axes(ovm.plot_slice(study, target=target, target_name=metric), out_dir / f"slice_{metric}.png"))
+            try:
+                ax = ovm.plot_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+                                                target=_target(i, modes[i]) if multi else None, target_name=metric)
+            except (ValueError, RuntimeError) as e:  # e.g. too few complete trials for the quantiles
+                skipped[f"importance_{metric}"] = str(e)[:500]
+                _plt().close("all")
+                continue
+            files.append(_save_axes(ax, out_dir / f"importance_{metric}.png"))
+        if multi:
+            files.append(_save_axes(ovm.plot_pareto_front(study, target_names=metrics), out_dir / "pareto_front.png"))
+    return files, skipped

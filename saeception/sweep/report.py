@@ -142,7 +142,7 @@ def _fmt(v: Any) -> str:
 
 
 def log_cache_totals(p: Plan, tracker, parent: str) -> None:
-    """Sums each trial's final cache_* counters into the parent run (and prints them)."""
+    """Sums each trial's final cache/* counters into the parent run (and prints them)."""
     if p.cache_dir is None:
         return
     keys = CACHE_COUNTERS
@@ -152,37 +152,25 @@ def log_cache_totals(p: Plan, tracker, parent: str) -> None:
             totals[k] += run.data.metrics.get(k, 0.0)
     tracker.log_metrics(parent, totals)
     tracker.set_tags(parent, {"saeception.cache_dir": p.cache_dir})
-    print(f"stage cache {p.cache_dir}: {int(totals['cache_hits'])} hits, {int(totals['cache_misses'])} misses, "
-          f"{totals['cache_seconds_saved']:.0f} s of stage work saved", flush=True)
+    hits, misses, saved = (totals[k] for k in ("cache/hits", "cache/misses", "cache/seconds_saved"))
+    print(f"stage cache {p.cache_dir}: {int(hits)} hits, {int(misses)} misses, {saved:.0f} s of stage work saved", flush=True)
 
 
 def log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[dict]) -> None:
-    """Objective(s) over trials, the Pareto front (several objectives), Optuna's parameter importances
-    and a parallel-coordinates view, as PNGs on the parent run."""
+    """Optuna's own views of the study (saeception.sweep.plots.optuna_plots) as PNGs on the parent run;
+    a view that cannot be drawn yet (e.g. importances from too few trials) is named in a tag."""
     import optuna
 
-    from .plots import importance_plot, objective_plot, parallel_plot, pareto_plot
+    from .plots import optuna_plots
 
-    done = [r for r in rows if not r["error"] and r["stopped_at"] is None]
-    files = [objective_plot(done, p.space.metrics, p.space.modes, p.local_dir / "objectives.png")]
-    if len(p.space.objectives) > 1 and best:
-        files.append(pareto_plot(done, best, p.space.metrics, p.local_dir / "pareto_front.png"))
-    params = [q.key for q in p.space.params]
-    files.append(parallel_plot(done, params, p.space.metrics[0], p.local_dir / "parallel_coordinates.png"))
     study = optuna.load_study(study_name=p.name, storage=p.optuna_uri)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(complete) >= 3:
-        for i, metric in enumerate(p.space.metrics):
-            try:
-                imp = optuna.importance.get_param_importances(
-                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=lambda t, i=i: t.values[i])
-            except (ValueError, RuntimeError) as e:  # e.g. no parameter common to all trials varies
-                log.warning("parameter importances for %s skipped: %s", metric, e)
-                tracker.set_tags(parent, {f"saeception.importance_skipped.{metric}": str(e)[:500]})
-                continue
-            if imp:
-                files.append(importance_plot(imp, metric, p.local_dir / f"importance_{metric}.png"))
-    else:
-        tracker.set_tags(parent, {"saeception.importance_skipped": f"needs >= 3 complete trials, has {len(complete)}"})
+    if not complete:
+        tracker.set_tags(parent, {"saeception.plots_skipped": "no complete trial"})
+        return
+    files, skipped = optuna_plots(study, p.space.metrics, p.space.modes, p.local_dir)
+    for view, why in skipped.items():
+        log.warning("%s skipped: %s", view, why)
+        tracker.set_tags(parent, {f"saeception.plot_skipped.{view}": why})
     for f in files:
         tracker.log_artifact(parent, f)

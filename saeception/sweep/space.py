@@ -164,7 +164,10 @@ def _param(key: str, spec: Any, known: dict[str, Any], earlier: dict[str, Param]
     return p
 
 
-def parse_space(data: dict[str, Any], source: str = "", overrides: dict[str, Any] | None = None) -> SearchSpace:
+def parse_space(data: dict[str, Any], source: str = "", overrides: dict[str, Any] | None = None,
+                base: dict[str, Any] | None = None) -> SearchSpace:
+    """base: a run config (dotted keys) under every trial; the space's `fixed:`, then `overrides`
+    (--set), then the searched params override it."""
     for k in data:
         if k not in TOP_KEYS:
             raise ConfigError(f"{k}: unknown search-space field (allowed: {', '.join(TOP_KEYS)})")
@@ -176,6 +179,14 @@ def parse_space(data: dict[str, Any], source: str = "", overrides: dict[str, Any
         build_config(fixed)
     except ConfigError as e:
         raise ConfigError(f"fixed.{e}") from None
+    searched = set(data.get("params") or {}) if isinstance(data.get("params"), dict) else set()
+    under = {k: v for k, v in (base or {}).items() if k not in fixed and k not in searched}
+    if under:
+        fixed = {**under, **fixed}
+        try:
+            build_config(fixed)
+        except ConfigError as e:
+            raise ConfigError(f"--config: with the space's fixed values and --set, {e}") from None
 
     params_raw = data.get("params") or {}
     if not isinstance(params_raw, dict) or not params_raw:
@@ -257,8 +268,8 @@ def _check_sharpening_can_bite(cfg: Config, params: dict[str, Param], width: int
                           "every active latent; lower sharpen.top_k_pct or raise sae.k")
 
 
-def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
-    return parse_space(read_yaml(path, "--space"), str(path), overrides)
+def load_space(path: str | Path, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> SearchSpace:
+    return parse_space(read_yaml(path, "--space"), str(path), overrides, base)
 
 
 def shipped_spaces() -> dict[str, Any]:

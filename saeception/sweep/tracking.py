@@ -18,10 +18,89 @@ SWEEP = "saeception.sweep"
 TRIAL_ID = "saeception.trial_id"
 PARENT = "mlflow.parentRunId"
 FAILURE = "saeception.failure"
+# Makes MLflow 3's UI open the experiment on runs and model-metric charts, not its GenAI view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+TIMING = "timing/"  # prefix of the wall-clock tags (seconds since the epoch), kept apart from the science
+SPLIT_TAG = "saeception.split.{}.{}"  # split name, "sha256" or "n"
+# Packages whose versions every run records (tags versions/<name>).
+VERSIONED = ("saeception", "torch", "transformers", "datasets", "ray", "optuna", "mlflow", "numpy", "scikit-learn")
+DEFAULT_EXPERIMENT = "saeception"
 
 
 def sqlite_uri(path: str | Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative SQLite path made absolute: Tune changes the working directory of trials, where a
+    relative `sqlite:///mlflow.db` would silently open another database."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/") and uri[len(prefix):] != ":memory:":
+        return sqlite_uri(uri[len(prefix):])
+    return uri
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store (`<its dir>/mlartifacts`), so a
+    sweep directory holds its runs' files; MLflow's own default is ./mlruns of whichever directory the
+    process was started in. None (the server's choice) for other stores."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and uri[len(prefix):].startswith("/"):
+        return str(Path(uri[len(prefix):]).parent / "mlartifacts")
+    return None
+
+
+def run_tags() -> dict[str, str]:
+    """The standard tags MLflow's own fluent API puts on a run (mlflow.source.name/type, mlflow.user,
+    mlflow.source.git.commit/branch/repoURL, credentials stripped) resolved in this process, plus
+    versions/<package> for saeception and its main dependencies. The driver resolves them once and
+    every run of the sweep carries them (trial processes would resolve Ray's worker instead)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {k: str(v) for k, v in resolve_tags().items()}
+    for pkg in VERSIONED:
+        try:
+            tags[f"versions/{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return tags
+
+
+def dataset_inputs(data: dict[str, Any], splits: dict[str, dict[str, Any]]) -> list:
+    """One MLflow dataset input per split (context tag train/val/test): name = data.name (with its
+    subset), digest = the first 16 hex digits of the split's ids_sha256, source = where the data is
+    read from, profile = the split's size and full hash."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    name = data.get("name", "")
+    subset = data.get("subset") or ""
+    display = f"{name}/{subset}" if subset else name
+    source_type, source = _dataset_source(name, subset, data.get("revision") or "")
+    out = []
+    for split, ident in splits.items():
+        profile = json.dumps({"num_rows": ident.get("n"), "ids_sha256": ident.get("ids_sha256")})
+        ds = Dataset(name=display, digest=str(ident.get("ids_sha256", ""))[:16], source_type=source_type, source=source,
+                     profile=profile)
+        out.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", split)]))
+    return out
+
+
+def _dataset_source(name: str, subset: str, revision: str) -> tuple[str, str]:
+    import json
+
+    from ..data import source_kind
+
+    kind = source_kind(name)
+    if kind == "digits":
+        return "code", json.dumps({"tags": {"source": "sklearn.datasets.load_digits"}})
+    if kind != "hub":
+        return "local", json.dumps({"uri": name})
+    return "hugging_face", json.dumps({"path": name, "config_name": subset or None, "revision": revision or None,
+                                       "data_dir": None, "data_files": None, "split": None})
 
 
 def ui_command(uri: str, port: int = 5000) -> str:
@@ -37,15 +116,22 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
 
     def experiment_id(self, name: str) -> str:
+        """The experiment's id (created if needed), tagged as a model-training experiment."""
         exp = self.client.get_experiment_by_name(name)
-        return exp.experiment_id if exp is not None else self.client.create_experiment(name)
+        if exp is None:
+            return self.client.create_experiment(name, artifact_location=artifact_root(self.uri), tags=EXPERIMENT_KIND)
+        for k, v in EXPERIMENT_KIND.items():
+            if exp.tags.get(k) != v:
+                self.client.set_experiment_tag(exp.experiment_id, k, v)
+        return exp.experiment_id
 
     def _find(self, experiment_id: str, tags: dict[str, str]) -> list:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         return self.client.search_runs([experiment_id], filter_string=query, max_results=1000)
 
-    def sweep_run(self, experiment: str, sweep: str, reuse: bool) -> str:
-        """The sweep's parent run: the existing one when `reuse` (a resumed sweep), else a new one."""
+    def sweep_run(self, experiment: str, sweep: str, reuse: bool, tags: dict[str, str] | None = None) -> str:
+        """The sweep's parent run: the existing one when `reuse` (a resumed sweep), else a new one
+        (with `tags`, e.g. run_tags())."""
         exp_id = self.experiment_id(experiment)
         if reuse:
             found = self._find(exp_id, {ROLE: "sweep", SWEEP: sweep})
@@ -53,7 +139,7 @@ class Tracker:
                 run_id = found[0].info.run_id
                 self.client.update_run(run_id, status="RUNNING")
                 return run_id
-        run = self.client.create_run(exp_id, run_name=sweep, tags={ROLE: "sweep", SWEEP: sweep})
+        run = self.client.create_run(exp_id, run_name=sweep, tags={**(tags or {}), ROLE: "sweep", SWEEP: sweep})
         return run.info.run_id
 
     def child_run(self, parent_id: str, key: str, role: str, name: str, extra_tags: dict[str, str] | None = None) -> str:
@@ -65,9 +151,14 @@ class Tracker:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        tags = {PARENT: parent_id, ROLE: role, TRIAL_ID: key, SWEEP: parent.data.tags.get(SWEEP, "")}
-        tags.update(extra_tags or {})
+        tags = {**(extra_tags or {}), PARENT: parent_id, ROLE: role, TRIAL_ID: key, SWEEP: parent.data.tags.get(SWEEP, "")}
         return self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+
+    def child_run_by_key(self, parent_id: str, key: str):
+        """The child run of `parent_id` identified by `key` (trial id, or "<arm>-seed<seed>"), or None."""
+        exp_id = self.client.get_run(parent_id).info.experiment_id
+        found = self._find(exp_id, {PARENT: parent_id, TRIAL_ID: key})
+        return found[0] if found else None
 
     def children(self, parent_id: str, role: str | None = None) -> list:
         exp_id = self.client.get_run(parent_id).info.experiment_id
@@ -118,6 +209,30 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_artifacts(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        """A directory's files, under `artifact_path`."""
+        self.client.log_artifacts(run_id, str(path), artifact_path)
+
+    def log_table(self, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        """Rows as an MLflow table artifact (shown as a table in the UI). MLflow appends to an existing
+        table file, so a table already logged (a resumed sweep) is left as it is."""
+        import pandas as pd
+
+        folder, _, name = artifact_file.rpartition("/")
+        if any(a.path == artifact_file for a in self.client.list_artifacts(run_id, folder or None)):
+            return
+        self.client.log_table(run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+
+    def log_dataset(self, run_id: str, data: dict[str, Any], splits: dict[str, dict[str, Any]]) -> None:
+        """The run's data as MLflow dataset inputs (one per split, see dataset_inputs) and the split
+        tags saeception.split.<split>.sha256/.n. Logging the same inputs again adds nothing."""
+        self.client.log_inputs(run_id, datasets=dataset_inputs(data, splits))
+        tags = {}
+        for split, ident in splits.items():
+            tags[SPLIT_TAG.format(split, "sha256")] = ident.get("ids_sha256")
+            tags[SPLIT_TAG.format(split, "n")] = ident.get("n")
+        self.set_tags(run_id, tags)
 
     def failure(self, run_id: str) -> str | None:
         return self.client.get_run(run_id).data.tags.get(FAILURE)

@@ -1,0 +1,143 @@
+"""The sweep's winner where researchers use it: the best trial's last cycle (and each confirmation arm's,
+on the first confirmation seed) exported with `saeception.export` (SAELens, sparsify, Hugging Face, a
+model card) into `<storage>/best/` (the local SQLite directory for URI storage) and logged on the
+parent run under `best/`; the best trial's data as the parent run's MLflow dataset input.
+
+A trial's files live in Ray Train's checkpoints (`<storage>/train/<train run>/<checkpoint>`); the run's
+config comes from the sweep and its split identities from the tags the trial's run carries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .cli import Plan
+
+log = logging.getLogger(__name__)
+
+BEST = "best"  # the artifact folder on the parent run, and the local folder under the sweep directory
+ARMS_DIR = "confirmation"  # best/confirmation/<arm>-seed<seed>/
+
+
+def splits_from_tags(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """{split: {"n", "ids_sha256"}} from a run's saeception.split.<split>.* tags ({} when absent)."""
+    from .tracking import SPLIT_TAG
+
+    out = {}
+    for split in ("train", "val", "test"):
+        digest = tags.get(SPLIT_TAG.format(split, "sha256"))
+        if digest:
+            n = tags.get(SPLIT_TAG.format(split, "n"))
+            out[split] = {"n": int(n) if n and n.isdigit() else n, "ids_sha256": digest}
+    return out
+
+
+def fetch_cycle(uri: str, dest_run: Path) -> Path:
+    """Downloads a checkpointed cycle directory into `dest_run/cycle_NNN` (a run directory for the
+    export); returns that directory. Raises FileNotFoundError when the checkpoint is not there."""
+    import ray.train
+
+    from ..artifacts import ChainPaths
+
+    staging = dest_run / "download"
+    try:
+        ray.train.Checkpoint(uri).to_directory(str(staging))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"checkpoint {uri} not found") from e
+    if not (staging / "metrics.json").exists():
+        raise FileNotFoundError(f"checkpoint {uri} holds no cycle (no metrics.json)")
+    cycle = int(json.loads((staging / "metrics.json").read_text())["cycles"][-1]["cycle"])
+    target = ChainPaths(dest_run).cycle(cycle).path
+    staging.rename(target)
+    return target
+
+
+def _searched(p: Plan, trial: dict[str, Any]) -> str:
+    space = yaml.safe_dump(p.space.to_dict()["params"], sort_keys=False, default_flow_style=None).rstrip()
+    objectives = ", ".join(f"`{o.metric}` ({o.mode}, validation split, last cycle)" for o in p.space.objectives)
+    values = ", ".join(f"`{m}` = {trial[m]:.4f}" for m in p.space.metrics if isinstance(trial.get(m), (int, float)))
+    return (f"Sweep `{p.name}`: {p.args.trials} Optuna trials (TPE, seed {p.args.seed}) over\n\n```yaml\n{space}\n```\n\n"
+            f"Objectives: {objectives}. The winner is trial `{trial['trial_id']}` ({values}); its sampled values:\n\n"
+            + "\n".join(f"- `{k}`: {v}" for k, v in sorted(trial["config"].items())))
+
+
+def _confirmation_md(p: Plan) -> str | None:
+    f = p.local_dir / "confirmation.md"
+    if not f.exists():
+        return None
+    return ("The best config (`best`) and two controls (`aux0`: aux.weight = 0; `random`: random targets) on "
+            f"{p.args.confirm_seeds} fresh seeds: mean ± sd, and the paired difference best − control "
+            "(wins/seeds, paired t-test p). Test split unless `val_`.\n\n" + f.read_text())
+
+
+def _export_one(p: Plan, tracker, parent: str, uri: str, values: dict[str, Any], run_key: str, out: Path,
+                card_extra: dict[str, str]) -> dict[str, Path]:
+    from ..artifacts import write_json
+    from ..config import build_config, to_dict
+    from ..export import export_run
+
+    run = tracker.child_run_by_key(parent, run_key)
+    splits = splits_from_tags(run.data.tags) if run is not None else {}
+    with tempfile.TemporaryDirectory(prefix="saeception-best-") as tmp:
+        cycle_dir = fetch_cycle(uri, Path(tmp))
+        history = json.loads((cycle_dir / "metrics.json").read_text())["cycles"]
+        write_json(Path(tmp) / "results.json", {"config": to_dict(build_config(values)), "splits": splits, "cycles": history})
+        return export_run(cycle_dir, out, card_extra=card_extra, force=True)
+
+
+def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmation: dict[str, Any] | None) -> Path | None:
+    """Exports the best trial (and the confirmation arms of `confirmation["seed"]`) into
+    `<local dir>/best/` and logs that folder on the parent run under best/. An export that cannot be
+    made (e.g. the model's source is not readable here) is reported, tagged saeception.export_failed
+    on the parent run, and the sweep's results stand. Returns the local folder, None when it failed."""
+    from ..confirm import ARMS, arm_values
+    from ..export import ExportError
+    from ..trainables.chain_trainable import arm_checkpoint, checkpoint_uri
+
+    values = {**p.space.fixed, **trial["config"]}
+    out = p.local_dir / BEST
+    extra = {"What was searched": _searched(p, trial)}
+    table = _confirmation_md(p)
+    if table:
+        extra["Confirmation on fresh seeds"] = table
+    extra["Where this came from"] = (f"MLflow: parent run `{parent}` of experiment `{p.experiment}` at `{p.mlflow_uri}`, "
+                                     f"trial `{trial['trial_id']}`. Ray storage: `{p.storage}`.")
+    try:
+        if out.exists():
+            shutil.rmtree(out)  # a resumed sweep re-exports
+        uri = checkpoint_uri(p.storage, f"train-{trial['trial_id']}", f"cycle_{int(trial['cycle']):03d}")
+        written = _export_one(p, tracker, parent, uri, values, str(trial["trial_id"]), out, extra)
+        if confirmation:
+            seed = int(confirmation["seed"])
+            for arm in ARMS:
+                key = f"{arm}-seed{seed}"
+                arm_extra = {"Confirmation arm": f"Arm `{arm}` of the confirmation, seed {seed}: the best config"
+                             + {"best": " as found.", "aux0": " with aux.weight = 0 (plain extra fine-tuning).",
+                                "random": " with sharpen.strategy = random (random targets)."}[arm], **extra}
+                _export_one(p, tracker, parent, checkpoint_uri(p.storage, confirmation["run"], arm_checkpoint(arm, seed)),
+                            {**arm_values(values, arm), "seed": seed}, key, out / ARMS_DIR / key, arm_extra)
+    except (ExportError, FileNotFoundError) as e:
+        print(f"export of the best trial failed: {e}", flush=True)
+        tracker.set_tags(parent, {"saeception.export_failed": str(e)[:5000]})
+        return None
+    tracker.log_artifacts(parent, out, BEST)
+    print(f"exported the best trial to {out} ({', '.join(written)}) and MLflow artifacts {BEST}/ of the parent run", flush=True)
+    return out
+
+
+def log_best_dataset(tracker, parent: str, trial_id: str) -> None:
+    """The best trial's data (its dataset inputs and split tags) on the parent run as well."""
+    run = tracker.child_run_by_key(parent, trial_id)
+    if run is None:
+        return
+    splits = splits_from_tags(run.data.tags)
+    params = run.data.params
+    data = {k.removeprefix("data."): v for k, v in params.items() if k.startswith("data.")}
+    if splits and data.get("name"):
+        tracker.log_dataset(parent, data, splits)

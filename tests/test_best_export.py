@@ -1,0 +1,56 @@
+"""The sweep's export of its winner (saeception.sweep.best) without a Ray cluster: a real chain's cycle laid
+out as Ray Train checkpoints it (<storage>/train/train-<trial id>/cycle_NNN), exported and logged under
+best/ on the parent run; a missing checkpoint is reported and tagged, not raised."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from saeception import sweep
+from saeception.artifacts import ChainPaths
+from saeception.chain import run_chain
+from saeception.sweep.best import export_best
+from saeception.sweep.tracking import Tracker
+
+TINY = str(Path(__file__).parent / "spaces" / "tiny.yaml")
+SAMPLED = {"sae.kind": "topk", "sae.k": 4, "sae.expansion_factor": 2, "sharpen.top_k_pct": 5.0, "aux.weight": 1.0}
+
+
+@pytest.fixture
+def finished_trial(tmp_path):
+    """A plan, an MLflow parent run with the trial's child run (split tags as the relay sets them) and the
+    trial's last cycle where Ray Train keeps it."""
+    storage = tmp_path / "sweep"
+    p = sweep.plan(sweep.parser().parse_args(["--space", TINY, "--storage", str(storage), "--confirm-seeds", "0"]))
+    run_dir = tmp_path / "run"
+    run_chain(p.space.config({**SAMPLED, "device": "cpu"}), ChainPaths(run_dir))
+    shutil.copytree(run_dir / "cycle_001", storage / "train" / "train-t1" / "cycle_001")
+    tracker = Tracker(p.mlflow_uri)
+    parent = tracker.sweep_run(p.experiment, p.name, reuse=False)
+    child = tracker.child_run(parent, "t1", role="trial", name="trial-t1")
+    results = json.loads((run_dir / "results.json").read_text())
+    tracker.log_dataset(child, results["config"]["data"], results["splits"])
+    return p, tracker, parent, {"trial_id": "t1", "cycle": 1, "config": SAMPLED, "val_sae_u": 0.5}, results
+
+
+def test_best_trial_is_exported_and_logged_under_best(finished_trial, tmp_path):
+    p, tracker, parent, trial, results = finished_trial
+    out = export_best(p, tracker, parent, trial, None)
+    assert out == p.local_dir / "best"
+    assert {"README.md", "saelens", "sparsify", "classifier"} <= {x.name for x in out.iterdir()}
+    card = (out / "README.md").read_text()
+    assert "## What was searched" in card and "`sae.k`: 4" in card and "`val_sae_u` = 0.5000" in card
+    assert results["splits"]["test"]["ids_sha256"] in card  # the split hashes, from the trial run's tags
+    logged = {a.path for a in tracker.client.list_artifacts(parent, "best")}
+    assert {"best/README.md", "best/saelens", "best/sparsify", "best/classifier"} <= logged
+    saelens = {a.path for a in tracker.client.list_artifacts(parent, "best/saelens")}
+    assert saelens == {"best/saelens/cfg.json", "best/saelens/sae_weights.safetensors"}
+
+
+def test_a_missing_checkpoint_is_reported_and_tagged(finished_trial, capsys):
+    p, tracker, parent, trial, _ = finished_trial
+    assert export_best(p, tracker, parent, {**trial, "trial_id": "gone"}, None) is None
+    assert "export of the best trial failed: checkpoint" in capsys.readouterr().out
+    assert "train-gone" in tracker.client.get_run(parent).data.tags["saeception.export_failed"]

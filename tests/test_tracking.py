@@ -1,0 +1,72 @@
+"""MLflow as users expect it, on a local SQLite store (the end-to-end sweep checks the same through a
+real `mlflow server`): a model-training experiment, standard source/user tags and versions, the data as
+dataset inputs, the confirmation as a table, cache counters under cache/."""
+
+import json
+
+import pytest
+
+from saeception.cache import CACHE_COUNTERS, CacheStats
+from saeception.sweep.tracking import EXPERIMENT_KIND, Tracker, run_tags
+
+SPLITS = {"train": {"n": 10, "ids_sha256": "a" * 64}, "val": {"n": 3, "ids_sha256": "b" * 64},
+          "test": {"n": 4, "ids_sha256": "c" * 64}}
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    return Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_experiment_is_a_model_training_experiment(tracker, tmp_path):
+    exp_id = tracker.experiment_id("e")
+    assert tracker.client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # Its artifacts live beside the SQLite store, not in ./mlruns of the current directory.
+    assert tracker.client.get_experiment(exp_id).artifact_location == str(tmp_path / "mlartifacts")
+    # An experiment created elsewhere (e.g. by an older saeception) gets the tag too.
+    other = tracker.client.create_experiment("older")
+    assert tracker.experiment_id("older") == other
+    assert tracker.client.get_experiment(other).tags.items() >= EXPERIMENT_KIND.items()
+
+
+def test_runs_carry_source_user_and_version_tags(tracker):
+    tags = run_tags()
+    assert {"mlflow.source.name", "mlflow.source.type", "mlflow.user"} <= set(tags)
+    assert {"versions/saeception", "versions/torch", "versions/ray", "versions/mlflow", "versions/optuna"} <= set(tags)
+    parent = tracker.sweep_run("e", "sw", reuse=False, tags=tags)
+    child = tracker.child_run(parent, "t1", role="trial", name="trial-t1", extra_tags=tags)
+    for run_id in (parent, child):
+        got = tracker.client.get_run(run_id).data.tags
+        assert got["mlflow.source.name"] == tags["mlflow.source.name"] and got["versions/torch"] == tags["versions/torch"]
+    assert tracker.client.get_run(child).data.tags["saeception.role"] == "trial"  # our tags are not overridden
+
+
+def test_dataset_inputs_one_per_split_with_the_split_hash_as_digest(tracker):
+    run_id = tracker.sweep_run("e", "sw", reuse=False)
+    data = {"name": "glue", "subset": "sst2", "revision": "v1"}
+    tracker.log_dataset(run_id, data, SPLITS)
+    tracker.log_dataset(run_id, data, SPLITS)  # a resumed trial logs again: nothing new
+    inputs = tracker.client.get_run(run_id).inputs.dataset_inputs
+    assert len(inputs) == 3
+    by_split = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset for i in inputs}
+    assert by_split["val"].digest == "b" * 16 and by_split["val"].name == "glue/sst2"
+    assert by_split["train"].source_type == "hugging_face" and json.loads(by_split["train"].source)["revision"] == "v1"
+    assert json.loads(by_split["test"].profile) == {"num_rows": 4, "ids_sha256": "c" * 64}
+    tags = tracker.client.get_run(run_id).data.tags
+    assert tags["saeception.split.train.sha256"] == "a" * 64 and tags["saeception.split.test.n"] == "4"
+
+
+def test_confirmation_table_is_an_mlflow_table_logged_once(tracker, tmp_path):
+    run_id = tracker.sweep_run("e", "sw", reuse=False)
+    rows = [{"cycle": 1, "metric": "sae_u", "best mean": 0.5, "p vs aux0": None}]
+    tracker.log_table(run_id, rows, "confirmation_table.json")
+    tracker.log_table(run_id, rows, "confirmation_table.json")  # resumed sweep: MLflow would append
+    table = json.loads(open(tracker.client.download_artifacts(run_id, "confirmation_table.json", str(tmp_path))).read())
+    assert table["columns"] == ["cycle", "metric", "best mean", "p vs aux0"] and len(table["data"]) == 1
+    logged = json.loads(tracker.client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "confirmation_table.json", "type": "table"} in logged
+
+
+def test_cache_counters_sit_under_a_cache_prefix():
+    assert all(k.startswith("cache/") for k in CACHE_COUNTERS)
+    assert list(CacheStats(hits=2).as_metrics()) == list(CACHE_COUNTERS)
