@@ -202,10 +202,14 @@ class EvalConfig:
     cluster_max_examples: int = 2000
     # Iterations for the logistic probes.
     probe_max_iter: int = 500
+    # Where probes and cluster metrics run: "torch" (on the codes' device), "sklearn" (scikit-learn on
+    # CPU, the reference), "auto" (torch on CUDA; on CPU the one measured faster, see BENCHMARKS.md).
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         _require(self.cluster_max_examples >= 10, "eval.cluster_max_examples", "must be >= 10")
         _require(self.probe_max_iter >= 1, "eval.probe_max_iter", "must be >= 1")
+        _require(self.backend in ("auto", "torch", "sklearn"), "eval.backend", "must be one of: auto, torch, sklearn")
 
 
 @dataclass
