@@ -22,6 +22,16 @@ def _sq_dists(a: Tensor, b: Tensor, a_sq: Tensor, b_sq: Tensor) -> Tensor:
     return (a_sq[:, None] - 2 * a @ b.T + b_sq[None, :]).clamp_min_(0)
 
 
+def _sq_norms(x: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(x, dim=1).square()
+
+
+def _to_centers(x: Tensor, x_sq: Tensor, centers: Tensor) -> Tensor:
+    """(N, k) squared distances; the k x N product is the faster one on the CPU (a skinny right operand
+    makes MKL's product several times slower)."""
+    return _sq_dists(centers, x, _sq_norms(centers), x_sq).T
+
+
 def _plusplus(x: Tensor, x_sq: Tensor, k: int, g: torch.Generator) -> Tensor:
     """k-means++ as scikit-learn runs it: each new centre is the best of 2 + log(k) candidates drawn
     with probability proportional to D^2 (the one that lowers the potential most)."""
@@ -59,15 +69,15 @@ def kmeans(x: Tensor, k: int, seed: int, n_init: int = 3, max_iter: int = 300, t
     """(N,) cluster ids in [0, k) of the lowest-inertia of `n_init` seeded runs; x (N, d) float.
     Stops when the labels repeat or the total squared centre shift is <= tol x the mean variance."""
     x = x - x.mean(0)  # as scikit-learn: centred data loses less precision in the distance formula
-    x_sq = x.pow(2).sum(1)
-    tol = float(x.var(0, correction=0).mean()) * tol
+    x_sq = _sq_norms(x)
+    tol = float(x_sq.sum()) / x.numel() * tol  # the mean over features of their (population) variance
     g = torch.Generator().manual_seed(seed)
     best_labels, best_inertia = None, math.inf
     for _ in range(n_init):
         centers = _plusplus(x, x_sq, k, g)
         previous, settled = None, False
         for _ in range(max_iter):
-            dists = _sq_dists(x, centers, x_sq, centers.pow(2).sum(1))
+            dists = _to_centers(x, x_sq, centers)
             labels = dists.argmin(1)
             new = _update(x, labels, dists, k)
             shift, centers = float((new - centers).pow(2).sum()), new
@@ -77,7 +87,7 @@ def kmeans(x: Tensor, k: int, seed: int, n_init: int = 3, max_iter: int = 300, t
             if shift <= tol:
                 break
             previous = labels
-        dists = _sq_dists(x, centers, x_sq, centers.pow(2).sum(1))
+        dists = _to_centers(x, x_sq, centers)
         if not settled:  # as scikit-learn: one more assignment, so labels match the final centres
             labels = dists.argmin(1)
         inertia = float(dists.gather(1, labels[:, None]).sum())
@@ -117,7 +127,7 @@ def silhouette(x: Tensor, labels: Tensor, block: int = 1 << 24) -> float:
     x = x.float()
     onehot = F.one_hot(y, k).to(x.dtype)
     counts = onehot.sum(0)
-    x_sq = x.pow(2).sum(1)
+    x_sq = _sq_norms(x)
     rows = max(1, block // n)
     scores = []
     for i in range(0, n, rows):
@@ -133,39 +143,40 @@ def silhouette(x: Tensor, labels: Tensor, block: int = 1 << 24) -> float:
     return float(torch.cat(scores).double().mean())
 
 
-def _centroid_gaps(x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
-    """float64 centroids (k, d), class counts (k,), each example's distance**2 to its centroid (N,)."""
+def partition_scores(x: Tensor, labels: Tensor) -> dict[str, float]:
+    """davies_bouldin: mean over classes of the largest (s_i + s_j) / d(c_i, c_j), s the mean distance
+    to the centroid c; calinski_harabasz: between- over within-class dispersion x (N - k) / (k - 1).
+    float64, one pass over x; both nan unless 2 <= classes <= N - 1 (where scikit-learn raises)."""
     y, k = _classes(labels)
+    n = len(x)
+    if not 2 <= k <= n - 1:
+        return {"davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
     x = x.double()
     onehot = F.one_hot(y, k).double()
     counts = onehot.sum(0)
     centroids = (onehot.T @ x) / counts[:, None]
-    return centroids, counts, (x - centroids[y]).pow(2).sum(1), k
+    gaps = _sq_norms(x - centroids[y])  # each example's squared distance to its centroid
+
+    spread = (onehot.T @ gaps.sqrt()) / counts
+    between = torch.cdist(centroids[None], centroids[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
+    if bool((spread.abs() <= 1e-8).all()) or bool((between.abs() <= 1e-8).all()):
+        db = 0.0
+    else:
+        between[between == 0] = math.inf
+        db = float(((spread[:, None] + spread[None, :]) / between).max(1).values.mean())
+
+    dispersion = (counts * _sq_norms(centroids - x.mean(0))).sum()
+    within = gaps.sum()
+    ch = 1.0 if within == 0 else float(dispersion * (n - k) / (within * (k - 1)))
+    return {"davies_bouldin": db, "calinski_harabasz": ch}
 
 
 def davies_bouldin(x: Tensor, labels: Tensor) -> float:
-    """Mean over classes of the largest (s_i + s_j) / d(c_i, c_j), s the mean distance to the centroid."""
-    centroids, counts, gaps, k = _centroid_gaps(x, labels)
-    if not 2 <= k <= len(x) - 1:
-        return float("nan")
-    y, _ = _classes(labels)
-    spread = (F.one_hot(y, k).double().T @ gaps.sqrt()) / counts
-    between = torch.cdist(centroids[None], centroids[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
-    if bool((spread.abs() <= 1e-8).all()) or bool((between.abs() <= 1e-8).all()):
-        return 0.0
-    between[between == 0] = math.inf
-    return float(((spread[:, None] + spread[None, :]) / between).max(1).values.mean())
+    return partition_scores(x, labels)["davies_bouldin"]
 
 
 def calinski_harabasz(x: Tensor, labels: Tensor) -> float:
-    """Between-class over within-class dispersion, times (N - k) / (k - 1)."""
-    centroids, counts, gaps, k = _centroid_gaps(x, labels)
-    n = len(x)
-    if not 2 <= k <= n - 1:
-        return float("nan")
-    between = (counts * (centroids - x.double().mean(0)).pow(2).sum(1)).sum()
-    within = gaps.sum()
-    return 1.0 if within == 0 else float(between * (n - k) / (within * (k - 1)))
+    return partition_scores(x, labels)["calinski_harabasz"]
 
 
 def distinct_rows_at_least(x: Tensor, k: int) -> bool:

@@ -103,8 +103,7 @@ def cluster_metrics(x: Tensor, labels: Tensor, n_classes: int, cap: int, seed: i
     return {
         "ari": C.adjusted_rand(labels, C.kmeans(x.float(), n_classes, seed, n_init=3)),
         "silhouette": C.silhouette(x[sub], labels[sub]),
-        "davies_bouldin": C.davies_bouldin(x, labels),
-        "calinski_harabasz": C.calinski_harabasz(x, labels),
+        **C.partition_scores(x, labels),
     }
 
 

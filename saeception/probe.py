@@ -38,9 +38,15 @@ def standardizer(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, torch.where(constant, torch.ones_like(var), var.sqrt())
 
 
+def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    # (K, d) @ (d, N) rather than (N, d) @ (d, K): the same numbers, and with K small the products of
+    # this form (forward and the weight gradient) run ~2x faster on the CPU (MKL); no matter on CUDA.
+    return (weight @ x.T).T + bias
+
+
 @dataclass
 class LinearProbe:
-    """A fitted probe: logits = ((x - mean) / scale) @ weight + bias; weight (d, K), one column per class."""
+    """A fitted probe: logits = ((x - mean) / scale) @ weight.T + bias; weight (K, d), one row per class."""
 
     classes: Tensor
     mean: Tensor
@@ -49,7 +55,7 @@ class LinearProbe:
     bias: Tensor
 
     def logits(self, x: Tensor) -> Tensor:
-        return (x.to(self.weight.dtype) - self.mean) / self.scale @ self.weight + self.bias
+        return _linear((x.to(self.weight.dtype) - self.mean) / self.scale, self.weight, self.bias)
 
     def proba(self, x: Tensor) -> Tensor:
         """(N, K) class probabilities, columns in the order of `classes`."""
@@ -65,10 +71,10 @@ def fit_torch(x: Tensor, y: Tensor, max_iter: int, dtype: torch.dtype = torch.fl
     classes, target = torch.unique(y, return_inverse=True)
     mean, scale = (t.to(dtype) for t in standardizer(x))
     k = max(len(classes), 2)
-    w = torch.zeros(x.shape[1], k, dtype=dtype, device=x.device, requires_grad=True)
+    w = torch.zeros(k, x.shape[1], dtype=dtype, device=x.device, requires_grad=True)
     b = torch.zeros(k, dtype=dtype, device=x.device, requires_grad=True)
     if len(classes) < 2:
-        return LinearProbe(classes, mean, scale, w.detach()[:, :1], b.detach()[:1])
+        return LinearProbe(classes, mean, scale, w.detach()[:1], b.detach()[:1])
     xs = (x.detach().to(dtype) - mean) / scale
     l2 = (2.0 if k == 2 else 1.0) / (C * len(x))
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, max_eval=15000, tolerance_grad=TOL,
@@ -77,7 +83,7 @@ def fit_torch(x: Tensor, y: Tensor, max_iter: int, dtype: torch.dtype = torch.fl
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(xs @ w + b, target) + 0.5 * l2 * w.pow(2).sum()
+        loss = F.cross_entropy(_linear(xs, w, b), target) + 0.5 * l2 * w.pow(2).sum()
         loss.backward()
         return loss
 

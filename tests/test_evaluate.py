@@ -178,3 +178,17 @@ def test_backend_choice_and_config():
     assert build_config({"eval.backend": "torch"}).eval.backend == "torch"
     with pytest.raises(ConfigError, match="eval.backend"):
         build_config({"eval.backend": "gpu"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evaluate_on_cuda_matches_cpu():
+    sae, acts, logits, labels, classes = eval_fixture()
+    cfg = EvalConfig(backend="auto", cluster_max_examples=150)
+    cpu = evaluate(sae, acts, logits, labels, classes, cfg, seed=0)
+    on = lambda d: {k: v.cuda() for k, v in d.items()}  # noqa: E731
+    cuda = evaluate(sae.cuda(), on(acts), on(logits), on(labels), classes, cfg, seed=0)
+    assert cuda.keys() == cpu.keys()
+    for name, ref in cpu.items():
+        base = name.removeprefix("val_")
+        tol = 0.01 if "probe_accuracy" in base else 0.02 if base in ("ari", "silhouette") else 1e-4 * max(1, abs(ref))
+        assert abs(cuda[name] - ref) <= tol, (name, cuda[name], ref)
