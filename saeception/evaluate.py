@@ -13,7 +13,8 @@ from .sae import SAE, encode_all
 
 SPLITS = ("train", "val", "test")
 SPARSE_PROBE_KS = (1, 5, 25)
-# eval.backend "auto" on CPU (BENCHMARKS.md, "Evaluation backends").
+# eval.backend "auto" on CPU: torch measured faster at the default chain's shape and at 12,000 x 6,144
+# codes (BENCHMARKS.md section 5; with 2 threads on an oversubscribed CPU small shapes can favour sklearn).
 CPU_BACKEND = "torch"
 
 # Every metric name a cycle can report (test split); val_<name> exists for each but aux_* and dead_pct.
