@@ -293,13 +293,14 @@ def train_cycle_sae(r: Run, cycle: int, extracted: dict[str, torch.Tensor]) -> S
 
 
 def evaluate_cycle(r: Run, cycle: int, sae: SAE, extracted: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The metric set (rank 0 computes it; every rank gets the same dict)."""
+    """The metric set, computed on the chain's device (rank 0 computes it; every rank gets the same dict)."""
 
     def build(view: ConfigView, seed: int) -> dict[str, Any]:
-        acts = {s: extracted[f"{s}.acts"] for s in SPLITS}
+        # On the chain's device: the probes and cluster metrics run where the codes are (eval.backend).
+        acts = {s: extracted[f"{s}.acts"].to(r.device) for s in SPLITS}
         logits = {s: extracted[f"{s}.logits"] for s in SPLITS}
         labels = {s: r.task.split(s).labels for s in SPLITS}
-        return evaluate(sae, acts, logits, labels, r.task.n_classes, view.eval, seed)
+        return evaluate(sae.to(r.device), acts, logits, labels, r.task.n_classes, view.eval, seed)
 
     return broadcast_object(run_stage(r, EVALUATE, cycle, build) if is_main() else None)
 

@@ -205,10 +205,14 @@ class ChainConfig:
 class EvalConfig:
     cluster_max_examples: int = doc(2000, "cap (seeded subsample) for the O(N²) silhouette")
     probe_max_iter: int = doc(500, "logistic-probe iterations")
+    backend: str = doc("auto", "where probes and cluster metrics run: `torch` (on the codes' device), `sklearn` "
+                       "(scikit-learn on the CPU, the reference definitions), `auto` (torch on CUDA; on the CPU the one "
+                       "measured faster, BENCHMARKS.md)")
 
     def __post_init__(self) -> None:
         _require(self.cluster_max_examples >= 10, "eval.cluster_max_examples", "must be >= 10")
         _require(self.probe_max_iter >= 1, "eval.probe_max_iter", "must be >= 1")
+        _require(self.backend in ("auto", "torch", "sklearn"), "eval.backend", "must be one of: auto, torch, sklearn")
 
 
 @dataclass

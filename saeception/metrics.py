@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import clustering as C
+
 
 def _onehot(labels: Tensor, n_classes: int) -> Tensor:
     return torch.nn.functional.one_hot(labels.long(), n_classes).double()
@@ -84,9 +86,28 @@ def f_scores(x: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     return torch.nan_to_num(between / within.clamp_min(1e-12), nan=0.0)
 
 
-def cluster_metrics(x: Tensor, labels: Tensor, n_classes: int, cap: int, seed: int) -> dict[str, float]:
-    """ari: k-means (k = classes) vs labels; silhouette / davies_bouldin / calinski_harabasz: the
-    label partition scored in x. Silhouette (O(N^2)) runs on a seeded subsample of at most `cap`."""
+def cluster_metrics(x: Tensor, labels: Tensor, n_classes: int, cap: int, seed: int,
+                    backend: str = "torch") -> dict[str, float]:
+    """ari: k-means (k = classes, 3 seeded inits) vs labels; silhouette / davies_bouldin /
+    calinski_harabasz: the label partition scored in x. Silhouette (O(N^2)) runs on a seeded subsample
+    of at most `cap` (the same rows for both backends). backend "torch" computes on x's device
+    (saeception.clustering), "sklearn" on CPU with scikit-learn; they agree to the tolerances in
+    tests/test_evaluate.py (k-means differs by its random draws only)."""
+    nan = float("nan")
+    sub = torch.as_tensor(np.random.default_rng(seed).choice(len(labels), size=min(cap, len(labels)), replace=False))
+    if backend == "sklearn":
+        return _cluster_metrics_sklearn(x, labels, n_classes, sub.numpy(), seed)
+    if len(torch.unique(labels)) < 2 or not C.distinct_rows_at_least(x, n_classes):
+        return {"ari": nan, "silhouette": nan, "davies_bouldin": nan, "calinski_harabasz": nan}
+    sub = sub.to(x.device)
+    return {
+        "ari": C.adjusted_rand(labels, C.kmeans(x.float(), n_classes, seed, n_init=3)),
+        "silhouette": C.silhouette(x[sub], labels[sub]),
+        **C.partition_scores(x, labels),
+    }
+
+
+def _cluster_metrics_sklearn(x: Tensor, labels: Tensor, n_classes: int, sub: np.ndarray, seed: int) -> dict[str, float]:
     from sklearn.cluster import KMeans
     from sklearn.metrics import (
         adjusted_rand_score,
@@ -95,13 +116,11 @@ def cluster_metrics(x: Tensor, labels: Tensor, n_classes: int, cap: int, seed: i
         silhouette_score,
     )
 
-    xa, ya = x.double().numpy(), labels.numpy()
+    xa, ya = x.double().cpu().numpy(), labels.cpu().numpy()
     nan = float("nan")
     if len(np.unique(ya)) < 2 or len(np.unique(xa, axis=0)) < n_classes:
         return {"ari": nan, "silhouette": nan, "davies_bouldin": nan, "calinski_harabasz": nan}
     clusters = KMeans(n_clusters=n_classes, n_init=3, random_state=seed).fit_predict(xa)
-    rng = np.random.default_rng(seed)
-    sub = rng.choice(len(ya), size=min(cap, len(ya)), replace=False)
     return {
         "ari": float(adjusted_rand_score(ya, clusters)),
         "silhouette": float(silhouette_score(xa[sub], ya[sub])) if len(np.unique(ya[sub])) > 1 else nan,
