@@ -71,6 +71,7 @@ def sweep_args(storage: Path) -> list[str]:
 
 
 @pytest.mark.ray
+@pytest.mark.mlflow_server
 def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
     from saeception.sweep.cli import main
 
