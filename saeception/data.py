@@ -24,8 +24,6 @@ from .distributed import rank, world_size
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-# Hub datasets addressed as "<name>/<config>".
-_MULTI_CONFIG_DATASETS = {"glue", "super_glue", "nyu-mll/glue", "aps/super_glue"}
 
 
 @dataclass
@@ -109,12 +107,12 @@ def _read_table(path: Path, cfg: DataConfig):
     raise ConfigError(f"data.name: {path} must end in .csv, .tsv, .json, .jsonl or .parquet")
 
 
-def _text_columns(cfg: DataConfig) -> tuple[tuple[str, str], ...]:
+def text_columns(cfg: DataConfig) -> tuple[tuple[str, str], ...]:
     cols = (("data.text_column", cfg.text_column),)
     return cols + ((("data.text_pair_column", cfg.text_pair_column),) if cfg.text_pair_column else ())
 
 
-def _texts(columns: list[list[Any]]) -> list[Any]:
+def as_texts(columns: list[list[Any]]) -> list[Any]:
     """One text per example, or (text, pair) for sentence-pair tasks."""
     if len(columns) == 1:
         return [str(t) for t in columns[0]]
@@ -123,10 +121,10 @@ def _texts(columns: list[list[Any]]) -> list[Any]:
 
 def _columns(table, cfg: DataConfig, where: str) -> tuple[list[Any], np.ndarray]:
     cols = list(table.columns)
-    for key, col in (*_text_columns(cfg), ("data.label_column", cfg.label_column)):
+    for key, col in (*text_columns(cfg), ("data.label_column", cfg.label_column)):
         if col not in cols:
             raise ConfigError(f"{key}: column {col!r} not in {where} (columns: {', '.join(map(str, cols))})")
-    return _texts([list(table[c]) for _, c in _text_columns(cfg)]), np.asarray(table[cfg.label_column])
+    return as_texts([list(table[c]) for _, c in text_columns(cfg)]), np.asarray(table[cfg.label_column])
 
 
 def _class_folders(root: Path) -> dict[str, tuple[Any, np.ndarray]]:
@@ -170,58 +168,14 @@ def source_kind(name: str) -> str:
     return "hub"
 
 
-def _hf_splits(cfg: DataConfig) -> dict[str, Any]:
-    """{source split name: datasets.Dataset} of a hub dataset (at `data.revision`) or a saved one."""
-    import datasets
-
-    if source_kind(cfg.name) == "saved":
-        try:
-            loaded = datasets.load_from_disk(str(Path(cfg.name).expanduser()))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"data.name: cannot read the saved dataset {cfg.name}: {e}") from e
-        return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
-    name, subset = cfg.name, cfg.subset or None
-    head, _, tail = name.rpartition("/")
-    if subset is None and head in _MULTI_CONFIG_DATASETS:
-        name, subset = head, tail
-    return dict(datasets.load_dataset(name, subset, revision=cfg.revision or None))
-
-
-def _hf_source_splits(cfg: DataConfig, dd: dict[str, Any]) -> dict[str, Any]:
-    """{ours: Dataset} for the configured splits that exist and carry labels (an unlabelled one, such
-    as GLUE's test, is carved from train instead). Checks the columns."""
-    out = {}
-    for ours, theirs in (("train", cfg.train_split), ("val", cfg.val_split), ("test", cfg.test_split)):
-        if theirs not in dd:
-            continue
-        ds = dd[theirs]
-        for key, col in (*_text_columns(cfg), ("data.label_column", cfg.label_column)):
-            if col not in ds.column_names:
-                raise ConfigError(f"{key}: column {col!r} not in {cfg.name}[{theirs}] (columns: {', '.join(ds.column_names)})")
-        labels = np.asarray(ds[cfg.label_column][:])
-        if np.issubdtype(labels.dtype, np.integer) and len(labels) and (labels < 0).all():
-            log.info("split %s of %s is unlabelled; carving it from train", theirs, cfg.name)
-            continue
-        out[ours] = ds
-    if "train" not in out:
-        raise ConfigError(f"data.train_split: {cfg.train_split!r} not in {cfg.name} (splits: {', '.join(dd)})")
-    return out
-
-
-def _hf(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any]]:
-    """Raw texts and labels of a hub or saved dataset, and its Datasets (for tokenization by `.map`)."""
-    sources = _hf_source_splits(cfg, _hf_splits(cfg))
-    raw = {ours: (_texts([ds[c][:] for _, c in _text_columns(cfg)]), np.asarray(ds[cfg.label_column][:]))
-           for ours, ds in sources.items()}
-    return raw, sources
-
-
 def _load(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any] | None]:
     kind = source_kind(cfg.name)
     if kind == "digits":
         return _digits(), None
     if kind in ("hub", "saved"):
-        return _hf(cfg)
+        from .hf_data import load_hf
+
+        return load_hf(cfg)
     path = package_path(cfg.name, "data.name") if kind == "package" else Path(cfg.name).expanduser()
     return _local(path, cfg), None
 
@@ -332,40 +286,9 @@ def _fingerprint(splits: dict[str, Raw]) -> str:
     return h.hexdigest()[:16]
 
 
-def _tokenize_batch(batch: dict[str, list], tokenizer, columns: tuple[str, ...], max_length: int) -> dict[str, list]:
-    texts = [[str(t) for t in batch[c]] for c in columns]
-    return {"input_ids": tokenizer(*texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]}
-
-
 def _tokenize(texts: list[Any], tokenizer, max_length: int) -> list[list[int]]:
     columns = [list(texts)] if not texts or isinstance(texts[0], str) else [list(c) for c in zip(*texts)]
     return tokenizer(*columns, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
-
-
-def _hf_token_ids(sources: dict[str, Any], splits: dict[str, Raw], cfg: DataConfig, tokenizer) -> dict[str, list[list[int]]]:
-    """Token ids of every final split, tokenized with `datasets.Dataset.map` over the rows the splits
-    use: datasets caches the result beside the dataset under a fingerprint of the rows, the function and
-    the tokenizer, so every trial on a node after the first reads it instead of tokenizing."""
-    from functools import partial
-
-    columns = tuple(c for _, c in _text_columns(cfg))
-    fn = partial(_tokenize_batch, tokenizer=tokenizer, columns=columns, max_length=cfg.max_length)
-    wanted: dict[str, set[int]] = {}
-    for s in SPLITS:
-        for sid in splits[s][2]:
-            src, _, row = str(sid).rpartition(":")
-            wanted.setdefault(src, set()).add(int(row))
-    by_row: dict[tuple[str, int], list[int]] = {}
-    for src, rows in wanted.items():
-        ordered = sorted(rows)
-        ds = sources[src]
-        subset = ds if ordered == list(range(len(ds))) else ds.select(ordered)
-        mapped = subset.map(fn, batched=True, remove_columns=subset.column_names, desc=f"tokenizing {src}")
-        by_row.update(zip(((src, r) for r in ordered), mapped["input_ids"][:]))
-    out = {}
-    for s in SPLITS:
-        out[s] = [by_row[(src, int(row))] for src, _, row in (str(sid).rpartition(":") for sid in splits[s][2])]
-    return out
 
 
 def load_task(cfg: DataConfig, tokenizer=None) -> TaskData:
@@ -385,7 +308,9 @@ def load_task(cfg: DataConfig, tokenizer=None) -> TaskData:
     if tokenizer is None:
         raise ConfigError(f"model.name: text data ({cfg.name}) needs a transformer model, not 'mlp'")
     if sources is not None:
-        token_ids = _hf_token_ids(sources, splits, cfg, tokenizer)
+        from .hf_data import token_ids_by_map
+
+        token_ids = token_ids_by_map(sources, splits, cfg, tokenizer)
     else:
         token_ids = {s: _tokenize(splits[s][0], tokenizer, cfg.max_length) for s in SPLITS}
     parts = {}

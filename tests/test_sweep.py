@@ -71,6 +71,7 @@ def sweep_args(storage: Path) -> list[str]:
 
 
 @pytest.mark.ray
+@pytest.mark.mlflow_server
 def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
     from saeception.sweep.cli import main
 
@@ -133,7 +134,7 @@ def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
     assert parent.data.tags["best_trial_id"] == best_id
     # The stage cache: the second trial reuses the first trial's fine-tuned model and activations.
     assert parent.data.metrics["cache/hits"] >= 2 and parent.data.metrics["cache/seconds_saved"] > 0
-    assert f"open the results: {mlflow_server}/#/experiments/{exp.experiment_id}" in r.stdout
+    assert f"open the results: {mlflow_server}/#/experiments/{exp.experiment_id}?workflowType=machine_learning" in r.stdout
     # --dry-run showed the configs the sweep then ran (same sampler, same seed).
     ran = {" ".join(f"{k.removeprefix('searched.')}={_fmt(v)}" for k, v in c.data.params.items() if k.startswith("searched."))
            for c in children}

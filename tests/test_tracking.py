@@ -7,7 +7,7 @@ import json
 import pytest
 
 from saeception.cache import CACHE_COUNTERS, CacheStats
-from saeception.sweep.tracking import EXPERIMENT_KIND, Tracker, run_tags
+from saeception.sweep.tracking import EXPERIMENT_KIND, Tracker, run_tags, ui_url
 
 SPLITS = {"train": {"n": 10, "ids_sha256": "a" * 64}, "val": {"n": 3, "ids_sha256": "b" * 64},
           "test": {"n": 4, "ids_sha256": "c" * 64}}
@@ -70,3 +70,8 @@ def test_confirmation_table_is_an_mlflow_table_logged_once(tracker, tmp_path):
 def test_cache_counters_sit_under_a_cache_prefix():
     assert all(k.startswith("cache/") for k in CACHE_COUNTERS)
     assert list(CacheStats(hits=2).as_metrics()) == list(CACHE_COUNTERS)
+
+
+def test_ui_address_opens_the_model_training_view():
+    # MLflow 3.17's UI ignores the experiment kind tag for its GenAI/model-training switch; the URL sets it.
+    assert ui_url("http://127.0.0.1:5000/", "7") == "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"

@@ -186,15 +186,15 @@ def close(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> int:
     """Logs the cache totals, ends the parent run and prints how to open the results. 0 when a trial
     finished, 1 when none did."""
     from .report import log_cache_totals
-    from .tracking import ui_command
+    from .tracking import ui_command, ui_url
 
     log_cache_totals(p, s.tracker, s.parent)
     failed = sum(r["error"] for r in rows)
     s.tracker.finish(s.parent, failed=None if best else f"no trial finished ({failed} failed)")
+    exp_id = s.tracker.experiment_id(p.experiment)
     if p.mlflow_uri.startswith(("http://", "https://")):
-        exp = s.tracker.client.get_experiment_by_name(p.experiment)
-        print(f"\nopen the results: {p.mlflow_uri.rstrip('/')}/#/experiments/{exp.experiment_id}")
+        print(f"\nopen the results: {ui_url(p.mlflow_uri, exp_id)}")
     else:
-        print(f"\nopen the results: {ui_command(p.mlflow_uri)}")
+        print(f"\nopen the results: {ui_command(p.mlflow_uri)}\n  then {ui_url('http://127.0.0.1:5000', exp_id)}")
     return 0 if best else 1
 

@@ -108,6 +108,13 @@ def ui_command(uri: str, port: int = 5000) -> str:
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
 
 
+def ui_url(base: str, experiment_id: str) -> str:
+    """The experiment's page in the MLflow UI at `base`, in its model-training view. MLflow 3.17's UI picks
+    GenAI or model training from its own switch (remembered per browser, GenAI at first) or from this URL
+    parameter; the experiment's mlflow.experimentKind tag is what other MLflow UIs and clients read."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 class Tracker:
     def __init__(self, uri: str):
         from mlflow.tracking import MlflowClient
