@@ -54,7 +54,7 @@ class TaskData:
     input_dim: int = 0  # features only
     pad_token_id: int = 0  # text only
     padding_side: str = "right"
-    # Order-sensitive digest of the raw examples and labels (for caches and provenance).
+    # Digest of the final inputs, labels and source ids of every split (_fingerprint): cache keys' "data".
     fingerprint: str = ""
 
     def split(self, name: str) -> Split:
@@ -273,16 +273,21 @@ def _encode_labels(splits: dict[str, Raw]) -> tuple[dict[str, Tensor], int]:
     return {s: torch.tensor([index[str(v)] for v in splits[s][1]], dtype=torch.long) for s in SPLITS}, len(classes)
 
 
-def _fingerprint(splits: dict[str, Raw]) -> str:
-    h = hashlib.sha256()
+def _fingerprint(parts: dict[str, Split], *extra: Any) -> str:
+    """A digest of what every stage reads: each split's final inputs (features, or token ids after
+    tokenization: max_length, the tokenizer, pair columns all show here), labels and source ids, plus
+    `extra` (padding side, pad id)."""
+    h = hashlib.sha256(repr(extra).encode())
     for s in SPLITS:
-        x, y, _ = splits[s]
+        split = parts[s]
         h.update(s.encode())
-        if isinstance(x, np.ndarray):
-            h.update(np.ascontiguousarray(x).tobytes())
+        if isinstance(split.inputs, Tensor):
+            h.update(split.inputs.numpy().tobytes())
         else:
-            h.update("\x00".join(t if isinstance(t, str) else "\x01".join(t) for t in x).encode())
-        h.update(np.asarray(y).astype(str).tobytes())
+            h.update(np.asarray([len(seq) for seq in split.inputs], dtype=np.int64).tobytes())
+            h.update(np.fromiter((t for seq in split.inputs for t in seq), dtype=np.int64).tobytes())
+        h.update(split.labels.numpy().tobytes())
+        h.update("\n".join(split.source_ids).encode())
     return h.hexdigest()[:16]
 
 
@@ -299,12 +304,12 @@ def load_task(cfg: DataConfig, tokenizer=None) -> TaskData:
     labels, n_classes = _encode_labels(splits)
     if n_classes < 2:
         raise ConfigError(f"data.label_column: {cfg.label_column!r} must hold at least 2 classes")
-    fp = _fingerprint(splits)
     first = splits["train"][0]
     if isinstance(first, np.ndarray):
         parts = {s: Split(torch.as_tensor(splits[s][0], dtype=torch.float32), labels[s],
                           torch.arange(len(labels[s])), list(splits[s][2])) for s in SPLITS}
-        return TaskData(**parts, n_classes=n_classes, kind="features", input_dim=first.shape[1], fingerprint=fp)
+        return TaskData(**parts, n_classes=n_classes, kind="features", input_dim=first.shape[1],
+                        fingerprint=_fingerprint(parts))
     if tokenizer is None:
         raise ConfigError(f"model.name: text data ({cfg.name}) needs a transformer model, not 'mlp'")
     if sources is not None:
@@ -317,8 +322,9 @@ def load_task(cfg: DataConfig, tokenizer=None) -> TaskData:
     for s in SPLITS:
         ids = [list(seq) if len(seq) else [tokenizer.pad_token_id] for seq in token_ids[s]]
         parts[s] = Split(ids, labels[s], torch.arange(len(labels[s])), list(splits[s][2]))
-    return TaskData(**parts, n_classes=n_classes, kind="text", pad_token_id=int(tokenizer.pad_token_id),
-                    padding_side=cfg.padding_side, fingerprint=fp)
+    pad = int(tokenizer.pad_token_id)
+    return TaskData(**parts, n_classes=n_classes, kind="text", pad_token_id=pad, padding_side=cfg.padding_side,
+                    fingerprint=_fingerprint(parts, cfg.padding_side, pad))
 
 
 # --------------------------------------------------------------------------------------------------

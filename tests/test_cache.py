@@ -290,3 +290,16 @@ def test_s3_cache_round_trip_and_rejects_a_corrupted_blob(tmp_path, s3_uri):
     run_chain(cfg, ChainPaths(tmp_path / "c"), cache=third)
     assert third.stats.hits == 2 and third.stats.misses == 1 and any("sae" in e for e in third.stats.events)
     assert first._read_pointer(key)["build"] != build  # rebuilt under a new blob
+
+
+def test_what_shapes_the_token_ids_changes_every_key(text_csv, gpt2_dir):
+    """The data env fact is a digest of the tokenized splits: max_length or padding side change the keys."""
+    from saeception.chain import _env, setup
+
+
+    keys = {}
+    for name, over in (("base", {}), ("max_length", {"data.max_length": 4}), ("padding", {"data.padding_side": "left"})):
+        cfg = build_config({"data.name": str(text_csv), "model.name": str(gpt2_dir), **over})
+        keys[name] = cycle0_keys(cfg, _env(setup(cfg), torch.device("cpu")))
+    for name in ("max_length", "padding"):
+        assert all(keys[name][s] != keys["base"][s] for s in ("finetune", "extract", "sae")), name
