@@ -2,6 +2,7 @@
 
 import optuna
 from ray import tune
+
 from saeception.trainables.optuna_search import FailAwareOptunaSearch
 
 

@@ -12,15 +12,16 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import ConfigError, parse_override
 from ..data import check_source
+from .redact import redact
+from .resources import TRIAL_CPU  # noqa: F401  (re-exported: the driver sizes trials with it)
 from .space import SearchSpace, load_space, resolve_space
 
 log = logging.getLogger(__name__)
 
-# The trial actor itself only waits on its TorchTrainer; it still must hold some CPU (Ray rejects 0).
-TRIAL_CPU = 0.25
 DEFAULT_SPACE = "default"
 
 
@@ -31,7 +32,10 @@ def parser() -> argparse.ArgumentParser:
                    f"gpt2_ag_news) (default: {DEFAULT_SPACE})")
     p.add_argument("--trials", type=int, default=6, help="number of Optuna trials (default: 6)")
     p.add_argument("--storage", help="sweep directory or URI (default: ./sweeps/<name>); holds mlflow.db, optuna.db, Ray results and checkpoints")
-    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db; with a URI storage, "
+                   "sqlite:///<state dir>/mlflow.db)")
+    p.add_argument("--optuna-storage", metavar="URL", help="Optuna RDB storage URL: sqlite:////abs/path, postgresql://…, "
+                   "mysql://… (default: sqlite:///<storage>/optuna.db; with a URI storage, sqlite:///<state dir>/optuna.db)")
     p.add_argument("--experiment", default="saeception", help="MLflow experiment name (default: saeception)")
     p.add_argument("--name", help="sweep name (default: the space's name)")
     p.add_argument("--resume", action="store_true", help="continue the sweep stored under --storage/--name")
@@ -68,6 +72,7 @@ class Plan:
     optuna_uri: str
     args: argparse.Namespace
     cache_dir: str | None = None
+    lock: Any = None  # held for the driver's lifetime: a second launch of this sweep exits 2
 
     @property
     def ray_dir(self) -> str:
@@ -79,6 +84,8 @@ def _fail(message: str) -> None:
 
 
 def plan(args: argparse.Namespace) -> Plan:
+    from .identity import check_resume, hold_lock
+    from .state import STATE_ENV, check_mlflow, check_optuna_storage, state_dir
     from .tracking import sqlite_uri
 
     overrides = dict(parse_override(o) for o in args.overrides)
@@ -100,25 +107,48 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.scheduler == "asha" and len(space.objectives) > 1:
         _fail("--scheduler: asha needs a single-objective space; this one has "
               f"{len(space.objectives)} objectives")
+    if not args.address:
+        check_local_resources(args)
     name = args.name or space.name
     if not name.replace("-", "").replace("_", "").isalnum():
         _fail(f"--name: {name!r} must be letters, digits, '-' or '_'")
     storage = args.storage or os.path.join("sweeps", name)
     if "://" in storage:
-        local_dir = Path("sweeps", name).resolve()
+        if redact(storage) != storage:
+            _fail(f"--storage: {redact(storage)} has credentials in it, which Ray would write into its experiment state; "
+                  "give them in the environment instead (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)")
+        local_dir = state_dir(name, storage)
     else:
         storage = str(Path(storage).expanduser().resolve())
         local_dir = Path(storage)
     exists = tune_experiment_exists(os.path.join(storage, "ray", name))
     if args.resume and not exists:
-        _fail(f"--resume: no sweep named {name!r} under {storage}")
-    if not args.resume and exists:
-        _fail(f"--name: a sweep named {name!r} already exists under {storage}; pass --resume to continue it, or choose another --name")
+        _fail(f"--resume: no sweep named {name!r} under {redact(storage)}")
     _cache_dir(args, storage)  # its errors come before anything is created
-    _check_writable(local_dir, "--storage")
+    _check_writable(local_dir, "--storage" if local_dir == Path(storage) else STATE_ENV)
+    lock = hold_lock(storage, name)
+    if not args.resume and tune_experiment_exists(os.path.join(storage, "ray", name)):
+        _fail(f"--name: a sweep named {name!r} already exists under {redact(storage)}; pass --resume to continue it, or choose another --name")
+    if args.resume:
+        check_resume(args, space, storage, name)
     mlflow_uri = args.mlflow_uri or sqlite_uri(local_dir / "mlflow.db")
+    optuna_uri = args.optuna_storage or sqlite_uri(local_dir / "optuna.db")
+    check_optuna_storage(optuna_uri)
+    check_mlflow(mlflow_uri)
     cache_dir = _cache_dir(args, storage)
-    return Plan(space, name, storage, local_dir, mlflow_uri, sqlite_uri(local_dir / "optuna.db"), args, cache_dir)
+    return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, lock)
+
+
+def check_local_resources(args: argparse.Namespace) -> None:
+    """The local Ray this sweep would start (--num-cpus, this machine's GPUs) must hold one trial; checked
+    before Ray starts (a cluster is checked once connected: sweep/resources.py)."""
+    import torch
+
+    from .resources import NodeGroup, plan_concurrency
+
+    cpus = args.num_cpus if args.num_cpus is not None else os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    plan_concurrency(args, [NodeGroup("this machine", {"CPU": cpus, "GPU": gpus}, 1, live=1)])
 
 
 def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
@@ -175,26 +205,17 @@ def tune_experiment_exists(path: str) -> bool:
     return Path(path, "tuner.pkl").exists() or any(Path(path).glob("experiment_state-*.json"))
 
 
-def concurrency_for(args: argparse.Namespace, cluster_cpus: float, cluster_gpus: float) -> int:
-    per_trial_cpu = TRIAL_CPU + args.workers_per_trial * args.cpus_per_worker
-    fit = int(cluster_cpus // per_trial_cpu)
-    if args.gpus_per_worker > 0:
-        fit = min(fit, int(cluster_gpus // (args.workers_per_trial * args.gpus_per_worker)))
-    if fit < 1:
-        _fail(f"--workers-per-trial: a trial needs {per_trial_cpu:g} CPUs and "
-              f"{args.workers_per_trial * args.gpus_per_worker:g} GPUs; the cluster has {cluster_cpus:g} CPUs, {cluster_gpus:g} GPUs "
-              "(lower --workers-per-trial / --cpus-per-worker / --gpus-per-worker)")
-    return min(fit, args.max_concurrent or fit)
-
-
 def main(argv: list[str] | None = None) -> int:
     from .driver import run
+    from .redact import install_log_filter
 
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    install_log_filter()
     try:
         p = plan(args)
+        return run(p)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # From the plan, or from the checks that need the cluster (its resources), before any trial runs.
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
-    return run(p)

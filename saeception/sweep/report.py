@@ -10,6 +10,7 @@ from typing import Any
 
 from ..cache import CACHE_COUNTERS
 from .cli import Plan
+from .redact import redact
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,8 @@ def log_cache_totals(p: Plan, tracker, parent: str) -> None:
         for k in keys:
             totals[k] += run.data.metrics.get(k, 0.0)
     tracker.log_metrics(parent, totals)
-    tracker.set_tags(parent, {"saeception.cache_dir": p.cache_dir})
-    print(f"stage cache {p.cache_dir}: {int(totals['cache_hits'])} hits, {int(totals['cache_misses'])} misses, "
+    tracker.set_tags(parent, {"saeception.cache_dir": redact(p.cache_dir)})
+    print(f"stage cache {redact(p.cache_dir)}: {int(totals['cache_hits'])} hits, {int(totals['cache_misses'])} misses, "
           f"{totals['cache_seconds_saved']:.0f} s of stage work saved", flush=True)
 
 
