@@ -117,10 +117,11 @@ def plan(args: argparse.Namespace) -> Plan:
         if redact(storage) != storage:
             _fail(f"--storage: {redact(storage)} has credentials in it, which Ray would write into its experiment state; "
                   "give them in the environment instead (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)")
-        local_dir = state_dir(name, storage)
     else:
         storage = str(Path(storage).expanduser().resolve())
-        local_dir = Path(storage)
+    # The SQLite stores: beside a path storage, unless the cluster's own disk is named (the cluster files
+    # set SAECEPTION_STATE_DIR: SQLite on NFS is unsafe); always there for a URI storage.
+    local_dir = state_dir(name, storage) if "://" in storage or os.environ.get(STATE_ENV) else Path(storage)
     exists = tune_experiment_exists(os.path.join(storage, "ray", name))
     if args.resume and not exists:
         _fail(f"--resume: no sweep named {name!r} under {redact(storage)}")

@@ -4,8 +4,9 @@ With a local or NFS `--storage`, the Optuna study (`optuna.db`) and the default 
 sit in it. With a URI storage (s3://, gs://, …) SQLite cannot live there, so they go to the sweep's
 state directory on this machine's local disk, at an absolute path that never depends on the working
 directory (under `ray job submit` that is Ray's throw-away job directory): `$SAECEPTION_STATE_DIR` or
-`~/.saeception/sweeps`, then `<name>-<hash of the storage URI>`, so two sweeps of one name with different
-storages never share a study. The cluster files point SAECEPTION_STATE_DIR at the head's own disk.
+`~/.saeception/sweeps`, then `<name>-<hash of the storage>`, so two sweeps of one name with different
+storages never share a study. The cluster files point SAECEPTION_STATE_DIR at the head's own disk; when it
+is set, a path storage (NFS) keeps its databases there too.
 """
 
 from __future__ import annotations
