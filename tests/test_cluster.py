@@ -72,6 +72,7 @@ def test_nodes_run_the_image_with_state_and_downloads_where_they_belong(path):
 def image_tag() -> str:
     """saeception:<version>-ray<ray>-py311-gpu, from pyproject.toml and the Dockerfile's base image."""
     import re
+
     import tomllib
 
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]

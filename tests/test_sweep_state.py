@@ -260,3 +260,57 @@ def test_identity_file_is_json_with_the_settings(tmp_path):
     ident = json.loads((storage / "sweep.json").read_text())
     assert ident["seed"] == 0 and ident["trials"] == 2 and ident["fixed"]["chain.cycles"] == 1
     assert ident["objectives"] == ["val_sae_u:max"]
+
+
+# --- a real sweep with credentials in a URI --------------------------------------------------------
+
+@pytest.fixture
+def moto_endpoint():
+    """A real S3 endpoint on loopback (moto's server) with a bucket; yields host:port."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        import pyarrow.fs as pafs
+
+        fs, _ = pafs.FileSystem.from_uri(f"s3://{KEY}:{SECRET}@creds?endpoint_override={host}:{port}&scheme=http"
+                                         "&region=us-east-1&allow_bucket_creation=true")
+        fs.create_dir("creds")
+        yield f"{host}:{port}"
+    finally:
+        server.stop()
+
+
+KEY, SECRET = "AKIASAECEPTIONTEST", "sEcReT-k3y-never-printed"
+
+
+@pytest.mark.ray
+@pytest.mark.security
+def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, moto_endpoint):
+    """The stage cache on S3 with its keys in the URI (the only credentials the sweep has: none in the
+    environment). The sweep works, and the secret is in none of stdout, stderr, MLflow's database (params,
+    tags, everything) or any file under the storage (Ray Tune's and Ray Train's results and pickles)."""
+    cache = f"s3://{KEY}:{SECRET}@creds/cache?endpoint_override={moto_endpoint}&scheme=http&region=us-east-1"
+    storage = tmp_path / "sweep"
+    env = {k: v for k, v in ray_env.items() if not k.startswith("AWS_")}
+    r = subprocess.run([sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--trials", "1", "--num-cpus", "2",
+                        "--storage", str(storage), "--cache", cache, "--confirm-seeds", "0", "--name", "creds"],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "stage cache s3://AKIASAECEPTIONTEST:***@creds/cache" in r.stdout and "3 misses" in r.stdout
+    assert SECRET not in r.stdout and SECRET not in r.stderr
+    files = [p for p in storage.rglob("*") if p.is_file()]
+    assert any(p.name == "tuner.pkl" for p in files) and any(p.name.startswith("searcher-state") for p in files)
+    assert any("train" in p.parts for p in files)  # Ray Train's run of the trial
+    leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        assert SECRET not in json.dumps({**run.data.params, **run.data.tags})
+    parent = next(x for x in runs if x.data.tags.get("saeception.role") == "sweep")
+    assert parent.data.tags["saeception.cache_dir"].startswith(f"s3://{KEY}:***@creds/cache")
