@@ -287,6 +287,7 @@ KEY, SECRET = "AKIASAECEPTIONTEST", "sEcReT-k3y-never-printed"
 
 @pytest.mark.ray
 @pytest.mark.security
+@pytest.mark.sweep_state
 def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, moto_endpoint):
     """The stage cache on S3 with its keys in the URI (the only credentials the sweep has: none in the
     environment). The sweep works, and the secret is in none of stdout, stderr, MLflow's database (params,
@@ -314,3 +315,24 @@ def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, mo
         assert SECRET not in json.dumps({**run.data.params, **run.data.tags})
     parent = next(x for x in runs if x.data.tags.get("saeception.role") == "sweep")
     assert parent.data.tags["saeception.cache_dir"].startswith(f"s3://{KEY}:***@creds/cache")
+
+
+@pytest.mark.ray
+@pytest.mark.sweep_state
+def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
+    """--trials is the one setting a resumed sweep may change, and only upwards: the finished 1-trial
+    sweep runs one more trial (the study and Tune's experiment go on), and its identity records 2."""
+    import optuna
+
+    storage = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--num-cpus", "2", "--storage", str(storage),
+           "--confirm-seeds", "0", "--name", "grow"]
+    first = subprocess.run([*cmd, "--trials", "1"], env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    grown = subprocess.run([*cmd, "--trials", "2", "--resume"], env=ray_env, cwd=REPO, capture_output=True, text=True,
+                           timeout=900)
+    assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
+    assert "sweep grow: 2 trials finished, 0 failed" in grown.stdout
+    study = optuna.load_study(study_name="grow", storage=f"sqlite:///{storage / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert json.loads((storage / "sweep.json").read_text())["trials"] == 2
