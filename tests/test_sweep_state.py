@@ -112,6 +112,16 @@ def test_optuna_storage_pickles_without_its_password(tmp_path):
         pickle.loads(blob)
 
 
+
+def test_a_failure_reason_quoting_a_uri_is_tagged_without_its_password(tmp_path):
+    from saeception.sweep.tracking import FAILURE, Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tracker.sweep_run("e", "s", reuse=False)
+    tracker.finish(run, failed="OSError: cannot open s3://AKIAX:s3cr3t-pw@bucket/cache/ab/key.json")
+    tag = tracker.client.get_run(run).data.tags[FAILURE]
+    assert "s3cr3t-pw" not in tag and "s3://AKIAX:***@bucket" in tag
+
 # --- identity, resume and the lock -----------------------------------------------------------------
 
 def _fake_sweep(tmp_path, name="s", **identity_overrides) -> Path:
