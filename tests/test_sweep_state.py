@@ -139,6 +139,7 @@ def _fake_sweep(tmp_path, name="s", **identity_overrides) -> Path:
     args = sweep.parser().parse_args(["--space", str(TINY), "--trials", "2"])
     ident = {**identity(args, load_space(TINY)), **identity_overrides}
     write_identity(str(storage), ident)
+    (storage / "sweep.lock").touch()  # the first driver's lock file
     return storage
 
 
@@ -169,8 +170,7 @@ def test_resume_with_a_changed_setting_exits_2_and_touches_nothing(tmp_path, cap
     line = _main_exits_2(capsys, ["--space", str(TINY), "--trials", "2", "--storage", str(storage), "--name", "s",
                                   "--resume", *changed], "--resume:")
     assert expect in line
-    after = _snapshot(storage)
-    assert {k: v for k, v in after.items() if k != "sweep.lock"} == before
+    assert _snapshot(storage) == before
 
 
 def test_resume_with_a_changed_space_names_it(tmp_path, capsys):
@@ -256,7 +256,11 @@ def test_unreachable_store_exits_2_before_ray_and_leaves_the_sweep(tmp_path, cap
                                   "--resume", flag, value.format(tmp=tmp_path)], flag)
     if secret:
         assert secret not in line and "***" in line
-    assert {k: v for k, v in _snapshot(storage).items() if k != "sweep.lock"} == before
+    assert _snapshot(storage) == before
+    # A new sweep with that store: nothing is created.
+    fresh = tmp_path / "fresh"
+    _main_exits_2(capsys, ["--space", str(TINY), "--storage", str(fresh), flag, value.format(tmp=tmp_path)], flag)
+    assert not fresh.exists()
 
 
 def test_credentials_in_storage_uri_are_refused_and_not_printed(tmp_path, capsys):

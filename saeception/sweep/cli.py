@@ -126,6 +126,12 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.resume and not exists:
         _fail(f"--resume: no sweep named {name!r} under {redact(storage)}")
     _cache_dir(args, storage)  # its errors come before anything is created
+    # Stores given on the command line must answer before anything is written (the defaults, SQLite
+    # files beside the sweep, are created below).
+    if args.optuna_storage:
+        check_optuna_storage(args.optuna_storage)
+    if args.mlflow_uri:
+        check_mlflow(args.mlflow_uri)
     _check_writable(local_dir, "--storage" if local_dir == Path(storage) else STATE_ENV)
     lock = hold_lock(storage, name)
     if not args.resume and tune_experiment_exists(os.path.join(storage, "ray", name)):
@@ -134,8 +140,10 @@ def plan(args: argparse.Namespace) -> Plan:
         check_resume(args, space, storage, name)
     mlflow_uri = args.mlflow_uri or sqlite_uri(local_dir / "mlflow.db")
     optuna_uri = args.optuna_storage or sqlite_uri(local_dir / "optuna.db")
-    check_optuna_storage(optuna_uri)
-    check_mlflow(mlflow_uri)
+    if not args.optuna_storage:
+        check_optuna_storage(optuna_uri)
+    if not args.mlflow_uri:
+        check_mlflow(mlflow_uri)
     cache_dir = _cache_dir(args, storage)
     return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, lock)
 
