@@ -219,8 +219,10 @@ def test_sweep_fills_an_autoscaling_cluster(tmp_path):
         gpu = subprocess.run([sys.executable, "-m", "saeception.sweep", "--address", cluster.address, "--storage",
                               str(tmp_path / "gpu"), "--space", str(TINY), "--gpus-per-worker", "1", "--confirm-seeds", "0"],
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert gpu.returncode == 2 and gpu.stderr.strip().splitlines()[-1].startswith("error: --gpus-per-worker: no node type"), \
+        err = gpu.stderr.strip().splitlines()
+        assert gpu.returncode == 2 and len(err) == 1 and err[0].startswith("error: --gpus-per-worker: no node type"), \
             gpu.stdout[-2000:] + gpu.stderr[-2000:]
+        assert "cpu_worker: 2 x (CPU 2)" in err[0] and not (tmp_path / "gpu" / "sweep.json").exists()
 
         sweep = [a.format(storage=storage, space=TINY) for a in SWEEP_ON_CLUSTER]
         job = subprocess.run(["ray", "job", "submit", "--address", cluster.dashboard_url, "--", *sweep],

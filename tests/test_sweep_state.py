@@ -66,6 +66,21 @@ def test_impossible_requests_name_the_flag(kw, flag):
         plan_concurrency(_args(**kw), groups)
 
 
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--cpus-per-worker", "3", "--num-cpus", "2"], "--cpus-per-worker: no node type"),
+    (["--workers-per-trial", "3", "--num-cpus", "2"], "--workers-per-trial: a trial needs 3 workers"),
+    (["--gpus-per-worker", "1"], "--gpus-per-worker: no node type"),
+])
+def test_impossible_request_on_the_local_ray_exits_2_before_it_starts(tmp_path, capsys, argv, flag):
+    import torch
+
+    if "--gpus-per-worker" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    storage = tmp_path / "sweep"
+    _main_exits_2(capsys, ["--space", str(TINY), "--storage", str(storage), *argv], flag)
+    assert not storage.exists()
+
 def test_groups_from_a_launcher_config():
     config = {"max_workers": 3, "head_node_type": "head",
               "available_node_types": {"head": {"resources": {"CPU": 8, HEAD_RESOURCE: 1000}, "max_workers": 0},
