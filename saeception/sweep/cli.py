@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    if not args.verbose:  # MLflow logs at INFO through its own handler (e.g. when it creates a database)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     install_log_filter()
     try:
         p = plan(args)
