@@ -324,10 +324,14 @@ def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, mo
     cache = f"s3://{KEY}:{SECRET}@creds/cache?endpoint_override={moto_endpoint}&scheme=http&region=us-east-1"
     storage = tmp_path / "sweep"
     env = {k: v for k, v in ray_env.items() if not k.startswith("AWS_")}
+    cwd = tmp_path / "cwd"  # like Ray's job directory: nothing of the sweep may land there
+    cwd.mkdir()
     r = subprocess.run([sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--trials", "1", "--num-cpus", "2",
                         "--storage", str(storage), "--cache", cache, "--confirm-seeds", "0", "--name", "creds"],
-                       env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+                       env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert list(cwd.iterdir()) == [], "MLflow artifacts (./mlruns) or anything else in the working directory"
+    assert any((storage / "mlartifacts").rglob("trial_metrics.png"))
     assert "stage cache s3://AKIASAECEPTIONTEST:***@creds/cache" in r.stdout and "3 misses" in r.stdout
     assert SECRET not in r.stdout and SECRET not in r.stderr
     files = [p for p in storage.rglob("*") if p.is_file()]

@@ -90,7 +90,10 @@ def open_parent_run(p: Plan) -> Session:
     trial_resources = tune.PlacementGroupFactory([bundles(args, groups)[0]])
     write_identity(p.storage, identity(args, p.space))  # first launch, or a resumed one that grew --trials
     tracker = Tracker(p.mlflow_uri)
-    parent = tracker.sweep_run(args.experiment, p.name, reuse=args.resume)
+    # A database store without a server keeps artifacts where the experiment says: beside the sweep's
+    # state, never MLflow's default ./mlruns in the working directory (Ray's throw-away job directory).
+    artifacts = None if p.mlflow_uri.startswith(("http://", "https://", "databricks")) else (p.local_dir / "mlartifacts").as_uri()
+    parent = tracker.sweep_run(args.experiment, p.name, reuse=args.resume, artifact_location=artifacts)
     space_dict = p.space.to_dict()
     tracker.log_params(parent, {**{f"space.{k}": yaml.safe_dump(v, default_flow_style=True).strip()
                                    for k, v in space_dict["params"].items()},

@@ -38,17 +38,18 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
 
-    def experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str, artifact_location: str | None = None) -> str:
+        """The experiment's id, creating it (with `artifact_location`, when given) if it is new."""
         exp = self.client.get_experiment_by_name(name)
-        return exp.experiment_id if exp is not None else self.client.create_experiment(name)
+        return exp.experiment_id if exp is not None else self.client.create_experiment(name, artifact_location)
 
     def _find(self, experiment_id: str, tags: dict[str, str]) -> list:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         return self.client.search_runs([experiment_id], filter_string=query, max_results=1000)
 
-    def sweep_run(self, experiment: str, sweep: str, reuse: bool) -> str:
+    def sweep_run(self, experiment: str, sweep: str, reuse: bool, artifact_location: str | None = None) -> str:
         """The sweep's parent run: the existing one when `reuse` (a resumed sweep), else a new one."""
-        exp_id = self.experiment_id(experiment)
+        exp_id = self.experiment_id(experiment, artifact_location)
         if reuse:
             found = self._find(exp_id, {ROLE: "sweep", SWEEP: sweep})
             if found:
