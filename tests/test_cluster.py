@@ -27,9 +27,97 @@ def test_cluster_file_validates(path):
     config = yaml.safe_load(path.read_text())
     validate(config)
     text = path.read_text()
-    assert "rayproject/ray:2.60" in text and "-gpu" in text
     assert "--host 127.0.0.1" in text and "saeception_head" in text
-    assert "RAY_AUTH_MODE" not in text  # token authentication left at Ray's default (on)
+
+
+def _commands(config: dict, key: str) -> list[str]:
+    return [" ".join(c.split()) for c in config.get(key, [])]
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_every_node_starts_ray_with_the_one_token(path):
+    """Ray 2.60's `ray start` turns token auth on only with RAY_AUTH_MODE=token (or a token already on the
+    node): every start sets it, and every node gets the token of the machine running `ray up`."""
+    config = yaml.safe_load(path.read_text())
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in _commands(config, key)
+              if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in starts), starts
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("test -s ~/.ray/auth_token" in c for c in _commands(config, "setup_commands"))
+    assert all("--dashboard-host=127.0.0.1" in c for c in starts if "--head" in c)
+    # The node types go where sweeps plan from them, right after the head starts.
+    head = _commands(config, "head_start_ray_commands")
+    publish = next(i for i, c in enumerate(head) if "saeception.sweep.resources publish ~/ray_bootstrap_config.yaml" in c)
+    assert publish > next(i for i, c in enumerate(head) if "ray start --head" in c)
+    assert "RAY_AUTH_MODE=token" in head[publish]
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_nodes_run_the_image_with_state_and_downloads_where_they_belong(path):
+    config = yaml.safe_load(path.read_text())
+    options = config["docker"]["run_options"]
+    mounts = {o.split()[1].split(":")[0] for o in options if o.startswith("-v ")}
+    env = dict(o.split()[1].split("=", 1) for o in options if o.startswith("-e "))
+    shared = next(m for m in mounts if m.startswith(("/mnt/efs", "/mnt/nfs")))
+    assert env["HF_HOME"].startswith(shared + "/"), "Hugging Face downloads on the shared filesystem"
+    assert env["SAECEPTION_STATE_DIR"].startswith("/var/lib/saeception/") and "/var/lib/saeception" in mounts
+    mlflow = " ".join(_commands(config, "head_start_ray_commands"))
+    assert "--backend-store-uri sqlite:////var/lib/saeception/" in mlflow, "MLflow's database on the head's own disk"
+    # Nothing is installed on a node: the image has it all.
+    assert not any("pip install" in c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands")
+                   for c in _commands(config, key))
+    assert config["docker"]["image"].rsplit("/", 1)[1] == image_tag()
+
+
+def image_tag() -> str:
+    """saeception:<version>-ray<ray>-py311-gpu, from pyproject.toml and the Dockerfile's base image."""
+    import re
+
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    base = re.search(r"^FROM rayproject/ray:(\S+)-py311-gpu$", (REPO / "Dockerfile").read_text(), re.M).group(1)
+    return f"saeception:{version}-ray{base}-py311-gpu"
+
+
+def test_dockerfile_builds_the_tag_the_cluster_files_run():
+    import re
+
+    from packaging.specifiers import SpecifierSet
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    ray_version = re.search(r"^FROM rayproject/ray:(\S+)-py311-gpu$", dockerfile, re.M).group(1)
+    assert f"ARG RAY_VERSION={ray_version}" in dockerfile and "--constraint" in dockerfile
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray_range = next(d for d in deps if d.startswith("ray["))
+    assert ray_version in SpecifierSet(ray_range.split("]", 1)[1]), (ray_version, ray_range)
+    torch_version = re.search(r"^ARG TORCH_VERSION=(\S+)$", dockerfile, re.M).group(1)
+    torch_range = next(d for d in deps if d.startswith("torch"))
+    assert torch_version in SpecifierSet(torch_range.removeprefix("torch")), (torch_version, torch_range)
+    for source in re.findall(r"^COPY --chown=\S+ (.+) /home/ray/", dockerfile, re.M):
+        for item in source.split():
+            assert (REPO / item).exists(), item
+    assert "pip install -e" not in dockerfile and "editable" not in dockerfile.replace("not editable", "")
+    tag = image_tag()
+    assert f"docker build -t {tag} ." in dockerfile
+    assert f"docker build -t {tag} ." in (REPO / "README.md").read_text()
+    # The build context is the package only: no .git, venvs, sweeps or secrets.
+    assert (REPO / ".dockerignore").read_text().splitlines()[1] == "*"
+
+
+SECRET_PATTERNS = [r"AKIA[0-9A-Z]{12,}", r"hf_[A-Za-z0-9]{20,}", r"(?i)(password|secret|token)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{12,}",
+                   r"://[^/\s:@]+:[^@\s]+@"]
+
+
+@pytest.mark.parametrize("path", [*CLUSTER_FILES, REPO / "Dockerfile"], ids=lambda p: p.name)
+def test_no_secret_is_written_into_cluster_files_or_the_image(path):
+    import re
+
+    text = path.read_text()
+    for pattern in SECRET_PATTERNS:
+        assert not re.search(pattern, text), pattern
 
 
 def test_invalid_cluster_file_is_rejected():
@@ -87,3 +175,95 @@ def test_sweep_on_a_simulated_two_node_cluster(tmp_path):
     assert all(t.data.metrics.get("task_accuracy") is not None for t in trials)
     nodes = {t.data.tags["saeception.worker_node"] for t in trials}
     assert len(nodes) == 2, "the two trials' workers ran on the two nodes"
+
+
+# The README's cluster command ("Run on a cluster"), with this test's values: same flags.
+SWEEP_ON_CLUSTER = ["python", "-m", "saeception.sweep", "--address", "auto", "--storage", "{storage}",
+                    "--space", "{space}", "--trials", "2", "--workers-per-trial", "1",
+                    "--gpus-per-worker", "0", "--cpus-per-worker", "2", "--confirm-seeds", "0"]
+
+
+@pytest.mark.ray
+@pytest.mark.autoscaling
+def test_sweep_fills_an_autoscaling_cluster(tmp_path):
+    """Ray's local autoscaling cluster: a head too small for any trial worker (1 CPU) and a worker type
+    that starts at 0 nodes. The sweep, submitted as a Ray job with token authentication on, plans from the
+    published node types, the autoscaler adds the nodes, the trials run there and finish."""
+    from autoscaling import IsolatedAutoscalingCluster
+
+    cluster = IsolatedAutoscalingCluster(
+        head_resources={"CPU": 1, "saeception_head": 1000},
+        worker_node_types={"cpu_worker": {"resources": {"CPU": 2, "object_store_memory": 200 * 2**20}, "node_config": {},
+                                          "min_workers": 0, "max_workers": 2}})
+    storage = tmp_path / "shared"
+    try:
+        cluster.start()
+        env = cluster.env()
+        # What the cluster files run on the head after `ray start`.
+        pub = subprocess.run([sys.executable, "-m", "saeception.sweep.resources", "publish", str(cluster.config_path),
+                              "--address", cluster.address], env=env, capture_output=True, text=True, timeout=120)
+        assert pub.returncode == 0 and "cpu_worker: 2 x (CPU 2)" in pub.stdout, pub.stdout + pub.stderr
+
+        # Token authentication is on: without the token, neither a driver nor the job API gets in.
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{cluster.dashboard_url}/api/jobs/", timeout=30)
+        assert refused.value.code == 401
+        intruder = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{cluster.address}')"],
+                                  env=cluster.env(token="0" * 32), capture_output=True, text=True, timeout=120)
+        assert intruder.returncode != 0 and "Authentication" in intruder.stderr + intruder.stdout
+
+        # A request no node type can ever hold: exit 2 naming the flag, before any trial.
+        gpu = subprocess.run([sys.executable, "-m", "saeception.sweep", "--address", cluster.address, "--storage",
+                              str(tmp_path / "gpu"), "--space", str(TINY), "--gpus-per-worker", "1", "--confirm-seeds", "0"],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        err = gpu.stderr.strip().splitlines()
+        assert gpu.returncode == 2 and len(err) == 1 and err[0].startswith("error: --gpus-per-worker: no node type"), \
+            gpu.stdout[-2000:] + gpu.stderr[-2000:]
+        assert "cpu_worker: 2 x (CPU 2)" in err[0] and not (tmp_path / "gpu" / "sweep.json").exists()
+
+        sweep = [a.format(storage=storage, space=TINY) for a in SWEEP_ON_CLUSTER]
+        job = subprocess.run(["ray", "job", "submit", "--address", cluster.dashboard_url, "--", *sweep],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        out = job.stdout + job.stderr
+        assert job.returncode == 0 and "2 done, 0 running, 0 failed of 2" in out, out[-4000:]
+        assert "trials wait for the nodes the autoscaler adds" in out and "up to 2 at once" in out, out[-4000:]
+    finally:
+        cluster.shutdown()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    trials = [x for x in runs if x.data.tags.get("saeception.role") == "trial"]
+    assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
+    # The fake provider names the nodes it adds f…f00001, f…f00002, … (the head is f…f00000).
+    nodes = {t.data.tags["saeception.worker_node"] for t in trials}
+    assert all(n.startswith("f" * 51) and n[51:].isdigit() and int(n[51:]) > 0 for n in nodes), nodes
+
+
+def test_readme_cluster_command_uses_the_tested_flags():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Run on a cluster"):]
+    section = section[:section.index("\n## ", 3)]
+    for flag in (a for a in SWEEP_ON_CLUSTER if a.startswith("--")):
+        assert flag in section, flag
+    assert "ray job submit --address http://127.0.0.1:8265 --" in section
+
+
+def test_readme_gpu_sweep_plans_from_cluster_yaml_before_any_gpu_node_is_up():
+    """The README's command on cluster.yaml: at launch only the CPU head is up (min_workers: 0); planned
+    from the node types that `publish` reports, 8 trials run at once on the 8 GPU workers the autoscaler may add."""
+    import argparse
+
+    from saeception.sweep.resources import NodeGroup, groups_from_launcher_config, plan_concurrency
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    groups = groups_from_launcher_config(config)
+    head = next(g for g in groups if g.name == config["head_node_type"])
+    head.live = 1
+    args = argparse.Namespace(workers_per_trial=1, gpus_per_worker=1.0, cpus_per_worker=4.0, max_concurrent=None, trials=64)
+    assert plan_concurrency(args, groups) == 8
+    with pytest.raises(Exception, match="^--gpus-per-worker"):  # what the head alone offered before
+        plan_concurrency(args, [NodeGroup("head", head.resources, 1, live=1)])

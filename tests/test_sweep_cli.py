@@ -96,9 +96,10 @@ def test_mlflow_environment_variables_when_the_flags_are_absent(tmp_path, monkey
     p = sweep.plan(sweep.parser().parse_args(["--space", TINY, "--storage", str(tmp_path / "s")]))
     # A relative SQLite path is made absolute (Tune changes the trials' working directory).
     assert p.mlflow_uri == f"sqlite:///{tmp_path / 'rel' / 'mlflow.db'}" and p.experiment == "from-env"
+    flag_uri = f"sqlite:///{tmp_path / 'flag' / 'mlflow.db'}"
     p = sweep.plan(sweep.parser().parse_args(["--space", TINY, "--storage", str(tmp_path / "s2"),
-                                              "--mlflow-uri", "http://127.0.0.1:5999", "--experiment", "flag"]))
-    assert p.mlflow_uri == "http://127.0.0.1:5999" and p.experiment == "flag"
+                                              "--mlflow-uri", flag_uri, "--experiment", "flag"]))
+    assert p.mlflow_uri == flag_uri and p.experiment == "flag"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
     p = sweep.plan(sweep.parser().parse_args(["--space", TINY, "--storage", str(tmp_path / "s3")]))

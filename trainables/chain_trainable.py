@@ -67,6 +67,9 @@ class TrialSpec:
     cache_dir: str | None = None  # the shared stage cache (None: off)
     cache_readonly: bool = False
     run_tags: dict[str, str] | None = None  # source/git/user and version tags, resolved by the sweep driver
+    # Seconds a trial's workers may wait for their nodes (None: Ray Train's default, 60 s); long when the
+    # autoscaler must first add the nodes (sweep/resources.py).
+    worker_start_timeout_s: float | None = None
 
 
 class MlflowRelay(TuneReportCallback):
@@ -243,6 +246,10 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
     # default): up to that much dead time when the workers come up and again when they finish. Poll
     # faster unless the user set it (the controller inherits this process's value).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
+    if spec.worker_start_timeout_s:
+        # Waiting for a node the autoscaler is adding is not a failure (each 60 s timeout counts against
+        # controller_failure_limit below).
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(spec.worker_start_timeout_s))
     use_gpu = spec.gpus_per_worker > 0
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(

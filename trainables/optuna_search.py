@@ -1,11 +1,17 @@
-"""Ray's OptunaSearch with three corrections: failed trials, early-stopped trials, and results a resumed
-sweep repeats."""
+"""Ray's OptunaSearch with three corrections (failed trials, early-stopped trials, results a resumed sweep
+repeats), an Optuna storage that keeps its password out of Ray's files, and a search budget a resumed sweep
+can grow."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any, ClassVar
 
+from optuna.storages import RDBStorage
+from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
+
+from saeception.sweep.redact import MASK, redact
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +58,45 @@ def stopped_early(result: dict | None) -> bool:
     if not result or FINAL_CYCLE not in result or "cycle" not in result:
         return False
     return int(result["cycle"]) < int(result[FINAL_CYCLE])
+
+
+class CredentialSafeRDBStorage(RDBStorage):
+    """Optuna's RDB storage whose pickle (Ray saves the searcher, with its study and storage, in tuner.pkl
+    and searcher-state-*.pkl) holds the URL with its password masked. Unpickled in a driver that opened the
+    same storage (the resumed sweep), it reconnects with the real URL that driver was given."""
+
+    _live_urls: ClassVar[dict[str, str]] = {}  # masked URL -> real URL, in this process only
+
+    def __init__(self, url: str, **kwargs: Any):
+        super().__init__(url, **kwargs)
+        self._live_urls[redact(self.url)] = self.url
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state["url"] = redact(self.url)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        live = self._live_urls.get(state["url"])
+        if live is None and MASK in state["url"]:
+            raise RuntimeError(f"the Optuna storage {state['url']} needs its credentials: open it in this process first")
+        super().__setstate__({**state, "url": live or state["url"]})
+
+
+class SweepSearch(SearchGenerator):
+    """Tune's wrapper of a searcher, whose sample budget grows when a sweep is resumed with a larger
+    --trials: Tune restores the budget the sweep was started with, then this raises it."""
+
+    budgets: ClassVar[dict[str, int]] = {}  # sweep name -> --trials of this driver process
+
+    def __init__(self, searcher, sweep: str):
+        super().__init__(searcher)
+        self.sweep = sweep
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        wanted = self.budgets.get(self.sweep, 0)
+        if wanted > self._total_samples:
+            log.info("sweep %s grows from %d to %d trials", self.sweep, self._total_samples, wanted)
+            self._total_samples = wanted
+            self._finished = False

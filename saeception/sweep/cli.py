@@ -12,15 +12,16 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import ConfigError, build_config, flatten, parse_override, read_yaml
 from ..data import check_source
+from .redact import redact
+from .resources import TRIAL_CPU  # noqa: F401  (re-exported: the driver sizes trials with it)
 from .space import SearchSpace, load_space, resolve_space
 
 log = logging.getLogger(__name__)
 
-# The trial actor itself only waits on its TorchTrainer; it still must hold some CPU (Ray rejects 0).
-TRIAL_CPU = 0.25
 DEFAULT_SPACE = "default"
 
 
@@ -33,7 +34,10 @@ def parser() -> argparse.ArgumentParser:
                    "every trial; the space's fixed: values and --set override it")
     p.add_argument("--trials", type=int, default=6, help="number of Optuna trials (default: 6)")
     p.add_argument("--storage", help="sweep directory or URI (default: ./sweeps/<name>); holds mlflow.db, optuna.db, Ray results and checkpoints")
-    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<storage>/mlflow.db)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<storage>/mlflow.db; "
+                   "with a URI storage, sqlite:///<state dir>/mlflow.db)")
+    p.add_argument("--optuna-storage", metavar="URL", help="Optuna RDB storage URL: sqlite:////abs/path, postgresql://…, "
+                   "mysql://… (default: sqlite:///<storage>/optuna.db; with a URI storage, sqlite:///<state dir>/optuna.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default: $MLFLOW_EXPERIMENT_NAME, else saeception)")
     p.add_argument("--name", help="sweep name (default: the space's name)")
     p.add_argument("--resume", action="store_true", help="continue the sweep stored under --storage/--name")
@@ -73,6 +77,7 @@ class Plan:
     args: argparse.Namespace
     cache_dir: str | None = None
     experiment: str = "saeception"
+    lock: Any = None  # held for the driver's lifetime: a second launch of this sweep exits 2
 
     @property
     def ray_dir(self) -> str:
@@ -84,6 +89,8 @@ def _fail(message: str) -> None:
 
 
 def plan(args: argparse.Namespace) -> Plan:
+    from .identity import check_resume, hold_lock
+    from .state import STATE_ENV, check_mlflow, check_optuna_storage, state_dir
     from .tracking import DEFAULT_EXPERIMENT, absolute_uri, sqlite_uri
 
     overrides = dict(parse_override(o) for o in args.overrides)
@@ -111,28 +118,69 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.scheduler == "asha" and len(space.objectives) > 1:
         _fail("--scheduler: asha needs a single-objective space; this one has "
               f"{len(space.objectives)} objectives")
+    if not args.address:
+        check_local_resources(args)
     name = args.name or space.name
     if not name.replace("-", "").replace("_", "").isalnum():
         _fail(f"--name: {name!r} must be letters, digits, '-' or '_'")
     storage = args.storage or os.path.join("sweeps", name)
     if "://" in storage:
-        local_dir = Path("sweeps", name).resolve()
+        if redact(storage) != storage:
+            _fail(f"--storage: {redact(storage)} has credentials in it, which Ray would write into its experiment state; "
+                  "give them in the environment instead (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)")
     else:
         storage = str(Path(storage).expanduser().resolve())
-        local_dir = Path(storage)
+    # The SQLite stores: beside a path storage, unless the cluster's own disk is named (the cluster files
+    # set SAECEPTION_STATE_DIR: SQLite on NFS is unsafe); always there for a URI storage.
+    local_dir = state_dir(name, storage) if "://" in storage or os.environ.get(STATE_ENV) else Path(storage)
     exists = tune_experiment_exists(os.path.join(storage, "ray", name))
     if args.resume and not exists:
-        _fail(f"--resume: no sweep named {name!r} under {storage}")
-    if not args.resume and exists:
-        _fail(f"--name: a sweep named {name!r} already exists under {storage}; pass --resume to continue it, or choose another --name")
+        _fail(f"--resume: no sweep named {name!r} under {redact(storage)}")
     _cache_dir(args, storage)  # its errors come before anything is created
-    if not getattr(args, "dry_run", False):
-        _check_writable(local_dir, "--storage")
+    dry_run = getattr(args, "dry_run", False)
+    # Stores given on the command line must answer before anything is written (the defaults, SQLite
+    # files beside the sweep, are created below).
     mlflow_uri = absolute_uri(args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(local_dir / "mlflow.db"))
+    given_mlflow = bool(args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    if args.optuna_storage:
+        check_optuna_storage(args.optuna_storage)
+    if given_mlflow:
+        check_mlflow(mlflow_uri)
     experiment = args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     cache_dir = _cache_dir(args, storage)
-    return Plan(space, name, storage, local_dir, mlflow_uri, sqlite_uri(local_dir / "optuna.db"), args, cache_dir,
-                experiment)
+    optuna_uri = args.optuna_storage or sqlite_uri(local_dir / "optuna.db")
+    if dry_run:  # starts and writes nothing
+        return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, experiment)
+    _check_writable(local_dir, "--storage" if local_dir == Path(storage) else STATE_ENV)
+    lock = hold_lock(storage, name)
+    if not args.resume and tune_experiment_exists(os.path.join(storage, "ray", name)):
+        _fail(f"--name: a sweep named {name!r} already exists under {redact(storage)}; pass --resume to continue it, or choose another --name")
+    if args.resume:
+        check_resume(args, space, storage, name)
+    if not args.optuna_storage:
+        check_optuna_storage(optuna_uri)
+    if not given_mlflow:
+        check_mlflow(mlflow_uri)
+    return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, experiment, lock)
+
+
+def local_groups(args: argparse.Namespace) -> list:
+    """The local Ray this sweep would start (--num-cpus, this machine's GPUs), as resources.py plans."""
+    import torch
+
+    from .resources import NodeGroup
+
+    cpus = args.num_cpus if args.num_cpus is not None else os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [NodeGroup("this machine", {"CPU": cpus, "GPU": gpus}, 1, live=1)]
+
+
+def check_local_resources(args: argparse.Namespace) -> int:
+    """Trials at once on the local Ray; a request it cannot hold is a ConfigError before Ray starts (a
+    cluster is checked once connected: sweep/resources.py)."""
+    from .resources import plan_concurrency
+
+    return plan_concurrency(args, local_groups(args))
 
 
 def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
@@ -189,31 +237,24 @@ def tune_experiment_exists(path: str) -> bool:
     return Path(path, "tuner.pkl").exists() or any(Path(path).glob("experiment_state-*.json"))
 
 
-def concurrency_for(args: argparse.Namespace, cluster_cpus: float, cluster_gpus: float) -> int:
-    per_trial_cpu = TRIAL_CPU + args.workers_per_trial * args.cpus_per_worker
-    fit = int(cluster_cpus // per_trial_cpu)
-    if args.gpus_per_worker > 0:
-        fit = min(fit, int(cluster_gpus // (args.workers_per_trial * args.gpus_per_worker)))
-    if fit < 1:
-        _fail(f"--workers-per-trial: a trial needs {per_trial_cpu:g} CPUs and "
-              f"{args.workers_per_trial * args.gpus_per_worker:g} GPUs; the cluster has {cluster_cpus:g} CPUs, {cluster_gpus:g} GPUs "
-              "(lower --workers-per-trial / --cpus-per-worker / --gpus-per-worker)")
-    return min(fit, args.max_concurrent or fit)
-
-
 def main(argv: list[str] | None = None) -> int:
     from .driver import run
+    from .redact import install_log_filter
 
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    if not args.verbose:  # MLflow logs at INFO through its own handler (e.g. when it creates a database)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    install_log_filter()
     try:
         p = plan(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        from .dry_run import describe
+        if args.dry_run:
+            from .dry_run import describe
 
-        print(describe(p))
-        return 0
-    return run(p)
+            print(describe(p))
+            return 0
+        return run(p)
+    except ConfigError as e:
+        # From the plan, or from the checks that need the cluster (its resources), before any trial runs.
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        return 2

@@ -5,16 +5,19 @@ Each step is one function below; `run` reads as the list of them.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from .cli import TRIAL_CPU, Plan, concurrency_for
+from .cli import Plan
+from .redact import redact
+from .resources import HEAD_RESOURCE  # noqa: F401  (where it was defined before resources.py)
 
-# Custom resource a cluster's head offers (cluster.yaml) so that trial drivers are placed there.
-HEAD_RESOURCE = "saeception_head"
+# How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).
+AUTOSCALE_WAIT_S = 1800.0
 
 
 @dataclass
@@ -66,33 +69,41 @@ def start_ray(p: Plan) -> bool:
 
     if ray.is_initialized():
         return False
+    quiet = {"log_to_driver": p.args.verbose, "logging_level": logging.INFO if p.args.verbose else logging.WARNING}
     if p.args.address:
-        ray.init(address=p.args.address, log_to_driver=p.args.verbose)
+        ray.init(address=p.args.address, **quiet)
     else:
         # With the dashboard (Ray's state API), Ray Train's placement-group cleaner sees when a stopped
         # trial's controller is gone and frees its resources; without it a trial that a scheduler stops
         # leaks its placement group and later trials wait for workers forever.
-        ray.init(num_cpus=p.args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=p.args.verbose)
+        ray.init(num_cpus=p.args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     return True
 
 
 def open_parent_run(p: Plan) -> Session:
     """Sizes the trials for the cluster, opens (or, resuming, reopens) the sweep's parent run and logs
     what the sweep searches."""
-    import ray
     from ray import tune
 
     from ..trainables.chain_trainable import TrialSpec
+    from .identity import identity, write_identity
+    from .resources import bundles, describe, offer, plan_concurrency, waits_for_nodes
     from .tracking import Tracker, run_tags
 
     args = p.args
-    res = ray.cluster_resources()
-    concurrency = concurrency_for(args, res.get("CPU", 0), res.get("GPU", 0))
+    # Planned from every node the cluster may have (the autoscaler's node types), not only those up now;
+    # a request no node type can hold raises ConfigError (exit 2) before any trial starts.
+    groups = offer()
+    concurrency = plan_concurrency(args, groups)
+    if waits_for_nodes(groups):
+        print(f"cluster: {describe(groups)}; trials wait for the nodes the autoscaler adds", flush=True)
     # On a cluster whose head offers HEAD_RESOURCE (cluster.yaml), trial drivers stay on the head.
-    trial_resources = tune.PlacementGroupFactory([{"CPU": TRIAL_CPU, **({HEAD_RESOURCE: 1} if res.get(HEAD_RESOURCE) else {})}])
+    trial_resources = tune.PlacementGroupFactory([bundles(args, groups)[0]])
+    write_identity(p.storage, identity(args, p.space))  # first launch, or a resumed one that grew --trials
     tracker = Tracker(p.mlflow_uri)
     tags = run_tags()
+    # (A SQLite store keeps a new experiment's artifacts beside it, never in MLflow's default ./mlruns of the
+    # working directory, Ray's throw-away job directory: Tracker.experiment_id.)
     parent = tracker.sweep_run(p.experiment, p.name, reuse=args.resume, tags=tags)
     space_dict = p.space.to_dict()
     tracker.log_params(parent, {**{f"space.{k}": yaml.safe_dump(v, default_flow_style=True).strip()
@@ -106,7 +117,7 @@ def open_parent_run(p: Plan) -> Session:
     spec = TrialSpec(fixed=p.space.fixed, storage=p.storage, mlflow_uri=p.mlflow_uri, parent_run_id=parent,
                      workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
                      gpus_per_worker=args.gpus_per_worker, cache_dir=p.cache_dir, cache_readonly=args.cache_readonly,
-                     run_tags=tags)
+                     run_tags=tags, worker_start_timeout_s=AUTOSCALE_WAIT_S if waits_for_nodes(groups) else None)
     return Session(tracker, parent, spec, concurrency, trial_resources)
 
 
@@ -115,13 +126,17 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
     search was interrupted (Ctrl-C) before every trial ended."""
     import optuna
     from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
 
     from ..trainables.chain_trainable import chain_trial
-    from ..trainables.optuna_search import FailAwareOptunaSearch
+    from ..trainables.optuna_search import CredentialSafeRDBStorage, FailAwareOptunaSearch, SweepSearch
     from .report import best_trials, progress_callback, trial_rows
 
     args = p.args
     trainable = tune.with_resources(tune.with_parameters(chain_trial, spec=s.spec), s.trial_resources)
+    # Opened here, so that Ray's pickled searcher (its copy holds the URL without a password) reconnects.
+    storage = CredentialSafeRDBStorage(p.optuna_uri)
+    SweepSearch.budgets[p.name] = args.trials
     if args.resume:
         tuner = tune.Tuner.restore(os.path.join(p.ray_dir, p.name), trainable=trainable,
                                    resume_unfinished=True, resume_errored=True)
@@ -132,7 +147,7 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
         searcher = FailAwareOptunaSearch(
             space=p.space.suggest, metric=metric, mode=mode,
             sampler=optuna.samplers.TPESampler(seed=args.seed, constant_liar=s.concurrency > 1),
-            storage=optuna.storages.RDBStorage(p.optuna_uri), study_name=p.name)
+            storage=storage, study_name=p.name)
         scheduler = None
         if args.scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
@@ -142,11 +157,12 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
         run_config = tune.RunConfig(name=p.name, storage_path=p.ray_dir,
                                     callbacks=[progress_callback(p, args.trials, s.tracker, s.parent)],
                                     verbose=0 if not args.verbose else 1)
+        # Wrapped here (not by Tune) so that a resumed sweep can grow its budget (SweepSearch).
+        search_alg = SweepSearch(ConcurrencyLimiter(searcher, max_concurrent=s.concurrency), p.name)
         tuner = tune.Tuner(trainable, run_config=run_config,
-                           tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=args.trials,
-                                                       max_concurrent_trials=s.concurrency))
+                           tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=args.trials))
     print(f"sweep {p.name}: {args.trials} trials, up to {s.concurrency} at once, "
-          f"{args.workers_per_trial} worker(s) per trial; storage {p.storage}", flush=True)
+          f"{args.workers_per_trial} worker(s) per trial; storage {redact(p.storage)}", flush=True)
     results = tuner.fit()
     rows = trial_rows(results, p.space)
     ended = results.num_terminated + results.num_errors
@@ -160,7 +176,7 @@ def stop_interrupted(p: Plan, s: Session) -> int:
     s.tracker.set_tags(s.parent, {"saeception.interrupted": "true"})
     s.tracker.client.set_terminated(s.parent, status="KILLED")
     print(f"\nsweep {p.name} interrupted; continue it with: python -m saeception.sweep --resume --name {p.name} "
-          f"--storage {p.storage} (and the same flags)", flush=True)
+          f"--storage {redact(p.storage)} (and the same flags)", flush=True)
     return 130
 
 
@@ -193,8 +209,8 @@ def close(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> int:
     s.tracker.finish(s.parent, failed=None if best else f"no trial finished ({failed} failed)")
     exp_id = s.tracker.experiment_id(p.experiment)
     if p.mlflow_uri.startswith(("http://", "https://")):
-        print(f"\nopen the results: {ui_url(p.mlflow_uri, exp_id)}")
+        print(f"\nopen the results: {redact(ui_url(p.mlflow_uri, exp_id))}")
     else:
-        print(f"\nopen the results: {ui_command(p.mlflow_uri)}\n  then {ui_url('http://127.0.0.1:5000', exp_id)}")
+        print(f"\nopen the results: {redact(ui_command(p.mlflow_uri))}\n  then {ui_url('http://127.0.0.1:5000', exp_id)}")
     return 0 if best else 1
 

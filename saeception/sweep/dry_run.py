@@ -9,7 +9,8 @@ import warnings
 import yaml
 
 from ..config import to_dict
-from .cli import TRIAL_CPU, Plan, concurrency_for
+from .cli import Plan, check_local_resources
+from .resources import TRIAL_CPU
 
 # How many sampled trial configs the dry run shows.
 SHOWN_TRIALS = 3
@@ -55,7 +56,7 @@ def describe(p: Plan) -> str:
     lines.append(f"searched ({len(p.space.params)}): {searched}")
     lines.append("objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in p.space.objectives))
     cluster = _cluster(p)
-    concurrency = concurrency_for(args, *cluster) if cluster else 1
+    concurrency = check_local_resources(args) if cluster else 1
     lines.append(f"first {n} of {args.trials} sampled trial configs (TPE, seed {args.seed}):")
     for i, sampled in enumerate(sample_configs(p, n, concurrency)):
         p.space.config(sampled)  # each is a valid config

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..cache import CACHE_COUNTERS
 from .cli import Plan
+from .redact import redact
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,10 @@ def log_cache_totals(p: Plan, tracker, parent: str) -> None:
         for k in keys:
             totals[k] += run.data.metrics.get(k, 0.0)
     tracker.log_metrics(parent, totals)
-    tracker.set_tags(parent, {"saeception.cache_dir": p.cache_dir})
+    tracker.set_tags(parent, {"saeception.cache_dir": redact(p.cache_dir)})
     hits, misses, saved = (totals[k] for k in ("cache/hits", "cache/misses", "cache/seconds_saved"))
-    print(f"stage cache {p.cache_dir}: {int(hits)} hits, {int(misses)} misses, {saved:.0f} s of stage work saved", flush=True)
+    print(f"stage cache {redact(p.cache_dir)}: {int(hits)} hits, {int(misses)} misses, {saved:.0f} s of stage work saved",
+          flush=True)
 
 
 def log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[dict]) -> None:

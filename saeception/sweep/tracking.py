@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .redact import redact
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 ROLE = "saeception.role"
@@ -123,7 +125,8 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
 
     def experiment_id(self, name: str) -> str:
-        """The experiment's id (created if needed), tagged as a model-training experiment."""
+        """The experiment's id (created if needed, its artifacts beside a SQLite store), tagged as a
+        model-training experiment."""
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             return self.client.create_experiment(name, artifact_location=artifact_root(self.uri), tags=EXPERIMENT_KIND)
@@ -251,7 +254,7 @@ class Tracker:
     def finish(self, run_id: str, failed: str | None = None) -> None:
         """Ends a run: FINISHED, or FAILED with the reason in the saeception.failure tag."""
         if failed:
-            self.client.set_tag(run_id, FAILURE, failed[:5000])
+            self.client.set_tag(run_id, FAILURE, redact(failed)[:5000])  # an error may quote a URI
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 

@@ -1,0 +1,203 @@
+"""A sweep's identity, stored with it, and the lock that lets only one driver run it.
+
+`<storage>/sweep.json` records what the sweep searches and how (the space's searched part, every fixed
+setting including --set, seed, objectives, trials, scheduler, workers and resources per worker) at its
+first launch. `--resume` with anything different exits 2 naming what differs; only `--trials` may grow.
+
+The lock is taken before anything else is written. On a path (local disk, NFS) it is a POSIX record lock
+(`fcntl.lockf`, which NFSv4 serves) on `<storage>/sweep.lock`, held by the driver's open file until its
+process ends, however it ends. On an object store, which has no locks, it is a lease object
+`<storage>/sweep.lease.json` (owner, host, pid, expiry) that a thread renews every LEASE_S/3; a driver that
+dies without releasing it blocks a new launch for at most LEASE_S.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from .redact import redact
+from .space import SearchSpace
+
+IDENTITY_FILE = "sweep.json"
+LOCK_FILE = "sweep.lock"
+LEASE_FILE = "sweep.lease.json"
+LEASE_S = 90.0
+
+# Identity fields and the flag that sets each (for the mismatch message).
+FLAGS = {"space": "--space", "objectives": "--space (objectives)", "seed": "--seed", "trials": "--trials",
+         "scheduler": "--scheduler", "workers_per_trial": "--workers-per-trial", "cpus_per_worker": "--cpus-per-worker",
+         "gpus_per_worker": "--gpus-per-worker"}
+
+
+def _is_uri(storage: str) -> bool:
+    return "://" in storage
+
+
+def _filesystem(storage: str):
+    from ..cache import _filesystem
+
+    return _filesystem(storage)
+
+
+def identity(args: argparse.Namespace, space: SearchSpace) -> dict[str, Any]:
+    """What makes this sweep this sweep (JSON-ready)."""
+    searched = space.to_dict()["params"]
+    digest = hashlib.sha256(json.dumps(searched, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"space": digest, "fixed": {k: space.fixed[k] for k in sorted(space.fixed)},
+            "objectives": [f"{o.metric}:{o.mode}" for o in space.objectives], "seed": args.seed, "trials": args.trials,
+            "scheduler": args.scheduler, "workers_per_trial": args.workers_per_trial,
+            "cpus_per_worker": float(args.cpus_per_worker), "gpus_per_worker": float(args.gpus_per_worker)}
+
+
+def read_identity(storage: str) -> dict[str, Any] | None:
+    if _is_uri(storage):
+        fs, root = _filesystem(storage)
+        import pyarrow.fs as pafs
+
+        path = f"{root.rstrip('/')}/{IDENTITY_FILE}"
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+    path = Path(storage, IDENTITY_FILE)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_identity(storage: str, ident: dict[str, Any]) -> None:
+    text = json.dumps(ident, indent=1, sort_keys=True, default=str)
+    if _is_uri(storage):
+        fs, root = _filesystem(storage)
+        with fs.open_output_stream(f"{root.rstrip('/')}/{IDENTITY_FILE}") as f:
+            f.write(text.encode())
+        return
+    tmp = Path(storage, IDENTITY_FILE + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, Path(storage, IDENTITY_FILE))
+
+
+def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs, in flag terms; a larger --trials is not a difference (a resumed sweep may grow)."""
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key), current.get(key)
+        if key == "trials" and isinstance(old, int) and isinstance(new, int) and new >= old:
+            continue
+        if key == "fixed":
+            old, new = old or {}, new or {}
+            for k in sorted(set(old) | set(new)):
+                if old.get(k, "<unset>") != new.get(k, "<unset>"):
+                    out.append(f"fixed {k}: {old.get(k, '<unset>')} stored, {new.get(k, '<unset>')} given")
+        elif old != new:
+            what = "the searched params" if key == "space" else FLAGS.get(key, key)
+            if key == "trials":
+                out.append(f"--trials: {old} stored, {new} given (a resumed sweep may only grow)")
+            elif key == "space":
+                out.append(f"{what} differ (--space / --set)")
+            else:
+                out.append(f"{what}: {old} stored, {new} given")
+    return out
+
+
+def check_resume(args: argparse.Namespace, space: SearchSpace, storage: str, name: str) -> None:
+    """ConfigError naming every difference between the stored identity and this launch's."""
+    stored = read_identity(storage)
+    if stored is None:
+        raise ConfigError(f"--resume: sweep {name!r} under {redact(storage)} has no {IDENTITY_FILE} (started by an older "
+                          "saeception?), so its settings cannot be checked; start a new --name")
+    diff = differences(stored, identity(args, space))
+    if diff:
+        raise ConfigError(f"--resume: sweep {name!r} was started with other settings: {'; '.join(diff)} "
+                          "(pass the original ones, or start a new --name)")
+
+
+def hold_lock(storage: str, name: str) -> Any:
+    """Takes this sweep's lock for the life of this process; ConfigError naming --name when another
+    driver holds it."""
+    return _hold_lease(storage, name) if _is_uri(storage) else _hold_file_lock(storage, name)
+
+
+def _holder_text() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def _hold_file_lock(storage: str, name: str) -> Any:
+    import fcntl
+
+    path = Path(storage, LOCK_FILE)
+    f = open(path, "a+")  # noqa: SIM115 - held open until the process ends: that is the lock
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise ConfigError(f"--name: sweep {name!r} under {storage} is already running (another driver holds {path}); "
+                          "wait for it to end or stop it first") from None
+    return f
+
+
+class _Lease:
+    def __init__(self, fs, path: str):
+        self.fs, self.path, self.owner = fs, path, uuid.uuid4().hex
+        self._stop = threading.Event()
+
+    def read(self) -> dict[str, Any] | None:
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(self.path).type == pafs.FileType.NotFound:
+            return None
+        with self.fs.open_input_stream(self.path) as f:
+            try:
+                return json.loads(f.read().decode())
+            except ValueError:
+                return None
+
+    def write(self) -> None:
+        record = {"owner": self.owner, "holder": _holder_text(), "expires": time.time() + LEASE_S}
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(json.dumps(record).encode())
+
+    def renew_until_exit(self) -> None:
+        def renew() -> None:
+            while not self._stop.wait(LEASE_S / 3):
+                self.write()
+
+        threading.Thread(target=renew, daemon=True, name="sweep-lease").start()
+        atexit.register(self.release)
+
+    def release(self) -> None:
+        self._stop.set()
+        current = self.read()
+        if current and current.get("owner") == self.owner:
+            self.fs.delete_file(self.path)
+
+
+def _hold_lease(storage: str, name: str, settle_s: float = 1.0) -> _Lease:
+    fs, root = _filesystem(storage)
+    fs.create_dir(root.rstrip("/"), recursive=True)
+    lease = _Lease(fs, f"{root.rstrip('/')}/{LEASE_FILE}")
+
+    def refuse(current: dict[str, Any]) -> ConfigError:
+        until = time.strftime("%H:%M:%S", time.localtime(current["expires"]))
+        return ConfigError(f"--name: sweep {name!r} under {redact(storage)} is already running ({current.get('holder')}; "
+                           f"its lease runs until {until} unless renewed); wait for it to end or stop it first")
+
+    current = lease.read()
+    if current and current.get("owner") != lease.owner and current.get("expires", 0) > time.time():
+        raise refuse(current)
+    lease.write()
+    time.sleep(settle_s)  # an object store has no compare-and-swap: a racing writer shows up here
+    current = lease.read()
+    if not current or current.get("owner") != lease.owner:
+        raise refuse(current or {"holder": "another driver", "expires": time.time() + LEASE_S})
+    lease.renew_until_exit()
+    return lease

@@ -1,0 +1,371 @@
+"""A sweep's state belongs to it: resource planning, stored identity, the one-driver lock, where its
+databases live, and credentials kept out of everything it prints or stores. No Ray cluster here."""
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from saeception import sweep
+from saeception.config import ConfigError
+from saeception.sweep.identity import differences, hold_lock
+from saeception.sweep.redact import has_credentials, redact
+from saeception.sweep.resources import HEAD_RESOURCE, NodeGroup, groups_from_launcher_config, plan_concurrency
+from saeception.sweep.state import state_dir
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = Path(__file__).parent / "spaces" / "tiny.yaml"
+
+
+def _args(**kw):
+    base = {"workers_per_trial": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "max_concurrent": None, "trials": 64}
+    return argparse.Namespace(**{**base, **kw})
+
+
+# --- resources -------------------------------------------------------------------------------------
+
+AUTOSCALING = [NodeGroup("head", {"CPU": 8, HEAD_RESOURCE: 1000}, 1, live=1),
+               NodeGroup("gpu_worker", {"CPU": 8, "GPU": 1}, 8, live=0)]
+
+
+def test_plan_counts_nodes_the_autoscaler_may_add():
+    """cluster.yaml at launch: a CPU head, no GPU worker up; 8 may come, each holds one 1-GPU worker."""
+    assert plan_concurrency(_args(gpus_per_worker=1, cpus_per_worker=4), AUTOSCALING) == 8
+    assert plan_concurrency(_args(gpus_per_worker=1, cpus_per_worker=4, max_concurrent=3), AUTOSCALING) == 3
+    assert plan_concurrency(_args(gpus_per_worker=1, cpus_per_worker=4, trials=2), AUTOSCALING) == 2
+    # Two DDP workers per trial: two nodes each; 8 nodes -> 4 trials.
+    assert plan_concurrency(_args(gpus_per_worker=1, workers_per_trial=2), AUTOSCALING) == 4
+    # Trial drivers (0.25 CPU + one saeception_head unit) stay on the head: 8 CPUs hold 32 of them.
+    assert plan_concurrency(_args(), [AUTOSCALING[0], NodeGroup("cpu", {"CPU": 64}, 8)]) == 32
+
+
+def test_plan_on_one_machine_matches_pooled_cpus():
+    """A local Ray: 0.25 CPU per trial driver plus its workers, packed on one node."""
+    one = [NodeGroup("local", {"CPU": 2}, 1, live=1)]
+    assert plan_concurrency(_args(workers_per_trial=2, cpus_per_worker=0.5), one) == 1
+    assert plan_concurrency(_args(cpus_per_worker=0.5), one) == 2
+    assert plan_concurrency(_args(cpus_per_worker=0.25), [NodeGroup("local", {"CPU": 4}, 1)]) == 8
+
+
+@pytest.mark.parametrize("kw,flag", [
+    ({"gpus_per_worker": 1}, "--gpus-per-worker"),  # a CPU-only cluster
+    ({"cpus_per_worker": 16}, "--cpus-per-worker"),  # no node has 16 CPUs
+    ({"workers_per_trial": 9, "gpus_per_worker": 1}, "--workers-per-trial"),  # more than 8 GPU nodes can hold
+])
+def test_impossible_requests_name_the_flag(kw, flag):
+    groups = AUTOSCALING if kw.get("workers_per_trial") else [NodeGroup("head", {"CPU": 8, HEAD_RESOURCE: 1000}, 1, live=1),
+                                                               NodeGroup("cpu", {"CPU": 8}, 4)]
+    with pytest.raises(ConfigError, match=f"^{flag}:"):
+        plan_concurrency(_args(**kw), groups)
+
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--cpus-per-worker", "3", "--num-cpus", "2"], "--cpus-per-worker: no node type"),
+    (["--workers-per-trial", "3", "--num-cpus", "2"], "--workers-per-trial: a trial needs 3 workers"),
+    (["--gpus-per-worker", "1"], "--gpus-per-worker: no node type"),
+])
+def test_impossible_request_on_the_local_ray_exits_2_before_it_starts(tmp_path, capsys, argv, flag):
+    import torch
+
+    if "--gpus-per-worker" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    storage = tmp_path / "sweep"
+    _main_exits_2(capsys, ["--space", str(TINY), "--storage", str(storage), *argv], flag)
+    assert not storage.exists()
+
+def test_groups_from_a_launcher_config():
+    config = {"max_workers": 3, "head_node_type": "head",
+              "available_node_types": {"head": {"resources": {"CPU": 8, HEAD_RESOURCE: 1000}, "max_workers": 0},
+                                       "gpu": {"resources": {"CPU": 8, "GPU": 1}, "min_workers": 0, "max_workers": 8}}}
+    groups = {g.name: g for g in groups_from_launcher_config(config)}
+    assert groups["head"].nodes == 1 and groups["gpu"].nodes == 3  # capped by the cluster's max_workers
+
+
+# --- redaction -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uri,secret", [
+    ("postgresql://alice:s3cr3t-pw@db.internal:5432/optuna", "s3cr3t-pw"),
+    ("s3://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG@bucket/sweeps", "wJalrXUtnFEMI"),
+    ("s3://bucket/cache?access_key=AKIAX&secret_key=topsecretvalue&endpoint_override=h:9000", "topsecretvalue"),
+    ("http://bob:hunter2@127.0.0.1:5000", "hunter2"),
+    ("mysql+pymysql://u:p%40ss@h/db", "p%40ss"),
+])
+def test_redact_masks_passwords_and_secret_query_values(uri, secret):
+    assert secret not in redact(uri) and has_credentials(uri)
+    assert secret not in redact(f"error: cannot open {uri} (refused)")
+    assert redact(redact(uri)) == redact(uri)
+
+
+def test_redact_leaves_plain_uris_alone():
+    for uri in ("s3://bucket/sweeps/x", "sqlite:////abs/optuna.db", "http://127.0.0.1:5000", "/mnt/nfs/x"):
+        assert redact(uri) == uri and not has_credentials(uri)
+
+
+def test_optuna_storage_pickles_without_its_password(tmp_path):
+    """Ray pickles the searcher (with its study and storage) into tuner.pkl and searcher-state-*.pkl."""
+    from saeception.trainables.optuna_search import CredentialSafeRDBStorage
+
+    real = f"sqlite:///{tmp_path / 'o.db'}"
+    storage = CredentialSafeRDBStorage(real)
+    # A password-bearing URL: the same store registered under it (SQLite itself takes no password).
+    secret_url = "postgresql://alice:s3cr3t-pw@db/optuna"
+    storage.url = secret_url
+    CredentialSafeRDBStorage._live_urls[redact(secret_url)] = real
+    blob = pickle.dumps(storage)
+    assert b"s3cr3t-pw" not in blob
+    assert pickle.loads(blob).url == real  # reconnects with the URL this process was given
+    CredentialSafeRDBStorage._live_urls.pop(redact(secret_url))
+    with pytest.raises(RuntimeError, match="needs its credentials"):
+        pickle.loads(blob)
+
+
+
+def test_a_failure_reason_quoting_a_uri_is_tagged_without_its_password(tmp_path):
+    from saeception.sweep.tracking import FAILURE, Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tracker.sweep_run("e", "s", reuse=False)
+    tracker.finish(run, failed="OSError: cannot open s3://AKIAX:s3cr3t-pw@bucket/cache/ab/key.json")
+    tag = tracker.client.get_run(run).data.tags[FAILURE]
+    assert "s3cr3t-pw" not in tag and "s3://AKIAX:***@bucket" in tag
+
+# --- identity, resume and the lock -----------------------------------------------------------------
+
+def _fake_sweep(tmp_path, name="s", **identity_overrides) -> Path:
+    """A sweep directory as a first launch leaves it: Tune's experiment, the stores, its identity."""
+    storage = tmp_path / "sweep"
+    (storage / "ray" / name).mkdir(parents=True)
+    (storage / "ray" / name / "tuner.pkl").write_bytes(b"x")
+    import optuna
+
+    optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}")
+    (storage / "mlflow.db").write_bytes(b"runs")
+    from saeception.sweep.identity import identity, write_identity
+    from saeception.sweep.space import load_space
+
+    args = sweep.parser().parse_args(["--space", str(TINY), "--trials", "2"])
+    ident = {**identity(args, load_space(TINY)), **identity_overrides}
+    write_identity(str(storage), ident)
+    (storage / "sweep.lock").touch()  # the first driver's lock file
+    return storage
+
+
+def _snapshot(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _main_exits_2(capsys, argv, expect):
+    code = sweep.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {expect}"), err
+    import ray
+
+    assert not ray.is_initialized()
+    return err[0]
+
+
+@pytest.mark.parametrize("changed,expect", [
+    (["--seed", "1"], "--seed: 0 stored, 1 given"),
+    (["--set", "sae.steps=50"], "fixed sae.steps: 100 stored, 50 given"),
+    (["--trials", "1"], "--trials: 2 stored, 1 given"),
+    (["--cpus-per-worker", "0.5"], "--cpus-per-worker: 1.0 stored, 0.5 given"),
+])
+def test_resume_with_a_changed_setting_exits_2_and_touches_nothing(tmp_path, capsys, changed, expect):
+    storage = _fake_sweep(tmp_path)
+    before = _snapshot(storage)
+    line = _main_exits_2(capsys, ["--space", str(TINY), "--trials", "2", "--storage", str(storage), "--name", "s",
+                                  "--resume", *changed], "--resume:")
+    assert expect in line
+    assert _snapshot(storage) == before
+
+
+def test_resume_with_a_changed_space_names_it(tmp_path, capsys):
+    storage = _fake_sweep(tmp_path, space="0" * 16)
+    line = _main_exits_2(capsys, ["--space", str(TINY), "--trials", "2", "--storage", str(storage), "--name", "s", "--resume"],
+                         "--resume:")
+    assert "the searched params differ" in line
+
+
+def test_identity_allows_only_growing_trials():
+    stored = {"trials": 4, "seed": 0, "fixed": {"a": 1}}
+    assert differences(stored, {"trials": 10, "seed": 0, "fixed": {"a": 1}}) == []
+    assert differences(stored, {"trials": 3, "seed": 0, "fixed": {"a": 1}}) != []
+    assert differences(stored, {"trials": 4, "seed": 0, "fixed": {"a": 1, "b": 2}}) == ["fixed b: <unset> stored, 2 given"]
+
+
+HOLD = """
+import sys, time
+from saeception.sweep.identity import hold_lock
+lock = hold_lock(sys.argv[1], "s")
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_launch_of_a_running_sweep_exits_2(tmp_path, capsys):
+    """Another process (the first driver) holds the sweep's lock: the second launch, fresh or --resume,
+    exits 2 before touching anything."""
+    storage = _fake_sweep(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(storage)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _snapshot(storage)
+        for extra in (["--resume"], []):
+            line = _main_exits_2(capsys, ["--space", str(TINY), "--trials", "2", "--storage", str(storage), "--name", "s",
+                                          *extra], "--name:")
+            assert "already running" in line
+        assert _snapshot(storage) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone (however it ended): the lock is free again.
+    hold_lock(str(storage), "s").close()
+
+
+def test_uri_storage_lease_refuses_a_second_driver():
+    from saeception.sweep import identity
+
+    storage = f"memory://leases/{time.time_ns()}"
+    first = identity._hold_lease(storage, "s", settle_s=0)
+    try:
+        with pytest.raises(ConfigError, match="^--name: sweep 's' .* is already running"):
+            identity._hold_lease(storage, "s", settle_s=0)
+    finally:
+        first.release()
+    identity._hold_lease(storage, "s", settle_s=0).release()  # released: free again
+
+
+# --- where the state lives, and unreachable stores -------------------------------------------------
+
+def test_uri_storage_state_is_absolute_and_per_storage(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SAECEPTION_STATE_DIR", raising=False)
+    a, b = state_dir("x", "s3://bucket/a"), state_dir("x", "s3://bucket/b")
+    assert a.is_absolute() and a != b and not str(a).startswith(str(tmp_path))
+    monkeypatch.setenv("SAECEPTION_STATE_DIR", str(tmp_path / "state"))
+    assert state_dir("x", "s3://bucket/a").parent == tmp_path / "state"
+
+
+@pytest.mark.parametrize("flag,value,secret", [
+    ("--optuna-storage", "postgresql://alice:s3cr3t-pw@127.0.0.1:1/optuna", "s3cr3t-pw"),
+    ("--optuna-storage", "sqlite:///{tmp}/a-file/optuna.db", None),
+    ("--optuna-storage", "sqlite:///relative.db", None),
+    ("--mlflow-uri", "http://bob:hunter2@127.0.0.1:1", "hunter2"),
+    ("--mlflow-uri", "sqlite:///{tmp}/a-file/mlflow.db", None),
+])
+def test_unreachable_store_exits_2_before_ray_and_leaves_the_sweep(tmp_path, capsys, flag, value, secret):
+    storage = _fake_sweep(tmp_path)
+    (tmp_path / "a-file").write_text("a file, not a directory")
+    before = _snapshot(storage)
+    line = _main_exits_2(capsys, ["--space", str(TINY), "--trials", "2", "--storage", str(storage), "--name", "s",
+                                  "--resume", flag, value.format(tmp=tmp_path)], flag)
+    if secret:
+        assert secret not in line and "***" in line
+    assert _snapshot(storage) == before
+    # A new sweep with that store: nothing is created.
+    fresh = tmp_path / "fresh"
+    _main_exits_2(capsys, ["--space", str(TINY), "--storage", str(fresh), flag, value.format(tmp=tmp_path)], flag)
+    assert not fresh.exists()
+
+
+def test_credentials_in_storage_uri_are_refused_and_not_printed(tmp_path, capsys):
+    line = _main_exits_2(capsys, ["--space", str(TINY), "--storage", "s3://AKIAEXAMPLE:wJalrSECRET@bucket/sweeps/x"],
+                         "--storage:")
+    assert "wJalrSECRET" not in line and "environment" in line
+
+
+def test_identity_file_is_json_with_the_settings(tmp_path):
+    storage = _fake_sweep(tmp_path)
+    ident = json.loads((storage / "sweep.json").read_text())
+    assert ident["seed"] == 0 and ident["trials"] == 2 and ident["fixed"]["chain.cycles"] == 1
+    assert ident["objectives"] == ["val_sae_u:max"]
+
+
+# --- a real sweep with credentials in a URI --------------------------------------------------------
+
+@pytest.fixture
+def moto_endpoint():
+    """A real S3 endpoint on loopback (moto's server) with a bucket; yields host:port."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        import pyarrow.fs as pafs
+
+        fs, _ = pafs.FileSystem.from_uri(f"s3://{KEY}:{SECRET}@creds?endpoint_override={host}:{port}&scheme=http"
+                                         "&region=us-east-1&allow_bucket_creation=true")
+        fs.create_dir("creds")
+        yield f"{host}:{port}"
+    finally:
+        server.stop()
+
+
+KEY, SECRET = "AKIASAECEPTIONTEST", "sEcReT-k3y-never-printed"
+
+
+@pytest.mark.ray
+@pytest.mark.security
+@pytest.mark.sweep_state
+def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, moto_endpoint):
+    """The stage cache on S3 with its keys in the URI (the only credentials the sweep has: none in the
+    environment). The sweep works, and the secret is in none of stdout, stderr, MLflow's database (params,
+    tags, everything) or any file under the storage (Ray Tune's and Ray Train's results and pickles)."""
+    cache = f"s3://{KEY}:{SECRET}@creds/cache?endpoint_override={moto_endpoint}&scheme=http&region=us-east-1"
+    storage = tmp_path / "sweep"
+    env = {k: v for k, v in ray_env.items() if not k.startswith("AWS_")}
+    cwd = tmp_path / "cwd"  # like Ray's job directory: nothing of the sweep may land there
+    cwd.mkdir()
+    r = subprocess.run([sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--trials", "1", "--num-cpus", "2",
+                        "--storage", str(storage), "--cache", cache, "--confirm-seeds", "0", "--name", "creds"],
+                       env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert list(cwd.iterdir()) == [], "MLflow artifacts (./mlruns) or anything else in the working directory"
+    assert any((storage / "mlartifacts").rglob("trial_metrics.png"))
+    assert "stage cache s3://AKIASAECEPTIONTEST:***@creds/cache" in r.stdout and "3 misses" in r.stdout
+    assert SECRET not in r.stdout and SECRET not in r.stderr
+    files = [p for p in storage.rglob("*") if p.is_file()]
+    assert any(p.name == "tuner.pkl" for p in files) and any(p.name.startswith("searcher-state") for p in files)
+    assert any("train" in p.parts for p in files)  # Ray Train's run of the trial
+    leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        assert SECRET not in json.dumps({**run.data.params, **run.data.tags})
+    parent = next(x for x in runs if x.data.tags.get("saeception.role") == "sweep")
+    assert parent.data.tags["saeception.cache_dir"].startswith(f"s3://{KEY}:***@creds/cache")
+
+
+@pytest.mark.ray
+@pytest.mark.sweep_state
+def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
+    """--trials is the one setting a resumed sweep may change, and only upwards: the finished 1-trial
+    sweep runs one more trial (the study and Tune's experiment go on), and its identity records 2."""
+    import optuna
+
+    storage = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--num-cpus", "2", "--storage", str(storage),
+           "--confirm-seeds", "0", "--name", "grow"]
+    first = subprocess.run([*cmd, "--trials", "1"], env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    grown = subprocess.run([*cmd, "--trials", "2", "--resume"], env=ray_env, cwd=REPO, capture_output=True, text=True,
+                           timeout=900)
+    assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
+    assert "sweep grow: 2 trials finished, 0 failed" in grown.stdout
+    study = optuna.load_study(study_name="grow", storage=f"sqlite:///{storage / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert json.loads((storage / "sweep.json").read_text())["trials"] == 2
