@@ -56,6 +56,8 @@ class DataConfig:
     delimiter: str = doc("", "CSV separator (empty: `,` for .csv, tab for .tsv)")
     column_names: list[str] = doc(factory=list, help="names for a header-less CSV/TSV (empty: the file has a header row)")
     subset: str = doc("", "dataset config name for hub ids with several (`glue/sst2` also works)")
+    drop_incomplete: bool = doc(False, "drop rows whose label is missing (blank, `nan`, `null`, `None`, or -1) or whose "
+                                "text is empty, with a warning giving the count; false: such rows are an error")
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "data.name", "must be a non-empty dataset name or path")
@@ -220,6 +222,7 @@ class Config:
     eval: EvalConfig = doc(factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        _require(0 <= self.seed < 2**31, "seed", f"must be in [0, 2^31 - 1], got {self.seed}")
         _require(self.device in ("auto", "cpu", "cuda"), "device", "must be one of: auto, cpu, cuda")
 
 
