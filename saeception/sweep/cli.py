@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, parse_override
-from ..data import check_source
+from ..validate import check_dir, check_space
 from .space import SearchSpace, load_space, resolve_space
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,7 @@ def plan(args: argparse.Namespace) -> Plan:
 
     overrides = dict(parse_override(o) for o in args.overrides)
     space = load_space(resolve_space(args.space), overrides)
-    base = space.config({})
-    check_source(base.data, base.model.name)
+    check_space(space)  # every value the space can sample, against the data and model it names
     if args.trials < 1:
         _fail("--trials: must be >= 1")
     if args.workers_per_trial < 1:
@@ -100,6 +99,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.scheduler == "asha" and len(space.objectives) > 1:
         _fail("--scheduler: asha needs a single-objective space; this one has "
               f"{len(space.objectives)} objectives")
+    _check_run_flags(args, space)
     name = args.name or space.name
     if not name.replace("-", "").replace("_", "").isalnum():
         _fail(f"--name: {name!r} must be letters, digits, '-' or '_'")
@@ -115,6 +115,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if not args.resume and exists:
         _fail(f"--name: a sweep named {name!r} already exists under {storage}; pass --resume to continue it, or choose another --name")
     _cache_dir(args, storage)  # its errors come before anything is created
+    check_dir(local_dir, "--storage")
     _check_writable(local_dir, "--storage")
     mlflow_uri = args.mlflow_uri or sqlite_uri(local_dir / "mlflow.db")
     cache_dir = _cache_dir(args, storage)
@@ -135,6 +136,8 @@ def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
             cache_dir = str(Path(args.cache.removeprefix("file://")).expanduser().resolve())
             if args.cache_readonly and not Path(cache_dir).is_dir():
                 _fail(f"--cache: {cache_dir} does not exist (needed with --cache-readonly)")
+            if not args.cache_readonly:
+                check_dir(cache_dir, "--cache")
         elif is_uri(storage):
             problem = check_uri(storage)
             if problem:
@@ -145,6 +148,31 @@ def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
     elif args.cache or args.cache_readonly:
         _fail("--no-cache: cannot be combined with --cache or --cache-readonly")
     return cache_dir
+
+
+def _check_run_flags(args: argparse.Namespace, space: SearchSpace) -> None:
+    """Flags that must fit each other, the space and (for a local Ray) this machine."""
+    if not args.experiment.strip():
+        _fail("--experiment: must be a non-empty MLflow experiment name")
+    if args.mlflow_uri is not None:
+        scheme, sep, rest = args.mlflow_uri.partition("://")
+        if not sep or not scheme:
+            _fail(f"--mlflow-uri: {args.mlflow_uri!r} must be a URI (sqlite:////abs/path/mlflow.db, http://host:port, ...)")
+        if scheme == "sqlite":
+            if not rest.startswith("//"):
+                # Ray Tune runs trials in other working directories: a relative database would be another file.
+                _fail(f"--mlflow-uri: {args.mlflow_uri} names a relative path; use an absolute one (sqlite:////abs/path/mlflow.db)")
+            check_dir(Path(rest[1:]).parent, "--mlflow-uri")
+    if space.fixed.get("device") == "cuda" and args.gpus_per_worker <= 0:
+        _fail("fixed.device: cuda, but --gpus-per-worker is 0: a trial trains on the device Ray Train gives it "
+              "(pass --gpus-per-worker > 0)")
+    if args.address:
+        return  # the cluster's size is known once connected (driver.open_parent_run)
+    if args.num_cpus is not None and args.num_cpus < 1:
+        _fail("--num-cpus: must be >= 1")
+    import torch
+
+    concurrency_for(args, args.num_cpus or os.cpu_count() or 1, torch.cuda.device_count())
 
 
 def _check_writable(path: Path, flag: str) -> None:
@@ -194,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         p = plan(args)
+        return run(p)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run(p)
