@@ -18,6 +18,7 @@ SWEEP = "saeception.sweep"
 TRIAL_ID = "saeception.trial_id"
 PARENT = "mlflow.parentRunId"
 FAILURE = "saeception.failure"
+INTERRUPTED = "saeception.interrupted"  # a parent run whose driver died, reopened by --resume
 
 
 def sqlite_uri(path: str | Path) -> str:
@@ -51,6 +52,9 @@ class Tracker:
             found = self._find(exp_id, {ROLE: "sweep", SWEEP: sweep})
             if found:
                 run_id = found[0].info.run_id
+                if found[0].info.status == "RUNNING":  # its driver died without closing it: say so
+                    self.client.set_tag(run_id, INTERRUPTED, "the sweep driver stopped without closing this run; "
+                                        f"reopened by --resume at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
                 self.client.update_run(run_id, status="RUNNING")
                 return run_id
         run = self.client.create_run(exp_id, run_name=sweep, tags={ROLE: "sweep", SWEEP: sweep})
