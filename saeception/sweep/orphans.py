@@ -24,7 +24,8 @@ ORPHANED = "orphaned"
 
 def live_tune_trials(experiment_path: str) -> set[str] | None:
     """Ids of the trials Tune's newest saved experiment state will run again on resume (every trial not
-    TERMINATED: unfinished ones resume, errored ones restart). None when the state cannot be read.
+    TERMINATED: unfinished ones resume, errored ones restart); none when no state was saved. None when
+    the state cannot be read (then nothing is closed).
 
     Reads only the plain JSON fields `trial_id` and `status` of Tune's experiment state; nothing in it is
     unpickled here."""
@@ -35,10 +36,10 @@ def live_tune_trials(experiment_path: str) -> set[str] | None:
     else:
         fs, base = pafs.LocalFileSystem(), os.path.abspath(experiment_path)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(base))
+        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
         states = sorted(i.path for i in infos if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
         if not states:
-            return None
+            return set()  # Tune saved no state: a resumed Tune starts afresh, so nothing of before is live
         with fs.open_input_stream(states[-1]) as f:
             data = json.loads(f.read())
         live = set()
