@@ -127,6 +127,28 @@ def test_cache_entry_with_an_empty_manifest_is_rebuilt(tmp_path):
 
 
 @pytest.mark.storage_faults
+def test_cache_entry_whose_content_cannot_be_used_is_rebuilt(tmp_path):
+    """Checksums match (whoever wrote the files resealed them), the content does not: a crafted sae.json,
+    or an entry.json naming another key (an entry copied under a key it does not belong to), is rejected
+    with a warning and rebuilt, never a crash and never served."""
+    cache = StageCache(tmp_path / "cache")
+    first = run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
+    keys = _keys(TINY)
+    sae_entry, extract_entry = cache.entry(keys["sae"]), cache.entry(keys["extract"])
+    (sae_entry / "sae.json").write_text("[]")
+    meta = json.loads((extract_entry / "entry.json").read_text())
+    (extract_entry / "entry.json").write_text(json.dumps({**meta, "key": keys["finetune"]}))
+    for entry in (sae_entry, extract_entry):
+        (entry / "manifest.json").unlink()
+        seal_dir(entry)
+    again = StageCache(tmp_path / "cache")
+    second = run_chain(build_config(TINY), ChainPaths(tmp_path / "b"), cache=again)
+    assert again.stats.hits == 1 and again.stats.misses == 2, again.stats.events
+    assert any("does not name key" in e for e in again.stats.events) and any("format_version" in e for e in again.stats.events)
+    assert second[0]["sae_u"] == first[0]["sae_u"]
+
+
+@pytest.mark.storage_faults
 def test_cache_entry_that_is_a_file_is_rebuilt(tmp_path):
     """Something in the way at an entry's path (a file where the entry's directory goes) once failed the
     trial after a full build; now it is rejected with a warning and the entry is rebuilt."""
