@@ -246,3 +246,20 @@ def test_bad_input_exits_2_with_one_line_naming_it(row, data_dir, gpt2_dir, tmp_
     import ray
 
     assert not ray.is_initialized()
+
+
+@pytest.mark.bad_input
+def test_an_error_found_once_connected_is_one_line_too(tmp_path, capsys, monkeypatch):
+    """With --address the cluster's size is known only once connected (driver.open_parent_run): a trial
+    that cannot fit it is then one error line and exit 2, not a traceback."""
+    from saeception import sweep
+    from saeception.config import ConfigError
+    from saeception.sweep import driver
+
+    def run(p):
+        raise ConfigError("--workers-per-trial: a trial needs 64.25 CPUs and 0 GPUs; the cluster has 2 CPUs, 0 GPUs")
+
+    monkeypatch.setattr(driver, "run", run)
+    code = sweep.main(["--storage", str(tmp_path / "s"), "--address", "127.0.0.1:6379", "--workers-per-trial", "64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --workers-per-trial:"), err
