@@ -81,10 +81,15 @@ def test_the_searcher_links_each_optuna_trial_to_its_tune_trial(tmp_path):
 
 
 @pytest.mark.orphans
-def test_a_parent_whose_driver_died_is_marked_when_reopened(tracker):
+def test_a_parent_whose_driver_died_or_failed_is_marked_when_reopened(tracker):
     died = tracker.sweep_run("e", "died", reuse=False)  # left RUNNING: its driver was killed
     assert tracker.sweep_run("e", "died", reuse=True) == died
     assert "driver stopped" in tracker.client.get_run(died).data.tags[INTERRUPTED]
+    failed = tracker.sweep_run("e", "failed", reuse=False)
+    tracker.finish(failed, failed="driver stopped: RuntimeError: boom")
+    assert tracker.sweep_run("e", "failed", reuse=True) == failed
+    run = tracker.client.get_run(failed)
+    assert "RuntimeError: boom" in run.data.tags[INTERRUPTED] and tracker.failure(failed) is None  # reopened clean
     closed = tracker.sweep_run("e", "closed", reuse=False)
     tracker.finish(closed)
     assert tracker.sweep_run("e", "closed", reuse=True) == closed  # a finished sweep resumed for more trials

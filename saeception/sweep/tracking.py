@@ -52,9 +52,14 @@ class Tracker:
             found = self._find(exp_id, {ROLE: "sweep", SWEEP: sweep})
             if found:
                 run_id = found[0].info.run_id
-                if found[0].info.status == "RUNNING":  # its driver died without closing it: say so
-                    self.client.set_tag(run_id, INTERRUPTED, "the sweep driver stopped without closing this run; "
-                                        f"reopened by --resume at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+                # Its driver died without closing it (still RUNNING) or stopped on an error (FAILED with the
+                # reason): say so, and start the reopened run clean.
+                stopped = found[0].data.tags.get(FAILURE) or (
+                    "the sweep driver stopped without closing this run" if found[0].info.status == "RUNNING" else None)
+                if stopped:
+                    self.client.set_tag(run_id, INTERRUPTED, f"{stopped}; reopened by --resume at "
+                                                             f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+                    self.clear_failure(run_id)
                 self.client.update_run(run_id, status="RUNNING")
                 return run_id
         run = self.client.create_run(exp_id, run_name=sweep, tags={ROLE: "sweep", SWEEP: sweep})
