@@ -45,7 +45,7 @@ class CycleDir:
 
     def verify(self) -> str | None:
         """None when every file matches the manifest; otherwise what is wrong (the cycle must not be loaded)."""
-        return verify_dir(self.path)
+        return verify_dir(self.path, required=CYCLE_FILES)
 
 
 class ChainPaths:
@@ -62,6 +62,36 @@ class ChainPaths:
 
 
 MANIFEST = "manifest.json"
+# What a complete cycle directory holds (its manifest must list each).
+CYCLE_FILES = ("model.safetensors", "model.json", "sae.safetensors", "sae.json", "metrics.json")
+_SHA256 = frozenset("0123456789abcdef")
+
+
+def is_plain_name(name: Any) -> bool:
+    """A file name that stays inside the directory it is joined to: no separator, not '.', '..' or absolute."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\x00" not in name and not os.path.isabs(name))
+
+
+def manifest_problem(data: Any) -> str | None:
+    """None when `data` is a manifest as seal_dir writes it: a non-empty mapping from plain file names to
+    {"bytes": int >= 0, "sha256": 64 hex digits}; otherwise what is wrong. Manifests come from storage
+    that others may write (shared directories, object stores): they are input, never trusted as is."""
+    if not isinstance(data, dict):
+        return f"must be a JSON object of files, not {type(data).__name__}"
+    if not data:
+        return "lists no files"
+    for name, entry in data.items():
+        if not is_plain_name(name) or name == MANIFEST:
+            return f"file name {name!r} is not a plain file name"
+        if not isinstance(entry, dict) or set(entry) != {"bytes", "sha256"}:
+            return f"entry of {name!r} must be {{bytes, sha256}}"
+        size, digest = entry["bytes"], entry["sha256"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            return f"bytes of {name!r} must be an integer >= 0"
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _SHA256:
+            return f"sha256 of {name!r} must be 64 lowercase hex digits"
+    return None
 
 
 def seal_dir(path: Path) -> None:
@@ -70,18 +100,31 @@ def seal_dir(path: Path) -> None:
     write_json(path / MANIFEST, {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files})
 
 
-def verify_dir(path: Path) -> str | None:
-    """None when every file listed in the manifest matches it; otherwise what is wrong."""
+def verify_dir(path: Path, required: tuple[str, ...] = (), exact: bool = False) -> str | None:
+    """None when the manifest is well formed, lists every `required` file (and, `exact`, every file
+    there is), and every listed file matches it; otherwise what is wrong."""
+    if not path.is_dir():
+        return f"{path}: not a directory"
     manifest = path / MANIFEST
-    if not manifest.exists():
+    if not manifest.is_file():
         return f"{path}: no manifest (incomplete)"
     try:
         expected = json.loads(manifest.read_text())
-    except ValueError:
+    except (ValueError, OSError):
         return f"{manifest}: unreadable"
+    problem = manifest_problem(expected)
+    if problem:
+        return f"{manifest}: {problem}"
+    absent = [n for n in required if n not in expected]
+    if absent:
+        return f"{manifest}: does not list {', '.join(absent)}"
+    if exact:
+        extra = sorted(p.name for p in path.iterdir() if p.name != MANIFEST and p.name not in expected)
+        if extra:
+            return f"{path}: {extra[0]} is not in the manifest"
     for name, want in expected.items():
         p = path / name
-        if not p.exists():
+        if not p.is_file():
             return f"{p}: missing"
         if p.stat().st_size != want["bytes"] or sha256_file(p) != want["sha256"]:
             return f"{p}: does not match its checksum (truncated or corrupted)"
@@ -111,8 +154,9 @@ def save_weights(prefix: Path, tensors: dict[str, torch.Tensor], config: dict[st
 def load_weights(prefix: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     weights, meta = prefix.with_suffix(".safetensors"), prefix.with_suffix(".json")
     config = json.loads(meta.read_text())
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta}: format_version {config.get('format_version')} != {FORMAT_VERSION}")
+    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+        found = config.get("format_version") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{meta}: format_version {found} != {FORMAT_VERSION}")
     return load_file(str(weights), device=str(device)), config
 
 

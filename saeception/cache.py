@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import threading
@@ -29,11 +30,11 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .artifacts import MANIFEST, seal_dir, verify_dir, write_json
+from .artifacts import MANIFEST, is_plain_name, manifest_problem, seal_dir, verify_dir, write_json
 
 log = logging.getLogger(__name__)
-
 
 
 class EntryError(ValueError):
@@ -46,7 +47,37 @@ KeyLock = Callable[[str], ContextManager[None]]
 # The counters a cache keeps, as a trial logs them (cumulative per trial). Under a cache/ prefix, so
 # MLflow groups them apart from the science metrics.
 CACHE_COUNTERS = ("cache/hits", "cache/misses", "cache/bytes_read", "cache/bytes_written", "cache/seconds_saved",
-                  "cache/seconds_building")
+                  "cache/seconds_building", "cache/write_errors")
+# Every entry holds this file (its key and build time), and its manifest lists it.
+ENTRY_META = "entry.json"
+
+
+def entry_meta_problem(meta: Any, key: str) -> str | None:
+    """None when `meta` is an entry.json as _write_entry writes it, for `key`; otherwise what is wrong."""
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        return f"{ENTRY_META} does not name key {key}"
+    seconds = meta.get("build_seconds")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
+        return f"{ENTRY_META}: build_seconds must be a number >= 0"
+    return None
+
+
+def pointer_problem(pointer: Any, key: str) -> str | None:
+    """None when an object-store pointer is {"key": key, "build": <plain name>, "files": <manifest>} with
+    entry.json among the files; otherwise what is wrong. A pointer is input: anyone who can write the
+    bucket writes pointers, and every name in one becomes a path on the worker that reads it."""
+    if not isinstance(pointer, dict) or set(pointer) != {"key", "build", "files"}:
+        return "must be a JSON object with exactly key, build and files"
+    if pointer["key"] != key:
+        return f"names key {pointer['key']!r}, not {key}"
+    if not is_plain_name(pointer["build"]):
+        return f"build {pointer['build']!r} is not a plain name"
+    problem = manifest_problem(pointer["files"])
+    if problem:
+        return f"files: {problem}"
+    if ENTRY_META not in pointer["files"]:
+        return f"files do not list {ENTRY_META}"
+    return None
 
 
 @dataclass
@@ -57,10 +88,12 @@ class CacheStats:
     bytes_written: int = 0
     seconds_saved: float = 0.0  # build time recorded with each entry, summed over hits
     seconds_building: float = 0.0
+    write_errors: int = 0  # entries built but not stored (full disk, object-store error): the result was still used
     events: list[str] = field(default_factory=list)
 
     def as_metrics(self) -> dict[str, float]:
-        values = (self.hits, self.misses, self.bytes_read, self.bytes_written, self.seconds_saved, self.seconds_building)
+        values = (self.hits, self.misses, self.bytes_read, self.bytes_written, self.seconds_saved, self.seconds_building,
+                  self.write_errors)
         return dict(zip(CACHE_COUNTERS, values))
 
 
@@ -82,10 +115,18 @@ class StageCache:
 
     @contextlib.contextmanager
     def _file_lock(self, key: str) -> Iterator[None]:
-        """Exclusive per-key lock across processes (and NFS clients with lockd)."""
+        """Exclusive per-key lock across processes (and NFS clients with lockd). Where no lock file can be
+        made (a file in the way, a read-only or full disk) the stage runs unlocked: at worst two builders
+        build the same entry, and a failed store is counted, not fatal."""
         path = self.entry(key).with_suffix(".lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as f:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a+")
+        except OSError as e:
+            self.write_failed(key, e)
+            yield
+            return
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -95,40 +136,70 @@ class StageCache:
     def lookup(self, key: str) -> Path | None:
         """The entry's directory when present and intact; a damaged entry is removed (to be rebuilt)."""
         path = self.entry(key)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return None
-        problem = verify_dir(path)
+        problem = verify_dir(path, required=(ENTRY_META,), exact=True) or self._meta_problem(path, key)
         if problem is None:
             return path
         self.reject(key, problem)
         return None
 
+    @staticmethod
+    def _meta_problem(path: Path, key: str) -> str | None:
+        try:
+            meta = json.loads((path / ENTRY_META).read_text())
+        except (ValueError, OSError) as e:
+            return f"{ENTRY_META} unreadable ({e})"
+        return entry_meta_problem(meta, key)
+
     def reject(self, key: str, problem: str) -> None:
-        """Drops a damaged or unusable entry (it will be rebuilt), with a warning naming it."""
+        """Drops a damaged or unusable entry (it will be rebuilt), with a warning naming it; whatever sits
+        at the entry's path (a directory, a file, a link) is removed."""
         log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
         self.stats.events.append(f"rejected {key}: {problem}")
         if not self.readonly:
-            shutil.rmtree(self.entry(key), ignore_errors=True)
+            path = self.entry(key)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def write_failed(self, key: str, error: BaseException) -> None:
+        """A store that failed (the stage's result is used all the same): a warning and a counted error."""
+        log.warning("cache entry %s was not stored (%s: %s); the stage's result is used as computed",
+                    key, type(error).__name__, error)
+        self.stats.write_errors += 1
+        self.stats.events.append(f"write failed {key}: {type(error).__name__}: {error}")
 
     @staticmethod
     def _write_entry(path: Path, key: str, write: Callable[[Path], None], build_seconds: float) -> None:
         """The entry's files, its entry.json, then the manifest that seals them."""
         write(path)
-        (path / "entry.json").write_text(json.dumps({"key": key, "build_seconds": build_seconds, "created": time.time()}))
+        (path / ENTRY_META).write_text(json.dumps({"key": key, "build_seconds": build_seconds, "created": time.time()}))
         seal_dir(path)
 
     def record_hit(self, path: Path) -> None:
-        meta = json.loads((path / "entry.json").read_text())
+        meta = json.loads((path / ENTRY_META).read_text())  # checked by lookup
         self.stats.hits += 1
-        self.stats.seconds_saved += float(meta.get("build_seconds", 0.0))
+        self.stats.seconds_saved += float(meta["build_seconds"])
         self.stats.bytes_read += sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
     def publish(self, key: str, write: Callable[[Path], None], build_seconds: float) -> Path | None:
-        """Writes an entry aside with `write(dir)`, seals it and renames it into place (atomic)."""
+        """Stores an entry built in `build_seconds` by `write(dir)`. A store that fails is logged and
+        counted (`cache/write_errors`), never raised: the stage's result was computed and is used."""
         self.stats.misses += 1
         self.stats.seconds_building += build_seconds
         if self.readonly:
             return None
+        try:
+            return self._store(key, write, build_seconds)
+        except Exception as e:  # a full disk, a file in the way, an object-store error: see write_failed
+            self.write_failed(key, e)
+            return None
+
+    def _store(self, key: str, write: Callable[[Path], None], build_seconds: float) -> Path:
+        """Writes an entry aside with `write(dir)`, seals it and renames it into place (atomic)."""
         final = self.entry(key)
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
@@ -204,12 +275,27 @@ class ObjectStageCache(StageCache):
         return f"{self.base}/{key[:2]}/{key}/{build}"
 
     def _read_pointer(self, key: str) -> dict | None:
+        """The key's pointer, checked against its schema (pointer_problem); a malformed one (truncated,
+        not JSON, a file name with a separator or '..') is dropped with a warning, as if never written."""
         import pyarrow.fs as pafs
 
         if self.fs.get_file_info(self._pointer(key)).type == pafs.FileType.NotFound:
             return None
         with self.fs.open_input_stream(self._pointer(key)) as f:
-            return json.loads(f.read())
+            raw = f.read()
+        try:
+            pointer = json.loads(raw)
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            problem = f"pointer is not JSON ({e})"
+        else:
+            problem = pointer_problem(pointer, key)
+        if problem is None:
+            return pointer
+        log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
+        self.stats.events.append(f"rejected {key}: {problem}")
+        if not self.readonly:
+            self._delete(self._pointer(key), directory=False)  # its blob is left: its name came from the bad pointer
+        return None
 
     def _delete(self, path: str, directory: bool) -> None:
         import pyarrow.fs as pafs
@@ -243,7 +329,7 @@ class ObjectStageCache(StageCache):
                     with self.fs.open_input_stream(f"{blob}/{name}") as src, open(tmp / name, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
                 write_json(tmp / MANIFEST, pointer["files"])
-                problem = verify_dir(tmp)
+                problem = verify_dir(tmp, required=(ENTRY_META,), exact=True) or self._meta_problem(tmp, key)
                 if problem is None:
                     os.rename(tmp, local)
             except FileNotFoundError as e:
@@ -268,12 +354,8 @@ class ObjectStageCache(StageCache):
             self._delete(self._pointer(key), directory=False)
             self._delete(self._blob(key, build), directory=True)
 
-    def publish(self, key: str, write: Callable[[Path], None], build_seconds: float) -> Path | None:
+    def _store(self, key: str, write: Callable[[Path], None], build_seconds: float) -> Path:
         """Writes the entry locally, uploads it as a new blob, then publishes its pointer (one PUT)."""
-        self.stats.misses += 1
-        self.stats.seconds_building += build_seconds
-        if self.readonly:
-            return None
         build = uuid.uuid4().hex[:12]
         local = self.scratch / key / build
         local.mkdir(parents=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import metrics as M
@@ -89,8 +90,15 @@ class ChainState:
         problem = files.verify()
         if problem:
             raise CorruptCycleError(problem)
-        tensors, _ = load_weights(files.model)
-        return cls(json.loads(files.metrics.read_text())["cycles"], tensors, SAE.load(files.sae, device))
+        try:  # checksums match what the manifest says; the content is still input, checked as it is read
+            tensors, _ = load_weights(files.model)
+            history = json.loads(files.metrics.read_text())["cycles"]
+            if not isinstance(history, list) or not history or not all(isinstance(h, dict) and isinstance(h.get("cycle"), int)
+                                                                         for h in history):
+                raise ValueError(f"{files.metrics}: 'cycles' must be a non-empty list of per-cycle metrics")
+            return cls(history, tensors, SAE.load(files.sae, device))
+        except (ValueError, KeyError, TypeError, OSError, SafetensorError) as e:
+            raise CorruptCycleError(f"{cycle_dir}: {type(e).__name__}: {e}") from e
 
 
 @dataclass
@@ -171,8 +179,8 @@ def _cached(r: Run, key: str, build: Callable[[], Any], save: Callable[[Any, Pat
         if path is not None:
             try:
                 value = load(path)
-            except EntryError as e:
-                cache.reject(key, str(e))
+            except Exception as e:  # checksums matched, the content did not: a cached file is input, never trusted
+                cache.reject(key, str(e) if isinstance(e, EntryError) else f"{type(e).__name__}: {e}")
                 path = None
         hit = broadcast_(torch.tensor([int(path is not None)], device=r.device if is_distributed() and r.device.type == "cuda" else "cpu"))
         if int(hit.item()):

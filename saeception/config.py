@@ -59,6 +59,8 @@ class DataConfig:
     text_pair_column: str = doc("", "second text column of sentence-pair tasks (MNLI, RTE, QQP: the pair is "
                                 "tokenized together, as `tokenizer(text, text_pair)`); empty for single texts")
     revision: str = doc("", "hub dataset revision (branch, tag or commit) to load; empty for the default branch")
+    drop_incomplete: bool = doc(False, "drop rows whose label is missing (blank, `nan`, `null`, `None`, or -1) or whose "
+                                "text is empty, with a warning giving the count; false: such rows are an error")
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "data.name", "must be a non-empty dataset name or path")
@@ -229,6 +231,7 @@ class Config:
     eval: EvalConfig = doc(factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        _require(0 <= self.seed < 2**31, "seed", f"must be in [0, 2^31 - 1], got {self.seed}")
         _require(self.device in ("auto", "cpu", "cuda"), "device", "must be one of: auto, cpu, cuda")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,14 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError, DataConfig
+from .datacheck import (
+    check_carving,
+    check_classes,
+    check_header_row,
+    check_splits,
+    incomplete_rows_kept,
+    normalise_labels,
+)
 from .distributed import rank, world_size
 
 log = logging.getLogger(__name__)
@@ -112,11 +121,16 @@ def text_columns(cfg: DataConfig) -> tuple[tuple[str, str], ...]:
     return cols + ((("data.text_pair_column", cfg.text_pair_column),) if cfg.text_pair_column else ())
 
 
+def _text(t: Any) -> str:
+    # A null text (JSON null, a NaN cell) is a missing text, not the word "None" or "nan".
+    return "" if t is None or (isinstance(t, float) and math.isnan(t)) else str(t)
+
+
 def as_texts(columns: list[list[Any]]) -> list[Any]:
     """One text per example, or (text, pair) for sentence-pair tasks."""
     if len(columns) == 1:
-        return [str(t) for t in columns[0]]
-    return [(str(a), str(b)) for a, b in zip(*columns)]
+        return [_text(t) for t in columns[0]]
+    return [(_text(a), _text(b)) for a, b in zip(*columns)]
 
 
 def _columns(table, cfg: DataConfig, where: str) -> tuple[list[Any], np.ndarray]:
@@ -145,7 +159,9 @@ def _local(path: Path, cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
         raise ConfigError(f"data.name: {path} does not exist")
     if path.is_dir():
         return _class_folders(path)
-    return {"all": _columns(_read_table(path, cfg), cfg, str(path))}
+    table = _read_table(path, cfg)
+    check_header_row(table, cfg, path)
+    return {"all": _columns(table, cfg, str(path))}
 
 
 # What `datasets.save_to_disk` writes at the top of its directory (a DatasetDict, or one Dataset).
@@ -178,6 +194,11 @@ def _load(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str,
         return load_hf(cfg)
     path = package_path(cfg.name, "data.name") if kind == "package" else Path(cfg.name).expanduser()
     return _local(path, cfg), None
+
+
+def is_local(cfg: DataConfig) -> bool:
+    """Whether the data can be read without the hub: digits, package data, a file, a folder, a saved dataset."""
+    return source_kind(cfg.name) != "hub"
 
 
 def load_raw(cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
@@ -230,26 +251,45 @@ def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
 
     idx = np.arange(len(labels))
     counts = np.unique(labels, return_counts=True)[1]
-    stratify = labels if counts.min() >= 2 else None
-    keep, held = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
-    return np.sort(keep), np.sort(held)
+    held = math.ceil(fraction * len(labels))
+    # scikit-learn stratifies only with >= 2 examples per class and >= one per class on each side.
+    ok = counts.min() >= 2 and min(held, len(labels) - held) >= len(counts)
+    keep, held_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels if ok else None)
+    return np.sort(keep), np.sort(held_idx)
 
 
 # A split as it moves through carving: (inputs, labels, source ids).
 Raw = tuple[Any, np.ndarray, np.ndarray]
 
 
+def _where(cfg: DataConfig, split: str) -> str:
+    return cfg.name if split == "all" else f"{cfg.name}[{split}]"
+
+
+def _complete(split: str, x: Any, y: np.ndarray, ids: np.ndarray, cfg: DataConfig) -> Raw:
+    """The split without rows lacking a label or a text (an error, or dropped when data.drop_incomplete
+    is set), its labels normalised (saeception.datacheck)."""
+    keep = incomplete_rows_kept(_where(cfg, split), x, y, cfg)
+    if keep is not None:
+        x, y, ids = _take(x, keep), y[keep], ids[keep]
+    return x, normalise_labels(y), ids
+
+
 def make_splits(raw: dict[str, tuple[Any, np.ndarray]], cfg: DataConfig) -> dict[str, Raw]:
     """Fills missing val/test splits from train with stratified splits seeded by `cfg.split_seed`
-    (never by a trial's seed) and caps sizes; every example keeps its source id "<split>:<row>"."""
+    (never by a trial's seed) and caps sizes; every example keeps its source id "<split>:<row>".
+    Raises ConfigError for data a run cannot use (the rules: saeception.datacheck)."""
     out: dict[str, Raw] = {}
     for name, (x, y) in raw.items():
-        out["train" if name == "all" else name] = (x, y, np.asarray([f"{name}:{i}" for i in range(len(y))]))
+        ids = np.asarray([f"{name}:{i}" for i in range(len(y))])
+        out["train" if name == "all" else name] = _complete(name, x, np.asarray(y), ids, cfg)
+    check_classes(np.concatenate([y for _, y, _ in out.values()]), cfg)
     inputs, labels, ids = out["train"]
     missing = [s for s in ("test", "val") if s not in out]
     total = len(labels)
     for s in missing:
         frac = (cfg.test_fraction if s == "test" else cfg.val_fraction) * total / len(labels)
+        check_carving(labels, frac, s, cfg)
         keep, held = _stratified(labels, frac, cfg.split_seed)
         out[s] = (_take(inputs, held), labels[held], ids[held])
         inputs, labels, ids = _take(inputs, keep), labels[keep], ids[keep]
@@ -258,14 +298,25 @@ def make_splits(raw: dict[str, tuple[Any, np.ndarray]], cfg: DataConfig) -> dict
         for s in SPLITS:
             x, y, i = out[s]
             if len(y) > cfg.max_examples:
+                n_classes = len(np.unique(y))
+                if cfg.max_examples < n_classes:
+                    raise ConfigError(f"data.max_examples: {cfg.max_examples} examples cannot hold the {n_classes} classes "
+                                      f"of the {s} split of {cfg.name}; use >= {n_classes} (or 0: no cap)")
                 keep, _ = _stratified(y, 1 - cfg.max_examples / len(y), cfg.split_seed)
                 out[s] = (_take(x, keep), y[keep], i[keep])
+    check_splits({s: out[s][1] for s in SPLITS}, cfg)
     return out
 
 
-def _encode_labels(splits: dict[str, Raw]) -> tuple[dict[str, Tensor], int]:
+def load_splits(cfg: DataConfig) -> dict[str, Raw]:
+    """The data as split for a run (read once, checked; nothing tokenized). Raises ConfigError."""
+    return make_splits(load_raw(cfg), cfg)
+
+
+def encode_labels(splits: dict[str, Raw]) -> tuple[dict[str, Tensor], int]:
+    """Integer labels as they are (class ids, checked contiguous); string labels class-encoded, sorted."""
     all_labels = np.concatenate([splits[s][1] for s in SPLITS])
-    if np.issubdtype(all_labels.dtype, np.integer) and all_labels.min() >= 0:
+    if all_labels.dtype.kind in "iu":
         n = int(all_labels.max()) + 1
         return {s: torch.as_tensor(splits[s][1].astype(np.int64)) for s in SPLITS}, n
     classes = sorted({str(v) for v in all_labels})
@@ -301,9 +352,7 @@ def load_task(cfg: DataConfig, tokenizer=None) -> TaskData:
     saved datasets by `datasets.Dataset.map` (cached by datasets), local text files directly."""
     raw, sources = _load(cfg)
     splits = make_splits(raw, cfg)
-    labels, n_classes = _encode_labels(splits)
-    if n_classes < 2:
-        raise ConfigError(f"data.label_column: {cfg.label_column!r} must hold at least 2 classes")
+    labels, n_classes = encode_labels(splits)
     first = splits["train"][0]
     if isinstance(first, np.ndarray):
         parts = {s: Split(torch.as_tensor(splits[s][0], dtype=torch.float32), labels[s],

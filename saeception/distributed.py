@@ -56,6 +56,13 @@ def all_reduce_(t: Tensor) -> Tensor:
     return t
 
 
+def finite_everywhere(t: Tensor) -> bool:
+    """Whether `t` (a scalar) is finite on every rank: one all-reduce of its copy, so every rank gets the
+    same answer and stops at the same check (a NaN on one rank alone would leave the others waiting in
+    their next collective until the process-group timeout)."""
+    return bool(torch.isfinite(all_reduce_(t.detach().clone())))
+
+
 def broadcast_object(obj):
     """Rank 0's picklable object on every rank (metrics dicts: plain numbers and strings)."""
     if not is_distributed():

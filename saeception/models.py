@@ -74,9 +74,14 @@ def resolve_layer(model: nn.Module, layer: int | str) -> tuple[nn.Module, str]:
     names = {m: n for n, m in model.named_modules()}
     if isinstance(layer, str):
         try:
-            return model.get_submodule(layer), layer
+            module = model.get_submodule(layer)
         except AttributeError as e:
             raise ConfigError(f"model.layer: no module named {layer!r} in this model") from e
+        if isinstance(model, MLP) and module not in list(model.hidden):
+            n = len(model.hidden)
+            raise ConfigError(f"model.layer: the MLP's target must be a hidden layer: an index in [{-n}, {n - 1}] or "
+                              f"one of {', '.join(f'hidden.{i}' for i in range(n))}; got {layer!r}")
+        return module, layer
     blocks = model.hidden if isinstance(model, MLP) else block_list(model)
     if not -len(blocks) <= layer < len(blocks):
         raise ConfigError(f"model.layer: must be in [{-len(blocks)}, {len(blocks) - 1}], got {layer}")

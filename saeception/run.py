@@ -49,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(message)s")
     from .artifacts import ChainPaths
     from .chain import run_chain, setup
+    from .validate import check_dir, check_run
 
     try:
         cfg = load_config(args.config, args.overrides)
+        check_dir(args.out, "--out")
+        check_run(cfg)  # the data and model the config names, before anything is loaded for real
         prepared = setup(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .accel import autocast
 from .artifacts import load_weights, save_weights
 from .config import SAEConfig
+from .distributed import finite_everywhere
 from .distributed import rank as dist_rank
 from .distributed import world_size as dist_world_size
 from .errors import DivergedError
@@ -278,8 +279,9 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
             graph, (loss, mse) = captured[aux_on]
             graph.replay()
         if i + 1 == cfg.steps or (i + 1) % check_every == 0:
-            if not torch.isfinite(state.loss_sum):
-                raise DivergedError(f"SAE loss became {state.loss_sum.item()} between steps {checked} and {i} (sae.lr {cfg.lr})")
+            if not finite_everywhere(state.loss_sum):  # all ranks together: one rank's NaN stops every rank here
+                value = state.loss_sum.item() if not torch.isfinite(state.loss_sum) else "non-finite (on another rank)"
+                raise DivergedError(f"SAE loss became {value} between steps {checked} and {i} (sae.lr {cfg.lr})")
             checked = i + 1
             aux_on = cfg.kind != "l1" and cfg.auxk_coefficient > 0 and bool((state.since_fired >= cfg.dead_after).any())
         if i % 500 == 0 and log.isEnabledFor(logging.DEBUG):

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .accel import autocast
 from .config import AuxConfig, FinetuneConfig
 from .data import TaskData, loader
-from .distributed import all_gather_rows, is_distributed
+from .distributed import all_gather_rows, finite_everywhere, is_distributed
 from .errors import DivergedError
 from .models import TapModel
 
@@ -46,8 +46,10 @@ _CHECK_EVERY = 25
 
 
 def _check_finite(loss_sum: Tensor, checked: int, step: int, epoch: int, lr: float) -> int:
-    if not torch.isfinite(loss_sum):
-        raise DivergedError(f"loss became {loss_sum.item()} between steps {checked} and {step} (epoch {epoch}, lr {lr})")
+    """Every rank checks together (finite_everywhere): a divergence on one rank stops them all here."""
+    if not finite_everywhere(loss_sum):
+        value = loss_sum.item() if not torch.isfinite(loss_sum) else "non-finite (on another rank)"
+        raise DivergedError(f"loss became {value} between steps {checked} and {step} (epoch {epoch}, lr {lr})")
     return step
 
 

@@ -15,6 +15,9 @@ from saeception.sweep.redact import MASK, redact
 
 log = logging.getLogger(__name__)
 
+# User attribute linking an Optuna trial to the Tune trial it serves (saeception.sweep.orphans reads it).
+TUNE_TRIAL_ATTR = "tune_trial_id"
+
 
 class FailAwareOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch tells Optuna a failed trial's last intermediate value as COMPLETE (so a
@@ -36,6 +39,14 @@ class FailAwareOptunaSearch(OptunaSearch):
         log.info("trial %s is already %s in the Optuna study (a resumed sweep): not re-reported", trial_id, state.name)
         self._completed_trials.add(trial_id)
         return True
+
+    def suggest(self, trial_id):
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            # Stored with the trial: a resumed sweep can tell which RUNNING trials no Tune trial serves.
+            ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return config
 
     def on_trial_result(self, trial_id, result):
         if not self._finished_in_study(trial_id):

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import ConfigError, build_config, flatten, parse_override, read_yaml
 from ..data import check_source
+from ..validate import check_dir, check_space
 from .redact import redact
 from .resources import TRIAL_CPU  # noqa: F401  (re-exported: the driver sizes trials with it)
 from .space import SearchSpace, load_space, resolve_space
@@ -99,10 +100,12 @@ def plan(args: argparse.Namespace) -> Plan:
         base_values = flatten(read_yaml(args.config))
         build_config(base_values)  # its own errors first, named by key as python -m saeception.run names them
     space = load_space(resolve_space(args.space), overrides, base_values)
-    base = space.config({})
-    note = check_source(base.data, base.model.name)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
+    check_space(space)  # every value the space can sample, against the data and model it names
+    if not any(q.key.startswith("data.") or q.key == "model.name" for q in space.params):
+        base = space.config({})
+        note = check_source(base.data, base.model.name)  # a hub dataset that cannot be reached: a note, not an error
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     if args.trials < 1:
         _fail("--trials: must be >= 1")
     if args.workers_per_trial < 1:
@@ -118,8 +121,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.scheduler == "asha" and len(space.objectives) > 1:
         _fail("--scheduler: asha needs a single-objective space; this one has "
               f"{len(space.objectives)} objectives")
-    if not args.address:
-        check_local_resources(args)
+    _check_run_flags(args, space)
     name = args.name or space.name
     if not name.replace("-", "").replace("_", "").isalnum():
         _fail(f"--name: {name!r} must be letters, digits, '-' or '_'")
@@ -147,6 +149,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if given_mlflow:
         check_mlflow(mlflow_uri)
     experiment = args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    check_dir(local_dir, "--storage")
     cache_dir = _cache_dir(args, storage)
     optuna_uri = args.optuna_storage or sqlite_uri(local_dir / "optuna.db")
     if dry_run:  # starts and writes nothing
@@ -197,6 +200,8 @@ def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
             cache_dir = str(Path(args.cache.removeprefix("file://")).expanduser().resolve())
             if args.cache_readonly and not Path(cache_dir).is_dir():
                 _fail(f"--cache: {cache_dir} does not exist (needed with --cache-readonly)")
+            if not args.cache_readonly:
+                check_dir(cache_dir, "--cache")
         elif is_uri(storage):
             problem = check_uri(storage)
             if problem:
@@ -207,6 +212,29 @@ def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
     elif args.cache or args.cache_readonly:
         _fail("--no-cache: cannot be combined with --cache or --cache-readonly")
     return cache_dir
+
+
+def _check_run_flags(args: argparse.Namespace, space: SearchSpace) -> None:
+    """Flags that must fit each other, the space and (for a local Ray) this machine."""
+    if args.experiment is not None and not args.experiment.strip():
+        _fail("--experiment: must be a non-empty MLflow experiment name")
+    if args.mlflow_uri is not None:
+        scheme, sep, rest = args.mlflow_uri.partition("://")
+        if not sep or not scheme:
+            _fail(f"--mlflow-uri: {args.mlflow_uri!r} must be a URI (sqlite:////abs/path/mlflow.db, http://host:port, ...)")
+        if scheme == "sqlite":
+            if not rest.startswith("//"):
+                # Ray Tune runs trials in other working directories: a relative database would be another file.
+                _fail(f"--mlflow-uri: {args.mlflow_uri} names a relative path; use an absolute one (sqlite:////abs/path/mlflow.db)")
+            check_dir(Path(rest[1:]).parent, "--mlflow-uri")
+    if space.fixed.get("device") == "cuda" and args.gpus_per_worker <= 0:
+        _fail("fixed.device: cuda, but --gpus-per-worker is 0: a trial trains on the device Ray Train gives it "
+              "(pass --gpus-per-worker > 0)")
+    if args.address:
+        return  # the cluster's size is known once connected (driver.open_parent_run)
+    if args.num_cpus is not None and args.num_cpus < 1:
+        _fail("--num-cpus: must be >= 1")
+    check_local_resources(args)
 
 
 def _check_writable(path: Path, flag: str) -> None:

@@ -35,6 +35,7 @@ def run(p: Plan) -> int:
     import ray
 
     started_ray = start_ray(p)
+    s = None
     try:
         s = open_parent_run(p)
         rows, best, interrupted = search(p, s)
@@ -52,9 +53,24 @@ def run(p: Plan) -> int:
 
             export_best(p, s.tracker, s.parent, best[0], confirmed)
         return close(p, s, rows, best)
+    except BaseException as e:
+        if s is not None:
+            _close_stopped(s, e)
+        raise
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _close_stopped(s: Session, error: BaseException) -> None:
+    """The driver is stopping on an error: the parent run says why (FAILED) instead of staying RUNNING;
+    --resume reopens it. If MLflow itself is the error, the run stays RUNNING and --resume marks it."""
+    import logging
+
+    try:
+        s.tracker.finish(s.parent, failed=f"driver stopped: {type(error).__name__}: {error}")
+    except Exception as e:  # the original error is what the user must see; this one is logged
+        logging.getLogger(__name__).warning("could not close the parent run %s: %s", s.parent, e)
 
 
 def start_ray(p: Plan) -> bool:
@@ -138,6 +154,10 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
     storage = CredentialSafeRDBStorage(p.optuna_uri)
     SweepSearch.budgets[p.name] = args.trials
     if args.resume:
+        from .orphans import close_orphans
+
+        # What the stopped driver left RUNNING with no Tune trial behind it is closed, not left forever.
+        close_orphans(s.tracker, s.parent, os.path.join(p.ray_dir, p.name), p.optuna_uri, p.name)
         tuner = tune.Tuner.restore(os.path.join(p.ray_dir, p.name), trainable=trainable,
                                    resume_unfinished=True, resume_errored=True)
     else:

@@ -132,6 +132,11 @@ def _param(key: str, spec: Any, known: dict[str, Any], earlier: dict[str, Param]
         kind = spec.get("type")
         if kind not in ("float", "int"):
             raise ConfigError(f"{where}.type: must be float or int (or give choices: [...])")
+        takes = _number_kinds(known[key])
+        if kind not in takes:
+            # A float range samples fractions: every trial of an int key would fail on its value.
+            allowed = f"use type: {takes[0]}, or choices" if takes else "a range is for numeric keys; use choices"
+            raise ConfigError(f"{where}.type: {key} is not a {kind} key; {allowed}")
         for bound in ("low", "high"):
             if bound not in spec:
                 raise ConfigError(f"{where}.{bound}: required for a {kind} range")
@@ -162,6 +167,17 @@ def _param(key: str, spec: Any, known: dict[str, Any], earlier: dict[str, Param]
             raise ConfigError(f"{where}.when.{cond_key}: {bad[0]!r} is not one of its choices {cond.choices}")
         p.when[cond_key] = values
     return p
+
+
+def _number_kinds(t: Any) -> tuple[str, ...]:
+    """The range types a config field takes: ("float", "int") for a float, ("int",) for an int."""
+    import types
+    import typing
+
+    args = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
+    if float in args:
+        return ("float", "int")
+    return ("int",) if int in args else ()
 
 
 def parse_space(data: dict[str, Any], source: str = "", overrides: dict[str, Any] | None = None,

@@ -27,6 +27,7 @@ SPLIT_TAG = "saeception.split.{}.{}"  # split name, "sha256" or "n"
 # Packages whose versions every run records (tags versions/<name>).
 VERSIONED = ("saeception", "torch", "transformers", "datasets", "ray", "optuna", "mlflow", "numpy", "scikit-learn")
 DEFAULT_EXPERIMENT = "saeception"
+INTERRUPTED = "saeception.interrupted"  # a parent run whose driver died, reopened by --resume
 
 
 def sqlite_uri(path: str | Path) -> str:
@@ -147,6 +148,14 @@ class Tracker:
             found = self._find(exp_id, {ROLE: "sweep", SWEEP: sweep})
             if found:
                 run_id = found[0].info.run_id
+                # Its driver died without closing it (still RUNNING) or stopped on an error (FAILED with the
+                # reason): say so, and start the reopened run clean.
+                stopped = found[0].data.tags.get(FAILURE) or (
+                    "the sweep driver stopped without closing this run" if found[0].info.status == "RUNNING" else None)
+                if stopped:
+                    self.client.set_tag(run_id, INTERRUPTED, f"{stopped}; reopened by --resume at "
+                                                             f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+                    self.clear_failure(run_id)
                 self.client.update_run(run_id, status="RUNNING")
                 return run_id
         run = self.client.create_run(exp_id, run_name=sweep, tags={**(tags or {}), ROLE: "sweep", SWEEP: sweep})

@@ -1,0 +1,344 @@
+"""Faults, each really done: stored files crafted or damaged, a cache that cannot be written, a NaN on
+one DDP rank, a sweep driver SIGKILLed right after a trial started. Run one group alone with its marker
+(`storage_faults`, `security`, `divergence`, `orphans`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from saeception.artifacts import ChainPaths, seal_dir, verify_dir
+from saeception.cache import StageCache
+from saeception.chain import ChainState, cycle0_keys, run_chain
+from saeception.config import build_config
+from saeception.errors import CorruptCycleError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SPACE = Path(__file__).parent / "spaces" / "tiny.yaml"
+TINY = {"data.max_examples": 300, "model.hidden_sizes": [32, 16], "finetune.epochs": 1, "sae.steps": 40, "sae.k": 4,
+        "aux.epochs": 1, "eval.probe_max_iter": 50, "chain.cycles": 0}
+
+
+def _tree(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]]:
+    out = {}
+    for p in root.rglob("*"):
+        if any(p == s or s in p.parents for s in skip):
+            continue
+        st = p.lstat()
+        out[str(p)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _keys(values: dict) -> dict[str, str]:
+    from saeception.chain import _env, setup
+
+    cfg = build_config(values)
+    return cycle0_keys(cfg, _env(setup(cfg), torch.device("cpu")))
+
+
+# ---- stored files are input -----------------------------------------------------------------------
+
+
+@pytest.mark.storage_faults
+@pytest.mark.security
+def test_crafted_pointer_writes_nothing_outside_the_scratch_directory(tmp_path):
+    """A pointer whose file or build names climb out ('../') is rejected before any path is made from
+    it; a truncated or mistyped pointer is rejected too, never a crash."""
+    from saeception.cache import ObjectStageCache
+
+    store, scratch = tmp_path / "store", tmp_path / "a" / "b" / "scratch"
+    cache = ObjectStageCache(f"local://{store}", scratch=scratch)
+    key = "abcdef0123456789"
+    cache.publish(key, lambda d: (d / "x.json").write_text('{"v": 1}'), 1.0)
+    good = cache._read_pointer(key)
+    payload = b"owned"
+    evil_file = {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    blob = cache._blob(key, good["build"])
+    with cache.fs.open_output_stream(blob + "/escaped.txt") as f:  # what a reader would copy out
+        f.write(payload)
+    crafted = {
+        "file name with ../": json.dumps({**good, "files": {**good["files"], "../../../../escaped.txt": evil_file}}),
+        "absolute file name": json.dumps({**good, "files": {**good["files"], str(tmp_path / "escaped.txt"): evil_file}}),
+        "build with ../": json.dumps({**good, "build": "../../../escaped-build"}),
+        "truncated": json.dumps(good)[:40],
+        "a JSON list": json.dumps([good]),
+        "no files": json.dumps({"key": key, "build": good["build"]}),
+        "another key": json.dumps({**good, "key": "0" * 16}),
+    }
+    for what, text in crafted.items():
+        reader = ObjectStageCache(f"local://{store}", scratch=scratch)
+        with reader.fs.open_output_stream(reader._pointer(key)) as f:
+            f.write(text.encode())
+        before = _tree(tmp_path, skip=(scratch, store))
+        assert reader.lookup(key) is None, what
+        assert reader.stats.events and "rejected" in reader.stats.events[0], what
+        assert _tree(tmp_path, skip=(scratch, store)) == before, what
+        assert not [p for p in tmp_path.rglob("escaped*") if store not in p.parents], what
+        assert reader._read_pointer(key) is None, f"{what}: the bad pointer is dropped, so the entry is rebuilt"
+
+
+@pytest.mark.storage_faults
+def test_empty_or_malformed_manifest_is_rejected(tmp_path):
+    """A `{}` manifest once passed (nothing to check) and the cycle was trusted with no files; a list,
+    or an entry without sha256, crashed the reader."""
+    paths = ChainPaths(tmp_path / "run")
+    run_chain(build_config(TINY), paths)
+    cycle = paths.cycle(0)
+    assert cycle.verify() is None and ChainState.load(cycle.path)
+    manifest = cycle.path / "manifest.json"
+    good = json.loads(manifest.read_text())
+    some = next(iter(good))
+    for what, data in {"{}": {}, "a list": list(good), "no sha256": {k: {"bytes": v["bytes"]} for k, v in good.items()},
+                       "a path, not a name": {**good, "../x": good[some]},
+                       "missing a cycle file": {k: v for k, v in good.items() if k != "sae.safetensors"}}.items():
+        manifest.write_text(json.dumps(data))
+        assert verify_dir(cycle.path, required=("metrics.json",)) is not None or what == "missing a cycle file", what
+        with pytest.raises(CorruptCycleError):
+            ChainState.load(cycle.path)
+    # Checksums can match a crafted file: its content is still checked as it is read.
+    manifest.write_text(json.dumps(good))
+    cycle.metrics.write_text(json.dumps({"cycles": "not a list"}))
+    seal_dir(cycle.path)
+    with pytest.raises(CorruptCycleError, match="cycles"):
+        ChainState.load(cycle.path)
+
+
+@pytest.mark.storage_faults
+def test_cache_entry_with_an_empty_manifest_is_rebuilt(tmp_path):
+    cache = StageCache(tmp_path / "cache")
+    first = run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
+    entry = cache.entry(_keys(TINY)["sae"])
+    (entry / "manifest.json").write_text("{}")
+    again = StageCache(tmp_path / "cache")
+    second = run_chain(build_config(TINY), ChainPaths(tmp_path / "b"), cache=again)
+    assert again.stats.hits == 2 and again.stats.misses == 1
+    assert any("lists no files" in e for e in again.stats.events), again.stats.events
+    assert second[0]["sae_u"] == first[0]["sae_u"] and verify_dir(entry) is None  # rebuilt and intact
+
+
+@pytest.mark.storage_faults
+def test_cache_entry_whose_content_cannot_be_used_is_rebuilt(tmp_path):
+    """Checksums match (whoever wrote the files resealed them), the content does not: a crafted sae.json,
+    or an entry.json naming another key (an entry copied under a key it does not belong to), is rejected
+    with a warning and rebuilt, never a crash and never served."""
+    cache = StageCache(tmp_path / "cache")
+    first = run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
+    keys = _keys(TINY)
+    sae_entry, extract_entry = cache.entry(keys["sae"]), cache.entry(keys["extract"])
+    (sae_entry / "sae.json").write_text("[]")
+    meta = json.loads((extract_entry / "entry.json").read_text())
+    (extract_entry / "entry.json").write_text(json.dumps({**meta, "key": keys["finetune"]}))
+    for entry in (sae_entry, extract_entry):
+        (entry / "manifest.json").unlink()
+        seal_dir(entry)
+    again = StageCache(tmp_path / "cache")
+    second = run_chain(build_config(TINY), ChainPaths(tmp_path / "b"), cache=again)
+    assert again.stats.hits == 1 and again.stats.misses == 2, again.stats.events
+    assert any("does not name key" in e for e in again.stats.events) and any("format_version" in e for e in again.stats.events)
+    assert second[0]["sae_u"] == first[0]["sae_u"]
+
+
+@pytest.mark.storage_faults
+def test_cache_entry_that_is_a_file_is_rebuilt(tmp_path):
+    """Something in the way at an entry's path (a file where the entry's directory goes) once failed the
+    trial after a full build; now it is rejected with a warning and the entry is rebuilt."""
+    keys = _keys(TINY)
+    cache = StageCache(tmp_path / "cache")
+    for stage in ("finetune", "extract"):
+        path = cache.entry(keys[stage])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("not an entry")
+    history = run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
+    plain = run_chain(build_config(TINY), ChainPaths(tmp_path / "b"))
+    assert history[0]["task_accuracy"] == plain[0]["task_accuracy"]
+    assert sum("not a directory" in e for e in cache.stats.events) == 2, cache.stats.events
+    assert cache.stats.write_errors == 0 and all(cache.entry(keys[s]).is_dir() for s in ("finetune", "extract"))
+
+
+@pytest.mark.storage_faults
+def test_failed_cache_write_does_not_fail_the_stage(tmp_path, monkeypatch):
+    """A full disk (or an object store that refuses the upload) while storing an entry: the stage's
+    result was computed and is used; the failure is logged and counted (cache/write_errors)."""
+    def full_disk(self, key, write, build_seconds):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(StageCache, "_store", full_disk)
+    cache = StageCache(tmp_path / "cache")
+    history = run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
+    plain = run_chain(build_config(TINY), ChainPaths(tmp_path / "b"))
+    assert history[0]["sae_u"] == plain[0]["sae_u"]
+    metrics = cache.stats.as_metrics()
+    assert metrics["cache/write_errors"] == 3 and metrics["cache/misses"] == 3
+    assert all("No space left" in e for e in cache.stats.events)
+
+
+# ---- DDP: one rank's NaN stops every rank at the same check -----------------------------------------
+
+
+def _nan_on_rank1(rank: int, world: int, init: str, out: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from saeception import train
+    from saeception.config import DataConfig, FinetuneConfig, SAEConfig
+    from saeception.data import load_task
+    from saeception.errors import DivergedError
+    from saeception.models import MLP, TapModel
+    from saeception.sae import train_sae
+
+    # A short timeout: a rank left waiting in a collective fails the test in seconds, not 30 minutes.
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=20))
+    seen = {}
+    try:
+        task = load_task(DataConfig(name="digits", max_examples=200))
+        if rank == 1:
+            task.train.inputs[:] = float("nan")  # this rank's batches alone give a NaN loss
+        torch.manual_seed(0)
+        tap = TapModel(MLP(task.input_dim, [16], task.n_classes), -1)
+        train._CHECK_EVERY = 1  # check every step: the NaN lands in the last step before a check
+        t0 = time.perf_counter()
+        try:
+            train.finetune(tap, task, FinetuneConfig(epochs=1, batch_size=16), torch.device("cpu"), seed=0)
+        except DivergedError as e:
+            seen["finetune"] = str(e)
+        x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+        if rank == 1:
+            x[:] = float("nan")
+        try:
+            train_sae(x, SAEConfig(kind="topk", expansion_factor=2, k=2, steps=20), seed=0, check_every=1)
+        except DivergedError as e:
+            seen["sae"] = str(e)
+        seen["seconds"] = time.perf_counter() - t0
+        dist.barrier()  # both ranks are still in step: the group is usable after the divergence
+    finally:
+        Path(f"{out}.{rank}").write_text(json.dumps(seen))
+        dist.destroy_process_group()
+
+
+@pytest.mark.divergence
+def test_nan_on_one_rank_stops_every_rank_at_the_same_check(tmp_path):
+    import re
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_nan_on_rank1, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path / "out")), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    for stage, steps in (("finetune", "between steps 0 and 1"), ("sae", "between steps 0 and 0")):
+        assert all(stage in r for r in ranks), ranks  # every rank raised DivergedError, none hung
+        assert all(steps in r[stage] for r in ranks), ranks  # at the first check after the NaN
+        assert "nan" in ranks[1][stage] and "on another rank" in ranks[0][stage], ranks
+    assert all(r["seconds"] < 15 for r in ranks), ranks
+    assert re.search(r"loss became", ranks[0]["sae"])
+
+
+# ---- Ray: a sweep with a file in a cache entry's place; a driver SIGKILLed after a trial started ----
+
+
+def _sweep_cmd(storage: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "saeception.sweep", "--space", str(TINY_SPACE), "--storage", str(storage),
+            "--name", "flt", "--confirm-seeds", "0", "--num-cpus", "2", *extra]
+
+
+def _env(ray_env: dict, **extra: str) -> dict:
+    path = os.pathsep.join(p for p in (str(REPO), ray_env.get("PYTHONPATH", "")) if p)
+    return {**ray_env, "PYTHONPATH": path, **extra}
+
+
+@pytest.mark.ray
+@pytest.mark.storage_faults
+def test_sweep_finishes_when_a_cache_entry_is_a_file(tmp_path, ray_env):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    storage = tmp_path / "s"
+    fixed = {**yaml.safe_load(TINY_SPACE.read_text())["fixed"], "chain.cycles": 0}
+    keys = _keys(fixed)  # cycle 0's model and activations do not depend on the searched SAE settings
+    cache = StageCache(storage / "cache")
+    for stage in ("finetune", "extract"):
+        cache.entry(keys[stage]).parent.mkdir(parents=True, exist_ok=True)
+        cache.entry(keys[stage]).write_text("in the way")
+    r = subprocess.run(_sweep_cmd(storage, "--trials", "1", "--set", "chain.cycles=0"), env=_env(ray_env), cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    trial = [x for x in runs if x.data.tags.get("saeception.role") == "trial"]
+    assert len(trial) == 1 and trial[0].info.status == "FINISHED"
+    assert trial[0].data.metrics["cache/misses"] == 3 and trial[0].data.metrics["cache/write_errors"] == 0
+    assert all(cache.lookup(keys[s]) is not None for s in ("finetune", "extract"))  # rebuilt where the files were
+
+
+def _trial_runs(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        try:
+            return [r[0] for r in con.execute(
+                "select run_uuid from tags where key = 'saeception.role' and value = 'trial' order by run_uuid")]
+        except sqlite3.OperationalError:
+            return []
+
+
+@pytest.mark.ray
+@pytest.mark.driver_kill
+@pytest.mark.orphans
+def test_driver_killed_right_after_a_trial_started_leaves_nothing_running(tmp_path, ray_env):
+    """The driver is SIGKILLed as soon as the second trial's MLflow run exists. Two trials run at once;
+    Tune adds one trial per step (TUNE_MAX_PENDING_TRIALS_PG) and saves its state only at its first step
+    (TUNE_GLOBAL_CHECKPOINT_S), so the second trial is in no saved state: the window the issue names,
+    made certain. After --resume: no MLflow run and no Optuna trial is RUNNING; the orphan is FAILED
+    (saeception.failure = orphaned) and not counted; the parent run says its driver died."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from raytools import kill_all
+
+    storage = tmp_path / "s"
+    cmd = _sweep_cmd(storage, "--trials", "2", "--set", "chain.cycles=0", "--max-concurrent", "2", "--cpus-per-worker", "0.5")
+    window = {"TUNE_GLOBAL_CHECKPOINT_S": "1000000000", "TUNE_MAX_PENDING_TRIALS_PG": "1"}
+    proc = subprocess.Popen(cmd, env=_env(ray_env, **window), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 400
+    while len(_trial_runs(storage / "mlflow.db")) < 2:
+        if proc.poll() is not None or time.time() > deadline:
+            out = proc.stdout.read() if proc.poll() is not None else ""
+            proc.kill()
+            raise AssertionError(f"the second trial never started: {out[-3000:]}")
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    kill_all(ray_env["RAY_TMPDIR"])  # the machine is gone: its Ray processes with it
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("saeception").experiment_id
+    running = [x.info.run_id for x in client.search_runs([exp]) if x.info.status == "RUNNING"]
+    study = optuna.load_study(study_name="flt", storage=f"sqlite:///{storage / 'optuna.db'}")
+    assert running and any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)  # the half-told state
+
+    r = subprocess.run(cmd + ["--resume"], env=_env(ray_env), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = client.search_runs([exp])
+    assert [x.info.status for x in runs if x.info.status == "RUNNING"] == []
+    trials = [x for x in runs if x.data.tags.get("saeception.role") == "trial"]
+    orphans = [x for x in trials if x.data.tags.get("saeception.failure") == "orphaned"]
+    assert len(orphans) == 1 and orphans[0].info.status == "FAILED"
+    assert sum(x.info.status == "FINISHED" for x in trials) == 2  # the sweep still ran the trials it was asked for
+    parent = [x for x in runs if x.data.tags.get("saeception.role") == "sweep"][0]
+    assert parent.info.status == "FINISHED" and "saeception.interrupted" in parent.data.tags
+    study = optuna.load_study(study_name="flt", storage=f"sqlite:///{storage / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["saeception.failure"] == "orphaned"
+    assert failed[0].user_attrs["tune_trial_id"] == orphans[0].data.tags["saeception.trial_id"]
