@@ -228,7 +228,7 @@ def test_sweep_fills_an_autoscaling_cluster(tmp_path):
         job = subprocess.run(["ray", "job", "submit", "--address", cluster.dashboard_url, "--", *sweep],
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
         out = job.stdout + job.stderr
-        assert job.returncode == 0 and "2 done, 0 running, 0 failed of 2" in out, out[-4000:]
+        assert job.returncode == 0 and "2 done, 0 stopped early, 0 running, 0 failed of 2" in out, out[-4000:]
         assert "trials wait for the nodes the autoscaler adds" in out and "up to 2 at once" in out, out[-4000:]
     finally:
         cluster.shutdown()

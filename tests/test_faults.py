@@ -224,6 +224,10 @@ def _nan_on_rank1(rank: int, world: int, init: str, out: str) -> None:
     finally:
         Path(f"{out}.{rank}").write_text(json.dumps(seen))
         dist.destroy_process_group()
+    # Leave without the interpreter's teardown. A few runs (2 of ~20, under load) saw a rank abort with
+    # "terminate called without an active exception" (C++/gloo), most likely in that teardown; if it was
+    # earlier, the rank's results file above is missing and the test still fails.
+    os._exit(0)
 
 
 @pytest.mark.divergence

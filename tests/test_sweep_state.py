@@ -365,7 +365,7 @@ def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
     grown = subprocess.run([*cmd, "--trials", "2", "--resume"], env=ray_env, cwd=REPO, capture_output=True, text=True,
                            timeout=900)
     assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
-    assert "sweep grow: 2 trials finished, 0 failed" in grown.stdout
+    assert "sweep grow: 2 trials finished, 0 stopped early, 0 failed" in grown.stdout
     study = optuna.load_study(study_name="grow", storage=f"sqlite:///{storage / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert json.loads((storage / "sweep.json").read_text())["trials"] == 2

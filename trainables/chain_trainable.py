@@ -277,13 +277,22 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
                 raise DivergedError(reason.removeprefix("DivergedError: "))
     except BaseException as e:
         for run_id in run_ids.values():
-            tracker.finish(run_id, failed=f"{type(e).__name__}: {e}")
+            _close(tracker, run_id, failed=f"{type(e).__name__}: {e}")
         raise
     finished = time.time()
     for key, run_id in run_ids.items():
         tracker.set_tags(run_id, {f"{TIMING}trainer_finished_at": f"{finished:.3f}"})
         _log_trial_plot(tracker, run_id, key)
-        tracker.finish(run_id)
+        _close(tracker, run_id)
+
+
+def _close(tracker, run_id: str, failed: str | None = None) -> None:
+    """Ends the trial's run, unless a scheduler stopped the trial: the driver closes that one (KILLED,
+    saeception.stopped_at_cycle), and the trial's actor going away must not overwrite it."""
+    from saeception.sweep.report import STOPPED_AT
+
+    if STOPPED_AT not in tracker.client.get_run(run_id).data.tags:
+        tracker.finish(run_id, failed=failed)
 
 
 def _log_trial_plot(tracker, run_id: str, title: str) -> None:

@@ -72,6 +72,7 @@ def progress_callback(p: Plan, total: int, tracker, parent: str):
         for run in tracker.children(parent):
             if run.data.tags.get(TRIAL_ID) == trial_id:
                 tracker.set_tags(run.info.run_id, {STOPPED_AT: cycle})
+                tracker.clear_failure(run.info.run_id)  # the trial may have closed itself first, as FAILED
                 tracker.client.set_terminated(run.info.run_id, status="KILLED")
 
     return Progress()
