@@ -18,7 +18,6 @@ from ..config import ConfigError, build_config, flatten, parse_override, read_ya
 from ..data import check_source
 from ..validate import check_dir, check_space
 from .redact import redact
-from .resources import TRIAL_CPU  # noqa: F401  (re-exported: the driver sizes trials with it)
 from .space import SearchSpace, load_space, resolve_space
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ import yaml
 
 from .cli import Plan
 from .redact import redact
-from .resources import HEAD_RESOURCE  # noqa: F401  (where it was defined before resources.py)
 
 # How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).
 AUTOSCALE_WAIT_S = 1800.0
