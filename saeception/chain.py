@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from . import metrics as M
 from .accel import precision
-from .artifacts import ChainPaths, CycleDir, load_state_strict, load_weights, save_module, write_json
+from .artifacts import ChainPaths, CycleDir, load_weights, save_weights, write_json
 from .cache import EntryError, StageCache
 from .config import Config, to_dict
 from .data import TaskData, load_task
@@ -37,6 +37,7 @@ from .errors import CorruptCycleError
 from .evaluate import evaluate
 from .models import TapModel, build_model, load_tokenizer, model_source
 from .sae import SAE, encode_all, train_sae
+from .sharding import full_state, is_sharded, load_state, shard
 from .sharpen import build_targets, class_means, is_noop
 from .stages import ConfigView, Stage, model_fingerprint, stage_key, stage_rng
 from .train import extract, finetune, retrain
@@ -50,14 +51,17 @@ SPLITS = ("train", "val", "test")
 
 # What each stage reads. Cycle 0's finetune, extract and sae stages are cached under keys built from
 # exactly these declarations; later cycles' stages are not cached but draw their random numbers the same way.
-INIT = Stage("init", reads=("seed", "model.name", "model.hidden_sizes"), env=("data", "model_source"))
-FINETUNE = Stage("finetune", reads=("seed", "model.name", "model.hidden_sizes", "finetune"), inputs=("init",),
+INIT = Stage("init", reads=("seed", "model.name", "model.hidden_sizes", "model.dtype", "model.revision"),
+             env=("data", "model_source"))
+FINETUNE = Stage("finetune", reads=("seed", "model.name", "model.hidden_sizes", "model.dtype", "model.revision",
+                                    "model.gradient_checkpointing", "train", "finetune"), inputs=("init",),
                  env=("data", "model_source", "world_size", "precision"))
-EXTRACT = Stage("extract", reads=("model.layer", "model.pooling", "sae.tokens", "finetune.batch_size"),
+EXTRACT = Stage("extract", reads=("model.layer", "model.pooling", "sae.tokens", "finetune.batch_size", "train"),
                 inputs=("finetune",), env=("data", "precision"))
 SAE_STAGE = Stage("sae", reads=("seed", "sae"), inputs=("extract",), env=("world_size", "precision"))
 SHARPEN = Stage("sharpen", reads=("seed", "sharpen", "aux.batch_size", "aux.center"), env=("data",))
-RETRAIN = Stage("retrain", reads=("seed", "model.freeze", "aux"), env=("data", "world_size", "precision"))
+RETRAIN = Stage("retrain", reads=("seed", "model.freeze", "model.gradient_checkpointing", "train", "aux"),
+                env=("data", "world_size", "precision"))
 EVALUATE = Stage("evaluate", reads=("seed", "eval"), env=("data",))
 STAGES = (INIT, FINETUNE, EXTRACT, SAE_STAGE, SHARPEN, RETRAIN, EVALUATE)
 
@@ -207,16 +211,22 @@ def train_model0(r: Run) -> None:
         r.keys[FINETUNE.name] = r.keys[INIT.name]
         return
 
-    def build(view: ConfigView, seed: int) -> None:
+    # Built: the fine-tuned weights (every rank gathers them together; rank 0's are saved). Loaded: the
+    # entry's weights, applied after the lookup, when every rank has its copy (loading a sharded model is
+    # a collective: no rank may do it alone inside the lookup).
+    def build(view: ConfigView, seed: int) -> tuple[str, dict]:
         finetune(r.tap, r.task, view.finetune, r.device, seed)
+        return "built", full_state(r.tap.model)
 
-    def save(_: None, d: Path) -> None:
-        save_module(d / "model", r.tap.model, {"name": r.cfg.model.name})
+    def save(value: tuple[str, dict], d: Path) -> None:
+        save_weights(d / "model", value[1], {"name": r.cfg.model.name})
 
-    def load(d: Path) -> None:
-        load_state_strict(r.tap.model, load_weights(d / "model", r.device)[0])
+    def load(d: Path) -> tuple[str, dict]:
+        return "loaded", load_weights(d / "model", "cpu" if is_sharded(r.tap.model) else r.device)[0]
 
-    run_stage(r, FINETUNE, 0, build, save, load)
+    how, state = run_stage(r, FINETUNE, 0, build, save, load)
+    if how == "loaded":
+        load_state(r.tap.model, state)
 
 
 @dataclass
@@ -263,17 +273,26 @@ def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> Retrained:
     return Retrained(acts_before, targets, mu, kept)
 
 
+def activation_dtype(tap: TapModel) -> torch.dtype:
+    """What activations are kept (and cached) in: the weights' dtype (model.dtype), so a bf16 model's
+    activations take half the memory and disk; consumers compute in fp32."""
+    return next(tap.model.parameters()).dtype
+
+
 def extract_all(r: Run, cycle: int) -> dict[str, torch.Tensor]:
     """Pooled activations and logits per split (row = example id), plus every real token of the train
     split when the SAE trains on them (sae.tokens: all)."""
+
+    dtype = activation_dtype(r.tap)
 
     def build(view: ConfigView, seed: int) -> dict[str, torch.Tensor]:
         out = {}
         for split in SPLITS:
             h, logits = extract(r.tap, r.task, split, view.finetune.batch_size, r.device)
-            out[f"{split}.acts"], out[f"{split}.logits"] = h.contiguous(), logits.contiguous()
+            out[f"{split}.acts"], out[f"{split}.logits"] = h.to(dtype).contiguous(), logits.contiguous()
         if view.sae.tokens == "all":
-            out["train.tokens"] = extract(r.tap, r.task, "train", view.finetune.batch_size, r.device, tokens=True)[0].contiguous()
+            tokens = extract(r.tap, r.task, "train", view.finetune.batch_size, r.device, tokens=True)[0]
+            out["train.tokens"] = tokens.to(dtype).contiguous()
         return out
 
     def save(t: dict[str, torch.Tensor], d: Path) -> None:
@@ -295,7 +314,7 @@ def train_cycle_sae(r: Run, cycle: int, extracted: dict[str, torch.Tensor]) -> S
 
     def build(view: ConfigView, seed: int) -> SAE:
         x = extracted["train.tokens"] if view.sae.tokens == "all" else extracted["train.acts"]
-        return train_sae(x.to(r.device), view.sae, seed=seed).cpu()
+        return train_sae(x.to(r.device).float(), view.sae, seed=seed).cpu()
 
     return run_stage(r, SAE_STAGE, cycle, build, lambda v, d: v.save(d / "sae"), lambda d: SAE.load(d / "sae"))
 
@@ -305,7 +324,7 @@ def evaluate_cycle(r: Run, cycle: int, sae: SAE, extracted: dict[str, torch.Tens
 
     def build(view: ConfigView, seed: int) -> dict[str, Any]:
         # On the chain's device: the probes and cluster metrics run where the codes are (eval.backend).
-        acts = {s: extracted[f"{s}.acts"].to(r.device) for s in SPLITS}
+        acts = {s: extracted[f"{s}.acts"].to(r.device).float() for s in SPLITS}
         logits = {s: extracted[f"{s}.logits"] for s in SPLITS}
         labels = {s: r.task.split(s).labels for s in SPLITS}
         return evaluate(sae.to(r.device), acts, logits, labels, r.task.n_classes, view.eval, seed)
@@ -316,8 +335,9 @@ def evaluate_cycle(r: Run, cycle: int, sae: SAE, extracted: dict[str, torch.Tens
 def write_cycle(r: Run, paths: ChainPaths, cycle: int, history: list[dict], sae: SAE) -> CycleDir:
     """Rank 0 writes the cycle's model, SAE and metrics (sealed by a manifest) and results.json."""
     files = paths.cycle(cycle)
+    state = full_state(r.tap.model)  # every rank: a sharded model's weights are gathered together
     if is_main():
-        save_module(files.model, r.tap.model, {"name": r.cfg.model.name})
+        save_weights(files.model, state, {"name": r.cfg.model.name})
         sae.save(files.sae)
         # Written last: a cycle directory with metrics.json is complete.
         write_json(files.metrics, {"cycles": history})
@@ -334,8 +354,9 @@ def _restore(r: Run, resume_from: Path | ChainState | None) -> tuple[list[dict],
     if resume_from is None:
         return [], None
     state = resume_from if isinstance(resume_from, ChainState) else ChainState.load(resume_from, r.device)
-    load_state_strict(r.tap.model, state.model_state)
-    r.tap.to(r.device)
+    load_state(r.tap.model, state.model_state)
+    if not is_sharded(r.tap.model):
+        r.tap.to(r.device)
     log.info("resuming after cycle %d", state.history[-1]["cycle"])
     return [dict(h) for h in state.history], state.sae.to(r.device)
 
@@ -363,7 +384,11 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
     paths = paths if isinstance(paths, ChainPaths) else ChainPaths(paths)
     device = device or resolve_device(cfg.device)
     s = prepared or setup(cfg)
-    s.tap.to(device)
+    if cfg.train.strategy == "fsdp":
+        if not is_sharded(s.tap.model):  # each rank's shard goes to the device, never the whole model
+            shard(s.tap, cfg.train, device)
+    else:
+        s.tap.to(device)
     r = Run(cfg, s.task, s.tap, device, cache, _env(s, device))
     r.keys[INIT.name] = stage_key(INIT, cfg, r.env, {})
     history, sae = _restore(r, resume_from)
@@ -381,7 +406,7 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
         sae = train_cycle_sae(r, cycle, extracted)
         metrics = {"cycle": cycle, **evaluate_cycle(r, cycle, sae, extracted)}
         if retrained is not None:
-            metrics.update(retrained.metrics(extracted["train.acts"]))
+            metrics.update(retrained.metrics(extracted["train.acts"].float()))
         metrics["cycle_seconds"] = time.perf_counter() - t0
         history.append(_jsonable(metrics))
         files = write_cycle(r, paths, cycle, history, sae)
@@ -389,6 +414,7 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
             on_cycle(cycle, metrics, files.path)
         sae = sae.to(device)
         if on_state is not None:
-            on_state(cycle, ChainState(history, s.tap.model.state_dict(), sae))
+            # Sharded: every rank gathers; rank 0 holds the weights (load_state reads rank 0's alone).
+            on_state(cycle, ChainState(history, full_state(s.tap.model), sae))
         barrier()
     return history

@@ -79,6 +79,10 @@ class DataConfig:
                  f"must differ from data.text_column ({self.text_column!r})")
 
 
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+TRAIN_STRATEGIES = ("ddp", "fsdp")
+
+
 @dataclass
 class ModelConfig:
     name: str = doc("mlp", "`mlp` (the paper's MNIST-style MLP, sized to the data), or any "
@@ -91,6 +95,15 @@ class ModelConfig:
                        "head reads; first token for BERT-family), `last`, `first`, `mean` (over real tokens)")
     freeze: str = doc("before", "during aux retraining: `before` freezes every module before the target layer "
                       "(the paper), `none` trains all")
+    dtype: str = doc("float32", "dtype the weights are loaded and trained in: `float32`, `bfloat16`, `float16` "
+                     "(transformers only; `from_pretrained(dtype=...)` materialises each weight once, in that dtype). Under `bfloat16` the AdamW "
+                     "states are bf16 too (half the memory, less precision) and cached activations are stored in bf16")
+    gradient_checkpointing: bool = doc(False, "recompute each block's activations in the backward pass instead of keeping "
+                                       "them (Hugging Face's `gradient_checkpointing_enable`, non-reentrant): activation "
+                                       "memory of one block's input per block instead of all its intermediates, one more "
+                                       "forward per block (transformers only)")
+    revision: str = doc("", "hub model revision (branch, tag or commit) to load; empty for the default branch. The "
+                        "commit it resolves to is part of every cache key")
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "model.name", "must be 'mlp' or a model id/path")
@@ -101,9 +114,28 @@ class ModelConfig:
         _require(self.pooling in ("auto", "last", "first", "mean"), "model.pooling",
                  "must be one of: auto, last, first, mean")
         _require(self.freeze in ("before", "none"), "model.freeze", "must be one of: before, none")
+        _require(self.dtype in MODEL_DTYPES, "model.dtype", f"must be one of: {', '.join(MODEL_DTYPES)}")
+        if self.name == "mlp":
+            _require(self.dtype == "float32", "model.dtype", "the MLP runs in float32 (bfloat16/float16 are for transformers)")
+            _require(not self.gradient_checkpointing, "model.gradient_checkpointing", "is for transformers, not the MLP")
+            _require(not self.revision, "model.revision", "is for hub models, not the MLP")
         if self.name == "mlp" and isinstance(self.layer, int):
             n = len(self.hidden_sizes)
             _require(-n <= self.layer < n, "model.layer", f"must be in [{-n}, {n - 1}] for an MLP with {n} hidden layers")
+
+
+@dataclass
+class TrainConfig:
+    strategy: str = doc("ddp", "how a trial's workers share the model in fine-tuning, aux retraining and extraction: "
+                        "`ddp` (a full replica per worker, gradients all-reduced) or `fsdp` (PyTorch FSDP2: every "
+                        "transformer block, or MLP hidden layer, is one `fully_shard` unit, so each worker holds 1/N of the "
+                        "weights, gradients and AdamW states; bf16 compute with fp32 gradient reduction on CUDA)")
+    cpu_offload: bool = doc(False, "`fsdp` only: keep the sharded weights, gradients and AdamW states in host memory "
+                            "(FSDP2's CPUOffloadPolicy; the optimizer step runs on the CPU)")
+
+    def __post_init__(self) -> None:
+        _require(self.strategy in TRAIN_STRATEGIES, "train.strategy", f"must be one of: {', '.join(TRAIN_STRATEGIES)}")
+        _require(not self.cpu_offload or self.strategy == "fsdp", "train.cpu_offload", "needs train.strategy: fsdp")
 
 
 @dataclass
@@ -223,6 +255,7 @@ class Config:
     device: str = doc("auto", "`auto` (CUDA if available), `cpu`, `cuda` (sweeps use Ray Train's device)")
     data: DataConfig = doc(factory=DataConfig)
     model: ModelConfig = doc(factory=ModelConfig)
+    train: TrainConfig = doc(factory=TrainConfig)
     finetune: FinetuneConfig = doc(factory=FinetuneConfig)
     sae: SAEConfig = doc(factory=SAEConfig)
     sharpen: SharpenConfig = doc(factory=SharpenConfig)

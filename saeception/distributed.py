@@ -11,6 +11,13 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def init_single_process(device: torch.device) -> None:
+    """A process group of one, for a plain process that runs train.strategy fsdp (FSDP needs a group even
+    alone: its CPU offload and mixed precision are what a single GPU gains). No-op inside a group."""
+    if not is_distributed():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 

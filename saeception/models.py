@@ -173,7 +173,7 @@ def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
     """The tokenizer for a transformer model, with a pad token (GPT-style models reuse EOS)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_source(cfg.name))
+    tok = AutoTokenizer.from_pretrained(model_source(cfg.name), **_revision(cfg))
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ConfigError(f"model.name: tokenizer of {cfg.name} has neither a pad nor an EOS token")
@@ -182,7 +182,13 @@ def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
     return tok
 
 
+def _revision(cfg: ModelConfig) -> dict[str, str]:
+    return {"revision": cfg.revision} if cfg.revision else {}
+
+
 def build_model(cfg: ModelConfig, n_classes: int, input_dim: int = 0, pad_token_id: int | None = None) -> nn.Module:
+    """The classifier, loaded in `model.dtype` (transformers load onto the meta device and materialise each
+    weight once, in that dtype: no fp32 copy of a bf16 model is ever made)."""
     if cfg.name == "mlp":
         if input_dim <= 0:
             raise ConfigError("model.name: 'mlp' needs feature data (e.g. data.name: digits), not text")
@@ -190,11 +196,18 @@ def build_model(cfg: ModelConfig, n_classes: int, input_dim: int = 0, pad_token_
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_source(cfg.name), num_labels=n_classes, ignore_mismatched_sizes=True)
+        model_source(cfg.name), num_labels=n_classes, ignore_mismatched_sizes=True, dtype=getattr(torch, cfg.dtype),
+        **_revision(cfg))
     if pad_token_id is not None:
         # One pad id for the tokenizer (which pads) and the head (which skips pads to find the last real
         # token): a checkpoint may name a pad id its tokenizer does not have.
         model.config.pad_token_id = pad_token_id
+    if cfg.gradient_checkpointing:
+        if not model.supports_gradient_checkpointing:
+            raise ConfigError(f"model.gradient_checkpointing: {cfg.name} ({type(model).__name__}) does not support it")
+        # Non-reentrant: the recomputed block stays in the autograd graph of the tapped activation, so the
+        # auxiliary loss still reaches the weights (tests/test_models.py pins it).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 

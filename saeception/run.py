@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     from .artifacts import ChainPaths
-    from .chain import run_chain, setup
+    from .chain import resolve_device, run_chain, setup
+    from .distributed import init_single_process
     from .validate import check_dir, check_run
 
     try:
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cycle {cycle} done in {metrics['cycle_seconds']:.1f}s: task_accuracy {metrics['task_accuracy']:.4f}, "
               f"sae_u {metrics['sae_u']:.4f}", flush=True)
 
-    history = run_chain(cfg, paths, on_cycle=show, prepared=prepared)
+    device = resolve_device(cfg.device)
+    if cfg.train.strategy == "fsdp":
+        init_single_process(device)
+    history = run_chain(cfg, paths, on_cycle=show, prepared=prepared, device=device)
     print()
     print(format_table(history))
     print(f"\nwrote {paths.results()}")

@@ -1,8 +1,8 @@
 """Training and extraction stages: fine-tuning, auxiliary retraining, activation extraction.
 
-All three work unchanged under torch.distributed: the model is wrapped in DDP, each rank reads its
-shard through a DistributedSampler, and extraction gathers every rank's rows back into one tensor
-ordered by example id.
+All three work unchanged under torch.distributed: the model is wrapped in DDP (or already sharded by
+FSDP, saeception.sharding), each rank reads its shard through a DistributedSampler, and extraction
+gathers every rank's rows back into one tensor ordered by example id.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .data import TaskData, loader
 from .distributed import all_gather_rows, finite_everywhere, is_distributed
 from .errors import DivergedError
 from .models import TapModel
+from .sharding import is_sharded, reshard
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
 
 
 def _wrap(tap: TapModel, device: torch.device) -> nn.Module:
-    if not is_distributed():
+    """DDP around the tap under torch.distributed; a model FSDP already shards (train.strategy: fsdp) syncs
+    its own gradients (reduce-scatter, averaged over ranks as DDP's all-reduce is)."""
+    if not is_distributed() or is_sharded(tap.model):
         return tap
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(tap, device_ids=ids)
@@ -56,6 +59,7 @@ def _check_finite(loss_sum: Tensor, checked: int, step: int, epoch: int, lr: flo
 def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int, weight_decay: float,
          device: torch.device, seed: int, targets: Tensor | None = None, weight: float = 0.0,
          center: Tensor | None = None) -> None:
+    reshard(tap.model)  # FSDP: training starts from the sharded weights, as they are frozen now
     params = [p for p in tap.parameters() if p.requires_grad]
     if not params:
         return
@@ -124,6 +128,7 @@ def extract(tap: TapModel, task: TaskData, split: str, batch_size: int, device: 
         else:
             ids.append(batch["ids"])
             positions.append(torch.zeros_like(batch["ids"]))
+    reshard(tap.model)
     order = all_gather_rows(torch.cat(ids)).cpu()
     h_all = all_gather_rows(torch.cat(hs)).cpu()
     if tokens:

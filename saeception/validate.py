@@ -137,7 +137,7 @@ def _layer_width(cfg: ModelConfig, data_name: str, facts: DataFacts) -> int | No
         return TapModel(model, cfg.layer, cfg.pooling).width()
     if facts.kind == "features":
         raise ConfigError(f"model.name: {data_name} is feature data; it needs model.name: mlp")
-    hf_config = _hf_config(cfg.name)
+    hf_config = _hf_config(cfg.name, cfg.revision)
     if hf_config is None:
         return None
     from transformers import AutoModelForSequenceClassification
@@ -152,7 +152,7 @@ def _layer_width(cfg: ModelConfig, data_name: str, facts: DataFacts) -> int | No
     return width
 
 
-def _hf_config(name: str):
+def _hf_config(name: str, revision: str = ""):
     """The model's config (config.json only); None for a hub id that is neither cached nor reachable."""
     from transformers import AutoConfig
 
@@ -162,7 +162,7 @@ def _hf_config(name: str):
     if not Path(source).exists() and (Path(source).is_absolute() or source.startswith((".", "~"))):
         raise ConfigError(f"model.name: {source} does not exist (a model is a local directory, a hub id or 'mlp')")
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source, **({"revision": revision} if revision else {}))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if Path(source).exists():

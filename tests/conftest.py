@@ -14,7 +14,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import make_text_csv, tiny_bert, tiny_gpt2  # noqa: E402
+from helpers import make_text_csv, tiny_bert, tiny_gpt2, tiny_llama, tiny_neox  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +49,16 @@ def gpt2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bert_dir(tmp_path_factory) -> Path:
     return tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="session")
+def neox_dir(tmp_path_factory) -> Path:
+    return tiny_neox(tmp_path_factory.mktemp("neox"))
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    return tiny_llama(tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,32 @@ def tiny_gpt2(out_dir: Path, n_classes: int = 3) -> Path:
     return out_dir
 
 
+def tiny_neox(out_dir: Path, n_classes: int = 3) -> Path:
+    """A random-init GPT-NeoX (Pythia's family) classifier: rotary positions, parallel attention/MLP."""
+    from transformers import GPTNeoXConfig, GPTNeoXForSequenceClassification
+
+    tok = train_tokenizer(out_dir)
+    eos = tok.eos_token_id
+    cfg = GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64, vocab_size=len(tok), pad_token_id=eos, bos_token_id=eos,
+                        eos_token_id=eos, num_labels=n_classes)
+    GPTNeoXForSequenceClassification(cfg).save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_llama(out_dir: Path, n_classes: int = 3) -> Path:
+    """A random-init LLaMA-family classifier: RMSNorm, rotary positions, SwiGLU, grouped-query attention."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = train_tokenizer(out_dir)
+    eos = tok.eos_token_id
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, vocab_size=len(tok), pad_token_id=eos,
+                      bos_token_id=eos, eos_token_id=eos, num_labels=n_classes)
+    LlamaForSequenceClassification(cfg).save_pretrained(out_dir)
+    return out_dir
+
+
 def tiny_bert(out_dir: Path, n_classes: int = 3) -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
