@@ -205,8 +205,9 @@ def build_model(cfg: ModelConfig, n_classes: int, input_dim: int = 0, pad_token_
     if cfg.gradient_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise ConfigError(f"model.gradient_checkpointing: {cfg.name} ({type(model).__name__}) does not support it")
-        # Non-reentrant: the recomputed block stays in the autograd graph of the tapped activation, so the
-        # auxiliary loss still reaches the weights (tests/test_models.py pins it).
+        # Non-reentrant (PyTorch's recommended mode; reentrant needs inputs that require grad, which blocks
+        # after frozen ones lack). The tap's hook sits outside the checkpoint: h stays in the graph and the
+        # aux loss's gradients equal the plain backward's (tests/test_models.py).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 

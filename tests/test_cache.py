@@ -44,6 +44,21 @@ def test_same_inputs_same_keys_and_every_read_field_changes_them():
         assert keys(**over) == base
 
 
+def test_loading_and_sharding_settings_change_the_keys_of_what_they_shape():
+    """The weights' dtype and hub revision shape every stage; how the model is sharded shapes what it
+    computes (bf16 compute under fsdp on CUDA); checkpointing shapes the fine-tuned model only."""
+    text = {**TINY, "data.name": "glue/sst2", "model.name": "gpt2"}
+    base = keys(**text)
+    for over in ({"model.dtype": "bfloat16"}, {"model.revision": "v1"}):
+        changed = keys(**text, **over)
+        assert all(changed[s] != base[s] for s in base), over
+    for over in ({"train.strategy": "fsdp"}, {"train.strategy": "fsdp", "train.cpu_offload": True}):
+        changed = keys(**text, **over)
+        assert changed["init"] == base["init"] and all(changed[s] != base[s] for s in ("finetune", "extract", "sae")), over
+    changed = keys(**text, **{"model.gradient_checkpointing": True})
+    assert changed["init"] == base["init"] and changed["finetune"] != base["finetune"]
+
+
 def test_a_stage_cannot_read_what_it_does_not_declare(monkeypatch, tmp_path):
     """The key is built from the declaration the stage's code reads through: drop `sae.tokens` from the
     extraction's declaration (the first version's missing key field) and the stage fails loudly."""

@@ -114,3 +114,19 @@ def test_a_per_example_sharpening_that_keeps_everything_is_flagged(tmp_path, cap
     assert [h["sharpen_kept_fraction"] for h in history[1:]] == [1.0, 1.0]
     sharp = run_chain(tiny(chain__cycles=1, sharpen__strategy="per_example", sharpen__top_k_pct=1), tmp_path / "b")
     assert sharp[1]["sharpen_kept_fraction"] < 1.0
+
+
+def test_a_bf16_model_keeps_and_caches_its_activations_in_bf16(tmp_path, neox_dir, text_csv):
+    from safetensors.torch import load_file
+
+    from saeception.cache import StageCache
+
+    cfg = _text_cfg(neox_dir, text_csv, **{"model.dtype": "bfloat16", "chain.cycles": 1})
+    history = run_chain(cfg, ChainPaths(tmp_path / "run"), cache=StageCache(tmp_path / "cache"))
+    assert 0 <= history[1]["task_accuracy"] <= 1 and 0 < history[1]["l0"] <= 4 + 1e-9
+    [entry] = list((tmp_path / "cache").rglob("activations.safetensors"))
+    stored = load_file(str(entry))
+    assert {stored[f"{s}.acts"].dtype for s in ("train", "val", "test")} == {torch.bfloat16}
+    assert stored["train.logits"].dtype == torch.float32
+    weights = load_file(str(ChainPaths(tmp_path / "run").cycle(1).model.with_suffix(".safetensors")))
+    assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.bfloat16}

@@ -24,7 +24,10 @@ COMPARED = ("task_accuracy", "val_task_accuracy", "probe_accuracy", "explained_v
 
 
 def _values(model_dir, text_csv, strategy: str, cycles: int = 1) -> dict:
-    return {"data.name": str(text_csv), "model.name": str(model_dir), "model.layer": -1, "device": "cpu",
+    """model_dir "mlp": the MLP on digits (its hidden layers are the FSDP units)."""
+    data = {"data.name": "digits", "data.max_examples": 240, "model.hidden_sizes": [32, 16]} if model_dir == "mlp" \
+        else {"data.name": str(text_csv)}
+    return {**data, "model.name": str(model_dir), "model.layer": -1, "device": "cpu",
             "finetune.epochs": 1, "finetune.batch_size": 16, "aux.epochs": 1, "aux.batch_size": 16,
             "sae.expansion_factor": 2, "sae.k": 4, "sae.steps": 40, "sae.batch_size": 64, "chain.cycles": cycles,
             "eval.probe_max_iter": 50, "eval.backend": "sklearn", "train.strategy": strategy}
@@ -35,13 +38,18 @@ def _spawn(fn, world: int, tmp_path, *args) -> None:
     mp.spawn(fn, args=(world, init, *args), nprocs=world, join=True)
 
 
-def _chain_worker(rank: int, world: int, init: str, values: dict, root: str, resume: str | None) -> None:
+def _chain_worker(rank: int, world: int, init: str, values: dict, root: str, resume: str | None,
+                  cache_dir: str | None = None) -> None:
+    from saeception.cache import StageCache
     from saeception.chain import run_chain
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
+        cache = StageCache(cache_dir) if cache_dir else None
         history = run_chain(build_config(values), ChainPaths(root), device=torch.device("cpu"),
-                            resume_from=resume or None)
+                            resume_from=resume or None, cache=cache)
+        if cache is not None and rank == 0:
+            history[-1]["hits"] = cache.stats.hits
         with open(f"{root}/history.{rank}.json", "w") as f:
             json.dump(history, f)
     finally:
@@ -96,12 +104,12 @@ def _extract_worker(rank: int, world: int, init: str, model_dir: str, text_csv: 
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("family", ["neox", "llama"])
+@pytest.mark.parametrize("family", ["neox", "llama", "mlp"])
 def test_extraction_under_fsdp_equals_extraction_without_it_row_for_row(family, request, text_csv, tmp_path):
     from saeception.chain import setup
     from saeception.train import extract
 
-    model_dir = request.getfixturevalue(f"{family}_dir")
+    model_dir = "mlp" if family == "mlp" else request.getfixturevalue(f"{family}_dir")
     _spawn(_extract_worker, 2, tmp_path, str(model_dir), str(text_csv), str(tmp_path / "out"))
     s = setup(build_config(_values(model_dir, text_csv, "ddp")))  # same init stage: the same weights
     pooled, logits = extract(s.tap, s.task, "train", 16, torch.device("cpu"))
@@ -143,3 +151,17 @@ def test_a_cycle_written_by_two_fsdp_workers_resumes_on_one(neox_dir, text_csv, 
     assert [h["cycle"] for h in history] == [0, 1]
     for k, v in s_plain.items():
         assert torch.equal(state.model_state[k], v)
+
+
+def test_fsdp_workers_reuse_cycle_0_from_the_stage_cache(neox_dir, text_csv, tmp_path):
+    """A hit loads the fine-tuned weights into the sharded model on every rank together (a collective:
+    done after the lookup, never by rank 0 alone inside it) and gives the computed chain's numbers."""
+    values = _values(neox_dir, text_csv, "fsdp", cycles=1)
+    for run in ("computed", "cached"):
+        _spawn(_chain_worker, 2, tmp_path, values, str(tmp_path / run), None, str(tmp_path / "cache"))
+    computed, cached = _history(tmp_path / "computed"), _history(tmp_path / "cached")
+    assert cached[-1].pop("hits") == 3 and computed[-1].pop("hits") == 0
+    for a, b in zip(computed, cached):
+        for k in a:
+            if k != "cycle_seconds":
+                assert b[k] == pytest.approx(a[k], abs=1e-6, nan_ok=True), (a["cycle"], k)

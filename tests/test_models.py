@@ -121,3 +121,37 @@ def test_layer_by_negative_index_and_name():
     assert tap.target_name == "hidden.0"
     tap = TapModel(MLP(8, [16, 12], 3), "hidden.1")
     assert tap.width() == 12
+
+
+@pytest.mark.parametrize("family", ["neox", "llama"])
+def test_gradient_checkpointing_keeps_the_target_blocks_gradients_with_earlier_blocks_frozen(family, request):
+    """With the blocks before the target frozen (model.freeze before), checkpointing recomputes the target
+    block in the backward pass and the aux loss's gradients are the plain backward's."""
+    model_dir = request.getfixturevalue(f"{family}_dir")
+    grads = {}
+    for checkpointing in (False, True):
+        cfg = ModelConfig(name=str(model_dir), layer=-1, gradient_checkpointing=checkpointing)
+        tok = load_tokenizer(cfg)
+        torch.manual_seed(0)
+        tap = TapModel(build_model(cfg, 3, pad_token_id=tok.pad_token_id), cfg.layer)
+        tap.freeze_before_target()
+        tap.train()
+        inner = [m for m in tap.target.children() if any(p.requires_grad for p in m.parameters())][0]
+        calls = []
+        inner.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        seqs = [tok("apple engine piano")["input_ids"], tok("the violin and the drum")["input_ids"]]
+        batch = collate([(s, 0, i) for i, s in enumerate(seqs)], tok.pad_token_id, "right")
+        _, h = tap(batch)
+        aux_loss(h, torch.ones_like(h)).backward()
+        assert len(calls) == (2 if checkpointing else 1)  # recomputed in the backward pass
+        grads[checkpointing] = {n: p.grad.clone() for n, p in tap.target.named_parameters() if p.grad is not None}
+    assert grads[False], "the plain backward reaches the target block"
+    assert grads[True].keys() == grads[False].keys()
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, atol=1e-6, rtol=1e-5)
+
+
+def test_model_dtype_loads_the_weights_in_it(neox_dir):
+    cfg = ModelConfig(name=str(neox_dir), dtype="bfloat16")
+    model = build_model(cfg, 3)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
