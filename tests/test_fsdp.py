@@ -165,3 +165,38 @@ def test_fsdp_workers_reuse_cycle_0_from_the_stage_cache(neox_dir, text_csv, tmp
         for k in a:
             if k != "cycle_seconds":
                 assert b[k] == pytest.approx(a[k], abs=1e-6, nan_ok=True), (a["cycle"], k)
+
+
+@pytest.mark.ray
+@pytest.mark.fsdp
+def test_a_one_trial_fsdp_sweep_on_two_workers(tmp_path, ray_env, neox_dir, text_csv):
+    """The user's command, with a tiny GPT-NeoX text space: one trial, one TorchTrainer of 2 gloo workers
+    that shard the model (train.strategy fsdp)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    space = tmp_path / "neox_tiny.yaml"
+    fixed = {k: v for k, v in _values(neox_dir, text_csv, "ddp").items() if k not in ("train.strategy", "device", "sae.k")}
+    space.write_text(yaml.safe_dump({"name": "neox_tiny", "fixed": fixed,
+                                     "params": {"sae.k": {"type": "int", "low": 2, "high": 6}},
+                                     "objectives": [{"metric": "val_sae_u", "mode": "max"}]}))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**ray_env, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), ray_env.get("PYTHONPATH")) if p)}
+    storage = tmp_path / "sweep"
+    r = subprocess.run([sys.executable, "-m", "saeception.sweep", "--space", str(space), "--trials", "1",
+                        "--storage", str(storage), "--num-cpus", "2", "--workers-per-trial", "2", "--cpus-per-worker", "0.5",
+                        "--confirm-seeds", "0", "--no-cache", "--set", "train.strategy=fsdp"],
+                       capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "1 done, 0 stopped early, 0 running, 0 failed of 1" in r.stdout
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    [trial] = [x for e in client.search_experiments() for x in client.search_runs([e.experiment_id])
+               if x.data.tags.get("saeception.role") == "trial"]
+    assert trial.info.status == "FINISHED" and trial.data.params["train.strategy"] == "fsdp"
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "task_accuracy")] == [0, 1]
