@@ -36,9 +36,9 @@ from .distributed import barrier, broadcast_, broadcast_object, is_distributed, 
 from .errors import CorruptCycleError
 from .evaluate import evaluate
 from .models import TapModel, build_model, load_tokenizer, model_source
-from .sae import SAE, encode_all, train_sae
+from .sae import SAE, train_sae
 from .sharding import full_state, is_sharded, load_state, shard
-from .sharpen import build_targets, class_means, is_noop
+from .sharpen import build_targets, encoded_class_means, is_noop
 from .stages import ConfigView, Stage, model_fingerprint, stage_key, stage_rng
 from .train import extract, finetune, retrain
 
@@ -257,7 +257,7 @@ def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> Retrained:
         if view.sharpen.strategy == "per_class":
             # Each rank contributes its shard of the class sums; the all-reduce makes them global.
             shard = slice(rank(), None, world_size())
-            means = class_means(encode_all(sae, acts.to(device))[shard], labels[shard], task.n_classes)
+            means = encoded_class_means(sae, acts.to(device)[shard], labels[shard], task.n_classes)
         targets, kept = build_targets(sae, acts.to(device), labels, view.sharpen, seed, means, task.n_classes)
         return acts, targets.cpu(), kept
 

@@ -23,6 +23,8 @@ from torch import Tensor
 # scikit-learn's LogisticRegression defaults (tol is L-BFGS-B's gtol: max |gradient| at stop).
 C = 1.0
 TOL = 1e-4
+# Standardised probe inputs are held whole up to this many elements (1 GiB in fp32), else per row block.
+STANDARDIZED_ELEMENTS = 1 << 28
 
 Predict = Callable[[Tensor], Tensor]
 
@@ -75,20 +77,41 @@ def fit_torch(x: Tensor, y: Tensor, max_iter: int, dtype: torch.dtype = torch.fl
     b = torch.zeros(k, dtype=dtype, device=x.device, requires_grad=True)
     if len(classes) < 2:
         return LinearProbe(classes, mean, scale, w.detach()[:1], b.detach()[:1])
-    xs = (x.detach().to(dtype) - mean) / scale
-    l2 = (2.0 if k == 2 else 1.0) / (C * len(x))
+    n = len(x)
+    l2 = (2.0 if k == 2 else 1.0) / (C * n)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, max_eval=15000, tolerance_grad=TOL,
                             tolerance_change=64 * torch.finfo(torch.float64).eps, history_size=10,
                             line_search_fn="strong_wolfe")
+    # The standardised inputs, whole when they fit in STANDARDIZED_ELEMENTS, else re-made per block of
+    # rows at each evaluation: never a second full copy of a wide x (98,304 SAE latents).
+    rows = max(1, STANDARDIZED_ELEMENTS // max(x.shape[1], 1))
+    whole = [(x.detach().to(dtype) - mean) / scale] if n <= rows else None
 
+    def blocks():
+        if whole is not None:
+            yield 0, whole[0]
+            return
+        for i in range(0, n, rows):
+            yield i, (x[i:i + rows].detach().to(dtype) - mean) / scale
+
+    @torch.no_grad()
     def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(_linear(xs, w, b), target) + 0.5 * l2 * w.pow(2).sum()
-        loss.backward()
+        # Mean cross-entropy + L2 and its gradient, accumulated over row blocks (softmax - onehot).
+        loss = 0.5 * l2 * w.pow(2).sum()
+        grad_w, grad_b = l2 * w, torch.zeros_like(b)
+        for i, xs in blocks():
+            logits = _linear(xs, w, b)
+            t = target[i:i + len(xs)]
+            loss += F.cross_entropy(logits, t, reduction="sum") / n
+            residual = logits.softmax(-1)
+            residual[torch.arange(len(t), device=t.device), t] -= 1
+            residual /= n
+            grad_w += (xs.T @ residual).T
+            grad_b += residual.sum(0)
+        w.grad, b.grad = grad_w, grad_b
         return loss
 
-    with torch.enable_grad():  # callers may evaluate under no_grad
-        opt.step(closure)
+    opt.step(closure)
     return LinearProbe(classes, mean, scale, w.detach(), b.detach())
 
 

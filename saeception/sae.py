@@ -290,6 +290,20 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
     return sae.requires_grad_(False)
 
 
+# Rows per chunk when codes are computed piecewise: about 2^28 code elements (1 GiB in fp32) per chunk,
+# so a 98,304-latent SAE encodes ~2,700 rows at a time and a small one everything at once.
+CHUNK_ELEMENTS = 1 << 28
+
+
+def chunk_rows(n_latents: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(n_latents, 1))
+
+
 @torch.no_grad()
 def encode_all(sae: SAE, x: Tensor, batch_size: int = 8192) -> Tensor:
-    return torch.cat([sae.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else x.new_zeros(0, sae.n_latents)
+    """(N, n_latents) codes, encoded `batch_size` rows at a time into one preallocated tensor (the
+    codes are held once: no list of chunks beside their concatenation)."""
+    out = torch.empty(len(x), sae.n_latents, dtype=sae.W_enc.dtype, device=x.device)
+    for i in range(0, len(x), batch_size):
+        out[i:i + batch_size] = sae.encode(x[i:i + batch_size])
+    return out

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .config import SharpenConfig
 from .distributed import all_reduce_
-from .sae import SAE, encode_all
+from .sae import SAE, chunk_rows
 
 
 def n_kept(n_latents: int, top_k_pct: float) -> int:
@@ -22,12 +22,27 @@ def n_kept(n_latents: int, top_k_pct: float) -> int:
 def class_means(codes: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     """(C, n_latents) mean code per class. Under torch.distributed each rank passes its own shard and
     the sums and counts are all-reduced, so every rank gets the means over all shards."""
-    sums = torch.zeros(n_classes, codes.shape[1], dtype=torch.float64, device=codes.device)
-    sums.index_add_(0, labels, codes.double())
-    counts = torch.bincount(labels, minlength=n_classes).double().to(codes.device)
+    return _means([(codes, labels)], n_classes, codes.shape[1], codes.dtype, codes.device)
+
+
+@torch.no_grad()
+def encoded_class_means(sae: SAE, activations: Tensor, labels: Tensor, n_classes: int) -> Tensor:
+    """class_means(encode(activations), labels), encoding a chunk of rows at a time (sae.chunk_rows): the
+    codes of the whole split are never held at once."""
+    step = chunk_rows(sae.n_latents)
+    chunks = ((sae.encode(activations[i:i + step]), labels[i:i + step]) for i in range(0, len(activations), step))
+    return _means(chunks, n_classes, sae.n_latents, sae.W_enc.dtype, activations.device)
+
+
+def _means(chunks, n_classes: int, n_latents: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    sums = torch.zeros(n_classes, n_latents, dtype=torch.float64, device=device)
+    counts = torch.zeros(n_classes, dtype=torch.float64, device=device)
+    for codes, labels in chunks:
+        sums.index_add_(0, labels, codes.double())
+        counts += torch.bincount(labels, minlength=n_classes).double().to(device)
     all_reduce_(sums)
     all_reduce_(counts)
-    return (sums / counts.clamp_min(1)[:, None]).to(codes.dtype)
+    return (sums / counts.clamp_min(1)[:, None]).to(dtype)
 
 
 def top_mask(scores: Tensor, keep: int) -> Tensor:
@@ -74,11 +89,18 @@ def random_directions(n: int, d: int, seed: int) -> Tensor:
 def kept_fraction(codes: Tensor, sharpened: Tensor) -> float:
     """Mean over examples with a non-zero code of ||sharpened||_1 / ||code||_1 (1.0: sharpening kept
     everything, the target is just the reconstruction)."""
+    return _mean_or_nan(kept_ratios(codes, sharpened))
+
+
+def kept_ratios(codes: Tensor, sharpened: Tensor) -> Tensor:
+    """||sharpened||_1 / ||code||_1 of each example with a non-zero code."""
     total = codes.abs().sum(-1)
     live = total > 0
-    if not live.any():
-        return float("nan")
-    return float((sharpened.abs().sum(-1)[live] / total[live]).double().mean())
+    return sharpened.abs().sum(-1)[live] / total[live]
+
+
+def _mean_or_nan(ratios: Tensor) -> float:
+    return float(ratios.double().mean()) if len(ratios) else float("nan")
 
 
 def is_noop(strategy: str, sae_kind: str, k: int, n_latents: int, top_k_pct: float) -> bool:
@@ -90,9 +112,20 @@ def is_noop(strategy: str, sae_kind: str, k: int, n_latents: int, top_k_pct: flo
 def build_targets(sae: SAE, activations: Tensor, labels: Tensor, cfg: SharpenConfig, seed: int = 0,
                   means: Tensor | None = None, n_classes: int | None = None) -> tuple[Tensor, float]:
     """(N, d) targets for the train split, row i for example id i: decode(sharpen(encode(h_i))), and
-    the kept fraction of the codes' L1 mass (nan for random_direction, which has no codes)."""
+    the kept fraction of the codes' L1 mass (nan for random_direction, which has no codes). A chunk of
+    rows at a time (sae.chunk_rows): every step is per row once the class means are known, so the codes
+    of the whole split (N x n_latents, 26 GB for 67k examples and 98,304 latents) are never held at once."""
     if cfg.strategy == "random_direction":
         return random_directions(len(activations), activations.shape[1], seed).to(activations.device), float("nan")
-    codes = encode_all(sae, activations)
-    sharpened = sharpen(codes, labels, cfg, means, n_classes, seed)
-    return sae.decode(sharpened), kept_fraction(codes, sharpened)
+    n_classes = n_classes or int(labels.max()) + 1
+    if cfg.strategy == "per_class" and means is None:
+        means = encoded_class_means(sae, activations, labels, n_classes)
+    targets = torch.empty_like(activations, dtype=sae.W_dec.dtype)
+    ratios = []
+    step = chunk_rows(sae.n_latents)
+    for i in range(0, len(activations), step):
+        codes = sae.encode(activations[i:i + step])
+        sharpened = sharpen(codes, labels[i:i + step], cfg, means, n_classes, seed)
+        targets[i:i + step] = sae.decode(sharpened)
+        ratios.append(kept_ratios(codes, sharpened))
+    return targets, _mean_or_nan(torch.cat(ratios) if ratios else activations.new_zeros(0))

@@ -70,6 +70,19 @@ def test_probe_solves_sklearns_objective(classes):
     assert np.abs(p_ours - p_ref).max() < 0.01, np.abs(p_ours - p_ref).max()
 
 
+def test_a_probe_fit_on_row_blocks_is_the_probe_fit_on_the_whole_set(monkeypatch):
+    """Wide codes are standardised a block of rows at a time (no second full copy of x): the same
+    objective and gradient, so the same probe up to float summation order."""
+    from saeception import probe as probe_mod
+
+    x, y = sparse_codes(300, 64, 8, 3, 0.5, seed=2)
+    whole = fit_torch(x, y, 100)
+    monkeypatch.setattr(probe_mod, "STANDARDIZED_ELEMENTS", 64 * 70)  # 70 rows per block: 5 blocks
+    blocked = fit_torch(x, y, 100)
+    torch.testing.assert_close(blocked.weight, whole.weight, rtol=1e-3, atol=1e-4)
+    assert torch.equal(blocked.predict(x), whole.predict(x))
+
+
 def test_probe_standardises_like_standard_scaler():
     x, y = sparse_codes(300, 64, 8, 3, 0.5, seed=1)
     x[:, 3] = 0.0  # dead latent: zero variance, left unscaled

@@ -92,3 +92,26 @@ def test_targets_belong_to_their_examples_after_shuffling():
     first = next(iter(loader(task, "train", 50, shuffle=True, seed=1)))
     assert not torch.equal(first["ids"], torch.arange(50))
 
+
+
+def test_targets_computed_a_chunk_of_rows_at_a_time_equal_the_whole_split_at_once(monkeypatch):
+    """Sharpening works per row once the class means are known: chunking the split (what keeps a
+    98,304-latent SAE's codes of a whole split out of memory) changes no target and no kept fraction."""
+    import pytest
+
+    from saeception import sae as sae_mod
+    from saeception.sharpen import build_targets, encoded_class_means
+
+    g = torch.Generator().manual_seed(0)
+    acts, labels = torch.randn(203, 16, generator=g), torch.randint(0, 3, (203,), generator=g)
+    sae = train_sae(acts, SAEConfig(kind="topk", expansion_factor=4, k=6, steps=50), seed=0)
+    whole = {s: build_targets(sae, acts, labels, SharpenConfig(strategy=s, top_k_pct=10), seed=3)
+             for s in ("per_class", "per_example", "random")}
+    means = encoded_class_means(sae, acts, labels, 3)
+    monkeypatch.setattr(sae_mod, "CHUNK_ELEMENTS", 64 * 50)  # 50 rows per chunk: 5 chunks, the last short
+    assert sae_mod.chunk_rows(sae.n_latents) == 50
+    torch.testing.assert_close(encoded_class_means(sae, acts, labels, 3), means, rtol=0, atol=1e-6)
+    for strategy, (targets, kept) in whole.items():
+        chunked, kept_chunked = build_targets(sae, acts, labels, SharpenConfig(strategy=strategy, top_k_pct=10), seed=3)
+        torch.testing.assert_close(chunked, targets, rtol=0, atol=1e-6)
+        assert kept_chunked == pytest.approx(kept, abs=1e-12), strategy
