@@ -106,7 +106,7 @@ def fit_torch(x: Tensor, y: Tensor, max_iter: int, dtype: torch.dtype = torch.fl
             residual = logits.softmax(-1)
             residual[torch.arange(len(t), device=t.device), t] -= 1
             residual /= n
-            grad_w += (xs.T @ residual).T
+            grad_w += residual.T @ xs
             grad_b += residual.sum(0)
         w.grad, b.grad = grad_w, grad_b
         return loss
