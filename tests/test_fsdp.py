@@ -66,6 +66,10 @@ def test_fsdp_chain_gives_ddp_metrics(family, request, text_csv, tmp_path):
     for strategy in ("ddp", "fsdp"):
         _spawn(_chain_worker, 2, tmp_path, _values(model_dir, text_csv, strategy), str(tmp_path / strategy), None)
     ddp, fsdp = _history(tmp_path / "ddp"), _history(tmp_path / "fsdp")
+    if family == "neox":  # train.cpu_offload: the same numbers (on the CPU, only the code path differs)
+        _spawn(_chain_worker, 2, tmp_path, {**_values(model_dir, text_csv, "fsdp"), "train.cpu_offload": True},
+               str(tmp_path / "offload"), None)
+        assert _numbers(_history(tmp_path / "offload")) == _numbers(fsdp)
     assert _history(tmp_path / "fsdp", 1) == [{**h, "cycle_seconds": _history(tmp_path / "fsdp", 1)[i]["cycle_seconds"]}
                                                for i, h in enumerate(fsdp)]  # every rank has rank 0's metrics
     assert [h["cycle"] for h in fsdp] == [0, 1]
@@ -77,6 +81,10 @@ def test_fsdp_chain_gives_ddp_metrics(family, request, text_csv, tmp_path):
     # a unit gathered before the freeze once kept the head from learning under fsdp.
     assert _moved(tmp_path / "fsdp") == _moved(tmp_path / "ddp")
     assert any(".norm." in k or k.startswith(("score.", "classifier.")) for k in _moved(tmp_path / "fsdp"))
+
+
+def _numbers(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "cycle_seconds"} for h in history]
 
 
 def _moved(root) -> set[str]:
