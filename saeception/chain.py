@@ -37,7 +37,7 @@ from .errors import CorruptCycleError
 from .evaluate import evaluate
 from .models import TapModel, build_model, load_tokenizer, model_source
 from .sae import SAE, train_sae
-from .sharding import full_state, is_sharded, load_state, shard
+from .sharding import full_state, is_sharded, load_state, loads_on_rank0, shard
 from .sharpen import build_targets, encoded_class_means, is_noop
 from .stages import ConfigView, Stage, model_fingerprint, stage_key, stage_rng
 from .train import extract, finetune, retrain
@@ -122,7 +122,7 @@ def setup(cfg: Config) -> Setup:
     task = load_task(cfg.data, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer is not None else None
     with stage_rng(cfg.seed, 0, INIT.name):
-        model = build_model(cfg.model, task.n_classes, task.input_dim, pad)
+        model = build_model(cfg.model, task.n_classes, task.input_dim, pad, on_meta=loads_on_rank0(cfg.train, cfg.model) and rank() != 0)
     tap = TapModel(model, cfg.model.layer, cfg.model.pooling)
     cfg.sae.check_width(tap.width())
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)

@@ -186,18 +186,25 @@ def _revision(cfg: ModelConfig) -> dict[str, str]:
     return {"revision": cfg.revision} if cfg.revision else {}
 
 
-def build_model(cfg: ModelConfig, n_classes: int, input_dim: int = 0, pad_token_id: int | None = None) -> nn.Module:
+def build_model(cfg: ModelConfig, n_classes: int, input_dim: int = 0, pad_token_id: int | None = None,
+                on_meta: bool = False) -> nn.Module:
     """The classifier, loaded in `model.dtype` (transformers load onto the meta device and materialise each
-    weight once, in that dtype: no fp32 copy of a bf16 model is ever made)."""
+    weight once, in that dtype: no fp32 copy of a bf16 model is ever made). on_meta: the architecture only,
+    every tensor on the meta device (an FSDP worker other than rank 0, which receives its shard from rank 0)."""
     if cfg.name == "mlp":
         if input_dim <= 0:
             raise ConfigError("model.name: 'mlp' needs feature data (e.g. data.name: digits), not text")
         return MLP(input_dim, cfg.hidden_sizes, n_classes)
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_source(cfg.name), num_labels=n_classes, ignore_mismatched_sizes=True, dtype=getattr(torch, cfg.dtype),
-        **_revision(cfg))
+    dtype = getattr(torch, cfg.dtype)
+    if on_meta:
+        config = AutoConfig.from_pretrained(model_source(cfg.name), num_labels=n_classes, **_revision(cfg))
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_source(cfg.name), num_labels=n_classes, ignore_mismatched_sizes=True, dtype=dtype, **_revision(cfg))
     if pad_token_id is not None:
         # One pad id for the tokenizer (which pads) and the head (which skips pads to find the last real
         # token): a checkpoint may name a pad id its tokenizer does not have.

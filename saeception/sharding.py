@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from .artifacts import load_state_strict
-from .config import ConfigError, TrainConfig
-from .distributed import is_distributed, world_size
+from .config import ConfigError, ModelConfig, TrainConfig
+from .distributed import broadcast_, is_distributed, rank, world_size
 from .models import MLP, TapModel, block_list
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,18 @@ def units(model: nn.Module) -> list[nn.Module]:
     return list(model.hidden) if isinstance(model, MLP) else list(block_list(model))
 
 
+def loads_on_rank0(train: TrainConfig, model: ModelConfig) -> bool:
+    """Whether only rank 0 loads the weights (fsdp over a transformer under torch.distributed): the other
+    ranks build the architecture on the meta device and receive their shards from rank 0 (`shard`), so a
+    node holds one copy of the weights in host memory, not one per worker."""
+    return train.strategy == "fsdp" and model.name != "mlp" and is_distributed()
+
+
 def shard(tap: TapModel, cfg: TrainConfig, device: torch.device) -> None:
     """Shards `tap.model` in place over every rank (train.strategy: fsdp); nothing for ddp. The model may
-    still be on the CPU: each rank's shard moves to `device` (or stays in host memory with cpu_offload)."""
+    still be on the CPU: each rank's shard moves to `device` (or stays in host memory with cpu_offload).
+    A transformer's weights come from rank 0 (`loads_on_rank0`: the other ranks may hold a meta-device
+    model): every rank gets its shard, and every buffer, from rank 0."""
     if cfg.strategy != "fsdp":
         return
     if not is_distributed():
@@ -59,12 +68,34 @@ def shard(tap: TapModel, cfg: TrainConfig, device: torch.device) -> None:
                                                    reduce_dtype=torch.float32)
     if cfg.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
+    from_rank0 = tap.is_text  # loads_on_rank0's case: fsdp (here) over a transformer under torch.distributed
+    weights = tap.model.state_dict() if from_rank0 and rank() == 0 else {}
     blocks = units(tap.model)
     for block in blocks:
         fully_shard(block, **kwargs)
     fully_shard(tap.model, **kwargs)
+    if from_rank0:
+        # Meta tensors get storage (the sharded state where cpu_offload keeps it, buffers on the device),
+        # then rank 0's values: the weights by load_state's broadcast, every buffer (non-persistent ones
+        # such as rotary frequencies are in no state dict) by its own broadcast.
+        if any(_local(p).is_meta for p in tap.model.parameters()):
+            tap.model.to_empty(device="cpu" if cfg.cpu_offload else device)
+            if cfg.cpu_offload:  # FSDP keeps buffers on the device; only the sharded state is offloaded
+                for module in tap.model.modules():
+                    for name, buf in module.named_buffers(recurse=False):
+                        setattr(module, name, buf.to(device))
+        load_state(tap.model, weights)
+        for buf in tap.model.buffers():
+            broadcast_(buf)
+        del weights
     log.info("fsdp: %d units + root over %d ranks (%s)", len(blocks), world_size(),
              ", ".join(k for k in kwargs if k != "mesh") or "fp32, on device")
+
+
+def _local(t: Tensor) -> Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def reshard(model: nn.Module) -> None:
