@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m saeception.sweep",
                                 description="Run an SAE-ception hyperparameter sweep (Optuna over Ray Tune, MLflow tracking).")
     p.add_argument("--space", default=DEFAULT_SPACE, help="search-space YAML file, or the name of a shipped space (default, multi_objective, gpt2_sst2, "
-                   f"gpt2_ag_news) (default: {DEFAULT_SPACE})")
+                   f"gpt2_ag_news, neox20b_sst2) (default: {DEFAULT_SPACE})")
     p.add_argument("--config", metavar="BASE.yaml", help="a run config (python -m saeception.run --config) as the base of "
                    "every trial; the space's fixed: values and --set override it")
     p.add_argument("--trials", type=int, default=6, help="number of Optuna trials (default: 6)")
