@@ -22,7 +22,7 @@ parameter trainable, the upper bound, at the larger of the two batch sizes):
   backward keeps (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
   Models", count tensor by tensor: their 34·s·b·h bytes per layer at 16 bits, without the 5·a·s²·b
   attention-score terms since `ATTENTION_KEEPS_SCORES` is false, refined to what Hugging Face's blocks
-  keep; on the CPU, with `distributed=False`, it is within 10% of what torch's MemTracker measures,
+  keep; on the CPU, with `distributed=False`, it is within 12% of what torch's MemTracker measures,
   tests/test_memory.py): the norms' inputs (fp32 under CUDA autocast, which runs layer_norm in fp32; one
   under GPT-NeoX's parallel residual), the QKV projection's input, Q, K and V, the attention output and
   the output projection's input (6·h at c), the MLP's input, what its activation keeps
