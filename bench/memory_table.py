@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- memory-table:start -->\n", "\n<!-- memory-table:end -->"
 GPU_GB = 80
 WORKERS = (1, 2, 4, 8)
-# GLUE SST-2 as saeception splits it (both spaces below read it): 67,349 labelled train rows, 20% of them
-# carved as the test split (GLUE's test is unlabelled), and its 872 validation rows.
+# GLUE SST-2 as saeception splits it (both spaces below read it): 67,349 labelled train rows, about 20% of
+# them carved as the test split (GLUE's test is unlabelled; the stratified split may round by a row), and
+# its 872 validation rows. Not read from the hub here: the numbers are typed in.
 SST2_SIZES = (53_879, 872, 13_470)
 
 
