@@ -46,6 +46,7 @@ class DataFacts:
     kind: str  # "features" or "text"
     n_classes: int
     input_dim: int  # features only
+    sizes: tuple[int, int, int] = (0, 0, 0)  # examples in train, val, test as a run splits them
 
 
 def _key(section: Any) -> str:
@@ -58,6 +59,7 @@ class Checker:
     def __init__(self) -> None:
         self._data: dict[str, DataFacts | None] = {}
         self._width: dict[str, int | None] = {}
+        self._hf: dict[tuple[str, str], Any] = {}
 
     def data(self, cfg: DataConfig) -> DataFacts | None:
         """Facts of the data as a run splits it; None for a hub dataset that cannot be read now."""
@@ -70,8 +72,16 @@ class Checker:
         """The target layer's width; None for a hub model that cannot be read now."""
         key = _key(cfg) + facts.kind + str(facts.input_dim)
         if key not in self._width:
-            self._width[key] = _layer_width(cfg, data_name, facts)
+            self._width[key] = _layer_width(cfg, data_name, facts, self.hf_config)
         return self._width[key]
+
+    def hf_config(self, cfg: ModelConfig):
+        """The transformer's config (config.json only), read once; None for a hub model that cannot be
+        read now."""
+        key = (cfg.name, cfg.revision)
+        if key not in self._hf:
+            self._hf[key] = _hf_config(cfg.name, cfg.revision)
+        return self._hf[key]
 
     def config(self, cfg: Config, searched: dict[str, Any] | None = None) -> None:
         """Every check for one config. `searched`: the sampled values it was built with, named in errors
@@ -121,12 +131,13 @@ def _data_facts(cfg: DataConfig) -> DataFacts | None:
             return None
     _, n_classes = encode_labels(splits)
     first = splits["train"][0]
+    sizes = (len(splits["train"][1]), len(splits["val"][1]), len(splits["test"][1]))
     if isinstance(first, np.ndarray):
-        return DataFacts("features", n_classes, int(first.shape[1]))
-    return DataFacts("text", n_classes, 0)
+        return DataFacts("features", n_classes, int(first.shape[1]), sizes)
+    return DataFacts("text", n_classes, 0, sizes)
 
 
-def _layer_width(cfg: ModelConfig, data_name: str, facts: DataFacts) -> int | None:
+def _layer_width(cfg: ModelConfig, data_name: str, facts: DataFacts, hf_config_of: Callable[[ModelConfig], Any]) -> int | None:
     from .models import MLP, TapModel
 
     if cfg.name == "mlp":
@@ -137,7 +148,7 @@ def _layer_width(cfg: ModelConfig, data_name: str, facts: DataFacts) -> int | No
         return TapModel(model, cfg.layer, cfg.pooling).width()
     if facts.kind == "features":
         raise ConfigError(f"model.name: {data_name} is feature data; it needs model.name: mlp")
-    hf_config = _hf_config(cfg.name, cfg.revision)
+    hf_config = hf_config_of(cfg)
     if hf_config is None:
         return None
     from transformers import AutoModelForSequenceClassification
@@ -187,10 +198,11 @@ def check_run(cfg: Config) -> None:
     Checker().config(cfg)
 
 
-def combinations(space) -> Iterator[dict[str, Any]]:
-    """Every combination of the values a space can sample for the keys the data and model checks read
-    (choices, and both ends of ranges), honouring `when` conditions; at most MAX_COMBINATIONS."""
-    needed = {p.key for p in space.params if p.key.startswith(_RELEVANT)}
+def combinations(space, keys: tuple[str, ...] = _RELEVANT) -> Iterator[dict[str, Any]]:
+    """Every combination of the values a space can sample for `keys` (dotted keys or prefixes ending in
+    "."; by default those the data and model checks read): choices, and both ends of ranges, honouring
+    `when` conditions; at most MAX_COMBINATIONS."""
+    needed = {p.key for p in space.params if p.key.startswith(keys)}
     grew = True
     while grew:  # conditions name earlier params: keep those the relevant ones depend on
         grew = False

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from saeception import run, sweep
 from saeception.config import keys_table
 from saeception.evaluate import METRIC_NAMES
@@ -41,3 +43,40 @@ def test_every_cli_flag_is_documented():
 def test_readme_test_command_is_what_ci_runs():
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "    python -m pytest -q\n" in README and "\npython -m pytest -q\n" in ci
+
+
+def _memory_table():
+    import importlib.util
+    import sys
+
+    if "bench_memory_table" not in sys.modules:  # bench/ is scripts, not a package
+        path = Path(__file__).resolve().parents[1] / "bench" / "memory_table.py"
+        spec = importlib.util.spec_from_file_location("bench_memory_table", path)
+        sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["bench_memory_table"]
+
+
+def test_readme_memory_table_is_generated_from_the_estimator():
+    """The "Large models" table: bench/memory_table.py's output verbatim (python bench/memory_table.py --write)."""
+    start, end = "<!-- memory-table:start -->\n", "\n<!-- memory-table:end -->"
+    table = README[README.index(start) + len(start):README.index(end)]
+    assert table == _memory_table().markdown(), "README memory table is stale: run python bench/memory_table.py --write"
+    assert "<!-- fsdp-prose -->" in README
+    assert "--space neox20b_sst2 --workers-per-trial" in table
+
+
+def test_readme_large_models_claims():
+    import dataclasses
+
+    mt = _memory_table()
+    pythia = next(r for r in mt.ROWS if r.model == "Pythia-6.9B")
+    uncapped = dataclasses.replace(pythia, sets={k: v for k, v in pythia.sets.items() if k != "data.max_examples"})
+    with pytest.raises(SystemExit, match="no worker count"):  # the full SST-2's dense codes fit at no worker count
+        mt.plan_row(uncapped)
+    ddp = dataclasses.replace(pythia, sets={**pythia.sets, "train.strategy": "ddp"})
+    assert mt.plan_row(pythia)[0] == 1  # one GPU as fsdp ...
+    with pytest.raises(SystemExit, match="no worker count"):  # ... and no number of them as ddp
+        mt.plan_row(ddp)
+    neox = next(r for r in mt.ROWS if r.model == "GPT-NeoX-20B")
+    assert mt.plan_row(neox)[0] == 4

@@ -104,3 +104,88 @@ def test_mlflow_environment_variables_when_the_flags_are_absent(tmp_path, monkey
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
     p = sweep.plan(sweep.parser().parse_args(["--space", TINY, "--storage", str(tmp_path / "s3")]))
     assert p.mlflow_uri == f"sqlite:///{tmp_path / 's3' / 'mlflow.db'}" and p.experiment == "saeception"
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU memory in the plan (saeception.memory, sweep/memory_plan.py)
+
+
+def test_dry_run_prints_the_memory_estimate_of_the_base_config_and_each_shown_trial(tmp_path, capsys):
+    assert main(["--space", TINY, "--trials", "2", "--storage", str(tmp_path / "s"), "--num-cpus", "2", "--dry-run"]) == 0
+    section = capsys.readouterr().out.split("GPU memory per worker (estimates")[1].split("\n\n")[0]
+    assert section.count("estimated GPU memory per worker: ") == 3, section  # the base config + 2 trials
+    assert "  base config: estimated GPU memory per worker: " in section and "  trial 1: estimated" in section
+    assert "largest the space can sample: " in section and "(sae.expansion_factor=4; peak: " in section
+    assert "these workers have no GPU" in section  # --gpus-per-worker 0: the figures are for GPU workers
+
+
+def _wide_space(tmp_path) -> Path:
+    """TINY's MLP with a searched dictionary size: the base config (expansion 4) is not the largest."""
+    path = tmp_path / "wide.yaml"
+    path.write_text("name: wide\nfixed: {data.name: digits, data.max_examples: 300, model.hidden_sizes: [32, 16], sae.k: 4}\n"
+                    "params:\n  sae.expansion_factor: {choices: [1, 64]}\n  aux.weight: {type: float, low: 0.1, high: 2.0}\n"
+                    "objectives: [{metric: val_sae_u, mode: max}]\n")
+    return path
+
+
+def _memory_argv(space: Path, storage: Path, gb: float) -> list[str]:
+    # --address: the local machine has no GPU, and with a cluster the plan leaves resources to the connection
+    return ["--space", str(space), "--storage", str(storage), "--address", "auto", "--gpus-per-worker", "1",
+            "--gpu-memory-gb", repr(gb), "--dry-run"]
+
+
+def test_gpu_memory_refuses_a_space_whose_largest_sampled_config_does_not_fit(tmp_path, capsys):
+    from saeception.sweep.memory_plan import HEADROOM, Planner
+    from saeception.sweep.space import load_space
+    from saeception.validate import Checker
+
+    space = load_space(_wide_space(tmp_path))
+    planner = Planner(Checker(), 1)
+    base = planner.estimate(space.config({})).estimate.total
+    largest = planner.largest(space)
+    assert largest.sampled == {"sae.expansion_factor": 64} and largest.estimate.total > 2 * base
+    between = (base + largest.estimate.total) / 2 / HEADROOM / 1e9  # the base config fits, expansion 64 does not
+    storage = tmp_path / "s"
+    assert main(_memory_argv(_wide_space(tmp_path), storage, between)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --gpu-memory-gb: a trial needs an estimated ") and err.count("\n") == 1, err
+    assert "sae.expansion_factor=64" in err and "--workers-per-trial 1" in err and "model.name=mlp" in err
+    assert "lower sae.expansion_factor or cap data.max_examples" in err  # its peak: evaluation's dense codes
+    assert not storage.exists()
+
+    enough = largest.estimate.total * 1.5 / HEADROOM / 1e9
+    assert main(_memory_argv(_wide_space(tmp_path), storage, enough)) == 0
+    out = capsys.readouterr().out
+    assert f"--gpu-memory-gb {enough:g}: " in out and "the largest fits" in out
+
+
+def test_gpu_memory_refusal_of_a_training_step_names_the_flags_that_shrink_it(tmp_path, capsys, text_csv, gpt2_dir):
+    space = tmp_path / "big_batch.yaml"
+    space.write_text(f"name: big\nfixed: {{data.name: '{text_csv}', model.name: '{gpt2_dir}', model.layer: 0, data.max_length: 64, "
+                     "data.max_examples: 40}\nparams:\n  finetune.batch_size: {type: int, low: 8, high: 4096}\n"
+                     "  sae.k: {type: int, low: 2, high: 8}\nobjectives: [{metric: val_sae_u, mode: max}]\n")
+    assert main(_memory_argv(space, tmp_path / "s", 0.01)) == 2
+    err = capsys.readouterr().err
+    assert "in its training step (" in err and "finetune.batch_size=4096" in err and "train.strategy=ddp" in err, err
+    assert ("raise --workers-per-trial with --set train.strategy=fsdp, --set model.gradient_checkpointing=true, "
+            "--set model.dtype=bfloat16, or lower finetune.batch_size / aux.batch_size") in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--gpu-memory-gb", "80"], "error: --gpu-memory-gb: the workers have no GPU (--gpus-per-worker is 0)"),
+    (["--gpu-memory-gb", "0", "--gpus-per-worker", "1", "--address", "auto"], "error: --gpu-memory-gb: must be > 0"),
+])
+def test_gpu_memory_flag_errors(tmp_path, capsys, extra, message):
+    assert main(["--space", TINY, "--storage", str(tmp_path / "s"), "--dry-run", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_the_neox20b_space_plans_offline_without_estimating_what_it_cannot_read(tmp_path, capsys):
+    """The hub model and dataset cannot be read here (HF_HUB_OFFLINE): the plan says so and goes on."""
+    assert main(["--space", "neox20b_sst2", "--storage", str(tmp_path / "s"), "--address", "auto", "--gpus-per-worker", "1",
+                 "--workers-per-trial", "4", "--gpu-memory-gb", "80", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "note: --gpu-memory-gb: model.name EleutherAI/gpt-neox-20b cannot be read now" in captured.err
+    assert "  base config: not estimated (the model cannot be read now)" in captured.out
+    assert "not checked: nothing could be estimated now" in captured.out

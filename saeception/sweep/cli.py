@@ -16,7 +16,8 @@ from typing import Any
 
 from ..config import ConfigError, build_config, flatten, parse_override, read_yaml
 from ..data import check_source
-from ..validate import check_dir, check_space
+from ..validate import Checker, check_dir, check_space
+from . import memory_plan
 from .redact import redact
 from .space import SearchSpace, load_space, resolve_space
 
@@ -29,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m saeception.sweep",
                                 description="Run an SAE-ception hyperparameter sweep (Optuna over Ray Tune, MLflow tracking).")
     p.add_argument("--space", default=DEFAULT_SPACE, help="search-space YAML file, or the name of a shipped space (default, multi_objective, gpt2_sst2, "
-                   f"gpt2_ag_news) (default: {DEFAULT_SPACE})")
+                   f"gpt2_ag_news, neox20b_sst2) (default: {DEFAULT_SPACE})")
     p.add_argument("--config", metavar="BASE.yaml", help="a run config (python -m saeception.run --config) as the base of "
                    "every trial; the space's fixed: values and --set override it")
     p.add_argument("--trials", type=int, default=6, help="number of Optuna trials (default: 6)")
@@ -47,6 +48,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers-per-trial", type=int, default=1, help="DDP workers per trial (default: 1)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default: 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default: 0)")
+    p.add_argument("--gpu-memory-gb", type=float, metavar="GB", help="memory of one GPU in GB (10^9 bytes, as sold: "
+                   "80 for an H100 80GB): the plan refuses a space whose estimated peak per worker (saeception/memory.py, "
+                   "every combination it can sample) exceeds 90%% of a worker's share; needs --gpus-per-worker > 0 "
+                   "(default: no check)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
     p.add_argument("--scheduler", choices=("none", "asha"), default="none",
                    help="early stopping per cycle (asha: single-objective spaces only; default: none)")
@@ -78,6 +83,7 @@ class Plan:
     cache_dir: str | None = None
     experiment: str = "saeception"
     lock: Any = None  # held for the driver's lifetime: a second launch of this sweep exits 2
+    memory: Any = None  # sweep.memory_plan.Planner: the estimates, for the dry run
 
     @property
     def ray_dir(self) -> str:
@@ -99,7 +105,8 @@ def plan(args: argparse.Namespace) -> Plan:
         base_values = flatten(read_yaml(args.config))
         build_config(base_values)  # its own errors first, named by key as python -m saeception.run names them
     space = load_space(resolve_space(args.space), overrides, base_values)
-    check_space(space)  # every value the space can sample, against the data and model it names
+    checker = Checker()
+    check_space(space, checker)  # every value the space can sample, against the data and model it names
     if not any(q.key.startswith("data.") or q.key == "model.name" for q in space.params):
         base = space.config({})
         note = check_source(base.data, base.model.name)  # a hub dataset that cannot be reached: a note, not an error
@@ -121,6 +128,8 @@ def plan(args: argparse.Namespace) -> Plan:
         _fail("--scheduler: asha needs a single-objective space; this one has "
               f"{len(space.objectives)} objectives")
     _check_run_flags(args, space)
+    memory_plan.check_flags(args)
+    memory = memory_plan.check(space, args, checker)  # --gpu-memory-gb against every combination's estimate
     name = args.name or space.name
     if not name.replace("-", "").replace("_", "").isalnum():
         _fail(f"--name: {name!r} must be letters, digits, '-' or '_'")
@@ -152,7 +161,7 @@ def plan(args: argparse.Namespace) -> Plan:
     cache_dir = _cache_dir(args, storage)
     optuna_uri = args.optuna_storage or sqlite_uri(local_dir / "optuna.db")
     if dry_run:  # starts and writes nothing
-        return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, experiment)
+        return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, experiment, memory=memory)
     _check_writable(local_dir, "--storage" if local_dir == Path(storage) else STATE_ENV)
     lock = hold_lock(storage, name)
     if not args.resume and tune_experiment_exists(os.path.join(storage, "ray", name)):
@@ -163,7 +172,7 @@ def plan(args: argparse.Namespace) -> Plan:
         check_optuna_storage(optuna_uri)
     if not given_mlflow:
         check_mlflow(mlflow_uri)
-    return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, experiment, lock)
+    return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, experiment, lock, memory)
 
 
 def local_groups(args: argparse.Namespace) -> list:

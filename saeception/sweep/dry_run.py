@@ -9,6 +9,7 @@ import warnings
 import yaml
 
 from ..config import to_dict
+from . import memory_plan
 from .cli import Plan, check_local_resources
 from .resources import TRIAL_CPU
 
@@ -58,7 +59,8 @@ def describe(p: Plan) -> str:
     cluster = _cluster(p)
     concurrency = check_local_resources(args) if cluster else 1
     lines.append(f"first {n} of {args.trials} sampled trial configs (TPE, seed {args.seed}):")
-    for i, sampled in enumerate(sample_configs(p, n, concurrency)):
+    trials = sample_configs(p, n, concurrency)
+    for i, sampled in enumerate(trials):
         p.space.config(sampled)  # each is a valid config
         lines.append(f"  trial {i}: " + " ".join(f"{k}={_fmt(v)}" for k, v in sampled.items()))
     cpu = TRIAL_CPU + args.workers_per_trial * args.cpus_per_worker
@@ -71,6 +73,7 @@ def describe(p: Plan) -> str:
     else:
         lines.append(f"concurrency: {concurrency} trial(s) at once on a local Ray with "
                      f"{cluster[0]:g} CPUs, {cluster[1]:g} GPUs")
+    lines += ["", *memory_plan.describe(p.memory, p.space, args, trials), ""]
     confirm = f"then the best config and 2 controls on {args.confirm_seeds} fresh seeds" if args.confirm_seeds else "no confirmation"
     lines += [f"confirmation: {confirm}", f"storage: {p.storage}", f"MLflow: {p.mlflow_uri} (experiment {p.experiment!r})",
               f"stage cache: {p.cache_dir or 'off'}"]
