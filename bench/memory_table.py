@@ -50,9 +50,8 @@ class Row:
 ROWS = [
     Row("GPT-2 small", lambda: _gpt2(12, 768, 12), "gpt2_sst2"),
     Row("GPT-2 XL", lambda: _gpt2(48, 1600, 25), "gpt2_sst2", {"model.name": "gpt2-xl"}),
-    # The dense SAE codes rank 0 evaluates on (N x 65,536 at expansion 16) need the data capped.
     Row("Pythia-6.9B", lambda: _neox(32, 4096, 32, 16384), "gpt2_sst2",
-        {"model.name": "EleutherAI/pythia-6.9b", "data.max_examples": 10000, "train.strategy": "fsdp",
+        {"model.name": "EleutherAI/pythia-6.9b", "train.strategy": "fsdp",
          "model.dtype": "bfloat16", "model.gradient_checkpointing": True}),
     Row("GPT-NeoX-20B", lambda: _neox(44, 6144, 64, 24576), "neox20b_sst2"),
 ]

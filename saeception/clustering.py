@@ -143,19 +143,29 @@ def silhouette(x: Tensor, labels: Tensor, block: int = 1 << 24) -> float:
     return float(torch.cat(scores).double().mean())
 
 
+# Float64 temporaries over wide codes are made a block of about this many elements at a time (512 MiB):
+# partition_scores by rows, the per-latent metrics (saeception.metrics) by columns.
+BLOCK_ELEMENTS = 1 << 26
+
+
 def partition_scores(x: Tensor, labels: Tensor) -> dict[str, float]:
     """davies_bouldin: mean over classes of the largest (s_i + s_j) / d(c_i, c_j), s the mean distance
     to the centroid c; calinski_harabasz: between- over within-class dispersion x (N - k) / (k - 1).
-    float64, one pass over x; both nan unless 2 <= classes <= N - 1 (where scikit-learn raises)."""
+    float64, two passes over x; both nan unless 2 <= classes <= N - 1 (where scikit-learn raises)."""
     y, k = _classes(labels)
     n = len(x)
     if not 2 <= k <= n - 1:
         return {"davies_bouldin": float("nan"), "calinski_harabasz": float("nan")}
-    x = x.double()
     onehot = F.one_hot(y, k).double()
     counts = onehot.sum(0)
-    centroids = (onehot.T @ x) / counts[:, None]
-    gaps = _sq_norms(x - centroids[y])  # each example's squared distance to its centroid
+    # float64 a block of rows at a time (BLOCK_ELEMENTS): never a whole float64 copy of wide codes.
+    step = max(1, BLOCK_ELEMENTS // max(x.shape[1], 1))
+    blocks = [slice(i, i + step) for i in range(0, n, step)]
+    sums = sum(onehot[b].T @ x[b].double() for b in blocks)
+    total = sum(x[b].double().sum(0) for b in blocks)
+    centroids = sums / counts[:, None]
+    # each example's squared distance to its centroid
+    gaps = torch.cat([_sq_norms(x[b].double() - centroids[y[b]]) for b in blocks])
 
     spread = (onehot.T @ gaps.sqrt()) / counts
     between = torch.cdist(centroids[None], centroids[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
@@ -165,7 +175,7 @@ def partition_scores(x: Tensor, labels: Tensor) -> dict[str, float]:
         between[between == 0] = math.inf
         db = float(((spread[:, None] + spread[None, :]) / between).max(1).values.mean())
 
-    dispersion = (counts * _sq_norms(centroids - x.mean(0))).sum()
+    dispersion = (counts * _sq_norms(centroids - total / n)).sum()
     within = gaps.sum()
     ch = 1.0 if within == 0 else float(dispersion * (n - k) / (within * (k - 1)))
     return {"davies_bouldin": db, "calinski_harabasz": ch}

@@ -11,9 +11,10 @@ autocast and FSDP with bf16 compute, else w):
 Training step (cycle-0 fine-tuning; later cycles' aux retraining is counted the same way with every
 parameter trainable, the upper bound, at the larger of the two batch sizes):
 - weights: w per parameter. ddp: a full replica per worker; fsdp: 1/N per worker.
-- grads: as the weights, in their dtype (sharded under fsdp). The previous step's gradients are still
-  allocated during the forward (train._fit sets them to None only before backward), so weights, grads,
-  AdamW states and activations are all alive at the end of the forward: the step's peak is their sum.
+- grads: as the weights, in their dtype (sharded under fsdp). train._fit frees them before each forward
+  and after the last step; backward allocates them while most activations are still alive, and the step's
+  peak is the sum of weights, grads, AdamW states and activations (on the CPU MemTracker measures within 6%
+  of that sum, tests/test_memory.py).
 - optimizer: AdamW's two states per trainable parameter, in the parameter's dtype (bf16 weights: bf16
   states); sharded under fsdp. On CUDA the foreach step allocates one more state-sized buffer
   (`OPTIMIZER_STEP_BUFFERS`), when the activations are gone: it counts only if it is the larger.
@@ -41,8 +42,7 @@ parameter trainable, the upper bound, at the larger of the two batch sizes):
 - `train.cpu_offload`: the sharded weights, grads and AdamW states live in host memory: 0 on the GPU but
   the working set; `host` is the host memory they take per worker.
 
-SAE stage: the model stays resident (weights and the last step's gradients: nothing frees them before
-the next training step; sharded under fsdp), the train split's activations in fp32 (every real token's
+SAE stage: the model's weights stay resident (sharded under fsdp; its gradients were freed), the train split's activations in fp32 (every real token's
 with `sae.tokens: all`, at most `data.max_length` per example), the SAE (latents n = expansion_factor·d:
 2·d·n + n + d fp32 parameters) with its gradients and two Adam states, on CUDA `SAE_WEIGHT_CASTS` bf16
 casts of a d×n matrix (the step runs under autocast without a weight cache), and `SAE_BATCH_COPIES`
@@ -50,10 +50,12 @@ casts of a d×n matrix (the step runs under autocast without a weight cache), an
 `sae.batch_size`. In cycles >= 1 the previous cycle's SAE is still on the device.
 
 Evaluation stage (rank 0 only, every cycle): the model resident, the SAE, every split's activations
-(fp32) and the dense codes of every split (N × n fp32), plus `EVAL_TRAIN_CODE_COPIES` more train-code
-sized buffers (the F-statistic ranking of the k-sparse probes reads the train codes in float64 and
-squares them). It grows with the data, so it needs the split sizes (or `data.max_examples`, their bound);
-without them it is unknown. Sharpening (cycles >= 1) holds fewer code-sized buffers than evaluation.
+(fp32) and the dense codes of every split (N × n fp32), held once (encode_all fills one tensor), plus the
+probe's standardised train codes (a full copy up to `probe.STANDARDIZED_ELEMENTS`, a block of rows above)
+and `EVAL_BLOCK_COPIES` float64 blocks of at most `clustering.BLOCK_ELEMENTS` (the per-latent statistics by
+column blocks, the partition scores by row blocks). It grows with the data, so it needs the split sizes
+(or `data.max_examples`, their bound); without them it is unknown. Sharpening (cycles >= 1) works a chunk
+of rows at a time (`sae.CHUNK_ELEMENTS`): fewer code-sized buffers than evaluation.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .clustering import BLOCK_ELEMENTS
 from .config import Config, ModelConfig
+from .probe import STANDARDIZED_ELEMENTS
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -92,8 +96,8 @@ OPTIMIZER_STEP_BUFFERS = 1
 # pre-activations and its scattered top-k, and two gradients.
 SAE_WEIGHT_CASTS = 4
 SAE_BATCH_COPIES = 6
-# Beyond the codes of every split: evaluate's f_scores holds the train codes as float64 and their square.
-EVAL_TRAIN_CODE_COPIES = 4
+# Float64 blocks alive at once in the per-latent statistics (a block, its square or one-hot products).
+EVAL_BLOCK_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -300,7 +304,7 @@ def estimate(cfg: Config, workers: int = 1, *, facts: ModelFacts | None = None, 
     # AdamW loops over parameters: its temporaries are one parameter's size (not counted).
     step = persistent + buckets + (OPTIMIZER_STEP_BUFFERS * optimizer // 2 if cuda else 0)
     training = max(persistent + working + activations, step)
-    resident = weights + grads  # the model after training: its last gradients are never freed
+    resident = weights  # the model after training (train._fit frees its gradients)
 
     d = facts.width(cfg.model.layer)
     latents = cfg.sae.n_latents(d)
@@ -317,8 +321,10 @@ def estimate(cfg: Config, workers: int = 1, *, facts: ModelFacts | None = None, 
     evaluation = None
     if sizes is not None:
         codes = sum(sizes) * latents * FP32
+        train_codes = sizes[0] * latents
         evaluation = (resident + sae_params * FP32 + sum(sizes) * d * FP32 + codes
-                      + EVAL_TRAIN_CODE_COPIES * sizes[0] * latents * FP32)
+                      + min(train_codes, STANDARDIZED_ELEMENTS) * FP32
+                      + EVAL_BLOCK_COPIES * min(train_codes, BLOCK_ELEMENTS) * 8)
     return MemoryEstimate(weights, grads, optimizer, activations, working, training, sae, evaluation, host, n,
                           cfg.train.strategy)
 

@@ -20,10 +20,23 @@ def _onehot(labels: Tensor, n_classes: int) -> Tensor:
     return torch.nn.functional.one_hot(labels.long(), n_classes).double()
 
 
+def per_column_blocks(fn, x: Tensor, *args) -> Tensor:
+    """fn(x[:, block], *args) over column blocks of x (clustering.BLOCK_ELEMENTS each), concatenated: for
+    statistics computed column by column (each latent's value depends on its own column only, so blocks
+    change no number, and a wide code matrix, 98,304 latents, is never copied whole to float64)."""
+    step = max(1, C.BLOCK_ELEMENTS // max(len(x), 1))
+    if x.shape[1] <= step:
+        return fn(x, *args)
+    return torch.cat([fn(x[:, j:j + step], *args) for j in range(0, x.shape[1], step)])
+
+
 def csi_per_latent(codes: Tensor, labels: Tensor, n_classes: int | None = None) -> Tensor:
     """(n_latents,) class selectivity index."""
+    return per_column_blocks(_csi, codes, labels, n_classes or int(labels.max()) + 1)
+
+
+def _csi(codes: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     x = codes.double()
-    n_classes = n_classes or int(labels.max()) + 1
     y = _onehot(labels, n_classes)  # (N, C)
     counts = y.sum(0)  # (C,)
     sums = y.t() @ x  # (C, n)
@@ -38,7 +51,10 @@ def csi_per_latent(codes: Tensor, labels: Tensor, n_classes: int | None = None) 
 
 def u_per_latent(codes: Tensor, labels: Tensor, n_classes: int | None = None) -> Tensor:
     """(n_latents,) uncertainty coefficient of the firing indicator about the label."""
-    n_classes = n_classes or int(labels.max()) + 1
+    return per_column_blocks(_u, codes, labels, n_classes or int(labels.max()) + 1)
+
+
+def _u(codes: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     n = len(labels)
     fires = (codes > 0).double()  # (N, n)
     y = _onehot(labels, n_classes)
@@ -73,6 +89,10 @@ def monosemanticity(codes: Tensor, labels: Tensor) -> dict[str, float]:
 
 def f_scores(x: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     """(n_features,) one-way ANOVA F statistic per feature (how well it separates the classes)."""
+    return per_column_blocks(_f_scores, x, labels, n_classes)
+
+
+def _f_scores(x: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     x = x.double()
     y = _onehot(labels, n_classes)
     counts = y.sum(0)

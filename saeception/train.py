@@ -73,6 +73,7 @@ def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int,
         for batch in loader(task, "train", batch_size, shuffle=True, seed=seed, epoch=epoch, distributed=is_distributed(),
                             pin_memory=device.type == "cuda"):
             batch = _to(batch, device)
+            opt.zero_grad(set_to_none=True)  # before the forward: the last step's gradients are not held through it
             with autocast(device):
                 logits, h = model(batch)
             loss = F.cross_entropy(logits.float(), batch["labels"])
@@ -83,10 +84,10 @@ def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int,
             step += 1
             if step % _CHECK_EVERY == 0:
                 checked = _check_finite(loss_sum, checked, step, epoch, lr)
-            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         checked = _check_finite(loss_sum, checked, step, epoch, lr)
+    opt.zero_grad(set_to_none=True)  # no gradient outlives training (the SAE and evaluation stages follow)
     tap.eval()
 
 

@@ -73,11 +73,13 @@ def test_fp32_ddp_on_cuda_by_hand():
     # 8 tokens x 2 blocks, plus the final norm's (4*8) and the head's (2*8) inputs per token
     assert e.activations == 8 * 2 * 304 + 8 * (32 + 16)
     assert e.training == 4000 + 4000 + 8000 + 5200 + e.activations
-    # SAE stage: d=8, n=16, 280 parameters; the model (weights + last grads), 10 rows of fp32 activations,
-    # SAE weights/grads/2 Adam states, 4 bf16 d×n casts, 6 (4 × 16) bf16 batch tensors, the previous SAE
-    assert e.sae == 8000 + 10 * 8 * 4 + 280 * 4 * 4 + 4 * 8 * 16 * 2 + 6 * 4 * 16 * 2 + 280 * 4
-    # evaluation: model, SAE, activations and codes of 3 x 10 rows, 4 more train-code copies
-    assert e.evaluation == 8000 + 280 * 4 + 30 * 8 * 4 + 30 * 16 * 4 + 4 * 10 * 16 * 4
+    # SAE stage: d=8, n=16, 280 parameters; the model's weights (training freed its gradients), 10 rows of
+    # fp32 activations, SAE weights/grads/2 Adam states, 4 bf16 d×n casts, 6 (4 × 16) bf16 batch tensors,
+    # the previous SAE
+    assert e.sae == 4000 + 10 * 8 * 4 + 280 * 4 * 4 + 4 * 8 * 16 * 2 + 6 * 4 * 16 * 2 + 280 * 4
+    # evaluation: model, SAE, activations and codes of 3 x 10 rows, the probe's standardised train codes
+    # (fp32) and 3 float64 blocks (each the whole train codes, this small)
+    assert e.evaluation == 4000 + 280 * 4 + 30 * 8 * 4 + 30 * 16 * 4 + 10 * 16 * 4 + 3 * 10 * 16 * 8
     assert e.total == e.training == max(e.training, e.sae, e.evaluation) and e.peak_stage == "training step"
 
 
@@ -130,8 +132,13 @@ def test_evaluation_needs_the_data_size_and_grows_with_latents():
     assert estimate(cfg(), 1, facts=f).evaluation is None  # no sizes, no data.max_examples
     small = estimate(cfg(), 1, facts=f, sizes=(50_000, 1_000, 10_000))
     big = estimate(cfg(**{"sae.expansion_factor": 16}), 1, facts=f, sizes=(50_000, 1_000, 10_000))
-    assert big.evaluation - small.evaluation > 12 * 768 * (61_000 + 4 * 50_000) * 4  # dense codes: N x n fp32
-    assert big.peak_stage == "evaluation" and "evaluation" in big.summary()
+    assert big.evaluation - small.evaluation > 12 * 768 * 61_000 * 4  # dense codes: N x n fp32
+    # ... held once: the probe's copy and the float64 blocks are bounded, whatever the width
+    wider = estimate(cfg(**{"sae.expansion_factor": 32}), 1, facts=f, sizes=(50_000, 1_000, 10_000))
+    more = 16 * 768  # latents
+    assert wider.evaluation - big.evaluation == more * 61_000 * 4 + (2 * 768 * more + more) * 4  # codes + the SAE
+    widest = estimate(cfg(**{"sae.expansion_factor": 64}), 1, facts=f, sizes=(50_000, 1_000, 10_000))
+    assert widest.peak_stage == "evaluation" and "evaluation" in widest.summary()
     capped = estimate(cfg(**{"data.max_examples": 1000}), 1, facts=f)
     assert capped.evaluation == estimate(cfg(), 1, facts=f, sizes=(1000, 1000, 1000)).evaluation
 
@@ -149,7 +156,7 @@ def test_summary_names_every_part():
 
 
 def _measured_step(hf, batch, length, checkpointing, dtype):
-    """Peak bytes of the chain's training step order (forward, then zero_grad, backward, AdamW step) on the
+    """Peak bytes of the chain's training step order (zero_grad, forward, backward, AdamW step) on the
     CPU, from torch's MemTracker, after the first step (AdamW states exist)."""
     from torch.distributed._tools.mem_tracker import MemTracker
     from transformers import AutoModelForSequenceClassification
@@ -166,9 +173,9 @@ def _measured_step(hf, batch, length, checkpointing, dtype):
     tracker.track_external(model, opt)
     with tracker:
         for _ in range(3):
+            opt.zero_grad(set_to_none=True)
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             tracker.reset_mod_stats()

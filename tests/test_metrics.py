@@ -55,3 +55,25 @@ def test_l0_and_dead():
     codes = torch.tensor([[1.0, 0, 0], [2.0, 3.0, 0]])
     assert M.l0(codes) == 1.5
     assert abs(M.dead_pct(codes) - 100 / 3) < 1e-9
+
+
+def test_wide_codes_give_the_same_metrics_in_blocks(monkeypatch):
+    """Per-latent statistics by column blocks and the partition scores by row blocks (what keeps a
+    98,304-latent code matrix from being copied whole to float64) change no number."""
+    import pytest
+
+    from saeception import clustering as C
+    from saeception.metrics import csi_per_latent, f_scores, u_per_latent
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (150,), generator=g)
+    codes = torch.relu(torch.randn(150, 96, generator=g) + 0.5 * torch.randn(4, 96, generator=g)[labels])
+    whole = (csi_per_latent(codes, labels, 4), u_per_latent(codes, labels, 4), f_scores(codes, labels, 4),
+             C.partition_scores(codes, labels))
+    monkeypatch.setattr(C, "BLOCK_ELEMENTS", 150 * 10)  # 10 columns, or 15 rows, per block
+    blocked = (csi_per_latent(codes, labels, 4), u_per_latent(codes, labels, 4), f_scores(codes, labels, 4),
+               C.partition_scores(codes, labels))
+    for a, b in zip(whole[:3], blocked[:3]):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)  # float64; BLAS may sum a block differently
+    for k, v in whole[3].items():
+        assert blocked[3][k] == pytest.approx(v, rel=1e-12), k

@@ -64,3 +64,17 @@ def test_centered_aux_loss_is_the_cosine_around_the_cycle_mean():
     plain, centered = aux_loss(h, t), aux_loss(h, t, mu)
     expected = (1 - torch.nn.functional.cosine_similarity(h - mu, t - mu, dim=-1)).mean()
     assert torch.allclose(centered, expected) and plain < 0.1 < centered  # the mean saturates the plain cosine
+
+
+def test_no_gradient_outlives_training():
+    """The model's gradients are freed when training ends (the SAE and evaluation stages that follow
+    would otherwise hold a gradient-sized buffer: saeception.memory counts on it)."""
+    from saeception.config import DataConfig, FinetuneConfig
+    from saeception.data import load_task
+    from saeception.models import MLP, TapModel
+    from saeception.train import finetune
+
+    task = load_task(DataConfig(name="digits", max_examples=200))
+    tap = TapModel(MLP(task.input_dim, [16], task.n_classes), -1)
+    finetune(tap, task, FinetuneConfig(epochs=1, batch_size=32), torch.device("cpu"), seed=0)
+    assert all(p.grad is None for p in tap.parameters())
