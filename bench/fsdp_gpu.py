@@ -46,6 +46,7 @@ PYTHIA_6_9B = dict(num_hidden_layers=32, hidden_size=4096, num_attention_heads=3
 SMALL = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
              vocab_size=512, max_position_embeddings=128)
 STAGES = ("finetune", "retrain", "extract", "train_sae", "evaluate")
+SPLIT_SIZES = (288, 96, 96)  # 480 sentences: val and test carved at 20% each
 
 
 def build_model_dir(out: Path, shape: dict, device: torch.device) -> int:
@@ -126,7 +127,7 @@ def main() -> int:
         if args.small:
             v.update({"model.layer": -1, "sae.steps": 50, "eval.probe_max_iter": 20})
         cfg = build_config(v)
-        estimate = estimate_for(cfg)
+        estimate = estimate_for(cfg, device)
         init_single_process(device)
         meter = Meter(device)
         for stage in STAGES:
@@ -153,9 +154,15 @@ def main() -> int:
     return 0
 
 
-def estimate_for(cfg) -> dict:
-    """saeception.memory's estimate for this config on one worker, in GiB."""
-    return {}
+def estimate_for(cfg, device: torch.device) -> dict:
+    """saeception.memory's estimate (what --dry-run prints) for this config on one worker, in GiB; the
+    split sizes are the carved ones (480 rows: 288 / 96 / 96)."""
+    from saeception.memory import GIB, estimate
+
+    e = estimate(cfg, 1, sizes=SPLIT_SIZES, device=device.type, distributed=True, n_classes=3)
+    parts = ("weights", "grads", "optimizer", "activations", "working", "training", "sae", "evaluation", "host")
+    return {**{f"{k}_gib": (getattr(e, k) or 0) / GIB for k in parts}, "total_gib": e.total / GIB,
+            "peak_stage": e.peak_stage, "summary": e.summary()}
 
 
 if __name__ == "__main__":
