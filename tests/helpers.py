@@ -42,41 +42,38 @@ def train_tokenizer(out_dir: Path, eos: str = "<|endoftext|>", extra_special: tu
     return fast
 
 
+def _tiny_decoder(out_dir: Path, config_cls, model_cls, n_classes: int, **dims) -> Path:
+    """A random-init decoder classifier with the in-process tokenizer, EOS as its pad, BOS and EOS."""
+    tok = train_tokenizer(out_dir)
+    eos = tok.eos_token_id
+    cfg = config_cls(**dims, vocab_size=len(tok), pad_token_id=eos, bos_token_id=eos, eos_token_id=eos,
+                     num_labels=n_classes)
+    model_cls(cfg).save_pretrained(out_dir)
+    return out_dir
+
+
 def tiny_gpt2(out_dir: Path, n_classes: int = 3) -> Path:
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    tok = train_tokenizer(out_dir)
-    eos = tok.eos_token_id
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tok), pad_token_id=eos,
-                     bos_token_id=eos, eos_token_id=eos, num_labels=n_classes)
-    GPT2ForSequenceClassification(cfg).save_pretrained(out_dir)
-    return out_dir
+    return _tiny_decoder(out_dir, GPT2Config, GPT2ForSequenceClassification, n_classes,
+                         n_layer=2, n_embd=32, n_head=2, n_positions=64)
 
 
 def tiny_neox(out_dir: Path, n_classes: int = 3) -> Path:
     """A random-init GPT-NeoX (Pythia's family) classifier: rotary positions, parallel attention/MLP."""
     from transformers import GPTNeoXConfig, GPTNeoXForSequenceClassification
 
-    tok = train_tokenizer(out_dir)
-    eos = tok.eos_token_id
-    cfg = GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=64, vocab_size=len(tok), pad_token_id=eos, bos_token_id=eos,
-                        eos_token_id=eos, num_labels=n_classes)
-    GPTNeoXForSequenceClassification(cfg).save_pretrained(out_dir)
-    return out_dir
+    return _tiny_decoder(out_dir, GPTNeoXConfig, GPTNeoXForSequenceClassification, n_classes, num_hidden_layers=2,
+                         hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
 
 
 def tiny_llama(out_dir: Path, n_classes: int = 3) -> Path:
     """A random-init LLaMA-family classifier: RMSNorm, rotary positions, SwiGLU, grouped-query attention."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    tok = train_tokenizer(out_dir)
-    eos = tok.eos_token_id
-    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                      intermediate_size=64, max_position_embeddings=64, vocab_size=len(tok), pad_token_id=eos,
-                      bos_token_id=eos, eos_token_id=eos, num_labels=n_classes)
-    LlamaForSequenceClassification(cfg).save_pretrained(out_dir)
-    return out_dir
+    return _tiny_decoder(out_dir, LlamaConfig, LlamaForSequenceClassification, n_classes, num_hidden_layers=2,
+                         hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                         max_position_embeddings=64)
 
 
 def tiny_bert(out_dir: Path, n_classes: int = 3) -> Path:
