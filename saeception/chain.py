@@ -222,7 +222,9 @@ def train_model0(r: Run) -> None:
         save_weights(d / "model", value[1], {"name": r.cfg.model.name})
 
     def load(d: Path) -> tuple[str, dict]:
-        return "loaded", load_weights(d / "model", "cpu" if is_sharded(r.tap.model) else r.device)[0]
+        if is_sharded(r.tap.model):  # load_state broadcasts rank 0's: the others need not read the file
+            return "loaded", load_weights(d / "model", "cpu")[0] if is_main() else {}
+        return "loaded", load_weights(d / "model", r.device)[0]
 
     how, state = run_stage(r, FINETUNE, 0, build, save, load)
     if how == "loaded":

@@ -63,8 +63,8 @@ def shard(tap: TapModel, cfg: TrainConfig, device: torch.device) -> None:
     if device.type == "cuda":
         # bf16 compute for fp32 weights (bf16/fp16 weights compute in their own dtype); gradients are
         # reduced in fp32, where summing N ranks' bf16 gradients would lose precision.
-        weights = next(tap.model.parameters()).dtype
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if weights == torch.float32 else None,
+        stored = next(tap.model.parameters()).dtype
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if stored == torch.float32 else None,
                                                    reduce_dtype=torch.float32)
     if cfg.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
