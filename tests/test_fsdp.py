@@ -60,18 +60,30 @@ def _history(root, rank: int = 0) -> list[dict]:
     return json.loads((root / f"history.{rank}.json").read_text())
 
 
-@pytest.mark.parametrize("family", ["neox", "llama"])
-def test_fsdp_chain_gives_ddp_metrics(family, request, text_csv, tmp_path):
-    model_dir = request.getfixturevalue(f"{family}_dir")
-    for strategy in ("ddp", "fsdp"):
-        _spawn(_chain_worker, 2, tmp_path, _values(model_dir, text_csv, strategy), str(tmp_path / strategy), None)
-    ddp, fsdp = _history(tmp_path / "ddp"), _history(tmp_path / "fsdp")
-    if family == "neox":  # train.cpu_offload: the same numbers (on the CPU, only the code path differs)
-        _spawn(_chain_worker, 2, tmp_path, {**_values(model_dir, text_csv, "fsdp"), "train.cpu_offload": True},
-               str(tmp_path / "offload"), None)
-        assert _numbers(_history(tmp_path / "offload")) == _numbers(fsdp)
-    assert _history(tmp_path / "fsdp", 1) == [{**h, "cycle_seconds": _history(tmp_path / "fsdp", 1)[i]["cycle_seconds"]}
-                                               for i, h in enumerate(fsdp)]  # every rank has rank 0's metrics
+def _numbers(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in ("cycle_seconds", "hits")} for h in history]
+
+
+def _moved(root) -> set[str]:
+    """The model tensors aux retraining changed (cycle 0 -> 1)."""
+    from safetensors.torch import load_file
+
+    before, after = (load_file(str(ChainPaths(root).cycle(c).path / "model.safetensors")) for c in (0, 1))
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.fixture(scope="module")
+def fsdp_neox(tmp_path_factory, neox_dir, text_csv):
+    """One 1-cycle chain of 2 fsdp workers on the tiny GPT-NeoX, with a fresh stage cache: its history,
+    cycle directories and cache entries serve the tests below."""
+    tmp = tmp_path_factory.mktemp("fsdp_neox")
+    _spawn(_chain_worker, 2, tmp, _values(neox_dir, text_csv, "fsdp"), str(tmp / "run"), None, str(tmp / "cache"))
+    return tmp
+
+
+def _same_as_ddp(ddp_root, fsdp_root) -> None:
+    ddp, fsdp = _history(ddp_root), _history(fsdp_root)
+    assert _numbers(_history(fsdp_root, 1)) == _numbers(fsdp)  # every rank has rank 0's metrics
     assert [h["cycle"] for h in fsdp] == [0, 1]
     for a, b in zip(ddp, fsdp):
         for name in COMPARED:
@@ -79,70 +91,71 @@ def test_fsdp_chain_gives_ddp_metrics(family, request, text_csv, tmp_path):
                 assert b[name] == pytest.approx(a[name], abs=METRIC_TOL), (a["cycle"], name)
     # Aux retraining trains the same weights (everything from the target block on, model.freeze before):
     # a unit gathered before the freeze once kept the head from learning under fsdp.
-    assert _moved(tmp_path / "fsdp") == _moved(tmp_path / "ddp")
-    assert any(".norm." in k or k.startswith(("score.", "classifier.")) for k in _moved(tmp_path / "fsdp"))
+    assert _moved(fsdp_root) == _moved(ddp_root)
+    assert any(".norm." in k or k.startswith(("score.", "classifier.")) for k in _moved(fsdp_root))
 
 
-def _numbers(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in h.items() if k != "cycle_seconds"} for h in history]
+def test_fsdp_chain_gives_ddp_metrics_neox(fsdp_neox, neox_dir, text_csv, tmp_path):
+    _spawn(_chain_worker, 2, tmp_path, _values(neox_dir, text_csv, "ddp"), str(tmp_path / "ddp"), None)
+    _same_as_ddp(tmp_path / "ddp", fsdp_neox / "run")
+    # train.cpu_offload: the same numbers (on the CPU, only the code path differs)
+    _spawn(_chain_worker, 2, tmp_path, {**_values(neox_dir, text_csv, "fsdp"), "train.cpu_offload": True},
+           str(tmp_path / "offload"), None)
+    assert _numbers(_history(tmp_path / "offload")) == _numbers(_history(fsdp_neox / "run"))
 
 
-def _moved(root) -> set[str]:
-    from safetensors.torch import load_file
+def test_fsdp_chain_gives_ddp_metrics_llama(llama_dir, text_csv, tmp_path):
+    for strategy in ("ddp", "fsdp"):
+        _spawn(_chain_worker, 2, tmp_path, _values(llama_dir, text_csv, strategy), str(tmp_path / strategy), None)
+    _same_as_ddp(tmp_path / "ddp", tmp_path / "fsdp")
 
-    before, after = (load_file(str(ChainPaths(root).cycle(c).path / "model.safetensors")) for c in (0, 1))
-    return {k for k in before if not torch.equal(before[k], after[k])}
 
-
-def _extract_worker(rank: int, world: int, init: str, model_dir: str, text_csv: str, out: str) -> None:
+def _extract_worker(rank: int, world: int, init: str, models: dict, text_csv: str, out: str) -> None:
     from saeception.chain import setup
     from saeception.sharding import is_sharded, shard
     from saeception.train import extract
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        cfg = build_config(_values(model_dir, text_csv, "fsdp"))
-        s = setup(cfg)
-        shard(s.tap, cfg.train, torch.device("cpu"))
-        assert is_sharded(s.tap.model)
-        pooled, logits = extract(s.tap, s.task, "train", 16, torch.device("cpu"))
-        tokens, _ = extract(s.tap, s.task, "train", 16, torch.device("cpu"), tokens=True)
-        torch.save({"pooled": pooled, "logits": logits, "tokens": tokens}, f"{out}.{rank}")
+        for family, model_dir in models.items():
+            cfg = build_config(_values(model_dir, text_csv, "fsdp"))
+            s = setup(cfg)  # a transformer: on the meta device on rank 1, its shards from rank 0
+            shard(s.tap, cfg.train, torch.device("cpu"))
+            assert is_sharded(s.tap.model)
+            pooled, logits = extract(s.tap, s.task, "train", 16, torch.device("cpu"))
+            tokens, _ = extract(s.tap, s.task, "train", 16, torch.device("cpu"), tokens=True)
+            torch.save({"pooled": pooled, "logits": logits, "tokens": tokens}, f"{out}.{family}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("family", ["neox", "llama", "mlp"])
-def test_extraction_under_fsdp_equals_extraction_without_it_row_for_row(family, request, text_csv, tmp_path):
+def test_extraction_under_fsdp_equals_extraction_without_it_row_for_row(neox_dir, llama_dir, text_csv, tmp_path):
     from saeception.chain import setup
     from saeception.train import extract
 
-    model_dir = "mlp" if family == "mlp" else request.getfixturevalue(f"{family}_dir")
-    _spawn(_extract_worker, 2, tmp_path, str(model_dir), str(text_csv), str(tmp_path / "out"))
-    s = setup(build_config(_values(model_dir, text_csv, "ddp")))  # same init stage: the same weights
-    pooled, logits = extract(s.tap, s.task, "train", 16, torch.device("cpu"))
-    tokens, _ = extract(s.tap, s.task, "train", 16, torch.device("cpu"), tokens=True)
-    for r in range(2):
-        got = torch.load(tmp_path / f"out.{r}", weights_only=True)
-        # Every rank holds every row, in example-id order (tokens: (id, position) order).
-        assert got["pooled"].shape == pooled.shape and got["tokens"].shape == tokens.shape
-        torch.testing.assert_close(got["pooled"], pooled, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(got["logits"], logits, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(got["tokens"], tokens, atol=1e-5, rtol=1e-5)
+    models = {"neox": str(neox_dir), "llama": str(llama_dir), "mlp": "mlp"}
+    _spawn(_extract_worker, 2, tmp_path, models, str(text_csv), str(tmp_path / "out"))
+    for family, model_dir in models.items():
+        s = setup(build_config(_values(model_dir, text_csv, "ddp")))  # same init stage: the same weights
+        pooled, logits = extract(s.tap, s.task, "train", 16, torch.device("cpu"))
+        tokens, _ = extract(s.tap, s.task, "train", 16, torch.device("cpu"), tokens=True)
+        for r in range(2):
+            got = torch.load(tmp_path / f"out.{family}.{r}", weights_only=True)
+            # Every rank holds every row, in example-id order (tokens: (id, position) order).
+            assert got["pooled"].shape == pooled.shape and got["tokens"].shape == tokens.shape, family
+            torch.testing.assert_close(got["pooled"], pooled, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got["logits"], logits, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got["tokens"], tokens, atol=1e-5, rtol=1e-5)
 
 
-def test_a_cycle_written_by_two_fsdp_workers_resumes_on_one(neox_dir, text_csv, tmp_path):
+def test_a_cycle_written_by_two_fsdp_workers_resumes_on_one(fsdp_neox, neox_dir, text_csv, tmp_path):
     from safetensors.torch import load_file
 
-    from saeception.chain import ChainState, run_chain
+    from saeception.chain import ChainState, run_chain, setup
 
-    two = tmp_path / "two"
-    _spawn(_chain_worker, 2, tmp_path, _values(neox_dir, text_csv, "fsdp", cycles=1), str(two), None)
-    written = ChainPaths(two).cycle(0)
+    written = ChainPaths(fsdp_neox / "run").cycle(0)
     # Full tensors, not shards: the same names and shapes as a plain model's state dict.
     s_plain = load_file(str(written.path / "model.safetensors"))
-    from saeception.chain import setup
-
     plain = setup(build_config(_values(neox_dir, text_csv, "ddp")))
     assert {k: v.shape for k, v in s_plain.items()} == {k: v.shape for k, v in plain.tap.model.state_dict().items()}
 
@@ -151,7 +164,7 @@ def test_a_cycle_written_by_two_fsdp_workers_resumes_on_one(neox_dir, text_csv, 
     _spawn(_chain_worker, 1, tmp_path, _values(neox_dir, text_csv, "fsdp", cycles=1), str(one), str(written.path))
     resumed = _history(one)
     assert [h["cycle"] for h in resumed] == [0, 1]
-    assert resumed[0] == _history(two)[0]  # cycle 0 carried over, not re-run
+    assert _numbers(resumed)[0] == _numbers(_history(fsdp_neox / "run"))[0]  # cycle 0 carried over, not re-run
     # ... and a plain process (ddp, no group) loads the same cycle: what it loads is what was written.
     state = ChainState.load(written.path)
     history = run_chain(build_config(_values(neox_dir, text_csv, "ddp", cycles=1)), ChainPaths(tmp_path / "plain"),
@@ -161,18 +174,16 @@ def test_a_cycle_written_by_two_fsdp_workers_resumes_on_one(neox_dir, text_csv, 
         assert torch.equal(state.model_state[k], v)
 
 
-def test_fsdp_workers_reuse_cycle_0_from_the_stage_cache(neox_dir, text_csv, tmp_path):
+def test_fsdp_workers_reuse_cycle_0_from_the_stage_cache(fsdp_neox, neox_dir, text_csv, tmp_path):
     """A hit loads the fine-tuned weights into the sharded model on every rank together (a collective:
     done after the lookup, never by rank 0 alone inside it) and gives the computed chain's numbers."""
-    values = _values(neox_dir, text_csv, "fsdp", cycles=1)
-    for run in ("computed", "cached"):
-        _spawn(_chain_worker, 2, tmp_path, values, str(tmp_path / run), None, str(tmp_path / "cache"))
-    computed, cached = _history(tmp_path / "computed"), _history(tmp_path / "cached")
-    assert cached[-1].pop("hits") == 3 and computed[-1].pop("hits") == 0
-    for a, b in zip(computed, cached):
+    _spawn(_chain_worker, 2, tmp_path, _values(neox_dir, text_csv, "fsdp"), str(tmp_path / "cached"), None,
+           str(fsdp_neox / "cache"))
+    computed, cached = _history(fsdp_neox / "run"), _history(tmp_path / "cached")
+    assert cached[-1]["hits"] == 3 and computed[-1]["hits"] == 0
+    for a, b in zip(_numbers(computed), _numbers(cached)):
         for k in a:
-            if k != "cycle_seconds":
-                assert b[k] == pytest.approx(a[k], abs=1e-6, nan_ok=True), (a["cycle"], k)
+            assert b[k] == pytest.approx(a[k], abs=1e-6, nan_ok=True), (a["cycle"], k)
 
 
 @pytest.mark.ray
