@@ -189,3 +189,26 @@ def test_the_neox20b_space_plans_offline_without_estimating_what_it_cannot_read(
     assert "note: --gpu-memory-gb: model.name EleutherAI/gpt-neox-20b cannot be read now" in captured.err
     assert "  base config: not estimated (the model cannot be read now)" in captured.out
     assert "not checked: nothing could be estimated now" in captured.out
+
+
+def test_asha_stops_trials_at_a_rung_but_lets_the_last_cycle_end_by_itself(tmp_path):
+    """ASHA's default STOP at max_t killed a trial at its last cycle while its Train controller shut down
+    (its run FAILED though Optuna had it COMPLETE; its worker group's resources could leak)."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from saeception.sweep.driver import asha
+
+    p = sweep.plan(sweep.parser().parse_args(["--space", TINY, "--storage", str(tmp_path / "s"), "--scheduler", "asha",
+                                              "--set", "chain.cycles=2"]))
+    scheduler = asha(p, "val_sae_u", "max")
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={}) for i in range(6)]
+    for i, trial in enumerate(trials):
+        scheduler.on_trial_add(None, trial)
+        scheduler.on_trial_result(None, trial, {"cycle": 1, "val_sae_u": float(i)})
+    # A trial below the cycle-1 rung's cutoff is stopped early; the best, at its last cycle, is not stopped.
+    bad = SimpleNamespace(trial_id="bad", config={})
+    scheduler.on_trial_add(None, bad)
+    assert scheduler.on_trial_result(None, bad, {"cycle": 1, "val_sae_u": -1.0}) == TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, trials[-1], {"cycle": 2, "val_sae_u": 9.0}) == TrialScheduler.CONTINUE
