@@ -57,6 +57,9 @@ def test_loading_and_sharding_settings_change_the_keys_of_what_they_shape():
         assert changed["init"] == base["init"] and all(changed[s] != base[s] for s in ("finetune", "extract", "sae")), over
     changed = keys(**text, **{"model.gradient_checkpointing": True})
     assert changed["init"] == base["init"] and changed["finetune"] != base["finetune"]
+    # With the model used as loaded (finetune.epochs 0) the extraction's own read carries the strategy.
+    as_loaded = {**text, "finetune.epochs": 0}
+    assert keys(**as_loaded, **{"train.strategy": "fsdp"})["extract"] != keys(**as_loaded)["extract"]
 
 
 def test_a_stage_cannot_read_what_it_does_not_declare(monkeypatch, tmp_path):
