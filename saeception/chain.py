@@ -38,7 +38,7 @@ from .evaluate import evaluate
 from .models import TapModel, build_model, load_tokenizer, model_source
 from .sae import SAE, train_sae
 from .sharding import full_state, is_sharded, load_state, loads_on_rank0, shard
-from .sharpen import build_targets, encoded_class_means, is_noop
+from .sharpen import build_targets, encoded_class_means, is_noop, needs_class_means
 from .stages import ConfigView, Stage, model_fingerprint, stage_key, stage_rng
 from .train import extract, finetune, retrain
 
@@ -239,12 +239,14 @@ class Retrained:
     targets: torch.Tensor  # (N_train, d), row = example id
     mu: torch.Tensor  # (d,) the cycle's mean train activation before retraining
     kept: float  # sharpen_kept_fraction
+    kept_active: float  # sharpen_kept_active
 
     def metrics(self, acts_after: torch.Tensor) -> dict[str, float]:
         t, mu = self.targets, self.mu
         return {"aux_cosine_before": M.cosine(self.acts_before, t), "aux_cosine": M.cosine(acts_after, t),
                 "aux_cosine_centered_before": M.cosine(self.acts_before, t, mu),
-                "aux_cosine_centered": M.cosine(acts_after, t, mu), "sharpen_kept_fraction": self.kept}
+                "aux_cosine_centered": M.cosine(acts_after, t, mu), "sharpen_kept_fraction": self.kept,
+                "sharpen_kept_active": self.kept_active}
 
 
 def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> Retrained:
@@ -252,18 +254,18 @@ def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> Retrained:
     and retrains the model toward them."""
     task, device = r.task, r.device
 
-    def targets_for(view: ConfigView, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def targets_for(view: ConfigView, seed: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
         acts, _ = extract(r.tap, task, "train", view.aux.batch_size, device)
         labels = task.train.labels.to(device)
         means = None
-        if view.sharpen.strategy == "per_class":
+        if needs_class_means(view.sharpen):
             # Each rank contributes its shard of the class sums; the all-reduce makes them global.
             shard = slice(rank(), None, world_size())
             means = encoded_class_means(sae, acts.to(device)[shard], labels[shard], task.n_classes)
-        targets, kept = build_targets(sae, acts.to(device), labels, view.sharpen, seed, means, task.n_classes)
-        return acts, targets.cpu(), kept
+        built = build_targets(sae, acts.to(device), labels, view.sharpen, seed, means, task.n_classes)
+        return acts, built.targets.cpu(), built.kept_fraction, built.kept_active
 
-    acts_before, targets, kept = run_stage(r, SHARPEN, cycle, targets_for)
+    acts_before, targets, kept, kept_active = run_stage(r, SHARPEN, cycle, targets_for)
     mu = acts_before.mean(0)  # the cycle's mean train activation (every rank holds all rows)
 
     def retrain_stage(view: ConfigView, seed: int) -> None:
@@ -272,7 +274,7 @@ def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> Retrained:
         retrain(r.tap, task, targets, view.aux, device, seed, mu if view.aux.center else None)
 
     run_stage(r, RETRAIN, cycle, retrain_stage)
-    return Retrained(acts_before, targets, mu, kept)
+    return Retrained(acts_before, targets, mu, kept, kept_active)
 
 
 def activation_dtype(tap: TapModel) -> torch.dtype:
@@ -371,6 +373,34 @@ def _warn_noop(cfg: Config, tap: TapModel) -> None:
                     cfg.sharpen.top_k_pct, cfg.sae.k, n)
 
 
+def _place(s: Setup, cfg: Config, device: torch.device) -> None:
+    if cfg.train.strategy == "fsdp":
+        if not is_sharded(s.tap.model):  # each rank's shard goes to the device, never the whole model
+            shard(s.tap, cfg.train, device)
+    else:
+        s.tap.to(device)
+
+
+def sae_seed_spread(cfg: Config, state: ChainState, n: int, device: torch.device | None = None) -> list[dict]:
+    """The SAE-seed noise floor of a chain's last cycle: `n` more SAEs trained on that cycle's activations
+    (the same model and data, the same evaluation seed; only the SAE stage's seed differs), each evaluated
+    as the cycle was. Returns their metric dicts. Runs on every rank under torch.distributed."""
+    device = device or resolve_device(cfg.device)
+    s = setup(cfg)
+    _place(s, cfg, device)
+    r = Run(cfg, s.task, s.tap, device, None, _env(s, device))
+    _restore(r, state)
+    cycle = state.history[-1]["cycle"]
+    extracted = extract_all(r, cycle)
+    x = extracted["train.tokens"] if cfg.sae.tokens == "all" else extracted["train.acts"]
+    out = []
+    for j in range(1, n + 1):
+        with stage_rng(cfg.seed, cycle, f"{SAE_STAGE.name}-resample-{j}", device) as seed:
+            sae = train_sae(x.to(device).float(), cfg.sae, seed=seed).cpu()
+        out.append({"cycle": cycle, **evaluate_cycle(r, cycle, sae, extracted)})
+    return out
+
+
 def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallback | None = None,
               device: torch.device | None = None, resume_from: Path | ChainState | None = None,
               prepared: Setup | None = None,
@@ -386,11 +416,7 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
     paths = paths if isinstance(paths, ChainPaths) else ChainPaths(paths)
     device = device or resolve_device(cfg.device)
     s = prepared or setup(cfg)
-    if cfg.train.strategy == "fsdp":
-        if not is_sharded(s.tap.model):  # each rank's shard goes to the device, never the whole model
-            shard(s.tap, cfg.train, device)
-    else:
-        s.tap.to(device)
+    _place(s, cfg, device)
     r = Run(cfg, s.task, s.tap, device, cache, _env(s, device))
     r.keys[INIT.name] = stage_key(INIT, cfg, r.env, {})
     history, sae = _restore(r, resume_from)

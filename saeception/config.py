@@ -194,20 +194,26 @@ class SAEConfig:
             _require(self.k < n, "sae.k", f"must be < the number of latents ({n} = {self.expansion_factor} x width {width})")
 
 
-SHARPEN_STRATEGIES = ("per_class", "per_example", "random", "random_direction")
+SHARPEN_STRATEGIES = ("per_class", "per_example", "random", "class_prototype", "random_direction")
+# What the matched random control keeps as many active latents as.
+MATCHED_STRATEGIES = ("per_class", "per_example")
 
 
 @dataclass
 class SharpenConfig:
     strategy: str = doc("per_class", "`per_class` (keep the top-k% latents of the example's class-mean code, class "
-                        "means on train), `per_example` (each example's own top-k%), `random` (the control: per_class's "
-                        "construction with a random latent set of the same size per class, decoded through the same "
-                        "SAE), `random_direction` (a weaker control: isotropic random unit targets)")
+                        "means on train), `per_example` (each example's own top-k%), and the controls: `random` (per "
+                        "example, as many active latents as `sharpen.match` keeps, chosen at random among the active "
+                        "ones, decoded through the same SAE), `class_prototype` (the class mean of h, no SAE), "
+                        "`random_direction` (isotropic random unit targets)")
     top_k_pct: float = doc(2.0, "% of latents kept, in (0, 100]; at least one")
+    match: str = doc("per_class", "for `random`: the strategy whose number of kept active latents it matches, per "
+                     "example (`per_class` or `per_example`)")
 
     def __post_init__(self) -> None:
         _require(self.strategy in SHARPEN_STRATEGIES, "sharpen.strategy", f"must be one of: {', '.join(SHARPEN_STRATEGIES)}")
         _require(0 < self.top_k_pct <= 100, "sharpen.top_k_pct", "must be in (0, 100]")
+        _require(self.match in MATCHED_STRATEGIES, "sharpen.match", f"must be one of: {', '.join(MATCHED_STRATEGIES)}")
 
 
 @dataclass
@@ -239,6 +245,9 @@ class ChainConfig:
 class EvalConfig:
     cluster_max_examples: int = doc(2000, "cap (seeded subsample) for the O(N²) silhouette")
     probe_max_iter: int = doc(500, "logistic-probe iterations")
+    min_firings: int = doc(5, "per-latent metrics (`sae_csi`, `sae_u`, `base_*`) average over latents that fire on at "
+                           "least this many examples of the split (a latent firing once has CSI 1: BENCHMARKS.md, "
+                           "\"Rare latents\"); the all-alive means stay as `*_all`")
     backend: str = doc("auto", "where probes and cluster metrics run: `torch` (on the codes' device), `sklearn` "
                        "(scikit-learn on the CPU, the reference definitions), `auto` (torch on CUDA; on the CPU the one "
                        "measured faster, BENCHMARKS.md)")
@@ -246,6 +255,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _require(self.cluster_max_examples >= 10, "eval.cluster_max_examples", "must be >= 10")
         _require(self.probe_max_iter >= 1, "eval.probe_max_iter", "must be >= 1")
+        _require(self.min_firings >= 1, "eval.min_firings", "must be >= 1")
         _require(self.backend in ("auto", "torch", "sklearn"), "eval.backend", "must be one of: auto, torch, sklearn")
 
 

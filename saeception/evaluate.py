@@ -19,12 +19,12 @@ CPU_BACKEND = "torch"
 
 # Measured while sharpening and retraining (cycle >= 1), on the train split.
 AUX_METRICS = ("aux_cosine", "aux_cosine_before", "aux_cosine_centered", "aux_cosine_centered_before",
-               "sharpen_kept_fraction")
+               "sharpen_kept_fraction", "sharpen_kept_active")
 # Every metric name a cycle can report (test split); val_<name> exists for each but aux_* and dead_pct.
 METRIC_NAMES = (
     "task_accuracy", "task_f1_macro", "probe_accuracy",
     *(f"k_sparse_probe_accuracy_k{k}" for k in SPARSE_PROBE_KS),
-    "sae_csi", "sae_u", "base_csi", "base_u",
+    "sae_csi", "sae_u", "base_csi", "base_u", "sae_csi_all", "sae_u_all", "sae_scored_latents",
     "ari", "silhouette", "davies_bouldin", "calinski_harabasz",
     "l0", "dead_pct", "explained_variance",
     *AUX_METRICS,
@@ -68,8 +68,9 @@ def evaluate(sae: SAE, acts: dict[str, Tensor], logits: dict[str, Tensor], label
         z, x, y = codes[split], acts[split], labels[split]
         row = M.task_metrics(logits[split].to(device), y, n_classes)
         row.update({name: score(split) for name, score in scorers.items()})
-        sae_m, base_m = M.monosemanticity(z, y), M.monosemanticity(x, y)
-        row.update(sae_csi=sae_m["csi"], sae_u=sae_m["u"], base_csi=base_m["csi"], base_u=base_m["u"])
+        sae_m, base_m = M.monosemanticity(z, y, cfg.min_firings), M.monosemanticity(x, y, cfg.min_firings)
+        row.update(sae_csi=sae_m["csi"], sae_u=sae_m["u"], base_csi=base_m["csi"], base_u=base_m["u"],
+                   sae_csi_all=sae_m["csi_all"], sae_u_all=sae_m["u_all"], sae_scored_latents=sae_m["n"])
         row.update(M.cluster_metrics(z, y, n_classes, cfg.cluster_max_examples, seed, backend))
         row.update(l0=M.l0(z), explained_variance=M.explained_variance(x, sae.decode(z)))
         out.update({prefix + k: v for k, v in row.items()})

@@ -4,7 +4,8 @@ Definitions (README "Metrics" repeats them):
 - CSI_i = (mu_max - mu_other) / (|mu_max| + |mu_other|), mu_max the largest class mean of latent i,
   mu_other its mean over the examples outside that class; 0 when both are 0.
 - U_i = I(1[z_i > 0]; y) / H(y), both in nats; 0 for a latent that never or always fires.
-- monosemanticity averages both over latents that fire (z > 0) at least once on the evaluated set.
+- monosemanticity averages both over latents that fire (z > 0) on at least eval.min_firings examples of
+  the evaluated set (the `*_all` twins: at least once).
 """
 
 from __future__ import annotations
@@ -77,14 +78,22 @@ def _u(codes: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     return torch.where(constant, torch.zeros_like(mi), (mi / h_y).clamp_min(0))
 
 
-def monosemanticity(codes: Tensor, labels: Tensor) -> dict[str, float]:
-    """Mean CSI and U over latents that fire at least once. codes (N, n_latents), labels (N,)."""
-    alive = (codes > 0).any(0)
+def monosemanticity(codes: Tensor, labels: Tensor, min_firings: int = 1) -> dict[str, float]:
+    """Mean CSI and U over the latents that fire (z > 0) on at least `min_firings` examples (`csi`, `u`,
+    and their count `n`), and over every latent that fires at least once (`csi_all`, `u_all`). A latent
+    firing on one example has CSI 1 and U near 0 whatever it encodes: min_firings keeps such latents from
+    driving the mean. codes (N, n_latents), labels (N,)."""
+    firings = (codes > 0).sum(0)
+    scored, alive = firings >= min_firings, firings > 0
+    out = {"csi": 0.0, "u": 0.0, "n": float(scored.sum()), "csi_all": 0.0, "u_all": 0.0}
     if not alive.any():
-        return {"csi": 0.0, "u": 0.0}
+        return out
     n_classes = int(labels.max()) + 1
-    return {"csi": float(csi_per_latent(codes, labels, n_classes)[alive].mean()),
-            "u": float(u_per_latent(codes, labels, n_classes)[alive].mean())}
+    csi, u = csi_per_latent(codes, labels, n_classes), u_per_latent(codes, labels, n_classes)
+    out.update(csi_all=float(csi[alive].mean()), u_all=float(u[alive].mean()))
+    if scored.any():
+        out.update(csi=float(csi[scored].mean()), u=float(u[scored].mean()))
+    return out
 
 
 def f_scores(x: Tensor, labels: Tensor, n_classes: int) -> Tensor:

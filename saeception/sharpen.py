@@ -6,6 +6,8 @@ retraining looks them up with `targets[batch["ids"]]`, never by loader position.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -51,32 +53,66 @@ def top_mask(scores: Tensor, keep: int) -> Tensor:
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, True)
 
 
-def random_class_mask(n_classes: int, n_latents: int, keep: int, gen: torch.Generator) -> Tensor:
-    """(C, n_latents) bool: for each class a random set of `keep` latents (the random control's choice)."""
-    scores = torch.rand(n_classes, n_latents, generator=gen)
-    return top_mask(scores, keep)
+def uniform_scores(rows: Tensor, n_latents: int, seed: int) -> Tensor:
+    """(len(rows), n_latents) uniform numbers in [0, 1), a function of (seed, row id, latent) alone: the
+    random control draws the same numbers whether the split is sharpened whole or a chunk of rows at a time.
+    (Integer hashing modulo a prime below 2^31: every product fits in int64, so nothing overflows.)"""
+    p = 2147483629  # a prime < 2^31
+    latents = torch.arange(n_latents, dtype=torch.int64, device=rows.device)
+    x = (rows.to(torch.int64)[:, None] * n_latents + latents[None, :]) % p
+    x = (x + (seed % p) * 97 + 1) % p
+    for a, b in ((48271, 11), (69621, 7), (40692, 3)):
+        x = (x * a + b) % p
+        x = (x ^ (x >> 13)) % p
+    return x.to(torch.float64) / p
+
+
+def matched_random_mask(codes: Tensor, method_mask: Tensor, rows: Tensor, seed: int) -> Tensor:
+    """The random control's mask: for each example, as many of its *active* latents as the method's mask
+    keeps (|method_mask ∧ code > 0|), chosen uniformly at random among its active latents."""
+    active = codes > 0
+    n_keep = (method_mask & active).sum(-1, keepdim=True)
+    scores = uniform_scores(rows, codes.shape[1], seed).to(codes.device)
+    scores = torch.where(active, scores, torch.full_like(scores, -1.0))  # inactive latents rank last
+    order = scores.argsort(dim=-1, descending=True)
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(codes.shape[1], device=codes.device).expand_as(order))
+    return (ranks < n_keep) & active
+
+
+def method_mask(codes: Tensor, labels: Tensor, strategy: str, keep: int, means: Tensor | None, n_classes: int) -> Tensor:
+    """The boolean mask per_class or per_example keeps."""
+    if strategy == "per_class":
+        if means is None:
+            means = class_means(codes, labels, n_classes)
+        return top_mask(means, keep)[labels]
+    if strategy == "per_example":
+        return top_mask(codes, keep)
+    raise ValueError(f"sharpen strategy {strategy!r} keeps no latents of its own")
 
 
 def sharpen(codes: Tensor, labels: Tensor, cfg: SharpenConfig, means: Tensor | None = None,
-            n_classes: int | None = None, seed: int = 0) -> Tensor:
+            n_classes: int | None = None, seed: int = 0, rows: Tensor | None = None) -> Tensor:
     """Keeps top_k_pct of the latents of each code, zeroing the rest:
     per_class   those with the largest class-mean code of the example's class (`means` as from
                 class_means, computed here when not given);
     per_example the example's own largest;
-    random      a random set of the same size per class (seeded): per_class's construction with the
-                choice of latents drawn at random, the control for what the class means pick."""
+    random      the control matched to `sharpen.match` (per_class or per_example): per example, the same
+                number of active latents as that strategy keeps, chosen at random among the active ones
+                (seeded; `rows`, the examples' ids, default 0..N-1, make the draw independent of chunking)."""
     keep = n_kept(codes.shape[1], cfg.top_k_pct)
     n_classes = n_classes or int(labels.max()) + 1
-    if cfg.strategy == "per_class":
-        if means is None:
-            means = class_means(codes, labels, n_classes)
-        return codes * top_mask(means, keep)[labels]
-    if cfg.strategy == "per_example":
-        return codes * top_mask(codes, keep)
+    if cfg.strategy in ("per_class", "per_example"):
+        return codes * method_mask(codes, labels, cfg.strategy, keep, means, n_classes)
     if cfg.strategy == "random":
-        mask = random_class_mask(n_classes, codes.shape[1], keep, torch.Generator().manual_seed(seed))
-        return codes * mask.to(codes.device)[labels]
+        rows = torch.arange(len(codes), device=codes.device) if rows is None else rows
+        matched = method_mask(codes, labels, cfg.match, keep, means, n_classes)
+        return codes * matched_random_mask(codes, matched, rows, seed)
     raise ValueError(f"sharpen.strategy {cfg.strategy!r} has no codes to sharpen")
+
+
+def class_prototypes(activations: Tensor, labels: Tensor, n_classes: int) -> Tensor:
+    """(N, d) targets of the class_prototype control: each example's class mean of h on the split (no SAE)."""
+    return class_means(activations.float(), labels, n_classes)[labels]
 
 
 def random_directions(n: int, d: int, seed: int) -> Tensor:
@@ -108,24 +144,45 @@ def is_noop(strategy: str, sae_kind: str, k: int, n_latents: int, top_k_pct: flo
     return strategy == "per_example" and sae_kind in ("topk", "batchtopk") and n_kept(n_latents, top_k_pct) >= k
 
 
+def needs_class_means(cfg: SharpenConfig) -> bool:
+    """Whether sharpening reads the class means of the codes (per_class, and random matched to it)."""
+    return cfg.strategy == "per_class" or (cfg.strategy == "random" and cfg.match == "per_class")
+
+
+@dataclass
+class Targets:
+    """What sharpening hands to retraining, and what it kept."""
+
+    targets: Tensor  # (N, d), row i for example id i
+    kept_fraction: float  # mean ||sharpened||_1 / ||code||_1 (nan when the targets have no codes)
+    kept_active: float  # mean number of active latents kept per example (nan likewise)
+
+
 @torch.no_grad()
 def build_targets(sae: SAE, activations: Tensor, labels: Tensor, cfg: SharpenConfig, seed: int = 0,
-                  means: Tensor | None = None, n_classes: int | None = None) -> tuple[Tensor, float]:
-    """(N, d) targets for the train split, row i for example id i: decode(sharpen(encode(h_i))), and
-    the kept fraction of the codes' L1 mass (nan for random_direction, which has no codes). A chunk of
-    rows at a time (sae.chunk_rows): every step is per row once the class means are known, so the codes
-    of the whole split (N x n_latents, 26 GB for 67k examples and 98,304 latents) are never held at once."""
-    if cfg.strategy == "random_direction":
-        return random_directions(len(activations), activations.shape[1], seed).to(activations.device), float("nan")
+                  means: Tensor | None = None, n_classes: int | None = None) -> Targets:
+    """(N, d) targets for the train split, row i for example id i: decode(sharpen(encode(h_i))), the
+    class mean of h (class_prototype) or random unit vectors (random_direction). A chunk of rows at a time
+    (sae.chunk_rows): every step is per row once the class means are known, so the codes of the whole split
+    (N x n_latents, 26 GB for 67k examples and 98,304 latents) are never held at once."""
+    nan = float("nan")
     n_classes = n_classes or int(labels.max()) + 1
-    if cfg.strategy == "per_class" and means is None:
+    if cfg.strategy == "random_direction":
+        return Targets(random_directions(len(activations), activations.shape[1], seed).to(activations.device), nan, nan)
+    if cfg.strategy == "class_prototype":
+        return Targets(class_prototypes(activations, labels, n_classes).to(sae.W_dec.dtype), nan, nan)
+    if needs_class_means(cfg) and means is None:
         means = encoded_class_means(sae, activations, labels, n_classes)
     targets = torch.empty_like(activations, dtype=sae.W_dec.dtype)
-    ratios = []
+    ratios, active = [], []
     step = chunk_rows(sae.n_latents)
     for i in range(0, len(activations), step):
         codes = sae.encode(activations[i:i + step])
-        sharpened = sharpen(codes, labels[i:i + step], cfg, means, n_classes, seed)
+        rows = torch.arange(i, i + len(codes), device=codes.device)
+        sharpened = sharpen(codes, labels[i:i + step], cfg, means, n_classes, seed, rows)
         targets[i:i + step] = sae.decode(sharpened)
         ratios.append(kept_ratios(codes, sharpened))
-    return targets, _mean_or_nan(torch.cat(ratios) if ratios else activations.new_zeros(0))
+        active.append((sharpened > 0).sum(-1))
+    empty = activations.new_zeros(0)
+    return Targets(targets, _mean_or_nan(torch.cat(ratios) if ratios else empty),
+                   _mean_or_nan(torch.cat(active) if active else empty))

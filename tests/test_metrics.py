@@ -77,3 +77,17 @@ def test_wide_codes_give_the_same_metrics_in_blocks(monkeypatch):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)  # float64; BLAS may sum a block differently
     for k, v in whole[3].items():
         assert blocked[3][k] == pytest.approx(v, rel=1e-12), k
+
+
+def test_a_latent_that_fires_once_does_not_move_the_per_latent_means():
+    """A latent firing on one example has CSI 1 and U ~ 0 whatever it encodes; with min_firings it is left
+    out of the means (and counted apart), while the *_all means still see it."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 4
+    codes = torch.rand(200, 12, generator=g) * (torch.rand(200, 12, generator=g) < 0.4)
+    once = torch.zeros(200, 1)
+    once[7, 0] = 3.0
+    base, more = M.monosemanticity(codes, labels, 5), M.monosemanticity(torch.cat([codes, once], 1), labels, 5)
+    assert more["csi"] == base["csi"] and more["u"] == base["u"] and more["n"] == base["n"] == 12
+    assert more["csi_all"] != base["csi_all"] and more["u_all"] != base["u_all"]
+    assert M.csi_per_latent(once, labels)[0] == 1.0

@@ -38,24 +38,18 @@ def test_n_kept_and_random_directions():
     assert torch.allclose(t.norm(dim=-1), torch.ones(5)) and torch.equal(t, random_directions(5, 7, seed=3))
 
 
-def test_random_control_is_per_class_with_random_latents():
-    """`random` keeps, per class, a seeded random latent set of per_class's size: the same construction,
-    decoded through the same SAE; only the choice of latents differs."""
+def test_random_control_draws_only_among_active_latents_and_ignores_chunking():
+    """Every latent active: the matched control keeps per_class's count per example, but not per_class's
+    latents; its draw depends on (seed, example id, latent) only, not on which rows share a chunk."""
     g = torch.Generator().manual_seed(0)
-    codes = torch.rand(60, 50, generator=g) + 0.1  # every latent active: what is kept shows in the mask
+    codes = torch.rand(60, 50, generator=g) + 0.1
     labels = torch.arange(60) % 3
     cfg = SharpenConfig("random", top_k_pct=10)
     out = sharpen(codes, labels, cfg, seed=4)
-    kept = out != 0
-    for c in range(3):
-        rows = kept[labels == c]
-        assert (rows == rows[0]).all(), "one latent set per class"
-        assert rows[0].sum() == n_kept(50, 10)
-        assert torch.equal(out[labels == c], (codes * rows[0])[labels == c])
-    assert not torch.equal(kept[labels == 0][0], kept[labels == 1][0])
-    assert torch.equal(out, sharpen(codes, labels, cfg, seed=4)) and not torch.equal(out, sharpen(codes, labels, cfg, seed=5))
-    per_class = sharpen(codes, labels, SharpenConfig("per_class", top_k_pct=10))
-    assert not torch.equal(out, per_class)
+    assert ((out > 0).sum(1) == n_kept(50, 10)).all()
+    assert not torch.equal(out, sharpen(codes, labels, SharpenConfig("per_class", top_k_pct=10)))
+    tail = sharpen(codes[20:], labels[20:], cfg, seed=4, rows=torch.arange(20, 60))
+    assert torch.equal(tail, out[20:])
 
 
 def test_kept_fraction_and_noop_detection():
@@ -79,7 +73,7 @@ def test_targets_belong_to_their_examples_after_shuffling():
     acts, _ = extract(tap, task, "train", 64, torch.device("cpu"))
     sae = train_sae(acts, SAEConfig(kind="topk", expansion_factor=2, k=4, steps=100))
     cfg = SharpenConfig("per_example", top_k_pct=10)
-    targets, _ = build_targets(sae, acts, task.train.labels, cfg)
+    targets = build_targets(sae, acts, task.train.labels, cfg).targets
     seen = 0
     for batch in loader(task, "train", 50, shuffle=True, seed=1):
         with torch.no_grad():
@@ -106,12 +100,15 @@ def test_targets_computed_a_chunk_of_rows_at_a_time_equal_the_whole_split_at_onc
     acts, labels = torch.randn(203, 16, generator=g), torch.randint(0, 3, (203,), generator=g)
     sae = train_sae(acts, SAEConfig(kind="topk", expansion_factor=4, k=6, steps=50), seed=0)
     whole = {s: build_targets(sae, acts, labels, SharpenConfig(strategy=s, top_k_pct=10), seed=3)
-             for s in ("per_class", "per_example", "random")}
+             for s in ("per_class", "per_example", "random", "class_prototype")}
     means = encoded_class_means(sae, acts, labels, 3)
     monkeypatch.setattr(sae_mod, "CHUNK_ELEMENTS", 64 * 50)  # 50 rows per chunk: 5 chunks, the last short
     assert sae_mod.chunk_rows(sae.n_latents) == 50
     torch.testing.assert_close(encoded_class_means(sae, acts, labels, 3), means, rtol=0, atol=1e-6)
-    for strategy, (targets, kept) in whole.items():
-        chunked, kept_chunked = build_targets(sae, acts, labels, SharpenConfig(strategy=strategy, top_k_pct=10), seed=3)
-        torch.testing.assert_close(chunked, targets, rtol=0, atol=1e-6)
-        assert kept_chunked == pytest.approx(kept, abs=1e-12), strategy
+    for strategy, built in whole.items():
+        chunked = build_targets(sae, acts, labels, SharpenConfig(strategy=strategy, top_k_pct=10), seed=3)
+        torch.testing.assert_close(chunked.targets, built.targets, rtol=0, atol=1e-6)
+        # float32 encodes of other row blocks may differ in the last bits: a kept ratio of a row is a float32
+        # sum, so the means agree to float32 precision, not 1e-12 (a fresh clone once failed at 5e-10).
+        assert chunked.kept_fraction == pytest.approx(built.kept_fraction, rel=1e-6, nan_ok=True), strategy
+        assert chunked.kept_active == pytest.approx(built.kept_active, rel=1e-6, nan_ok=True), strategy

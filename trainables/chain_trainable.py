@@ -35,6 +35,7 @@ TAGS = "_saeception_tags"  # JSON dict of tags for that run
 DIVERGED = "saeception_diverged"  # the chain's loss became NaN/inf: the reason
 FINAL_CYCLE = "final_cycle"  # the trial's last cycle (chain.cycles): a result before it is not a finished trial
 SPLITS = "_saeception_splits"  # JSON {"data": data config, "splits": results.json's split identities}
+SPREAD = "_saeception_sae_seeds"  # JSON list of the extra SAEs' metrics (confirmation, first seed's best arm)
 
 
 def arm_checkpoint(arm: str, seed: int) -> str:
@@ -42,9 +43,10 @@ def arm_checkpoint(arm: str, seed: int) -> str:
     return f"confirm-{arm}-seed{seed}"
 
 
-def confirm_run_name(seeds: list[int]) -> str:
-    """The Train run (under <storage>/train) of a group of confirmation seeds."""
-    return "confirm-seeds-" + "-".join(map(str, seeds))
+def confirm_run_name(attempt: str, seeds: list[int]) -> str:
+    """The Train run (under <storage>/train) of a group of confirmation seeds in one attempt of a
+    confirmation (its key and launch time: nothing is restored from another winner's or attempt's run)."""
+    return f"confirm-{attempt}-seeds-" + "-".join(map(str, seeds))
 
 
 def checkpoint_uri(storage: str, run_name: str, checkpoint_name: str) -> str:
@@ -89,6 +91,7 @@ class MlflowRelay(TuneReportCallback):
         history = json.loads(first.pop(HISTORY, "[]"))
         tags = json.loads(first.pop(TAGS, "{}"))
         data = json.loads(first.pop(SPLITS, "null"))
+        spread = json.loads(first.pop(SPREAD, "[]"))
         run_id = self.run_ids[first.pop(RUN_KEY, "")]
         self._tracker = self._tracker or Tracker(self.mlflow_uri)
         if data and run_id not in self._with_dataset:
@@ -100,6 +103,11 @@ class MlflowRelay(TuneReportCallback):
             self._tracker.set_tags(run_id, tags)
         if history:
             self._tracker.log_history(run_id, history)
+        for j, m in enumerate(spread, 1):
+            from saeception.sweep.confirmation import SAE_SEED_PREFIX
+
+            self._tracker.log_metrics(run_id, {SAE_SEED_PREFIX + k: v for k, v in m.items()
+                                               if isinstance(v, (int, float)) and k != "cycle"}, step=j)
         counters = {k: v for k, v in first.items() if k in CACHE_COUNTERS}
         if counters:  # cumulative per trial: the last value is the trial's total
             self._tracker.log_metrics(run_id, counters, step=int(first.get("cycle", 0)))
@@ -208,24 +216,42 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
 
 def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
-    """All arms of each of its seeds (saeception.confirm.run_arms), one seed after another. A restart
-    re-runs them; MLflow stays deduplicated (cycles already logged are skipped)."""
+    """All arms of each of its seeds (saeception.confirm.run_arms), one seed after another. An arm whose
+    chain diverges is reported for its own run (FAILED with the reason) and the other arms go on. A
+    restart re-runs them; MLflow stays deduplicated (cycles already logged are skipped)."""
+    import ray.train
+
     from saeception.config import build_config
     from saeception.confirm import run_arms
+    from saeception.sweep.confirmation import arm_run_key
 
     rank, device, work, cache = _worker_context(loop_config)
     last = build_config(loop_config["values"]).chain.cycles
+    key, arms = loop_config["key"], tuple(loop_config["arms"])
     try:
         for seed in loop_config["seeds"]:
-            def on_cycle(arm: str, cycle: int, metrics: dict, cycle_dir: Path, seed=seed) -> None:
+            export = seed == loop_config.get("export_seed")
+
+            def on_cycle(arm: str, cycle: int, metrics: dict, cycle_dir: Path, seed=seed, export=export) -> None:
                 # The history carries cycle 0 into the controls' runs (they inherit it from `best`). The
                 # export seed's last cycle of each arm is checkpointed: the sweep exports it.
-                keep = seed == loop_config.get("export_seed") and cycle == last
+                keep = export and cycle == last
                 _rank0_report(rank, _with_cache_stats({"arm": arm, "seed": seed, **metrics}, cache), cycle_dir,
-                              run_key=f"{arm}-seed{seed}", checkpoint=keep,
+                              run_key=arm_run_key(key, arm, seed), checkpoint=keep,
                               checkpoint_name=arm_checkpoint(arm, seed) if keep else None)
 
-            run_arms(loop_config["values"], seed, work / f"seed{seed}", on_cycle=on_cycle, device=device, cache=cache)
+            def on_diverged(arm: str, reason: str, seed=seed) -> None:
+                _rank0_report(rank, {DIVERGED: reason}, None, run_key=arm_run_key(key, arm, seed))
+
+            def on_spread(spread: list[dict], seed=seed) -> None:
+                if rank == 0:
+                    ray.train.report({SPREAD: json.dumps(spread), RUN_KEY: arm_run_key(key, "best", seed)})
+                else:
+                    ray.train.report({})
+
+            run_arms(loop_config["values"], seed, work / f"seed{seed}", on_cycle=on_cycle, device=device, cache=cache,
+                     arms=arms, sae_seeds=int(loop_config.get("sae_seeds", 0)) if export else 0,
+                     on_diverged=on_diverged, on_spread=on_spread)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -234,9 +260,11 @@ HEALTH_CHECK_INTERVAL_S = 0.2
 
 
 def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids: dict[str, str], tracker,
-         keep_checkpoints: int | None = 2) -> None:
+         keep_checkpoints: int | None = 2, per_run_failures: bool = False) -> None:
     """Runs one TorchTrainer for the trial and closes its MLflow runs (FAILED with the reason on error).
-    keep_checkpoints: how many of the latest checkpoints Ray keeps (None: all)."""
+    keep_checkpoints: how many of the latest checkpoints Ray keeps (None: all). per_run_failures: a run
+    whose chain diverged is closed FAILED and the others FINISHED (the confirmation's arms), instead of
+    the trial failing."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -271,7 +299,7 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
         trainer.fit()
         for run_id in run_ids.values():
             reason = tracker.failure(run_id)
-            if reason:
+            if reason and not per_run_failures:
                 from saeception.errors import DivergedError
 
                 raise DivergedError(reason.removeprefix("DivergedError: "))
@@ -283,7 +311,7 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
     for key, run_id in run_ids.items():
         tracker.set_tags(run_id, {f"{TIMING}trainer_finished_at": f"{finished:.3f}"})
         _log_trial_plot(tracker, run_id, key)
-        _close(tracker, run_id)
+        _close(tracker, run_id, failed=tracker.failure(run_id) if per_run_failures else None)
 
 
 def _close(tracker, run_id: str, failed: str | None = None) -> None:
@@ -325,23 +353,29 @@ def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:
 
 def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """Tune function trainable for a group of confirmation seeds: the chosen config and its controls,
-    each (arm, seed) its own MLflow child run. Seeds are grouped so that a small cluster pays one
-    worker-group start for all of them, and a large one runs the groups in parallel."""
+    each (arm, seed) its own MLflow child run, tagged with the confirmation's key. Seeds are grouped so
+    that a small cluster pays one worker-group start for all of them, and a large one runs the groups in
+    parallel."""
     from saeception.config import build_config, to_flat_dict
-    from saeception.confirm import ARMS, arm_values
+    from saeception.confirm import arm_values
+    from saeception.sweep.confirmation import KEY_TAG, TRAIN_RUN_TAG, arm_run_key
     from saeception.sweep.tracking import Tracker
 
     seeds = [int(s) for s in config["seeds"]]
-    export_seed = config.get("export_seed")
+    key, arms = config["key"], list(config["arms"])
+    train_run = confirm_run_name(config["attempt"], seeds)
     tracker = Tracker(spec.mlflow_uri)
     run_ids: dict[str, str] = {}
     for seed in seeds:
-        for arm in ARMS:
+        for arm in arms:
             values = {**arm_values(spec.fixed, arm), "seed": seed}
-            key = f"{arm}-seed{seed}"
-            run_ids[key] = tracker.child_run(spec.parent_run_id, key, role="confirm" if arm == "best" else "control",
-                                             name=key, extra_tags={**(spec.run_tags or {}), "saeception.arm": arm,
-                                                                   "saeception.seed": str(seed)})
-            tracker.log_params(run_ids[key], to_flat_dict(build_config(values)))
-    _fit(spec, _confirm_worker_loop, {"values": spec.fixed, "seeds": seeds, "export_seed": export_seed},
-         confirm_run_name(seeds), run_ids, tracker, keep_checkpoints=None)
+            run_key = arm_run_key(key, arm, seed)
+            run_ids[run_key] = tracker.child_run(
+                spec.parent_run_id, run_key, role="confirm" if arm == "best" else "control", name=run_key,
+                extra_tags={**(spec.run_tags or {}), "saeception.arm": arm, "saeception.seed": str(seed), KEY_TAG: key,
+                            TRAIN_RUN_TAG: train_run})
+            tracker.set_tags(run_ids[run_key], {TRAIN_RUN_TAG: train_run})  # a re-run attempt's checkpoints
+            tracker.log_params(run_ids[run_key], to_flat_dict(build_config(values)))
+    _fit(spec, _confirm_worker_loop, {"values": spec.fixed, "seeds": seeds, "export_seed": config.get("export_seed"),
+                                      "key": key, "arms": arms, "sae_seeds": int(config.get("sae_seeds", 0))},
+         train_run, run_ids, tracker, keep_checkpoints=None, per_run_failures=True)

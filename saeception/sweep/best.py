@@ -71,9 +71,14 @@ def _confirmation_md(p: Plan) -> str | None:
     f = p.local_dir / "confirmation.md"
     if not f.exists():
         return None
-    return ("The best config (`best`) and two controls (`aux0`: aux.weight = 0; `random`: random targets) on "
-            f"{p.args.confirm_seeds} fresh seeds: mean ± sd, and the paired difference best − control "
-            "(wins/seeds, paired t-test p). Test split unless `val_`.\n\n" + f.read_text())
+    from ..confirm import ARM_DOC
+
+    arms = "; ".join(f"`{a}`: {ARM_DOC[a]}" for a in p.confirm.controls)
+    return (f"The best config (`best`) and its controls ({arms}) on {p.args.confirm_seeds} fresh seeds: mean ± sd per "
+            "arm, and per control the paired difference best − control with its 95% t interval, wins/ties/losses in "
+            "the metric's direction, the t-test, the exact sign test and the Holm-corrected p, the equivalence margin, "
+            "the SAE-seed spread and the verdict (docs: README \"Confirmation\"). Test split unless `val_`.\n\n"
+            + f.read_text())
 
 
 def _export_one(p: Plan, tracker, parent: str, uri: str, values: dict[str, Any], run_key: str, out: Path,
@@ -96,9 +101,10 @@ def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmati
     `<local dir>/best/` and logs that folder on the parent run under best/. An export that cannot be
     made (e.g. the model's source is not readable here) is reported, tagged saeception.export_failed
     on the parent run, and the sweep's results stand. Returns the local folder, None when it failed."""
-    from ..confirm import ARMS, arm_values
+    from ..confirm import ARM_DOC, arm_values
     from ..export import ExportError
     from ..trainables.chain_trainable import arm_checkpoint, checkpoint_uri
+    from .confirmation import arm_run_key
 
     values = {**p.space.fixed, **trial["config"]}
     out = p.local_dir / BEST
@@ -115,13 +121,12 @@ def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmati
         written = _export_one(p, tracker, parent, uri, values, str(trial["trial_id"]), out, extra)
         if confirmation:
             seed = int(confirmation["seed"])
-            for arm in ARMS:
+            for arm in confirmation["arms"]:
                 key = f"{arm}-seed{seed}"
-                arm_extra = {"Confirmation arm": f"Arm `{arm}` of the confirmation, seed {seed}: the best config"
-                             + {"best": " as found.", "aux0": " with aux.weight = 0 (plain extra fine-tuning).",
-                                "random": " with sharpen.strategy = random (random targets)."}[arm], **extra}
-                _export_one(p, tracker, parent, checkpoint_uri(p.storage, confirmation["run"], arm_checkpoint(arm, seed)),
-                            {**arm_values(values, arm), "seed": seed}, key, out / ARMS_DIR / key, arm_extra)
+                arm_extra = {"Confirmation arm": f"Arm `{arm}` of the confirmation, seed {seed}: {ARM_DOC[arm]}.", **extra}
+                uri = checkpoint_uri(p.storage, confirmation["train_runs"][arm], arm_checkpoint(arm, seed))
+                _export_one(p, tracker, parent, uri, {**arm_values(values, arm), "seed": seed},
+                            arm_run_key(confirmation["key"], arm, seed), out / ARMS_DIR / key, arm_extra)
     except (ExportError, FileNotFoundError) as e:
         print(f"export of the best trial failed: {e}", flush=True)
         tracker.set_tags(parent, {"saeception.export_failed": str(e)[:5000]})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, build_config, flatten, parse_override, read_yaml
+from ..confirm import with_controls
 from ..data import check_source
 from ..validate import Checker, check_dir, check_space
 from . import memory_plan
@@ -56,7 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=("none", "asha"), default="none",
                    help="early stopping per cycle (asha: single-objective spaces only; default: none)")
     p.add_argument("--confirm-seeds", type=int, default=3,
-                   help="re-run the best config and its controls (aux.weight=0, random targets) on N fresh seeds (default: 3; 0 skips)")
+                   help="re-run the best config and its controls on N fresh seeds and decide (default: 3; 0 skips)")
+    p.add_argument("--confirm-controls", metavar="ARM,...", help="the control arms of the confirmation, comma-separated, "
+                   "from aux0, random, prototype, nosharpen (default: the space's confirm.controls, else all)")
     p.add_argument("--cache", metavar="DIR_OR_URI", help="stage cache, shared by every node: a directory (local, NFS) or "
                    "an object-store URI (s3://, gs://, any fsspec URI) (default: <storage>/cache)")
     p.add_argument("--no-cache", action="store_true", help="recompute every stage (no stage cache)")
@@ -88,6 +91,12 @@ class Plan:
     @property
     def ray_dir(self) -> str:
         return os.path.join(self.storage, "ray")
+
+    @property
+    def confirm(self):
+        """The confirmation's settings: the space's `confirm:` section, its controls overridden by
+        --confirm-controls."""
+        return with_controls(self.space.confirm, self.args.confirm_controls)
 
 
 def _fail(message: str) -> None:
@@ -122,6 +131,10 @@ def plan(args: argparse.Namespace) -> Plan:
         _fail("--gpus-per-worker: must be >= 0")
     if args.confirm_seeds < 0:
         _fail("--confirm-seeds: must be >= 0 (0 skips confirmation)")
+    try:
+        with_controls(space.confirm, args.confirm_controls)
+    except ConfigError as e:
+        _fail(str(e).replace("confirm.controls:", "--confirm-controls:") if getattr(args, "confirm_controls", None) else str(e))
     if args.max_concurrent is not None and args.max_concurrent < 1:
         _fail("--max-concurrent: must be >= 1")
     if args.scheduler == "asha" and len(space.objectives) > 1:

@@ -1,93 +1,199 @@
 """The confirmation driver: the chosen config and its control arms on fresh seeds, as Tune trials
-outside the Optuna study, then the paired comparison logged on the parent run (core: `saeception.confirm`)."""
+outside the Optuna study, then the paired comparison and its verdicts logged on the parent run (core:
+`saeception.confirm`).
+
+A confirmation is identified by its key: the winner's config and the confirmation settings. Its MLflow
+runs carry the key, so a resumed sweep reuses the seeds already confirmed for the same winner, runs only
+the missing ones (a larger --confirm-seeds), and confirms afresh when the winner changed.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import math
+import time
 from typing import Any
 
-from .cli import Plan, tune_experiment_exists
+from .cli import Plan
+
+KEY_TAG = "saeception.confirm_key"
+TRAIN_RUN_TAG = "saeception.train_run"
+SAE_SEED_PREFIX = "sae_seed/"  # the SAE-seed runs' metrics on the first seed's best run, step = SAE seed 1..n
+VERDICT_TAG = "saeception.verdict"
+
+
+def confirm_key(values: dict[str, Any], settings) -> str:
+    """What a confirmation is of: the winner's values and the settings (controls, margins, SAE seeds, alpha)."""
+    payload = {"values": {k: values[k] for k in sorted(values)}, "settings": settings.to_dict()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def arm_run_key(key: str, arm: str, seed: int) -> str:
+    """The MLflow child-run key of one (arm, seed) of confirmation `key`."""
+    return f"{arm}-seed{seed}-{key}"
+
+
+def _gather(tracker, parent: str, key: str, arms: tuple[str, ...], seeds: list[int], metrics: tuple[str, ...]):
+    """(results[arm][seed][cycle] of FINISHED runs, failed[arm][seed] = reason of FAILED ones, the train
+    run of each arm of each seed, the best runs by seed)."""
+    from .tracking import FAILURE
+
+    results: dict[str, dict[int, dict[int, dict[str, float]]]] = {a: {} for a in arms}
+    failed: dict[str, dict[int, str]] = {a: {} for a in arms}
+    train_runs: dict[tuple[str, int], str] = {}
+    best_runs: dict[int, str] = {}
+    for run in tracker.children(parent):
+        tags = run.data.tags
+        arm, seed = tags.get("saeception.arm"), int(tags.get("saeception.seed", -1))
+        if tags.get(KEY_TAG) != key or arm not in arms or seed not in seeds:
+            continue
+        train_runs[(arm, seed)] = tags.get(TRAIN_RUN_TAG, "")
+        if run.info.status == "FINISHED":
+            per_cycle: dict[int, dict[str, float]] = {}
+            for m, steps in tracker.histories(run.info.run_id, metrics).items():
+                for step, value in steps.items():
+                    per_cycle.setdefault(step, {})[m] = value
+            results[arm][seed] = per_cycle
+            if arm == "best":
+                best_runs[seed] = run.info.run_id
+        elif run.info.status == "FAILED" and tags.get(FAILURE):
+            failed[arm][seed] = tags[FAILURE]
+    return results, failed, train_runs, best_runs
+
+
+def _spread(tracker, best_runs: dict[int, str], results, seed: int, metrics: tuple[str, ...]) -> list[dict[str, float]]:
+    """The first seed's SAE-seed runs at the last cycle: its own SAE's metrics and the extra SAEs'."""
+    run_id = best_runs.get(seed)
+    if run_id is None:
+        return []
+    own = results["best"][seed]
+    last = max(own) if own else 0
+    extra: dict[int, dict[str, float]] = {}
+    for m, steps in tracker.histories(run_id, [SAE_SEED_PREFIX + m for m in metrics]).items():
+        for step, value in steps.items():
+            extra.setdefault(step, {})[m.removeprefix(SAE_SEED_PREFIX)] = value
+    return [own.get(last, {}), *(extra[j] for j in sorted(extra))] if extra else []
 
 
 def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurrency: int,
-             trial_resources) -> dict[str, Any] | None:
-    """Runs the chosen config and its controls on fresh seeds (outside the Optuna study), then logs
-    and prints mean ± sd per arm and the paired differences. Returns where the export seed's arms
-    were checkpointed ({"seed", "run"}: saeception.sweep.best exports them), None when an arm failed."""
+            trial_resources) -> dict[str, Any] | None:
+    """Runs the chosen config and its controls on fresh seeds (outside the Optuna study; seeds this
+    winner was already confirmed on are reused), then logs and prints the arms, the paired comparisons
+    and the verdicts. Returns where the first seed's arms were checkpointed ({"seed", "train_runs"}:
+    saeception.sweep.best exports them), None when the best arm finished on no seed."""
     import dataclasses
 
     from ray import tune
 
     from ..config import build_config
-    from ..confirm import ARMS, SUMMARY_METRICS, confirm_seeds, format_table, summarize
+    from ..confirm import KEPT_METRICS, SUMMARY_METRICS, confirm_seeds, format_table, summarize, verdict_line
     from ..trainables.chain_trainable import confirm_run_name, confirm_trial
-    from .plots import confirmation_plot
 
+    settings = p.confirm
     seeds = confirm_seeds(build_config(values).seed, p.args.confirm_seeds)
-    print(f"\nconfirming the best config on seeds {seeds} with controls aux.weight=0 and sharpen.strategy=random", flush=True)
-    name = f"{p.name}-confirm"
-    trainable = tune.with_resources(tune.with_parameters(confirm_trial, spec=dataclasses.replace(spec, fixed=values)),
-                                    trial_resources)
-    path = os.path.join(p.ray_dir, name)
-    groups = [seeds[i::concurrency] for i in range(min(concurrency, len(seeds)))]
-    if p.args.resume and tune_experiment_exists(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        # The first seed's arms are checkpointed at their last cycle, for the export of the winner.
-        tuner = tune.Tuner(trainable, param_space={"seeds": tune.grid_search(groups), "export_seed": seeds[0]},
+    key = confirm_key(values, settings)
+    metrics = tuple(dict.fromkeys((*SUMMARY_METRICS, *(m.removeprefix("val_") for m in p.space.metrics),
+                                   *p.space.metrics, *KEPT_METRICS)))
+    results, failed, train_runs, _ = _gather(tracker, parent, key, settings.arms, seeds, metrics)
+    done = {s for s in seeds if all(s in results[a] or s in failed[a] for a in settings.arms)}
+    missing = [s for s in seeds if s not in done]
+    print(f"\nconfirming the best config on seeds {seeds} with controls {', '.join(settings.controls)}"
+          + (f" ({len(done)} seeds already confirmed for this winner)" if done else ""), flush=True)
+    if missing:
+        # A fresh Tune experiment and fresh Train run names per attempt: nothing is restored from an attempt
+        # for another winner or another seed set (the MLflow runs of an arm are reused by key).
+        attempt = f"{key}-{int(time.time())}"
+        name = f"{p.name}-confirm-{attempt}"
+        groups = [missing[i::concurrency] for i in range(min(concurrency, len(missing)))]
+        fixed = dataclasses.replace(spec, fixed=values)
+        trainable = tune.with_resources(tune.with_parameters(confirm_trial, spec=fixed), trial_resources)
+        tuner = tune.Tuner(trainable, param_space={"seeds": tune.grid_search(groups), "export_seed": seeds[0],
+                                                   "key": key, "attempt": attempt,
+                                                   "arms": list(settings.arms), "sae_seeds": settings.sae_seeds},
                            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
                            run_config=tune.RunConfig(name=name, storage_path=p.ray_dir, verbose=0))
-    tuner.fit()
-    results: dict[str, dict[int, dict[int, dict[str, float]]]] = {a: {} for a in ARMS}
-    metrics = tuple(dict.fromkeys((*SUMMARY_METRICS, *p.space.metrics)))
-    for run in tracker.children(parent):
-        tags = run.data.tags
-        if tags.get("saeception.arm") not in ARMS or run.info.status != "FINISHED":
-            continue
-        per_cycle: dict[int, dict[str, float]] = {}
-        for m, steps in tracker.histories(run.info.run_id, metrics).items():
-            for step, value in steps.items():
-                per_cycle.setdefault(step, {})[m] = value
-        results[tags["saeception.arm"]][int(tags["saeception.seed"])] = per_cycle
-    if not all(results[a] for a in ARMS):
-        print("confirmation incomplete: some arms failed; see the control/confirm runs in MLflow", flush=True)
+        tuner.fit()
+    results, failed, train_runs, best_runs = _gather(tracker, parent, key, settings.arms, seeds, metrics)
+    if not results["best"]:
+        print("confirmation failed: the best arm finished on no seed; see the confirm runs in MLflow", flush=True)
+        tracker.set_tags(parent, {VERDICT_TAG: "no verdict: the best arm finished on no seed"})
         return None
-    rows = summarize(results, metrics)
-    table = format_table(rows)
-    (p.local_dir / "confirmation.md").write_text(format_table(rows, last_cycle_only=False) + "\n")
-    (p.local_dir / "confirmation.json").write_text(json.dumps(rows, indent=1))
+    spread = _spread(tracker, best_runs, results, seeds[0], metrics)
+    modes = {o.metric.removeprefix("val_"): o.mode for o in p.space.objectives}
+    rows = summarize(results, metrics, settings, modes, failed, spread)
+    headline = tuple(dict.fromkeys((*(m.removeprefix("val_") for m in p.space.metrics), "task_accuracy")))
+    line = verdict_line(rows, headline, settings.controls)
+    _write(p, tracker, parent, rows, settings, headline, line)
+    n_arm = ", ".join(f"{a} {len(results[a])}/{len(seeds)}" + (f" ({len(failed[a])} diverged)" if failed[a] else "")
+                      for a in settings.arms)
+    print(f"\nconfirmation at the last cycle ({len(seeds)} seeds; finished per arm: {n_arm}; mean ± sd; "
+          "test split unless val_):")
+    print(format_table(rows, settings, headline), flush=True)
+    return {"seed": seeds[0], "arms": settings.arms,
+            "train_runs": {a: train_runs.get((a, seeds[0])) or confirm_run_name(key, [seeds[0]]) for a in settings.arms},
+            "key": key}
+
+
+def _write(p: Plan, tracker, parent: str, rows, settings, headline, line: str) -> None:
+    from ..confirm import format_table
+    from .plots import confirmation_plot
+
+    (p.local_dir / "confirmation.md").write_text(format_table(rows, settings, headline, last_cycle_only=False) + "\n")
+    (p.local_dir / "confirmation.json").write_text(json.dumps(_jsonable(rows), indent=1))
     confirmation_plot(rows, p.local_dir / "confirmation.png")
     for f in ("confirmation.md", "confirmation.json", "confirmation.png"):
         tracker.log_artifact(parent, p.local_dir / f)
-    tracker.log_table(parent, table_rows(rows), CONFIRMATION_TABLE)
+    tracker.log_table(parent, table_rows(rows, settings), CONFIRMATION_TABLE)
+    tags = {VERDICT_TAG: line}
     for r in rows:
-        stats = {f"confirm_{a}_{r['metric']}_{s}": r[f"{a}_{s}"] for a in ARMS for s in ("mean", "sd")}
-        for c in ("aux0", "random"):
-            if f"diff_{c}_mean" in r:
-                stats.update({f"confirm_diff_{c}_{r['metric']}": r[f"diff_{c}_mean"], f"confirm_p_{c}_{r['metric']}": r[f"p_{c}"]})
+        stats = {f"confirm_{a}_{r['metric']}_{s}": r[f"{a}_{s}"] for a in settings.arms for s in ("mean", "sd")}
+        stats[f"confirm_sae_seed_sd_{r['metric']}"] = r["sae_seed_sd"]
+        for c in settings.controls:
+            if f"n_{c}" not in r:
+                continue
+            lo, hi = r[f"ci_{c}"]
+            stats.update({f"confirm_diff_{c}_{r['metric']}": r[f"diff_{c}_mean"], f"confirm_ci_low_{c}_{r['metric']}": lo,
+                          f"confirm_ci_high_{c}_{r['metric']}": hi, f"confirm_p_{c}_{r['metric']}": r[f"p_{c}"],
+                          f"confirm_p_sign_{c}_{r['metric']}": r[f"p_sign_{c}"]})
+            if f"p_holm_{c}" in r:
+                stats[f"confirm_p_holm_{c}_{r['metric']}"] = r[f"p_holm_{c}"]
+                tags[f"{VERDICT_TAG}.{c}.{r['metric']}"] = r[f"verdict_{c}"]
         tracker.log_metrics(parent, stats, step=r["cycle"])
-    print(f"\nconfirmation at the last cycle ({len(seeds)} seeds; mean ± sd; test split unless val_):")
-    print(table, flush=True)
-    return {"seed": seeds[0], "run": confirm_run_name(groups[0])}
+    tracker.set_tags(parent, tags)
+
+
+def _jsonable(rows):
+    def fix(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, tuple):
+            return [fix(x) for x in v]
+        return v
+
+    return [{k: fix(v) for k, v in r.items()} for r in rows]
 
 
 # The confirmation as an MLflow table artifact (the UI shows it as a table).
 CONFIRMATION_TABLE = "confirmation_table.json"
 
 
-def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """summarize()'s rows with readable, fixed columns (cycle, metric, each arm's mean and sd, each
-    control's paired difference, wins and p); absent values as None."""
-    from ..confirm import ARMS, CONTROLS
+def table_rows(rows: list[dict[str, Any]], settings=None) -> list[dict[str, Any]]:
+    """summarize()'s rows with readable, fixed columns: one row per (cycle, metric, control) with the arm
+    means, the paired difference and its interval, wins/ties/losses, the p-values and the verdict."""
+    from ..confirm import ConfirmSettings
 
+    settings = settings or ConfirmSettings()
     out = []
     for r in rows:
-        row = {"cycle": r["cycle"], "metric": r["metric"], "seeds": r["n_seeds"]}
-        for a in ARMS:
-            row[f"{a} mean"], row[f"{a} sd"] = r[f"{a}_mean"], r[f"{a}_sd"]
-        for c in CONTROLS:
-            row[f"best - {c}"], row[f"wins vs {c}"], row[f"p vs {c}"] = (r.get(f"diff_{c}_mean"), r.get(f"wins_{c}"),
-                                                                        r.get(f"p_{c}"))
-        out.append({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()})
+        for c in settings.controls:
+            if f"n_{c}" not in r:
+                continue
+            lo, hi = r[f"ci_{c}"]
+            row = {"cycle": r["cycle"], "metric": r["metric"], "control": c, "seeds": r[f"n_{c}"],
+                   "best mean": r["best_mean"], "control mean": r[f"{c}_mean"], "best - control": r[f"diff_{c}_mean"],
+                   "ci low": lo, "ci high": hi, "wins/ties/losses": f"{r[f'wins_{c}']}/{r[f'ties_{c}']}/{r[f'losses_{c}']}",
+                   "p (t)": r[f"p_{c}"], "p (sign)": r[f"p_sign_{c}"], "p (Holm)": r.get(f"p_holm_{c}"),
+                   "margin": r["margin"], "SAE-seed sd": r["sae_seed_sd"], "verdict": r.get(f"verdict_{c}")}
+            out.append({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()})
     return out

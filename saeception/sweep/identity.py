@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..confirm import with_controls
 from .redact import redact
 from .space import SearchSpace
 
@@ -37,7 +38,10 @@ LEASE_S = 90.0
 # Identity fields and the flag that sets each (for the mismatch message).
 FLAGS = {"space": "--space", "objectives": "--space (objectives)", "seed": "--seed", "trials": "--trials",
          "scheduler": "--scheduler", "workers_per_trial": "--workers-per-trial", "cpus_per_worker": "--cpus-per-worker",
-         "gpus_per_worker": "--gpus-per-worker"}
+         "gpus_per_worker": "--gpus-per-worker", "confirm_seeds": "--confirm-seeds",
+         "confirm": "the confirmation's settings (--confirm-controls, the space's confirm:)"}
+# Settings a resumed sweep may raise: more trials, more confirmation seeds (the new ones run, the old are reused).
+GROWABLE = ("trials", "confirm_seeds")
 
 
 def _is_uri(storage: str) -> bool:
@@ -57,7 +61,12 @@ def identity(args: argparse.Namespace, space: SearchSpace) -> dict[str, Any]:
     return {"space": digest, "fixed": {k: space.fixed[k] for k in sorted(space.fixed)},
             "objectives": [f"{o.metric}:{o.mode}" for o in space.objectives], "seed": args.seed, "trials": args.trials,
             "scheduler": args.scheduler, "workers_per_trial": args.workers_per_trial,
-            "cpus_per_worker": float(args.cpus_per_worker), "gpus_per_worker": float(args.gpus_per_worker)}
+            "cpus_per_worker": float(args.cpus_per_worker), "gpus_per_worker": float(args.gpus_per_worker),
+            "confirm_seeds": int(getattr(args, "confirm_seeds", 0)), "confirm": _confirm_identity(args, space)}
+
+
+def _confirm_identity(args: argparse.Namespace, space: SearchSpace) -> dict[str, Any]:
+    return with_controls(space.confirm, getattr(args, "confirm_controls", None)).to_dict()
 
 
 def read_identity(storage: str) -> dict[str, Any] | None:
@@ -91,8 +100,10 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(set(stored) | set(current)):
         old, new = stored.get(key), current.get(key)
-        if key == "trials" and isinstance(old, int) and isinstance(new, int) and new >= old:
+        if key in GROWABLE and isinstance(old, int) and isinstance(new, int) and new >= old:
             continue
+        if key in ("confirm_seeds", "confirm") and old is None:
+            continue  # stored by an older saeception: nothing to compare
         if key == "fixed":
             old, new = old or {}, new or {}
             for k in sorted(set(old) | set(new)):
@@ -100,8 +111,8 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
                     out.append(f"fixed {k}: {old.get(k, '<unset>')} stored, {new.get(k, '<unset>')} given")
         elif old != new:
             what = "the searched params" if key == "space" else FLAGS.get(key, key)
-            if key == "trials":
-                out.append(f"--trials: {old} stored, {new} given (a resumed sweep may only grow)")
+            if key in GROWABLE:
+                out.append(f"{FLAGS[key]}: {old} stored, {new} given (a resumed sweep may only grow)")
             elif key == "space":
                 out.append(f"{what} differ (--space / --set)")
             else:

@@ -12,7 +12,9 @@
 
 A param is a float or int range (`low` < `high`, optional `log`, optional int `step`) or a list of
 `choices`; `when` makes it conditional on earlier categorical params. Objectives must be validation
-metrics (`val_*`) read at the chain's last cycle: test metrics are for reporting only.
+metrics (`val_*`) read at the chain's last cycle: test metrics are for reporting only. An optional
+`confirm:` section sets the confirmation (saeception.confirm.ConfirmSettings: controls, alpha, margins,
+sae_seeds).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, build_config, config_keys, flatten, read_yaml
+from ..confirm import ConfirmSettings, parse_settings
 from ..evaluate import VAL_METRIC_NAMES
 
-TOP_KEYS = ("name", "description", "fixed", "params", "objectives")
+TOP_KEYS = ("name", "description", "fixed", "params", "objectives", "confirm")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 
 
@@ -60,6 +63,7 @@ class SearchSpace:
     params: list[Param]
     objectives: list[Objective]
     source: str = ""
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)  # the `confirm:` section
 
     @property
     def metrics(self) -> list[str]:
@@ -98,7 +102,8 @@ class SearchSpace:
                 spec["when"] = p.when
             params[p.key] = spec
         return {"name": self.name, "fixed": self.fixed, "params": params,
-                "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives]}
+                "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives],
+                "confirm": self.confirm.to_dict()}
 
 
 def _number(where: str, v: Any) -> float:
@@ -241,7 +246,7 @@ def parse_space(data: dict[str, Any], source: str = "", overrides: dict[str, Any
     if len({o.metric for o in objectives}) != len(objectives):
         raise ConfigError("objectives: a metric is listed twice")
     name = data.get("name") or Path(source).stem or "sweep"
-    return SearchSpace(str(name), fixed, list(params.values()), objectives, source)
+    return SearchSpace(str(name), fixed, list(params.values()), objectives, source, parse_settings(data.get("confirm")))
 
 
 def _check_k_fits(fixed: dict[str, Any], params: dict[str, Param]) -> None:
