@@ -58,8 +58,8 @@ METRIC_MODES = {
 # Equivalence margins: a difference inside ±margin is no difference that matters. task_accuracy's is a
 # choice (half a point); the others are about twice the SAE-seed spread measured on the default chain
 # (BENCHMARKS.md, "Noise floor"): a smaller effect is one a retrained SAE would give by chance.
-DEFAULT_MARGINS = {"task_accuracy": 0.005, "sae_u": 0.004, "sae_csi": 0.02, "probe_accuracy": 0.01,
-                   "k_sparse_probe_accuracy_k1": 0.03}
+DEFAULT_MARGINS = {"task_accuracy": 0.005, "sae_u": 0.007, "sae_csi": 0.015, "probe_accuracy": 0.02,
+                   "k_sparse_probe_accuracy_k1": 0.015}
 VERDICTS = ("better", "worse", "equivalent", "inconclusive")
 
 

@@ -95,11 +95,11 @@ def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
     exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
     roles = [x.data.tags.get("saeception.role") for x in runs]
-    assert roles.count("confirm") == 3 and roles.count("control") == 6  # 3 seeds x (chosen config + 2 controls)
+    assert roles.count("confirm") == 3 and roles.count("control") == 12  # 3 seeds x (chosen config + 4 controls)
     # Every trial, confirmation and control run saw the same splits (data.split_seed, not the run's seed).
     split_tags = [{k: v for k, v in x.data.tags.items() if k.startswith("saeception.split.")}
                   for x in runs if x.data.tags.get("saeception.role") in ("trial", "confirm", "control")]
-    assert len(split_tags) == 11 and sum(k.endswith(".sha256") for k in split_tags[0]) == 3
+    assert len(split_tags) == 17 and sum(k.endswith(".sha256") for k in split_tags[0]) == 3
     assert all(t == split_tags[0] for t in split_tags)
     parents = [x for x in runs if x.data.tags.get("saeception.role") == "sweep"]
     children = [x for x in runs if x.data.tags.get("saeception.role") == "trial"]
@@ -140,14 +140,21 @@ def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
            for c in children}
     assert {" ".join(sorted(c.split())) for c in shown} == {" ".join(sorted(c.split())) for c in ran}
 
-    # Evidence: the confirmation table with both controls, in the CLI output and the parent run.
-    assert "confirmation at the last cycle (3 seeds" in r.stdout
-    assert re.search(r"\| 1 \| sae_u \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \| -?[0-9.]+ \(\d/3, p=", r.stdout)
+    # Evidence: the confirmation with every control and a verdict, in the CLI output and the parent run.
+    assert "confirmation at the last cycle (3 seeds; finished per arm: best 3/3, aux0 3/3, random 3/3" in r.stdout
+    assert re.search(r"\*\*Verdict:\*\* sae_u: .*; task_accuracy: ", r.stdout)
+    for control in ("aux0", "random", "prototype", "nosharpen"):
+        assert re.search(rf"\| 1 \| sae_u \| {control} \| -?[0-9.]+ \[-?[0-9.]+, -?[0-9.]+\] \| \d/\d/\d \| .* \| "
+                         r"(better|worse|equivalent|inconclusive) \|", r.stdout), control
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"confirmation.md", "confirmation.json", "confirmation.png", "best_config.yaml", "confirmation_table.json",
             "best"} <= artifacts
     parent = client.get_run(parent.info.run_id)
-    assert "confirm_best_sae_u_mean" in parent.data.metrics and "confirm_p_random_sae_u" in parent.data.metrics
+    assert "confirm_best_sae_u_mean" in parent.data.metrics and "confirm_p_holm_random_sae_u" in parent.data.metrics
+    assert {"confirm_ci_low_prototype_sae_u", "confirm_nosharpen_sharpen_kept_fraction_mean",
+            "confirm_random_sharpen_kept_active_mean", "confirm_sae_seed_sd_sae_u"} <= set(parent.data.metrics)
+    assert parent.data.tags["saeception.verdict.random.sae_u"] in ("better", "worse", "equivalent", "inconclusive")
+    assert parent.data.tags["saeception.verdict"].startswith("sae_u: ")
     assert len(study.trials) == 2  # confirmation runs stay outside the Optuna study
 
     # Per-trial plots, and the review notebook runs headless against this sweep's store.
@@ -213,7 +220,7 @@ def check_best_export(client, parent_id: str, dest: Path, storage: Path) -> None
     assert (local / "sparsify").is_dir() == (cfg["architecture"] == "topk")
     assert (local / "classifier" / "model.safetensors").exists() and (local / "classifier" / "config.json").exists()
     arms = sorted(p.name for p in (local / "confirmation").iterdir())
-    assert arms == ["aux0-seed1", "best-seed1", "random-seed1"], arms
+    assert arms == ["aux0-seed1", "best-seed1", "nosharpen-seed1", "prototype-seed1", "random-seed1"], arms
     for arm in arms:
         assert (local / "confirmation" / arm / "saelens" / "cfg.json").exists()
         assert f"Arm `{arm.split('-')[0]}`" in (local / "confirmation" / arm / "README.md").read_text()

@@ -202,6 +202,32 @@ def test_identity_allows_only_growing_trials():
     assert differences(stored, {"trials": 4, "seed": 0, "fixed": {"a": 1, "b": 2}}) == ["fixed b: <unset> stored, 2 given"]
 
 
+def test_identity_holds_the_confirmation_settings():
+    """--confirm-seeds may grow (the new seeds run); a smaller one, other controls or margins are another sweep."""
+    from saeception.confirm import ConfirmSettings
+
+    conf = ConfirmSettings().to_dict()
+    stored = {"trials": 4, "confirm_seeds": 3, "confirm": conf}
+    assert differences(stored, {"trials": 4, "confirm_seeds": 10, "confirm": conf}) == []
+    assert differences(stored, {"trials": 4, "confirm_seeds": 2, "confirm": conf}) == [
+        "--confirm-seeds: 3 stored, 2 given (a resumed sweep may only grow)"]
+    other = ConfirmSettings(controls=("aux0",)).to_dict()
+    [line] = differences(stored, {"trials": 4, "confirm_seeds": 3, "confirm": other})
+    assert line.startswith("the confirmation's settings (--confirm-controls, the space's confirm:)")
+    assert differences({"trials": 4}, {"trials": 4, "confirm_seeds": 3, "confirm": conf}) == []  # an older sweep.json
+
+
+def test_a_confirmation_is_keyed_by_its_winner_and_settings():
+    from saeception.confirm import ConfirmSettings
+    from saeception.sweep.confirmation import arm_run_key, confirm_key
+
+    a = confirm_key({"sae.k": 4, "aux.weight": 1.0}, ConfirmSettings())
+    assert a == confirm_key({"aux.weight": 1.0, "sae.k": 4}, ConfirmSettings())
+    assert a != confirm_key({"sae.k": 5, "aux.weight": 1.0}, ConfirmSettings())  # a new winner: confirmed afresh
+    assert a != confirm_key({"sae.k": 4, "aux.weight": 1.0}, ConfirmSettings(sae_seeds=1))
+    assert arm_run_key(a, "random", 3) == f"random-seed3-{a}"
+
+
 HOLD = """
 import sys, time
 from saeception.sweep.identity import hold_lock
@@ -353,19 +379,45 @@ def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, mo
 @pytest.mark.ray
 @pytest.mark.sweep_state
 def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
-    """--trials is the one setting a resumed sweep may change, and only upwards: the finished 1-trial
-    sweep runs one more trial (the study and Tune's experiment go on), and its identity records 2."""
+    """--trials and --confirm-seeds are the settings a resumed sweep may change, and only upwards: the
+    finished 1-trial sweep runs one more trial (the study and Tune's experiment go on), and its identity
+    records 2; the confirmation covers 2 seeds, reusing the first when the winner is the same, confirming
+    afresh when it changed, never reporting the old winner's arms."""
     import optuna
 
     storage = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--num-cpus", "2", "--storage", str(storage),
-           "--confirm-seeds", "0", "--name", "grow"]
-    first = subprocess.run([*cmd, "--trials", "1"], env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=900)
+           "--confirm-controls", "aux0", "--name", "grow"]
+    first = subprocess.run([*cmd, "--trials", "1", "--confirm-seeds", "1"], env=ray_env, cwd=REPO, capture_output=True,
+                           text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    grown = subprocess.run([*cmd, "--trials", "2", "--resume"], env=ray_env, cwd=REPO, capture_output=True, text=True,
-                           timeout=900)
+    assert "finished per arm: best 1/1, aux0 1/1" in first.stdout
+    grown = subprocess.run([*cmd, "--trials", "2", "--resume", "--confirm-seeds", "2"], env=ray_env, cwd=REPO,
+                           capture_output=True, text=True, timeout=900)
     assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
     assert "sweep grow: 2 trials finished, 0 stopped early, 0 failed" in grown.stdout
+    assert "confirmation at the last cycle (2 seeds; finished per arm: best 2/2, aux0 2/2" in grown.stdout
+    rows = json.loads((storage / "confirmation.json").read_text())
+    assert {r["best_n"] for r in rows} == {2}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    best_trial = next(x for x in runs if x.data.tags.get("saeception.role") == "sweep").data.tags["best_trial_id"]
+    winner = next(x for x in runs if x.data.tags.get("saeception.trial_id") == best_trial)
+    confirms = [x for x in runs if x.data.tags.get("saeception.role") == "confirm"]
+    keys = {x.data.tags["saeception.confirm_key"] for x in confirms}
+    same_winner = len(keys) == 1
+    assert ("(1 seeds already confirmed for this winner)" in grown.stdout) == same_winner
+    # The arms the final table reports were run with the final winner's sampled values.
+    final = [x for x in confirms if x.data.params["sae.kind"] == winner.data.params["sae.kind"]
+             and x.data.params["aux.weight"] == winner.data.params["aux.weight"]]
+    assert len(final) == 2
+    # A smaller --confirm-seeds is another sweep: refused, naming the flag.
+    shrunk = subprocess.run([*cmd, "--trials", "2", "--resume", "--confirm-seeds", "1"], env=ray_env, cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert shrunk.returncode == 2 and "--confirm-seeds: 2 stored, 1 given" in shrunk.stderr
     study = optuna.load_study(study_name="grow", storage=f"sqlite:///{storage / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    assert json.loads((storage / "sweep.json").read_text())["trials"] == 2
+    stored = json.loads((storage / "sweep.json").read_text())
+    assert stored["trials"] == 2 and stored["confirm_seeds"] == 2 and stored["confirm"]["controls"] == ["aux0"]

@@ -93,8 +93,8 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
     settings = p.confirm
     seeds = confirm_seeds(build_config(values).seed, p.args.confirm_seeds)
     key = confirm_key(values, settings)
-    metrics = tuple(dict.fromkeys((*SUMMARY_METRICS, *(m.removeprefix("val_") for m in p.space.metrics),
-                                   *p.space.metrics, *KEPT_METRICS)))
+    # The test-split twins of the objectives: the winner was selected on val_*, so val_* cannot confirm it.
+    metrics = tuple(dict.fromkeys((*SUMMARY_METRICS, *(m.removeprefix("val_") for m in p.space.metrics), *KEPT_METRICS)))
     results, failed, train_runs, _ = _gather(tracker, parent, key, settings.arms, seeds, metrics)
     done = {s for s in seeds if all(s in results[a] or s in failed[a] for a in settings.arms)}
     missing = [s for s in seeds if s not in done]
