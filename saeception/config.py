@@ -203,8 +203,8 @@ MATCHED_STRATEGIES = ("per_class", "per_example")
 class SharpenConfig:
     strategy: str = doc("per_class", "`per_class` (keep the top-k% latents of the example's class-mean code, class "
                         "means on train), `per_example` (each example's own top-k%), and the controls: `random` (per "
-                        "example, as many active latents as `sharpen.match` keeps, chosen at random among the active "
-                        "ones, decoded through the same SAE), `class_prototype` (the class mean of h, no SAE), "
+                        "example, as many active latents as `sharpen.match` keeps, drawn at random among the active "
+                        "ones in proportion to their activation, decoded through the same SAE), `class_prototype` (the class mean of h, no SAE), "
                         "`random_direction` (isotropic random unit targets)")
     top_k_pct: float = doc(2.0, "% of latents kept, in (0, 100]; at least one")
     match: str = doc("per_class", "for `random`: the strategy whose number of kept active latents it matches, per "

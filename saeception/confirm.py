@@ -4,8 +4,8 @@ Arms (same seeds, same cycle 0):
 - `best`:      the configuration the sweep chose;
 - `aux0`:      aux.weight = 0 (the retraining is plain extra fine-tuning);
 - `random`:    sharpen.strategy = random matched to the winner's strategy: per example, as many active
-               latents as the winner keeps, chosen at random among the active ones ("the SAE's chosen
-               latents" vs any latents of the same example);
+               latents as the winner keeps, drawn at random among the active ones in proportion to their
+               activation ("the SAE latents the method chooses" vs other latents of the same example);
 - `prototype`: sharpen.strategy = class_prototype, the class mean of h, no SAE ("pull toward class
                structure");
 - `nosharpen`: sharpen.top_k_pct = 100, the SAE's plain reconstruction ("distil toward the SAE").
@@ -38,7 +38,7 @@ CONTROLS = ARMS[1:]
 ARM_DOC = {
     "best": "the configuration the sweep chose",
     "aux0": "aux.weight = 0: plain extra fine-tuning",
-    "random": "as many active latents per example as the winner keeps, chosen at random",
+    "random": "as many active latents per example as the winner keeps, drawn at random (weighted by activation)",
     "prototype": "target = the class mean of h (no SAE)",
     "nosharpen": "sharpen.top_k_pct = 100: the SAE reconstruction",
 }
@@ -423,6 +423,8 @@ def comparison_table(rows: list[dict[str, Any]], controls: tuple[str, ...], last
     direction, the t-test, the sign test and Holm's p, the margin, the SAE-seed sd and the verdict."""
     if last_cycle_only:
         rows = last_cycle(rows)
+    elif any(r["cycle"] > 0 for r in rows):
+        rows = [r for r in rows if r["cycle"] > 0]  # every arm shares cycle 0: nothing to compare there
     head = ("| cycle | metric | control | best − control [95% CI] | wins/ties/losses | p (t) | p (sign) | p (Holm) "
             "| margin | SAE-seed sd | verdict |")
     lines = [head, "|" + "---|" * 11]

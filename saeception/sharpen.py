@@ -54,7 +54,7 @@ def top_mask(scores: Tensor, keep: int) -> Tensor:
 
 
 def uniform_scores(rows: Tensor, n_latents: int, seed: int) -> Tensor:
-    """(len(rows), n_latents) uniform numbers in [0, 1), a function of (seed, row id, latent) alone: the
+    """(len(rows), n_latents) float64 uniform numbers in [0, 1), a function of (seed, row id, latent) alone: the
     random control draws the same numbers whether the split is sharpened whole or a chunk of rows at a time.
     (Integer hashing modulo a prime below 2^31: every product fits in int64, so nothing overflows.)"""
     p = 2147483629  # a prime < 2^31
@@ -69,12 +69,15 @@ def uniform_scores(rows: Tensor, n_latents: int, seed: int) -> Tensor:
 
 def matched_random_mask(codes: Tensor, method_mask: Tensor, rows: Tensor, seed: int) -> Tensor:
     """The random control's mask: for each example, as many of its *active* latents as the method's mask
-    keeps (|method_mask ∧ code > 0|), chosen uniformly at random among its active latents."""
+    keeps (|method_mask ∧ code > 0|), drawn at random among its active latents without replacement with
+    probability proportional to their activation (Efraimidis-Spirakis keys u^(1/z)): the count is the
+    method's exactly, and the kept L1 mass of the same order as the method's (a uniform draw of 2 of 32
+    active TopK latents kept a fifth of the method's mass on the default chain: BENCHMARKS.md §11)."""
     active = codes > 0
     n_keep = (method_mask & active).sum(-1, keepdim=True)
-    scores = uniform_scores(rows, codes.shape[1], seed).to(codes.device)
-    scores = torch.where(active, scores, torch.full_like(scores, -1.0))  # inactive latents rank last
-    order = scores.argsort(dim=-1, descending=True)
+    u = uniform_scores(rows, codes.shape[1], seed).to(codes.device).clamp_min(1e-12)
+    keys = torch.where(active, u.log() / codes.double().clamp_min(1e-30), torch.full_like(u, -torch.inf))
+    order = keys.argsort(dim=-1, descending=True)
     ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(codes.shape[1], device=codes.device).expand_as(order))
     return (ranks < n_keep) & active
 
@@ -97,8 +100,9 @@ def sharpen(codes: Tensor, labels: Tensor, cfg: SharpenConfig, means: Tensor | N
                 class_means, computed here when not given);
     per_example the example's own largest;
     random      the control matched to `sharpen.match` (per_class or per_example): per example, the same
-                number of active latents as that strategy keeps, chosen at random among the active ones
-                (seeded; `rows`, the examples' ids, default 0..N-1, make the draw independent of chunking)."""
+                number of active latents as that strategy keeps, drawn at random among the active ones
+                with probability proportional to their activation (seeded; `rows`, the examples' ids,
+                default 0..N-1, make the draw independent of chunking)."""
     keep = n_kept(codes.shape[1], cfg.top_k_pct)
     n_classes = n_classes or int(labels.max()) + 1
     if cfg.strategy in ("per_class", "per_example"):
