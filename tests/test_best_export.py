@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from saeception import sweep
 from saeception.artifacts import ChainPaths
 from saeception.chain import run_chain
+from saeception.sweep import cli as sweep
 from saeception.sweep.best import export_best
 from saeception.sweep.tracking import Tracker
 

@@ -40,3 +40,77 @@ def test_the_layer_is_where_ray_and_mlflow_live():
     layer_files = [*(PKG / "sweep").glob("*.py"), *(PKG.parent / "trainables").glob("*.py")]
     used = set().union(*(imported(p) for p in layer_files))
     assert any(n.startswith("ray") for n in used) and any(n.startswith("mlflow") for n in used)
+
+
+def _module_names() -> dict[str, Path]:
+    """saeception's modules by dotted name (trainables/ installs as saeception.trainables)."""
+    out = {}
+    for base, pkg in ((PKG, "saeception"), (PKG.parent / "trainables", "saeception.trainables")):
+        for f in base.rglob("*.py"):
+            parts = [p for p in f.relative_to(base).with_suffix("").parts if p != "__init__"]
+            out[".".join([pkg, *parts])] = f
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the saeception modules it imports, counting imports inside functions."""
+    mods = _module_names()
+    graph = {}
+    for name, path in mods.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                edges |= {t for t in (target, *(f"{target}.{a.name}" for a in node.names)) if t in mods}
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in mods}
+        graph[name] = edges - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_anywhere():
+    graph = import_graph()
+    assert len(graph) > 40 and "saeception.trainables.chain_trainable" in graph
+    assert not cycles(graph), cycles(graph)
+
+
+def test_the_cycle_check_sees_a_cycle_hidden_in_a_function():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    real = import_graph()
+    real["saeception.sweep.vocab"] = {"saeception.sweep.driver"}  # as if vocab imported the driver
+    assert any("saeception.sweep.vocab" in c for c in cycles(real))

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from saeception import run, sweep
+from saeception import run
 from saeception.config import keys_table
 from saeception.evaluate import METRIC_NAMES
+from saeception.sweep import cli as sweep
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -257,7 +257,7 @@ def test_truncated_checkpoint_is_detected_and_rebuilt(tmp_path):
 @pytest.mark.storage_faults
 def test_unwritable_storage_fails_at_start(tmp_path, capsys):
     """5. Storage not writable: a clear error at start, exit 2."""
-    from saeception import sweep
+    from saeception.sweep import cli as sweep
 
     (tmp_path / "f").write_text("x")
     assert sweep.main(["--storage", str(tmp_path / "f" / "sweep")]) == 2

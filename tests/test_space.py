@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from saeception import sweep
 from saeception.config import ConfigError
+from saeception.sweep import cli as sweep
+from saeception.sweep import report
 from saeception.sweep.space import load_space, parse_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def test_conditional_params_follow_their_condition():
 
 def test_pareto_front():
     rows = [{"a": 1.0, "b": 0.0}, {"a": 0.0, "b": 1.0}, {"a": 0.5, "b": 0.5}, {"a": 0.4, "b": 0.4}]
-    front = sweep.pareto_front(rows, ["a", "b"], ["max", "max"])
+    front = report.pareto_front(rows, ["a", "b"], ["max", "max"])
     assert rows[3] not in front and len(front) == 3
 
 
@@ -63,10 +64,10 @@ def test_best_trial_and_front_honour_mode_and_skip_stopped_trials():
 
     space = SearchSpace("s", {}, [], [Objective("a", "min"), Objective("b", "max")])
     rows = [_row("lo", 0.1, 0.2), _row("hi", 0.9, 0.9), _row("mid", 0.5, 0.5), _row("early", 0.0, 1.0, stopped_at=1)]
-    front = sweep.best_trials(rows, space)
+    front = report.best_trials(rows, space)
     assert [r["trial_id"] for r in front] == ["lo", "mid", "hi"]
     single = SearchSpace("s", {}, [], [Objective("a", "min")])
-    assert [r["trial_id"] for r in sweep.best_trials(rows, single)] == ["lo"]
+    assert [r["trial_id"] for r in report.best_trials(rows, single)] == ["lo"]
 
 
 def _materialise(path: Path, tmp_path: Path, text_csv: Path, gpt2_dir: Path) -> Path:

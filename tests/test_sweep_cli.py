@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from saeception import sweep
+from saeception.sweep import cli as sweep
 from saeception.sweep.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from saeception import sweep
 from saeception.config import ConfigError
+from saeception.sweep import cli as sweep
 from saeception.sweep.identity import differences, hold_lock
 from saeception.sweep.redact import has_credentials, redact
 from saeception.sweep.resources import HEAD_RESOURCE, NodeGroup, groups_from_launcher_config, plan_concurrency
@@ -219,7 +219,8 @@ def test_identity_holds_the_confirmation_settings():
 
 def test_a_confirmation_is_keyed_by_its_winner_and_settings():
     from saeception.confirm import ConfirmSettings
-    from saeception.sweep.confirmation import arm_run_key, confirm_key
+    from saeception.sweep.confirmation import confirm_key
+    from saeception.sweep.vocab import arm_run_key
 
     a = confirm_key({"sae.k": 4, "aux.weight": 1.0}, ConfirmSettings())
     assert a == confirm_key({"aux.weight": 1.0, "sae.k": 4}, ConfirmSettings())

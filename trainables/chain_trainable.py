@@ -26,33 +26,24 @@ from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from saeception.sweep.vocab import (
+    DIVERGED,
+    FINAL_CYCLE,
+    HISTORY,
+    KEY_TAG,
+    RUN_KEY,
+    SAE_SEED_PREFIX,
+    SPLITS,
+    SPREAD,
+    STOPPED_AT,
+    TAGS,
+    TRAIN_RUN_TAG,
+    arm_checkpoint,
+    arm_run_key,
+    confirm_run_name,
+)
+
 log = logging.getLogger(__name__)
-
-# Fields of rank 0's report that are for the relay, not for Tune.
-HISTORY = "_saeception_history"  # JSON list of every cycle's metrics so far
-RUN_KEY = "_saeception_run"  # which MLflow run (confirmation trials hold several)
-TAGS = "_saeception_tags"  # JSON dict of tags for that run
-DIVERGED = "saeception_diverged"  # the chain's loss became NaN/inf: the reason
-FINAL_CYCLE = "final_cycle"  # the trial's last cycle (chain.cycles): a result before it is not a finished trial
-SPLITS = "_saeception_splits"  # JSON {"data": data config, "splits": results.json's split identities}
-SPREAD = "_saeception_sae_seeds"  # JSON list of the extra SAEs' metrics (confirmation, first seed's best arm)
-
-
-def arm_checkpoint(arm: str, seed: int) -> str:
-    """Checkpoint name of a confirmation arm's last cycle (kept for the sweep's export)."""
-    return f"confirm-{arm}-seed{seed}"
-
-
-def confirm_run_name(attempt: str, seeds: list[int]) -> str:
-    """The Train run (under <storage>/train) of a group of confirmation seeds in one attempt of a
-    confirmation (its key and launch time: nothing is restored from another winner's or attempt's run)."""
-    return f"confirm-{attempt}-seeds-" + "-".join(map(str, seeds))
-
-
-def checkpoint_uri(storage: str, run_name: str, checkpoint_name: str) -> str:
-    """Where Ray Train stored a checkpoint reported with checkpoint_dir_name=checkpoint_name."""
-    return os.path.join(storage, "train", run_name, checkpoint_name)
-
 
 @dataclass
 class TrialSpec:
@@ -104,8 +95,6 @@ class MlflowRelay(TuneReportCallback):
         if history:
             self._tracker.log_history(run_id, history)
         for j, m in enumerate(spread, 1):
-            from saeception.sweep.confirmation import SAE_SEED_PREFIX
-
             self._tracker.log_metrics(run_id, {SAE_SEED_PREFIX + k: v for k, v in m.items()
                                                if isinstance(v, (int, float)) and k != "cycle"}, step=j)
         counters = {k: v for k, v in first.items() if k in CACHE_COUNTERS}
@@ -223,7 +212,6 @@ def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
 
     from saeception.config import build_config
     from saeception.confirm import run_arms
-    from saeception.sweep.confirmation import arm_run_key
 
     rank, device, work, cache = _worker_context(loop_config)
     last = build_config(loop_config["values"]).chain.cycles
@@ -317,8 +305,6 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
 def _close(tracker, run_id: str, failed: str | None = None) -> None:
     """Ends the trial's run, unless a scheduler stopped the trial: the driver closes that one (KILLED,
     saeception.stopped_at_cycle), and the trial's actor going away must not overwrite it."""
-    from saeception.sweep.report import STOPPED_AT
-
     if STOPPED_AT not in tracker.client.get_run(run_id).data.tags:
         tracker.finish(run_id, failed=failed)
 
@@ -358,7 +344,6 @@ def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     parallel."""
     from saeception.config import build_config, to_flat_dict
     from saeception.confirm import arm_values
-    from saeception.sweep.confirmation import KEY_TAG, TRAIN_RUN_TAG, arm_run_key
     from saeception.sweep.tracking import Tracker
 
     seeds = [int(s) for s in config["seeds"]]

@@ -12,11 +12,11 @@ from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from saeception.sweep.redact import MASK, redact
+from saeception.sweep.vocab import TUNE_TRIAL_ATTR, stopped_early
 
 log = logging.getLogger(__name__)
 
 # User attribute linking an Optuna trial to the Tune trial it serves (saeception.sweep.orphans reads it).
-TUNE_TRIAL_ATTR = "tune_trial_id"
 
 
 class FailAwareOptunaSearch(OptunaSearch):
@@ -60,15 +60,6 @@ class FailAwareOptunaSearch(OptunaSearch):
         if error or stopped_early(result):
             result = None  # no value: FAIL on error, else PRUNED
         super().on_trial_complete(trial_id, result, error)
-
-
-def stopped_early(result: dict | None) -> bool:
-    """Whether a trial's last result comes before its last cycle (a scheduler stopped it)."""
-    from .chain_trainable import FINAL_CYCLE
-
-    if not result or FINAL_CYCLE not in result or "cycle" not in result:
-        return False
-    return int(result["cycle"]) < int(result[FINAL_CYCLE])
 
 
 class CredentialSafeRDBStorage(RDBStorage):

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from .cli import Plan
+from .plan import Plan
+from .vocab import arm_checkpoint, arm_run_key, checkpoint_uri
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmati
     on the parent run, and the sweep's results stand. Returns the local folder, None when it failed."""
     from ..confirm import ARM_DOC, arm_values
     from ..export import ExportError
-    from ..trainables.chain_trainable import arm_checkpoint, checkpoint_uri
-    from .confirmation import arm_run_key
 
     values = {**p.space.fixed, **trial["config"]}
     out = p.local_dir / BEST

@@ -10,16 +10,16 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..config import ConfigError, build_config, flatten, parse_override, read_yaml
 from ..confirm import with_controls
 from ..data import check_source
 from ..validate import Checker, check_dir, check_space
 from . import memory_plan
+from .plan import Plan
 from .redact import redact
+from .resources import check_local_resources
 from .space import SearchSpace, load_space, resolve_space
 
 log = logging.getLogger(__name__)
@@ -70,33 +70,6 @@ def parser() -> argparse.ArgumentParser:
                    "resources per trial and concurrency; start nothing, write nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and saeception's logs")
     return p
-
-
-@dataclass
-class Plan:
-    """Everything resolved from the CLI before Ray starts."""
-
-    space: SearchSpace
-    name: str
-    storage: str  # absolute path or URI
-    local_dir: Path  # where the SQLite stores live
-    mlflow_uri: str
-    optuna_uri: str
-    args: argparse.Namespace
-    cache_dir: str | None = None
-    experiment: str = "saeception"
-    lock: Any = None  # held for the driver's lifetime: a second launch of this sweep exits 2
-    memory: Any = None  # sweep.memory_plan.Planner: the estimates, for the dry run
-
-    @property
-    def ray_dir(self) -> str:
-        return os.path.join(self.storage, "ray")
-
-    @property
-    def confirm(self):
-        """The confirmation's settings: the space's `confirm:` section, its controls overridden by
-        --confirm-controls."""
-        return with_controls(self.space.confirm, self.args.confirm_controls)
 
 
 def _fail(message: str) -> None:
@@ -186,25 +159,6 @@ def plan(args: argparse.Namespace) -> Plan:
     if not given_mlflow:
         check_mlflow(mlflow_uri)
     return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, experiment, lock, memory)
-
-
-def local_groups(args: argparse.Namespace) -> list:
-    """The local Ray this sweep would start (--num-cpus, this machine's GPUs), as resources.py plans."""
-    import torch
-
-    from .resources import NodeGroup
-
-    cpus = args.num_cpus if args.num_cpus is not None else os.cpu_count() or 1
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [NodeGroup("this machine", {"CPU": cpus, "GPU": gpus}, 1, live=1)]
-
-
-def check_local_resources(args: argparse.Namespace) -> int:
-    """Trials at once on the local Ray; a request it cannot hold is a ConfigError before Ray starts (a
-    cluster is checked once connected: sweep/resources.py)."""
-    from .resources import plan_concurrency
-
-    return plan_concurrency(args, local_groups(args))
 
 
 def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:

@@ -15,23 +15,14 @@ import math
 import time
 from typing import Any
 
-from .cli import Plan
-
-KEY_TAG = "saeception.confirm_key"
-TRAIN_RUN_TAG = "saeception.train_run"
-SAE_SEED_PREFIX = "sae_seed/"  # the SAE-seed runs' metrics on the first seed's best run, step = SAE seed 1..n
-VERDICT_TAG = "saeception.verdict"
+from .plan import Plan
+from .vocab import KEY_TAG, SAE_SEED_PREFIX, TRAIN_RUN_TAG, VERDICT_TAG, confirm_run_name
 
 
 def confirm_key(values: dict[str, Any], settings) -> str:
     """What a confirmation is of: the winner's values and the settings (controls, margins, SAE seeds, alpha)."""
     payload = {"values": {k: values[k] for k in sorted(values)}, "settings": settings.to_dict()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def arm_run_key(key: str, arm: str, seed: int) -> str:
-    """The MLflow child-run key of one (arm, seed) of confirmation `key`."""
-    return f"{arm}-seed{seed}-{key}"
 
 
 def _gather(tracker, parent: str, key: str, arms: tuple[str, ...], seeds: list[int], metrics: tuple[str, ...]):
@@ -88,7 +79,7 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
 
     from ..config import build_config
     from ..confirm import KEPT_METRICS, SUMMARY_METRICS, confirm_seeds, format_table, summarize, verdict_line
-    from ..trainables.chain_trainable import confirm_run_name, confirm_trial
+    from ..trainables.chain_trainable import confirm_trial  # Ray: imported when a confirmation runs
 
     settings = p.confirm
     seeds = confirm_seeds(build_config(values).seed, p.args.confirm_seeds)

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .cli import Plan
+from .plan import Plan
 from .redact import redact
 
 # How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).

@@ -10,8 +10,8 @@ import yaml
 
 from ..config import to_dict
 from . import memory_plan
-from .cli import Plan, check_local_resources
-from .resources import TRIAL_CPU
+from .plan import Plan
+from .resources import TRIAL_CPU, check_local_resources
 
 # How many sampled trial configs the dry run shows.
 SHOWN_TRIALS = 3

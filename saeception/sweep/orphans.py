@@ -16,6 +16,7 @@ import logging
 import os
 
 from .tracking import FAILURE, TRIAL_ID
+from .vocab import TUNE_TRIAL_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,6 @@ def close_orphans(tracker, parent_id: str, experiment_path: str, optuna_uri: str
 def _fail_optuna_orphans(optuna_uri: str, study_name: str, live: set[str]) -> list[int]:
     import optuna
 
-    from ..trainables.optuna_search import TUNE_TRIAL_ATTR
 
     try:
         study = optuna.load_study(study_name=study_name, storage=optuna_uri)

@@ -9,9 +9,10 @@ import time
 from typing import Any
 
 from ..cache import CACHE_COUNTERS
-from .cli import Plan
+from .plan import Plan
 from .redact import redact
 from .space import SearchSpace
+from .vocab import STOPPED_AT, stopped_early
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,6 @@ def progress_callback(p: Plan, total: int, tracker, parent: str):
     (their MLflow run: status KILLED, tag saeception.stopped_at_cycle)."""
     from ray.tune import Callback
 
-    from ..trainables.optuna_search import stopped_early
     from .tracking import TRIAL_ID
 
     metric, mode = p.space.metrics[0], p.space.modes[0]
@@ -78,7 +78,6 @@ def progress_callback(p: Plan, total: int, tracker, parent: str):
     return Progress()
 
 
-STOPPED_AT = "saeception.stopped_at_cycle"
 
 
 def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str]) -> list[dict[str, Any]]:
@@ -109,7 +108,6 @@ def best_trials(rows: list[dict[str, Any]], space: SearchSpace) -> list[dict[str
 
 
 def trial_rows(results, space: SearchSpace) -> list[dict[str, Any]]:
-    from ..trainables.optuna_search import stopped_early
 
     rows = []
     for r in results:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,3 +206,18 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def local_groups(args: argparse.Namespace) -> list:
+    """The local Ray this sweep would start (--num-cpus, this machine's GPUs), as resources.py plans."""
+    import torch
+
+    cpus = args.num_cpus if args.num_cpus is not None else os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [NodeGroup("this machine", {"CPU": cpus, "GPU": gpus}, 1, live=1)]
+
+
+def check_local_resources(args: argparse.Namespace) -> int:
+    """Trials at once on the local Ray; a request it cannot hold is a ConfigError before Ray starts (a
+    cluster is checked once connected: sweep/resources.py)."""
+    return plan_concurrency(args, local_groups(args))
