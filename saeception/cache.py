@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import MANIFEST, is_plain_name, manifest_problem, seal_dir, verify_dir, write_json
+from .uris import filesystem, is_uri, local_path
 
 log = logging.getLogger(__name__)
 
@@ -215,35 +216,6 @@ class StageCache:
 # --------------------------------------------------------------------------------------------------
 # Object stores (s3://, gs://, any fsspec URI): no rename, no flock.
 
-_PYARROW_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
-
-
-def is_uri(root: str | Path) -> bool:
-    return "://" in str(root) and not str(root).startswith("file://")
-
-
-def check_uri(root: str) -> str | None:
-    """None when `root` names a filesystem pyarrow or fsspec knows; otherwise what is wrong."""
-    scheme = str(root).split("://", 1)[0]
-    if scheme in _PYARROW_SCHEMES:
-        return None
-    import fsspec
-
-    if scheme not in fsspec.available_protocols():
-        return f"unknown filesystem scheme {scheme!r} (pyarrow: {', '.join(_PYARROW_SCHEMES)}; or an fsspec protocol)"
-    return None
-
-
-def _filesystem(root: str):
-    """(pyarrow FileSystem, path) for a URI: pyarrow's own for s3/gs/hdfs/abfs, fsspec's otherwise."""
-    import pyarrow.fs as pafs
-
-    if root.split("://", 1)[0] in _PYARROW_SCHEMES:
-        return pafs.FileSystem.from_uri(root)
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(root)
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 class ObjectStageCache(StageCache):
@@ -260,7 +232,7 @@ class ObjectStageCache(StageCache):
         import tempfile
 
         self.uri = root.rstrip("/")
-        self.fs, self.base = _filesystem(self.uri)
+        self.fs, self.base = filesystem(self.uri)
         self.readonly = readonly
         self.stats = CacheStats()
         self._lock = lock or self._process_lock
@@ -380,4 +352,4 @@ def open_cache(root: str | Path, readonly: bool = False, scratch: str | Path | N
     root = str(root)
     if is_uri(root):
         return ObjectStageCache(root, readonly, scratch, lock)
-    return StageCache(root.removeprefix("file://"), readonly, lock)
+    return StageCache(local_path(root), readonly, lock)

@@ -132,7 +132,8 @@ def _worker_context(loop_config: dict[str, Any]):
     import ray.train
     import ray.train.torch
 
-    from saeception.cache import is_uri, open_cache
+    from saeception.cache import open_cache
+    from saeception.uris import is_uri
 
     from .locks import lease_lock
 

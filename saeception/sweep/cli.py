@@ -15,10 +15,11 @@ from pathlib import Path
 from ..config import ConfigError, build_config, flatten, parse_override, read_yaml
 from ..confirm import with_controls
 from ..data import check_source
+from ..uris import after_scheme, check_uri, is_uri, local_path, redact
+from ..uris import scheme as uri_scheme
 from ..validate import Checker, check_dir, check_space
 from . import memory_plan
 from .plan import Plan
-from .redact import redact
 from .resources import check_local_resources
 from .space import SearchSpace, load_space, resolve_space
 
@@ -120,15 +121,15 @@ def plan(args: argparse.Namespace) -> Plan:
     if not name.replace("-", "").replace("_", "").isalnum():
         _fail(f"--name: {name!r} must be letters, digits, '-' or '_'")
     storage = args.storage or os.path.join("sweeps", name)
-    if "://" in storage:
+    if is_uri(storage):
         if redact(storage) != storage:
             _fail(f"--storage: {redact(storage)} has credentials in it, which Ray would write into its experiment state; "
                   "give them in the environment instead (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)")
     else:
-        storage = str(Path(storage).expanduser().resolve())
+        storage = str(local_path(storage).resolve())
     # The SQLite stores: beside a path storage, unless the cluster's own disk is named (the cluster files
     # set SAECEPTION_STATE_DIR: SQLite on NFS is unsafe); always there for a URI storage.
-    local_dir = state_dir(name, storage) if "://" in storage or os.environ.get(STATE_ENV) else Path(storage)
+    local_dir = state_dir(name, storage) if is_uri(storage) or os.environ.get(STATE_ENV) else Path(storage)
     exists = tune_experiment_exists(os.path.join(storage, "ray", name))
     if args.resume and not exists:
         _fail(f"--resume: no sweep named {name!r} under {redact(storage)}")
@@ -162,8 +163,6 @@ def plan(args: argparse.Namespace) -> Plan:
 
 
 def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
-    from ..cache import check_uri, is_uri
-
     cache_dir = None
     if not args.no_cache:
         if args.cache and is_uri(args.cache):
@@ -172,7 +171,7 @@ def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
                 _fail(f"--cache: {problem}")
             cache_dir = args.cache.rstrip("/")
         elif args.cache:
-            cache_dir = str(Path(args.cache.removeprefix("file://")).expanduser().resolve())
+            cache_dir = str(local_path(args.cache).resolve())
             if args.cache_readonly and not Path(cache_dir).is_dir():
                 _fail(f"--cache: {cache_dir} does not exist (needed with --cache-readonly)")
             if not args.cache_readonly:
@@ -183,7 +182,7 @@ def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
                 _fail(f"--storage: {problem} (or pass --no-cache)")
             cache_dir = storage.rstrip("/") + "/cache"
         else:
-            cache_dir = str(Path(storage.removeprefix("file://")) / "cache")
+            cache_dir = str(Path(storage) / "cache")
     elif args.cache or args.cache_readonly:
         _fail("--no-cache: cannot be combined with --cache or --cache-readonly")
     return cache_dir
@@ -194,8 +193,9 @@ def _check_run_flags(args: argparse.Namespace, space: SearchSpace) -> None:
     if args.experiment is not None and not args.experiment.strip():
         _fail("--experiment: must be a non-empty MLflow experiment name")
     if args.mlflow_uri is not None:
-        scheme, sep, rest = args.mlflow_uri.partition("://")
-        if not sep or not scheme:
+        scheme = uri_scheme(args.mlflow_uri)
+        rest = after_scheme(args.mlflow_uri)
+        if not scheme:
             _fail(f"--mlflow-uri: {args.mlflow_uri!r} must be a URI (sqlite:////abs/path/mlflow.db, http://host:port, ...)")
         if scheme == "sqlite":
             if not rest.startswith("//"):
@@ -233,7 +233,7 @@ def _rmdir_new(path: Path) -> None:
 
 
 def tune_experiment_exists(path: str) -> bool:
-    if "://" in path:
+    if is_uri(path):
         from ray.tune import Tuner
 
         return Tuner.can_restore(path)

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
+from ..uris import redact
 from .plan import Plan
-from .redact import redact
 
 # How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).
 AUTOSCALE_WAIT_S = 1800.0

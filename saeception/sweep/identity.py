@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..confirm import with_controls
-from .redact import redact
+from ..uris import filesystem, is_uri, redact
 from .space import SearchSpace
 
 IDENTITY_FILE = "sweep.json"
@@ -42,16 +42,6 @@ FLAGS = {"space": "--space", "objectives": "--space (objectives)", "seed": "--se
          "confirm": "the confirmation's settings (--confirm-controls, the space's confirm:)"}
 # Settings a resumed sweep may raise: more trials, more confirmation seeds (the new ones run, the old are reused).
 GROWABLE = ("trials", "confirm_seeds")
-
-
-def _is_uri(storage: str) -> bool:
-    return "://" in storage
-
-
-def _filesystem(storage: str):
-    from ..cache import _filesystem
-
-    return _filesystem(storage)
 
 
 def identity(args: argparse.Namespace, space: SearchSpace) -> dict[str, Any]:
@@ -70,8 +60,8 @@ def _confirm_identity(args: argparse.Namespace, space: SearchSpace) -> dict[str,
 
 
 def read_identity(storage: str) -> dict[str, Any] | None:
-    if _is_uri(storage):
-        fs, root = _filesystem(storage)
+    if is_uri(storage):
+        fs, root = filesystem(storage)
         import pyarrow.fs as pafs
 
         path = f"{root.rstrip('/')}/{IDENTITY_FILE}"
@@ -85,8 +75,8 @@ def read_identity(storage: str) -> dict[str, Any] | None:
 
 def write_identity(storage: str, ident: dict[str, Any]) -> None:
     text = json.dumps(ident, indent=1, sort_keys=True, default=str)
-    if _is_uri(storage):
-        fs, root = _filesystem(storage)
+    if is_uri(storage):
+        fs, root = filesystem(storage)
         with fs.open_output_stream(f"{root.rstrip('/')}/{IDENTITY_FILE}") as f:
             f.write(text.encode())
         return
@@ -135,7 +125,7 @@ def check_resume(args: argparse.Namespace, space: SearchSpace, storage: str, nam
 def hold_lock(storage: str, name: str) -> Any:
     """Takes this sweep's lock for the life of this process; ConfigError naming --name when another
     driver holds it."""
-    return _hold_lease(storage, name) if _is_uri(storage) else _hold_file_lock(storage, name)
+    return _hold_lease(storage, name) if is_uri(storage) else _hold_file_lock(storage, name)
 
 
 def _holder_text() -> str:
@@ -193,7 +183,7 @@ class _Lease:
 
 
 def _hold_lease(storage: str, name: str, settle_s: float = 1.0) -> _Lease:
-    fs, root = _filesystem(storage)
+    fs, root = filesystem(storage)
     fs.create_dir(root.rstrip("/"), recursive=True)
     lease = _Lease(fs, f"{root.rstrip('/')}/{LEASE_FILE}")
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 
+from ..uris import is_uri
 from .tracking import FAILURE, TRIAL_ID
 from .vocab import TUNE_TRIAL_ATTR
 
@@ -32,7 +33,7 @@ def live_tune_trials(experiment_path: str) -> set[str] | None:
     unpickled here."""
     import pyarrow.fs as pafs
 
-    if "://" in experiment_path:
+    if is_uri(experiment_path):
         fs, base = pafs.FileSystem.from_uri(experiment_path)
     else:
         fs, base = pafs.LocalFileSystem(), os.path.abspath(experiment_path)

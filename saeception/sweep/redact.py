@@ -1,34 +1,13 @@
-"""Credentials given inside URIs never reach the terminal, a log line, MLflow or Ray's files.
-
-A URI may carry a password (`postgresql://user:pass@host/db`, `s3://key:secret@bucket/path`) or a secret
-in its query (`s3://bucket?access_key=…&secret_key=…`, pyarrow's S3 options). `redact` masks both, in a
-URI or in any text that contains one; everything the sweep prints, logs or records goes through it.
-"""
+"""Credentials given inside URIs never reach a log line: the sweep's logging filter (the masking itself
+is saeception.uris.redact, re-exported here for the layer's callers)."""
 
 from __future__ import annotations
 
 import logging
-import re
 
-MASK = "***"
+from ..uris import MASK, has_credentials, redact
 
-# scheme://user:password@  (the password is whatever lies between the first ':' and '@' of the userinfo)
-_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):(?P<secret>[^@\s]+)@")
-# query parameters that hold a secret (pyarrow S3/GCS options, SAS tokens, passwords)
-_SECRET_QUERY = re.compile(r"(?i)(?P<head>[?&](?:secret_key|access_key|session_token|password|passwd|token|"
-                           r"sas_token|account_key|sig|x-amz-signature|x-amz-credential|x-amz-security-token)=)"
-                           r"(?P<secret>[^&#\s]+)")
-
-
-def redact(text: str) -> str:
-    """`text` with every URI password and secret query value replaced by ***."""
-    text = _USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", str(text))
-    return _SECRET_QUERY.sub(lambda m: f"{m['head']}{MASK}", text)
-
-
-def has_credentials(uri: str) -> bool:
-    return redact(uri) != uri
-
+__all__ = ["MASK", "RedactingFilter", "has_credentials", "install_log_filter", "redact"]
 
 class RedactingFilter(logging.Filter):
     """Masks credentials in every record a handler emits (its message is formatted here, once)."""

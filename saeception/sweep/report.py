@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from ..cache import CACHE_COUNTERS
+from ..uris import redact
 from .plan import Plan
-from .redact import redact
 from .space import SearchSpace
 from .vocab import STOPPED_AT, stopped_early
 

@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 
 from ..config import ConfigError
-from .redact import redact
+from ..uris import redact
+from ..uris import scheme as uri_scheme
 
 STATE_ENV = "SAECEPTION_STATE_DIR"
 DEFAULT_STATE_ROOT = "~/.saeception/sweeps"
@@ -55,7 +56,7 @@ def check_optuna_storage(url: str) -> None:
 def check_mlflow(uri: str) -> None:
     """Asks the MLflow tracking store once: /health of a server, a query of a database store; ConfigError
     naming --mlflow-uri when it does not answer."""
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    scheme = uri_scheme(uri)
     try:
         if scheme in ("http", "https"):
             import requests

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .redact import redact
+from ..uris import redact
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
