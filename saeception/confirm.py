@@ -366,7 +366,7 @@ def verdict_line(rows: list[dict[str, Any]], headline: tuple[str, ...], controls
         for c, v in verdicts.items():
             groups.setdefault(v, []).append(c)
         words = {"better": "better than", "worse": "worse than", "equivalent": "equivalent to", "inconclusive": "inconclusive vs"}
-        if len(groups) == 1:
+        if len(groups) == 1 and len(verdicts) > 1:
             (v,) = groups
             text = f"{metric}: {words[v]} all {len(verdicts)} controls"
         else:

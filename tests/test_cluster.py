@@ -255,15 +255,14 @@ def test_readme_cluster_command_uses_the_tested_flags():
 def test_readme_gpu_sweep_plans_from_cluster_yaml_before_any_gpu_node_is_up():
     """The README's command on cluster.yaml: at launch only the CPU head is up (min_workers: 0); planned
     from the node types that `publish` reports, 8 trials run at once on the 8 GPU workers the autoscaler may add."""
-    import argparse
-
+    from saeception.sweep.plan import Resources
     from saeception.sweep.resources import NodeGroup, groups_from_launcher_config, plan_concurrency
 
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     groups = groups_from_launcher_config(config)
     head = next(g for g in groups if g.name == config["head_node_type"])
     head.live = 1
-    args = argparse.Namespace(workers_per_trial=1, gpus_per_worker=1.0, cpus_per_worker=4.0, max_concurrent=None, trials=64)
-    assert plan_concurrency(args, groups) == 8
+    res = Resources(workers_per_trial=1, gpus_per_worker=1.0, cpus_per_worker=4.0)
+    assert plan_concurrency(res, groups, 64) == 8
     with pytest.raises(Exception, match="^--gpus-per-worker"):  # what the head alone offered before
-        plan_concurrency(args, [NodeGroup("head", head.resources, 1, live=1)])
+        plan_concurrency(res, [NodeGroup("head", head.resources, 1, live=1)], 64)

@@ -1,7 +1,6 @@
 """A sweep's state belongs to it: resource planning, stored identity, the one-driver lock, where its
 databases live, and credentials kept out of everything it prints or stores. No Ray cluster here."""
 
-import argparse
 import hashlib
 import json
 import os
@@ -16,6 +15,7 @@ import pytest
 from saeception.config import ConfigError
 from saeception.sweep import cli as sweep
 from saeception.sweep.identity import differences, hold_lock
+from saeception.sweep.plan import Resources
 from saeception.sweep.redact import has_credentials, redact
 from saeception.sweep.resources import HEAD_RESOURCE, NodeGroup, groups_from_launcher_config, plan_concurrency
 from saeception.sweep.state import state_dir
@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "spaces" / "tiny.yaml"
 
 
-def _args(**kw):
-    base = {"workers_per_trial": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "max_concurrent": None, "trials": 64}
-    return argparse.Namespace(**{**base, **kw})
+def _fit(groups, trials=64, **resources) -> int:
+    """Trials at once for a sweep of `trials` whose trials take `resources` (saeception.sweep.plan.Resources)."""
+    return plan_concurrency(Resources(**resources), groups, trials)
 
 
 # --- resources -------------------------------------------------------------------------------------
@@ -37,21 +37,21 @@ AUTOSCALING = [NodeGroup("head", {"CPU": 8, HEAD_RESOURCE: 1000}, 1, live=1),
 
 def test_plan_counts_nodes_the_autoscaler_may_add():
     """cluster.yaml at launch: a CPU head, no GPU worker up; 8 may come, each holds one 1-GPU worker."""
-    assert plan_concurrency(_args(gpus_per_worker=1, cpus_per_worker=4), AUTOSCALING) == 8
-    assert plan_concurrency(_args(gpus_per_worker=1, cpus_per_worker=4, max_concurrent=3), AUTOSCALING) == 3
-    assert plan_concurrency(_args(gpus_per_worker=1, cpus_per_worker=4, trials=2), AUTOSCALING) == 2
+    assert _fit(AUTOSCALING, gpus_per_worker=1, cpus_per_worker=4) == 8
+    assert _fit(AUTOSCALING, gpus_per_worker=1, cpus_per_worker=4, max_concurrent=3) == 3
+    assert _fit(AUTOSCALING, gpus_per_worker=1, cpus_per_worker=4, trials=2) == 2
     # Two DDP workers per trial: two nodes each; 8 nodes -> 4 trials.
-    assert plan_concurrency(_args(gpus_per_worker=1, workers_per_trial=2), AUTOSCALING) == 4
+    assert _fit(AUTOSCALING, gpus_per_worker=1, workers_per_trial=2) == 4
     # Trial drivers (0.25 CPU + one saeception_head unit) stay on the head: 8 CPUs hold 32 of them.
-    assert plan_concurrency(_args(), [AUTOSCALING[0], NodeGroup("cpu", {"CPU": 64}, 8)]) == 32
+    assert _fit([AUTOSCALING[0], NodeGroup("cpu", {"CPU": 64}, 8)]) == 32
 
 
 def test_plan_on_one_machine_matches_pooled_cpus():
     """A local Ray: 0.25 CPU per trial driver plus its workers, packed on one node."""
     one = [NodeGroup("local", {"CPU": 2}, 1, live=1)]
-    assert plan_concurrency(_args(workers_per_trial=2, cpus_per_worker=0.5), one) == 1
-    assert plan_concurrency(_args(cpus_per_worker=0.5), one) == 2
-    assert plan_concurrency(_args(cpus_per_worker=0.25), [NodeGroup("local", {"CPU": 4}, 1)]) == 8
+    assert _fit(one, workers_per_trial=2, cpus_per_worker=0.5) == 1
+    assert _fit(one, cpus_per_worker=0.5) == 2
+    assert _fit([NodeGroup("local", {"CPU": 4}, 1)], cpus_per_worker=0.25) == 8
 
 
 @pytest.mark.parametrize("kw,flag", [
@@ -63,7 +63,7 @@ def test_impossible_requests_name_the_flag(kw, flag):
     groups = AUTOSCALING if kw.get("workers_per_trial") else [NodeGroup("head", {"CPU": 8, HEAD_RESOURCE: 1000}, 1, live=1),
                                                                NodeGroup("cpu", {"CPU": 8}, 4)]
     with pytest.raises(ConfigError, match=f"^{flag}:"):
-        plan_concurrency(_args(**kw), groups)
+        _fit(groups, **kw)
 
 
 
@@ -149,10 +149,10 @@ def _fake_sweep(tmp_path, name="s", **identity_overrides) -> Path:
     optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}")
     (storage / "mlflow.db").write_bytes(b"runs")
     from saeception.sweep.identity import identity, write_identity
+    from saeception.sweep.plan import Confirmation, Search
     from saeception.sweep.space import load_space
 
-    args = sweep.parser().parse_args(["--space", str(TINY), "--trials", "2"])
-    ident = {**identity(args, load_space(TINY)), **identity_overrides}
+    ident = {**identity(load_space(TINY), Search(trials=2), Resources(), Confirmation()), **identity_overrides}
     write_identity(str(storage), ident)
     (storage / "sweep.lock").touch()  # the first driver's lock file
     return storage

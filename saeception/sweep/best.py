@@ -63,7 +63,7 @@ def _searched(p: Plan, trial: dict[str, Any]) -> str:
     space = yaml.safe_dump(p.space.to_dict()["params"], sort_keys=False, default_flow_style=None).rstrip()
     objectives = ", ".join(f"`{o.metric}` ({o.mode}, validation split, last cycle)" for o in p.space.objectives)
     values = ", ".join(f"`{m}` = {trial[m]:.4f}" for m in p.space.metrics if isinstance(trial.get(m), (int, float)))
-    return (f"Sweep `{p.name}`: {p.args.trials} Optuna trials (TPE, seed {p.args.seed}) over\n\n```yaml\n{space}\n```\n\n"
+    return (f"Sweep `{p.name}`: {p.search.trials} Optuna trials (TPE, seed {p.search.seed}) over\n\n```yaml\n{space}\n```\n\n"
             f"Objectives: {objectives}. The winner is trial `{trial['trial_id']}` ({values}); its sampled values:\n\n"
             + "\n".join(f"- `{k}`: {v}" for k, v in sorted(trial["config"].items())))
 
@@ -74,8 +74,8 @@ def _confirmation_md(p: Plan) -> str | None:
         return None
     from ..confirm import ARM_DOC
 
-    arms = "; ".join(f"`{a}`: {ARM_DOC[a]}" for a in p.confirm.controls)
-    return (f"The best config (`best`) and its controls ({arms}) on {p.args.confirm_seeds} fresh seeds: mean ± sd per "
+    arms = "; ".join(f"`{a}`: {ARM_DOC[a]}" for a in p.confirm.settings.controls)
+    return (f"The best config (`best`) and its controls ({arms}) on {p.confirm.seeds} fresh seeds: mean ± sd per "
             "arm, and per control the paired difference best − control with its 95% t interval, wins/ties/losses in "
             "the metric's direction, the t-test, the exact sign test and the Holm-corrected p, the equivalence margin, "
             "the SAE-seed spread and the verdict (docs: README \"Confirmation\"). Test split unless `val_`.\n\n"

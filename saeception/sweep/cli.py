@@ -19,7 +19,7 @@ from ..uris import after_scheme, check_uri, is_uri, local_path, redact
 from ..uris import scheme as uri_scheme
 from ..validate import Checker, check_dir, check_space
 from . import memory_plan
-from .plan import Plan
+from .plan import Confirmation, Plan, Resources, Search
 from .resources import check_local_resources
 from .space import SearchSpace, load_space, resolve_space
 
@@ -78,7 +78,7 @@ def _fail(message: str) -> None:
 
 
 def plan(args: argparse.Namespace) -> Plan:
-    from .identity import check_resume, hold_lock
+    from .identity import check_resume, hold_lock, identity
     from .state import STATE_ENV, check_mlflow, check_optuna_storage, state_dir
     from .tracking import DEFAULT_EXPERIMENT, absolute_uri, sqlite_uri
 
@@ -106,7 +106,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.confirm_seeds < 0:
         _fail("--confirm-seeds: must be >= 0 (0 skips confirmation)")
     try:
-        with_controls(space.confirm, args.confirm_controls)
+        settings = with_controls(space.confirm, args.confirm_controls)
     except ConfigError as e:
         _fail(str(e).replace("confirm.controls:", "--confirm-controls:") if getattr(args, "confirm_controls", None) else str(e))
     if args.max_concurrent is not None and args.max_concurrent < 1:
@@ -114,9 +114,14 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.scheduler == "asha" and len(space.objectives) > 1:
         _fail("--scheduler: asha needs a single-objective space; this one has "
               f"{len(space.objectives)} objectives")
-    _check_run_flags(args, space)
-    memory_plan.check_flags(args)
-    memory = memory_plan.check(space, args, checker)  # --gpu-memory-gb against every combination's estimate
+    search = Search(trials=args.trials, seed=args.seed, scheduler=args.scheduler, resume=args.resume)
+    resources = Resources(workers_per_trial=args.workers_per_trial, cpus_per_worker=float(args.cpus_per_worker),
+                          gpus_per_worker=float(args.gpus_per_worker), max_concurrent=args.max_concurrent,
+                          address=args.address, num_cpus=args.num_cpus, gpu_memory_gb=getattr(args, "gpu_memory_gb", None))
+    confirmation = Confirmation(seeds=args.confirm_seeds, settings=settings)
+    _check_run_flags(args, space, resources, search)
+    memory_plan.check_flags(resources)
+    memory = memory_plan.check(space, resources, checker)  # --gpu-memory-gb against every combination's estimate
     name = args.name or space.name
     if not name.replace("-", "").replace("_", "").isalnum():
         _fail(f"--name: {name!r} must be letters, digits, '-' or '_'")
@@ -147,19 +152,21 @@ def plan(args: argparse.Namespace) -> Plan:
     check_dir(local_dir, "--storage")
     cache_dir = _cache_dir(args, storage)
     optuna_uri = args.optuna_storage or sqlite_uri(local_dir / "optuna.db")
+    planned = Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, search, resources, confirmation, cache_dir,
+                   args.cache_readonly, experiment, args.verbose, memory=memory)
     if dry_run:  # starts and writes nothing
-        return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, experiment, memory=memory)
+        return planned
     _check_writable(local_dir, "--storage" if local_dir == Path(storage) else STATE_ENV)
-    lock = hold_lock(storage, name)
+    planned.lock = hold_lock(storage, name)
     if not args.resume and tune_experiment_exists(os.path.join(storage, "ray", name)):
         _fail(f"--name: a sweep named {name!r} already exists under {redact(storage)}; pass --resume to continue it, or choose another --name")
     if args.resume:
-        check_resume(args, space, storage, name)
+        check_resume(identity(space, search, resources, confirmation), storage, name)
     if not args.optuna_storage:
         check_optuna_storage(optuna_uri)
     if not given_mlflow:
         check_mlflow(mlflow_uri)
-    return Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, args, cache_dir, experiment, lock, memory)
+    return planned
 
 
 def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
@@ -188,7 +195,7 @@ def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
     return cache_dir
 
 
-def _check_run_flags(args: argparse.Namespace, space: SearchSpace) -> None:
+def _check_run_flags(args: argparse.Namespace, space: SearchSpace, resources: Resources, search: Search) -> None:
     """Flags that must fit each other, the space and (for a local Ray) this machine."""
     if args.experiment is not None and not args.experiment.strip():
         _fail("--experiment: must be a non-empty MLflow experiment name")
@@ -209,7 +216,7 @@ def _check_run_flags(args: argparse.Namespace, space: SearchSpace) -> None:
         return  # the cluster's size is known once connected (driver.open_parent_run)
     if args.num_cpus is not None and args.num_cpus < 1:
         _fail("--num-cpus: must be >= 1")
-    check_local_resources(args)
+    check_local_resources(resources, search.trials)
 
 
 def _check_writable(path: Path, flag: str) -> None:

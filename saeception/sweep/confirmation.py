@@ -81,8 +81,8 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
     from ..confirm import KEPT_METRICS, SUMMARY_METRICS, confirm_seeds, format_table, summarize, verdict_line
     from ..trainables.chain_trainable import confirm_trial  # Ray: imported when a confirmation runs
 
-    settings = p.confirm
-    seeds = confirm_seeds(build_config(values).seed, p.args.confirm_seeds)
+    settings = p.confirm.settings
+    seeds = confirm_seeds(build_config(values).seed, p.confirm.seeds)
     key = confirm_key(values, settings)
     # The test-split twins of the objectives: the winner was selected on val_*, so val_* cannot confirm it.
     metrics = tuple(dict.fromkeys((*SUMMARY_METRICS, *(m.removeprefix("val_") for m in p.space.metrics), *KEPT_METRICS)))

@@ -42,7 +42,7 @@ def run(p: Plan) -> int:
             return stop_interrupted(p, s)
         report(p, s, rows, best)
         confirmed = None
-        if best and p.args.confirm_seeds > 0:
+        if best and p.confirm.seeds > 0:
             from .confirmation import confirm
 
             confirmed = confirm(p, s.tracker, s.parent, s.spec, {**p.space.fixed, **best[0]["config"]}, s.concurrency,
@@ -76,7 +76,7 @@ def start_ray(p: Plan) -> bool:
     """Connects to `--address` or starts a local Ray; True when this process started it."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    if p.args.address:
+    if p.resources.address:
         # Clusters started with `ray start` use token authentication (Ray's default since 2.59); a client
         # must say so, before Ray is imported, to send its token (~/.ray/auth_token or RAY_AUTH_TOKEN).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -84,14 +84,14 @@ def start_ray(p: Plan) -> bool:
 
     if ray.is_initialized():
         return False
-    quiet = {"log_to_driver": p.args.verbose, "logging_level": logging.INFO if p.args.verbose else logging.WARNING}
-    if p.args.address:
-        ray.init(address=p.args.address, **quiet)
+    quiet = {"log_to_driver": p.verbose, "logging_level": logging.INFO if p.verbose else logging.WARNING}
+    if p.resources.address:
+        ray.init(address=p.resources.address, **quiet)
     else:
         # With the dashboard (Ray's state API), Ray Train's placement-group cleaner sees when a stopped
         # trial's controller is gone and frees its resources; without it a trial that a scheduler stops
         # leaks its placement group and later trials wait for workers forever.
-        ray.init(num_cpus=p.args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+        ray.init(num_cpus=p.resources.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     return True
 
 
@@ -105,33 +105,33 @@ def open_parent_run(p: Plan) -> Session:
     from .resources import bundles, describe, offer, plan_concurrency, waits_for_nodes
     from .tracking import Tracker, run_tags
 
-    args = p.args
+    res = p.resources
     # Planned from every node the cluster may have (the autoscaler's node types), not only those up now;
     # a request no node type can hold raises ConfigError (exit 2) before any trial starts.
     groups = offer()
-    concurrency = plan_concurrency(args, groups)
+    concurrency = plan_concurrency(res, groups, p.search.trials)
     if waits_for_nodes(groups):
         print(f"cluster: {describe(groups)}; trials wait for the nodes the autoscaler adds", flush=True)
     # On a cluster whose head offers HEAD_RESOURCE (cluster.yaml), trial drivers stay on the head.
-    trial_resources = tune.PlacementGroupFactory([bundles(args, groups)[0]])
-    write_identity(p.storage, identity(args, p.space))  # first launch, or a resumed one that grew --trials
+    trial_resources = tune.PlacementGroupFactory([bundles(res, groups)[0]])
+    write_identity(p.storage, identity(p.space, p.search, p.resources, p.confirm))  # first launch, or a resumed one that grew --trials
     tracker = Tracker(p.mlflow_uri)
     tags = run_tags()
     # (A SQLite store keeps a new experiment's artifacts beside it, never in MLflow's default ./mlruns of the
     # working directory, Ray's throw-away job directory: Tracker.experiment_id.)
-    parent = tracker.sweep_run(p.experiment, p.name, reuse=args.resume, tags=tags)
+    parent = tracker.sweep_run(p.experiment, p.name, reuse=p.search.resume, tags=tags)
     space_dict = p.space.to_dict()
     tracker.log_params(parent, {**{f"space.{k}": yaml.safe_dump(v, default_flow_style=True).strip()
                                    for k, v in space_dict["params"].items()},
                                 **{f"fixed.{k}": v for k, v in p.space.fixed.items()},
                                 "objectives": ",".join(f"{o.metric}:{o.mode}" for o in p.space.objectives),
-                                "trials": args.trials, "seed": args.seed, "workers_per_trial": args.workers_per_trial})
+                                "trials": p.search.trials, "seed": p.search.seed, "workers_per_trial": res.workers_per_trial})
     space_file = p.local_dir / "search_space.yaml"
     space_file.write_text(yaml.safe_dump(space_dict, sort_keys=False))
     tracker.log_artifact(parent, space_file)
     spec = TrialSpec(fixed=p.space.fixed, storage=p.storage, mlflow_uri=p.mlflow_uri, parent_run_id=parent,
-                     workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-                     gpus_per_worker=args.gpus_per_worker, cache_dir=p.cache_dir, cache_readonly=args.cache_readonly,
+                     workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
+                     gpus_per_worker=res.gpus_per_worker, cache_dir=p.cache_dir, cache_readonly=p.cache_readonly,
                      run_tags=tags, worker_start_timeout_s=AUTOSCALE_WAIT_S if waits_for_nodes(groups) else None)
     return Session(tracker, parent, spec, concurrency, trial_resources)
 
@@ -161,12 +161,12 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
     from ..trainables.optuna_search import CredentialSafeRDBStorage, FailAwareOptunaSearch, SweepSearch
     from .report import best_trials, progress_callback, trial_rows
 
-    args = p.args
+    search = p.search
     trainable = tune.with_resources(tune.with_parameters(chain_trial, spec=s.spec), s.trial_resources)
     # Opened here, so that Ray's pickled searcher (its copy holds the URL without a password) reconnects.
     storage = CredentialSafeRDBStorage(p.optuna_uri)
-    SweepSearch.budgets[p.name] = args.trials
-    if args.resume:
+    SweepSearch.budgets[p.name] = search.trials
+    if search.resume:
         from .orphans import close_orphans
 
         # What the stopped driver left RUNNING with no Tune trial behind it is closed, not left forever.
@@ -179,22 +179,22 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
         mode = p.space.modes[0] if single else p.space.modes
         searcher = FailAwareOptunaSearch(
             space=p.space.suggest, metric=metric, mode=mode,
-            sampler=optuna.samplers.TPESampler(seed=args.seed, constant_liar=s.concurrency > 1),
+            sampler=optuna.samplers.TPESampler(seed=search.seed, constant_liar=s.concurrency > 1),
             storage=storage, study_name=p.name)
-        scheduler = asha(p, metric, mode) if args.scheduler == "asha" else None
+        scheduler = asha(p, metric, mode) if search.scheduler == "asha" else None
         run_config = tune.RunConfig(name=p.name, storage_path=p.ray_dir,
-                                    callbacks=[progress_callback(p, args.trials, s.tracker, s.parent)],
-                                    verbose=0 if not args.verbose else 1)
+                                    callbacks=[progress_callback(p, search.trials, s.tracker, s.parent)],
+                                    verbose=1 if p.verbose else 0)
         # Wrapped here (not by Tune) so that a resumed sweep can grow its budget (SweepSearch).
         search_alg = SweepSearch(ConcurrencyLimiter(searcher, max_concurrent=s.concurrency), p.name)
         tuner = tune.Tuner(trainable, run_config=run_config,
-                           tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=args.trials))
-    print(f"sweep {p.name}: {args.trials} trials, up to {s.concurrency} at once, "
-          f"{args.workers_per_trial} worker(s) per trial; storage {redact(p.storage)}", flush=True)
+                           tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=search.trials))
+    print(f"sweep {p.name}: {search.trials} trials, up to {s.concurrency} at once, "
+          f"{p.resources.workers_per_trial} worker(s) per trial; storage {redact(p.storage)}", flush=True)
     results = tuner.fit()
     rows = trial_rows(results, p.space)
     ended = results.num_terminated + results.num_errors
-    interrupted = len(results) < args.trials or ended < len(results)
+    interrupted = len(results) < search.trials or ended < len(results)
     return rows, best_trials(rows, p.space), interrupted
 
 

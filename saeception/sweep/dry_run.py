@@ -28,7 +28,7 @@ def sample_configs(p: Plan, n: int, concurrency: int = 1) -> list[dict]:
     directions = ["maximize" if m == "max" else "minimize" for m in p.space.modes]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=p.args.seed, constant_liar=concurrency > 1)
+        sampler = optuna.samplers.TPESampler(seed=p.search.seed, constant_liar=concurrency > 1)
         study = optuna.create_study(directions=directions, sampler=sampler)
         out = []
         for _ in range(n):
@@ -40,16 +40,16 @@ def sample_configs(p: Plan, n: int, concurrency: int = 1) -> list[dict]:
 
 def _cluster(p: Plan) -> tuple[float, float] | None:
     """CPUs and GPUs of the local Ray the sweep would start; None with --address (known only once connected)."""
-    if p.args.address:
+    if p.resources.address:
         return None
     import torch
 
-    return float(p.args.num_cpus or os.cpu_count() or 1), float(torch.cuda.device_count())
+    return float(p.resources.num_cpus or os.cpu_count() or 1), float(torch.cuda.device_count())
 
 
 def describe(p: Plan) -> str:
-    args = p.args
-    n = min(SHOWN_TRIALS, args.trials)
+    res, search = p.resources, p.search
+    n = min(SHOWN_TRIALS, search.trials)
     lines = [f"dry run of sweep {p.name!r}: nothing started, nothing written", "",
              "base config (every trial; searched keys are overridden per trial):",
              yaml.safe_dump(to_dict(p.space.config({})), sort_keys=False).rstrip(), ""]
@@ -57,24 +57,25 @@ def describe(p: Plan) -> str:
     lines.append(f"searched ({len(p.space.params)}): {searched}")
     lines.append("objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in p.space.objectives))
     cluster = _cluster(p)
-    concurrency = check_local_resources(args) if cluster else 1
-    lines.append(f"first {n} of {args.trials} sampled trial configs (TPE, seed {args.seed}):")
+    concurrency = check_local_resources(res, search.trials) if cluster else 1
+    lines.append(f"first {n} of {search.trials} sampled trial configs (TPE, seed {search.seed}):")
     trials = sample_configs(p, n, concurrency)
     for i, sampled in enumerate(trials):
         p.space.config(sampled)  # each is a valid config
         lines.append(f"  trial {i}: " + " ".join(f"{k}={_fmt(v)}" for k, v in sampled.items()))
-    cpu = TRIAL_CPU + args.workers_per_trial * args.cpus_per_worker
-    gpu = args.workers_per_trial * args.gpus_per_worker
-    lines += ["", f"resources per trial: {cpu:g} CPU ({TRIAL_CPU:g} for the trial driver + {args.workers_per_trial} "
-              f"worker(s) x {args.cpus_per_worker:g}), {gpu:g} GPU"]
+    cpu = TRIAL_CPU + res.workers_per_trial * res.cpus_per_worker
+    gpu = res.workers_per_trial * res.gpus_per_worker
+    lines += ["", f"resources per trial: {cpu:g} CPU ({TRIAL_CPU:g} for the trial driver + {res.workers_per_trial} "
+              f"worker(s) x {res.cpus_per_worker:g}), {gpu:g} GPU"]
     if cluster is None:
-        lines.append(f"concurrency: decided on connecting to {args.address} (cluster CPUs / {cpu:g}"
-                     + (f", GPUs / {gpu:g}" if gpu else "") + (f", at most {args.max_concurrent}" if args.max_concurrent else "") + ")")
+        lines.append(f"concurrency: decided on connecting to {res.address} (cluster CPUs / {cpu:g}"
+                     + (f", GPUs / {gpu:g}" if gpu else "") + (f", at most {res.max_concurrent}" if res.max_concurrent else "") + ")")
     else:
         lines.append(f"concurrency: {concurrency} trial(s) at once on a local Ray with "
                      f"{cluster[0]:g} CPUs, {cluster[1]:g} GPUs")
-    lines += ["", *memory_plan.describe(p.memory, p.space, args, trials), ""]
-    confirm = f"then the best config and 2 controls on {args.confirm_seeds} fresh seeds" if args.confirm_seeds else "no confirmation"
+    lines += ["", *memory_plan.describe(p.memory, p.space, res, trials), ""]
+    confirm = (f"then the best config and its controls ({', '.join(p.confirm.settings.controls)}) on {p.confirm.seeds} "
+               "fresh seeds, and a verdict" if p.confirm.seeds else "no confirmation")
     lines += [f"confirmation: {confirm}", f"storage: {p.storage}", f"MLflow: {p.mlflow_uri} (experiment {p.experiment!r})",
               f"stage cache: {p.cache_dir or 'off'}"]
     return "\n".join(lines)

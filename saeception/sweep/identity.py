@@ -13,7 +13,6 @@ dies without releasing it blocks a new launch for at most LEASE_S.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import hashlib
 import json
@@ -26,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from ..confirm import with_controls
 from ..uris import filesystem, is_uri, redact
+from .plan import Confirmation, Resources, Search
 from .space import SearchSpace
 
 IDENTITY_FILE = "sweep.json"
@@ -44,19 +43,15 @@ FLAGS = {"space": "--space", "objectives": "--space (objectives)", "seed": "--se
 GROWABLE = ("trials", "confirm_seeds")
 
 
-def identity(args: argparse.Namespace, space: SearchSpace) -> dict[str, Any]:
+def identity(space: SearchSpace, search: Search, resources: Resources, confirmation: Confirmation) -> dict[str, Any]:
     """What makes this sweep this sweep (JSON-ready)."""
     searched = space.to_dict()["params"]
     digest = hashlib.sha256(json.dumps(searched, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"space": digest, "fixed": {k: space.fixed[k] for k in sorted(space.fixed)},
-            "objectives": [f"{o.metric}:{o.mode}" for o in space.objectives], "seed": args.seed, "trials": args.trials,
-            "scheduler": args.scheduler, "workers_per_trial": args.workers_per_trial,
-            "cpus_per_worker": float(args.cpus_per_worker), "gpus_per_worker": float(args.gpus_per_worker),
-            "confirm_seeds": int(getattr(args, "confirm_seeds", 0)), "confirm": _confirm_identity(args, space)}
-
-
-def _confirm_identity(args: argparse.Namespace, space: SearchSpace) -> dict[str, Any]:
-    return with_controls(space.confirm, getattr(args, "confirm_controls", None)).to_dict()
+            "objectives": [f"{o.metric}:{o.mode}" for o in space.objectives], "seed": search.seed, "trials": search.trials,
+            "scheduler": search.scheduler, "workers_per_trial": resources.workers_per_trial,
+            "cpus_per_worker": float(resources.cpus_per_worker), "gpus_per_worker": float(resources.gpus_per_worker),
+            "confirm_seeds": confirmation.seeds, "confirm": confirmation.settings.to_dict()}
 
 
 def read_identity(storage: str) -> dict[str, Any] | None:
@@ -110,13 +105,13 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return out
 
 
-def check_resume(args: argparse.Namespace, space: SearchSpace, storage: str, name: str) -> None:
+def check_resume(current: dict[str, Any], storage: str, name: str) -> None:
     """ConfigError naming every difference between the stored identity and this launch's."""
     stored = read_identity(storage)
     if stored is None:
         raise ConfigError(f"--resume: sweep {name!r} under {redact(storage)} has no {IDENTITY_FILE} (started by an older "
                           "saeception?), so its settings cannot be checked; start a new --name")
-    diff = differences(stored, identity(args, space))
+    diff = differences(stored, current)
     if diff:
         raise ConfigError(f"--resume: sweep {name!r} was started with other settings: {'; '.join(diff)} "
                           "(pass the original ones, or start a new --name)")

@@ -9,7 +9,6 @@ size would initialise CUDA in the driver, which takes GPU memory from the trials
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from ..config import Config, ConfigError, build_config
 from ..memory import MemoryEstimate, ModelFacts, estimate, facts_from_config, gib, model_facts
 from ..validate import Checker, combinations
+from .plan import Resources
 from .space import SearchSpace
 
 # Of a worker's share of the GPU, what the estimate may take: the CUDA context (~0.5 GiB) and the caching
@@ -36,21 +36,21 @@ _STAGE_PREFIXES = {"training step": ("model.", "train.", "finetune.", "aux.", "d
                    "SAE stage": ("model.", "train.", "sae.", "data."), "evaluation": ("model.", "train.", "sae.", "data.")}
 
 
-def check_flags(args: argparse.Namespace) -> None:
-    gb = getattr(args, "gpu_memory_gb", None)
+def check_flags(res: Resources) -> None:
+    gb = res.gpu_memory_gb
     if gb is None:
         return
     if gb <= 0:
         raise ConfigError(f"--gpu-memory-gb: must be > 0 (the memory of one GPU in GB), got {gb:g}")
-    if args.gpus_per_worker <= 0:
+    if res.gpus_per_worker <= 0:
         raise ConfigError("--gpu-memory-gb: the workers have no GPU (--gpus-per-worker is 0); pass "
                           "--gpus-per-worker > 0, or drop --gpu-memory-gb")
 
 
-def budget(args: argparse.Namespace) -> float | None:
+def budget(res: Resources) -> float | None:
     """Bytes a worker's estimate may take; None without --gpu-memory-gb."""
-    gb = getattr(args, "gpu_memory_gb", None)
-    return None if gb is None else gb * 1e9 * min(1.0, args.gpus_per_worker) * HEADROOM
+    gb = res.gpu_memory_gb
+    return None if gb is None else gb * 1e9 * min(1.0, res.gpus_per_worker) * HEADROOM
 
 
 @dataclass
@@ -102,31 +102,31 @@ class Planner:
         return best
 
 
-def check(space: SearchSpace, args: argparse.Namespace, checker: Checker) -> Planner:
+def check(space: SearchSpace, res: Resources, checker: Checker) -> Planner:
     """Refuses (ConfigError naming the flags) a space whose largest estimate exceeds a worker's budget."""
-    planner = Planner(checker, args.workers_per_trial)
-    limit = budget(args)
+    planner = Planner(checker, res.workers_per_trial)
+    limit = budget(res)
     if limit is None:
         return planner
     worst = planner.largest(space)
     for note in sorted(planner.unknown):
         print(f"note: --gpu-memory-gb: {note}", file=sys.stderr)
     if worst is not None and worst.estimate.total > limit:
-        raise ConfigError(refusal(worst, args, limit))
+        raise ConfigError(refusal(worst, res, limit))
     return planner
 
 
-def refusal(worst: Estimated, args: argparse.Namespace, limit: float) -> str:
+def refusal(worst: Estimated, res: Resources, limit: float) -> str:
     e, cfg = worst.estimate, worst.cfg
     keys = [*_NAMED, *_STAGE_KEYS[e.peak_stage]]
     named = {k: _value(cfg, k) for k in keys}
     named = {k: v for k, v in named.items() if v is not False}  # checkpointing / offload only when on
     named.update(_relevant(worst))
     values = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in named.items()]
-    share = min(1.0, args.gpus_per_worker)
-    gpu = f"{args.gpu_memory_gb:g} GB GPUs" + (f" shared by {1 / share:g} workers" if share < 1 else "")
+    share = min(1.0, res.gpus_per_worker)
+    gpu = f"{res.gpu_memory_gb:g} GB GPUs" + (f" shared by {1 / share:g} workers" if share < 1 else "")
     return (f"--gpu-memory-gb: a trial needs an estimated {gib(e.total)} GiB per worker in its {e.peak_stage} "
-            f"({', '.join(values)}, --workers-per-trial {args.workers_per_trial}) but {gpu} leave {gib(limit)} GiB "
+            f"({', '.join(values)}, --workers-per-trial {res.workers_per_trial}) but {gpu} leave {gib(limit)} GiB "
             f"for it ({HEADROOM:.0%}); {_advice(e, cfg)}")
 
 
@@ -158,10 +158,10 @@ def _advice(e: MemoryEstimate, cfg: Config) -> str:
     return ", ".join(steps[:-1]) + ", or " + steps[-1]
 
 
-def describe(planner: Planner, space: SearchSpace, args: argparse.Namespace, trials: list[dict[str, Any]]) -> list[str]:
+def describe(planner: Planner, space: SearchSpace, res: Resources, trials: list[dict[str, Any]]) -> list[str]:
     """The dry run's memory section: the base config, each shown trial, the space's largest, the budget."""
-    lines = [f"GPU memory per worker (estimates, saeception/memory.py; {args.workers_per_trial} worker(s) per trial"
-             + ("; these workers have no GPU: the figures are for GPU workers" if args.gpus_per_worker <= 0 else "") + "):"]
+    lines = [f"GPU memory per worker (estimates, saeception/memory.py; {res.workers_per_trial} worker(s) per trial"
+             + ("; these workers have no GPU: the figures are for GPU workers" if res.gpus_per_worker <= 0 else "") + "):"]
     rows = [("base config", planner.estimate(space.config({})))]
     rows += [(f"trial {i}", planner.estimate(space.config(s), s)) for i, s in enumerate(trials)]
     worst = planner.largest(space)
@@ -171,10 +171,10 @@ def describe(planner: Planner, space: SearchSpace, args: argparse.Namespace, tri
         values = " ".join(f"{k}={v}" for k, v in _relevant(worst).items()) or "whatever is sampled"
         lines.append(f"  largest the space can sample: {gib(worst.estimate.total)} GiB per worker ({values}; peak: "
                      f"{worst.estimate.peak_stage})")
-    limit = budget(args)
+    limit = budget(res)
     if limit is not None:  # the plan refused a space whose largest does not fit
         verdict = "the largest fits" if worst is not None else "not checked: nothing could be estimated now"
-        lines.append(f"  --gpu-memory-gb {args.gpu_memory_gb:g}: {gib(limit)} GiB per worker ({HEADROOM:.0%} of its share); {verdict}")
+        lines.append(f"  --gpu-memory-gb {res.gpu_memory_gb:g}: {gib(limit)} GiB per worker ({HEADROOM:.0%} of its share); {verdict}")
     lines += [f"  note: {n}" for n in sorted(planner.unknown)]
     return lines
 

@@ -1,16 +1,47 @@
-"""The sweep's plan: everything resolved from the command line before Ray starts (built by
-saeception.sweep.cli.plan, carried out by saeception.sweep.driver)."""
+"""The sweep's plan: everything resolved from the command line before Ray starts, as small typed
+dataclasses shaped like Ray's own configs (built by saeception.sweep.cli.plan, carried out by
+saeception.sweep.driver). Nothing below the CLI sees its argparse.Namespace."""
 
 from __future__ import annotations
 
-import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..confirm import ConfirmSettings, with_controls
+from ..confirm import ConfirmSettings
 from .space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Search:
+    """How the study searches (cf. ray.tune.TuneConfig)."""
+
+    trials: int = 6  # Optuna trials (a resumed sweep may raise it)
+    seed: int = 0  # the TPE sampler's seed
+    scheduler: str = "none"  # "none" | "asha"
+    resume: bool = False  # continue the stored sweep of this name
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each trial takes and where it runs (cf. ray.train.ScalingConfig)."""
+
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_concurrent: int | None = None  # trials at once (None: as many as the cluster fits)
+    address: str | None = None  # a running Ray cluster (None: start a local one)
+    num_cpus: int | None = None  # the local Ray's CPUs (None: all)
+    gpu_memory_gb: float | None = None  # one GPU's memory, for the memory plan (None: no check)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The confirmation after the search."""
+
+    seeds: int = 3  # fresh seeds (0: none)
+    settings: ConfirmSettings = field(default_factory=ConfirmSettings)
 
 
 @dataclass
@@ -23,20 +54,16 @@ class Plan:
     local_dir: Path  # where the SQLite stores live
     mlflow_uri: str
     optuna_uri: str
-    args: argparse.Namespace
+    search: Search = field(default_factory=Search)
+    resources: Resources = field(default_factory=Resources)
+    confirm: Confirmation = field(default_factory=Confirmation)
     cache_dir: str | None = None
+    cache_readonly: bool = False
     experiment: str = "saeception"
+    verbose: bool = False
     lock: Any = None  # held for the driver's lifetime: a second launch of this sweep exits 2
     memory: Any = None  # sweep.memory_plan.Planner: the estimates, for the dry run
 
     @property
     def ray_dir(self) -> str:
         return os.path.join(self.storage, "ray")
-
-    @property
-    def confirm(self) -> ConfirmSettings:
-        """The confirmation's settings: the space's `confirm:` section, its controls overridden by
-        --confirm-controls."""
-        return with_controls(self.space.confirm, self.args.confirm_controls)
-
-

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ConfigError
+from .plan import Resources
 
 # The trial actor itself only waits on its TorchTrainer; it still must hold some CPU (Ray rejects 0).
 TRIAL_CPU = 0.25
@@ -141,11 +142,11 @@ def trials_that_fit(groups: list[NodeGroup], driver: dict[str, float], worker: d
     return placed
 
 
-def bundles(args: argparse.Namespace, groups: list[NodeGroup]) -> tuple[dict[str, float], dict[str, float]]:
+def bundles(res: Resources, groups: list[NodeGroup]) -> tuple[dict[str, float], dict[str, float]]:
     """(trial driver bundle, DDP worker bundle). Drivers go to the head when a node offers HEAD_RESOURCE."""
     head = any(_shape(g.resources).get(HEAD_RESOURCE) for g in groups)
     driver = {"CPU": TRIAL_CPU, **({HEAD_RESOURCE: 1.0} if head else {})}
-    worker = {"CPU": float(args.cpus_per_worker), **({"GPU": float(args.gpus_per_worker)} if args.gpus_per_worker > 0 else {})}
+    worker = {"CPU": float(res.cpus_per_worker), **({"GPU": float(res.gpus_per_worker)} if res.gpus_per_worker > 0 else {})}
     return driver, worker
 
 
@@ -156,22 +157,22 @@ def describe(groups: list[NodeGroup]) -> str:
     return "; ".join(f"{g.name}: {g.nodes} x ({res(g)})" for g in groups) or "no nodes"
 
 
-def plan_concurrency(args: argparse.Namespace, groups: list[NodeGroup]) -> int:
+def plan_concurrency(res: Resources, groups: list[NodeGroup], trials: int) -> int:
     """Trials at once: as many as the cluster can hold when every node it may have is up, capped by
     --max-concurrent and --trials. A request that no node type can ever satisfy raises ConfigError."""
-    driver, worker = bundles(args, groups)
+    driver, worker = bundles(res, groups)
     per_node = [g for g in groups if _fits(_shape(g.resources), worker)]
     if not per_node:
-        if args.gpus_per_worker > 0 and not any(_shape(g.resources).get("GPU", 0) >= args.gpus_per_worker for g in groups):
-            raise ConfigError(f"--gpus-per-worker: no node type of this cluster has {args.gpus_per_worker:g} GPU(s) "
+        if res.gpus_per_worker > 0 and not any(_shape(g.resources).get("GPU", 0) >= res.gpus_per_worker for g in groups):
+            raise ConfigError(f"--gpus-per-worker: no node type of this cluster has {res.gpus_per_worker:g} GPU(s) "
                               f"per node ({describe(groups)})")
-        raise ConfigError(f"--cpus-per-worker: no node type of this cluster can hold a worker with {args.cpus_per_worker:g} "
-                          f"CPUs{f' and {args.gpus_per_worker:g} GPUs' if args.gpus_per_worker > 0 else ''} ({describe(groups)})")
-    limit = min(args.max_concurrent or args.trials, args.trials)
-    fit = trials_that_fit(groups, driver, worker, args.workers_per_trial, limit)
+        raise ConfigError(f"--cpus-per-worker: no node type of this cluster can hold a worker with {res.cpus_per_worker:g} "
+                          f"CPUs{f' and {res.gpus_per_worker:g} GPUs' if res.gpus_per_worker > 0 else ''} ({describe(groups)})")
+    limit = min(res.max_concurrent or trials, trials)
+    fit = trials_that_fit(groups, driver, worker, res.workers_per_trial, limit)
     if fit < 1:
         slots = sum(min(g.nodes, _MAX_NODES_PER_GROUP) * _per_node(g, worker) for g in groups)
-        raise ConfigError(f"--workers-per-trial: a trial needs {args.workers_per_trial} workers of "
+        raise ConfigError(f"--workers-per-trial: a trial needs {res.workers_per_trial} workers of "
                           f"{', '.join(f'{k} {v:g}' for k, v in worker.items())} plus {TRIAL_CPU:g} CPU for its driver; "
                           f"this cluster can hold {slots} such workers at most ({describe(groups)})")
     return fit
@@ -208,16 +209,16 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-def local_groups(args: argparse.Namespace) -> list:
+def local_groups(res: Resources) -> list:
     """The local Ray this sweep would start (--num-cpus, this machine's GPUs), as resources.py plans."""
     import torch
 
-    cpus = args.num_cpus if args.num_cpus is not None else os.cpu_count() or 1
+    cpus = res.num_cpus if res.num_cpus is not None else os.cpu_count() or 1
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return [NodeGroup("this machine", {"CPU": cpus, "GPU": gpus}, 1, live=1)]
 
 
-def check_local_resources(args: argparse.Namespace) -> int:
+def check_local_resources(res: Resources, trials: int) -> int:
     """Trials at once on the local Ray; a request it cannot hold is a ConfigError before Ray starts (a
     cluster is checked once connected: sweep/resources.py)."""
-    return plan_concurrency(args, local_groups(args))
+    return plan_concurrency(res, local_groups(res), trials)
