@@ -1,6 +1,6 @@
 # The image every node of cluster.yaml and cluster-onprem.yaml runs: Ray's official GPU image with the Ray
 # this project pins, plus saeception and all its dependencies, installed once at build time (a new node
-# pulls it instead of resolving and installing packages). Build and push (README "Run on a cluster"):
+# pulls it instead of resolving and installing packages). Build and push (docs/cluster.md):
 #   docker build -t saeception:0.1.0-ray2.60.0-py311-gpu .
 FROM rayproject/ray:2.60.0-py311-gpu
 

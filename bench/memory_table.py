@@ -1,11 +1,11 @@
-"""The README's "Large models" table, generated from the estimator (saeception/memory.py) as the sweep's
+"""docs/large-models.md's table, generated from the estimator (saeception/memory.py) as the sweep's
 plan uses it (sweep/memory_plan.py): for each model, the fewest workers per trial (1, 2, 4, 8; one GPU
 each) whose largest estimate over every combination its space can sample fits an 80 GB GPU under the
 plan's rule, and the command that runs it. Models are built from their `transformers` configs on the
 meta device: no hub, no weights, no GPU. Estimates, not measurements.
 
     python bench/memory_table.py           # print the markdown
-    python bench/memory_table.py --write   # and put it into README.md between its markers
+    python bench/memory_table.py --write   # and put it into docs/large-models.md between its markers
 """
 
 from __future__ import annotations
@@ -112,12 +112,12 @@ def markdown() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--write", action="store_true", help="replace the table in README.md")
+    p.add_argument("--write", action="store_true", help="replace the table in docs/large-models.md")
     args = p.parse_args(argv)
     table = markdown()
     print(table)
     if args.write:
-        readme = REPO / "README.md"
+        readme = REPO / "docs" / "large-models.md"
         text = readme.read_text()
         start, end = text.index(START) + len(START), text.index(END.lstrip("\n"))
         readme.write_text(text[:start] + table + "\n" + text[end:])

@@ -28,7 +28,7 @@ def _require(ok: bool, key: str, allowed: str) -> None:
 
 def doc(default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING) -> Any:
     """A config field with its help text beside its default: the one place both are written
-    (`--keys` and the README's table are generated from it)."""
+    (`--keys` and docs/config.md's table are generated from it)."""
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
@@ -348,7 +348,7 @@ def _short_type(t: Any) -> str:
 
 
 def keys_table() -> str:
-    """The README's config table, generated from the dataclasses (a test keeps the README equal to it)."""
+    """docs/config.md's key table, generated from the dataclasses (a test keeps the page equal to it)."""
     lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for d in key_docs():
         lines.append(f"| `{d.key}` | {_short_type(d.type)} | {_show_default(d.default)} | {d.help} |")

@@ -1,6 +1,6 @@
 """Metrics over tensors, vectorised over latents (no per-latent Python loop).
 
-Definitions (README "Metrics" repeats them):
+Definitions (docs/metrics.md repeats them):
 - CSI_i = (mu_max - mu_other) / (|mu_max| + |mu_other|), mu_max the largest class mean of latent i,
   mu_other its mean over the examples outside that class; 0 when both are 0.
 - U_i = I(1[z_i > 0]; y) / H(y), both in nats; 0 for a latent that never or always fires.

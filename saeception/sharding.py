@@ -10,7 +10,7 @@ extraction gathers rows by example id exactly as under DDP.
 Checkpoints stay one safetensors file of full tensors, gathered to rank 0 (`full_state`) and broadcast
 from it on load (`load_state`): a cycle written by N workers loads on any number, and the export and every
 tool that reads the unsharded format read it as is. The cost is that rank 0 holds one full copy of the
-weights in host memory while it writes (README, "Large models").
+weights in host memory while it writes (docs/large-models.md).
 """
 
 from __future__ import annotations

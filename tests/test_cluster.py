@@ -102,7 +102,7 @@ def test_dockerfile_builds_the_tag_the_cluster_files_run():
     assert "pip install -e" not in dockerfile and "editable" not in dockerfile.replace("not editable", "")
     tag = image_tag()
     assert f"docker build -t {tag} ." in dockerfile
-    assert f"docker build -t {tag} ." in (REPO / "README.md").read_text()
+    assert f"docker build -t {tag} ." in (REPO / "docs" / "cluster.md").read_text()
     # The build context is the package only: no .git, venvs, sweeps or secrets.
     assert (REPO / ".dockerignore").read_text().splitlines()[1] == "*"
 
@@ -177,7 +177,7 @@ def test_sweep_on_a_simulated_two_node_cluster(tmp_path):
     assert len(nodes) == 2, "the two trials' workers ran on the two nodes"
 
 
-# The README's cluster command ("Run on a cluster"), with this test's values: same flags.
+# docs/cluster.md's cluster command ("Run on a cluster"), with this test's values: same flags.
 SWEEP_ON_CLUSTER = ["python", "-m", "saeception.sweep", "--address", "auto", "--storage", "{storage}",
                     "--space", "{space}", "--trials", "2", "--workers-per-trial", "1",
                     "--gpus-per-worker", "0", "--cpus-per-worker", "2", "--confirm-seeds", "0"]
@@ -244,16 +244,14 @@ def test_sweep_fills_an_autoscaling_cluster(tmp_path):
 
 
 def test_readme_cluster_command_uses_the_tested_flags():
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Run on a cluster"):]
-    section = section[:section.index("\n## ", 3)]
+    section = (REPO / "docs" / "cluster.md").read_text()
     for flag in (a for a in SWEEP_ON_CLUSTER if a.startswith("--")):
         assert flag in section, flag
     assert "ray job submit --address http://127.0.0.1:8265 --" in section
 
 
 def test_readme_gpu_sweep_plans_from_cluster_yaml_before_any_gpu_node_is_up():
-    """The README's command on cluster.yaml: at launch only the CPU head is up (min_workers: 0); planned
+    """docs/cluster.md's command on cluster.yaml: at launch only the CPU head is up (min_workers: 0); planned
     from the node types that `publish` reports, 8 trials run at once on the 8 GPU workers the autoscaler may add."""
     from saeception.sweep.plan import Resources
     from saeception.sweep.resources import NodeGroup, groups_from_launcher_config, plan_concurrency

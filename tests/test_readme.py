@@ -1,4 +1,5 @@
-"""The README documents every config key, every metric name and every CLI flag."""
+"""The README and docs/ document every config key, every metric name and every CLI flag; the README stays
+a short front page whose layout tree is the package's."""
 
 from pathlib import Path
 
@@ -9,14 +10,20 @@ from saeception.config import keys_table
 from saeception.evaluate import METRIC_NAMES
 from saeception.sweep import cli as sweep
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def doc(name: str) -> str:
+    return (ROOT / "docs" / name).read_text()
 
 
 def test_readme_config_table_is_generated_from_the_dataclasses():
-    """Keys, types, defaults and help text: one source (config.py), the README shows it verbatim."""
+    """Keys, types, defaults and help text: one source (config.py), docs/config.md shows it verbatim."""
     start, end = "<!-- config-keys:start -->\n", "\n<!-- config-keys:end -->"
-    table = README[README.index(start) + len(start):README.index(end)]
-    assert table == keys_table(), "README config table is stale: regenerate it from saeception.config.keys_table()"
+    text = doc("config.md")
+    table = text[text.index(start) + len(start):text.index(end)]
+    assert table == keys_table(), "docs/config.md's table is stale: regenerate it from saeception.config.keys_table()"
 
 
 def test_keys_flag_prints_every_key(capsys):
@@ -29,16 +36,48 @@ def test_keys_flag_prints_every_key(capsys):
 
 
 def test_every_metric_is_documented():
+    metrics = doc("metrics.md")
     for name in (*METRIC_NAMES, "cycle_seconds"):
-        assert f"`{name}`" in README or name.endswith(("_k5", "_k25")), name
+        assert f"`{name}`" in metrics or name.endswith(("_k5", "_k25")), name
 
 
 def test_every_cli_flag_is_documented():
-    for p in (run.parser(), sweep.parser()):
+    for p, page in ((run.parser(), "run.md"), (sweep.parser(), "sweeps.md")):
+        text = doc(page)
         for action in p._actions:
             for flag in action.option_strings:
                 if flag.startswith("--") and flag != "--help":
-                    assert f"`{flag}" in README, flag
+                    assert f"`{flag}" in text, (page, flag)
+
+
+def test_the_readme_is_a_front_page():
+    """What it is, the two commands, what a sweep writes, next steps, how it works, the layout: the rest is
+    in docs/, every page of which the README links."""
+    assert len(README.splitlines()) <= 200
+    for heading in ("## 1. Install and run the default sweep", "## 2. Run the tests", "## What a sweep writes",
+                    "## Next steps", "## How it works", "## Layout"):
+        assert heading in README, heading
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in README, page.name
+    import re
+
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README + "".join(doc(p.name) for p in (ROOT / "docs").glob("*.md"))):
+        if "://" not in target:
+            assert (ROOT / target).exists() or (ROOT / "docs" / target).exists(), target
+
+
+def test_the_layout_tree_names_every_module():
+    """Every module of saeception/ and trainables/ is named in the README's tree, and every file it names exists."""
+    import re
+
+    start, end = "<!-- layout:start -->", "<!-- layout:end -->"
+    tree = README[README.index(start):README.index(end)]
+    named = set(re.findall(r"[a-z_]+\.py", tree))
+    modules = {p.name for p in (ROOT / "saeception").rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    modules |= {p.name for p in (ROOT / "trainables").glob("*.py") if p.name != "__init__.py"}
+    assert modules <= named, sorted(modules - named)
+    existing = {p.name for p in (*(ROOT / "saeception").rglob("*.py"), *(ROOT / "trainables").glob("*.py"))}
+    assert named <= existing, sorted(named - existing)
 
 
 def test_readme_test_command_is_what_ci_runs():
@@ -59,10 +98,11 @@ def _memory_table():
 
 
 def test_readme_memory_table_is_generated_from_the_estimator():
-    """The "Large models" table: bench/memory_table.py's output verbatim (python bench/memory_table.py --write)."""
+    """docs/large-models.md's table: bench/memory_table.py's output verbatim (python bench/memory_table.py --write)."""
     start, end = "<!-- memory-table:start -->\n", "\n<!-- memory-table:end -->"
-    table = README[README.index(start) + len(start):README.index(end)]
-    assert table == _memory_table().markdown(), "README memory table is stale: run python bench/memory_table.py --write"
+    text = doc("large-models.md")
+    table = text[text.index(start) + len(start):text.index(end)]
+    assert table == _memory_table().markdown(), "docs/large-models.md's table is stale: run python bench/memory_table.py --write"
     assert "--space neox20b_sst2 --workers-per-trial" in table
 
 

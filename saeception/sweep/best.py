@@ -78,7 +78,7 @@ def _confirmation_md(p: Plan) -> str | None:
     return (f"The best config (`best`) and its controls ({arms}) on {p.confirm.seeds} fresh seeds: mean ± sd per "
             "arm, and per control the paired difference best − control with its 95% t interval, wins/ties/losses in "
             "the metric's direction, the t-test, the exact sign test and the Holm-corrected p, the equivalence margin, "
-            "the SAE-seed spread and the verdict (docs: README \"Confirmation\"). Test split unless `val_`.\n\n"
+            "the SAE-seed spread and the verdict (docs/evidence.md in the saeception repository). Test split unless `val_`.\n\n"
             + f.read_text())
 
 

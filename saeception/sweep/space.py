@@ -120,7 +120,7 @@ def _number(where: str, v: Any) -> float:
 def _param(key: str, spec: Any, known: dict[str, Any], earlier: dict[str, Param]) -> Param:
     where = f"params.{key}"
     if key not in known:
-        raise ConfigError(f"{where}: unknown config key (see `python -m saeception.run --help` / README for keys)")
+        raise ConfigError(f"{where}: unknown config key (see `python -m saeception.run --keys` or docs/config.md for keys)")
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: must be a mapping like {{type: float, low: 0.1, high: 1}} or {{choices: [...]}}")
     for k in spec:
