@@ -18,9 +18,9 @@ from pathlib import Path
 
 from scipy import stats
 
-from saeception.cache import StageCache
-from saeception.chain import run_chain
 from saeception.config import load_config
+from saeception.method.chain import run_chain
+from saeception.store.cache import StageCache
 
 ROWS = ("aux_cosine_before", "aux_cosine", "aux_cosine_centered_before", "aux_cosine_centered", "sae_u", "task_accuracy")
 

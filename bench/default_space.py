@@ -15,7 +15,7 @@ import tempfile
 
 import optuna
 
-from saeception.chain import run_chain
+from saeception.method.chain import run_chain
 from saeception.sweep.space import load_space, resolve_space
 
 

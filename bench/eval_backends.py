@@ -27,10 +27,10 @@ import time
 
 import torch
 
-import saeception.evaluate as E
-import saeception.metrics as M
+import saeception.eval.evaluate as E
+import saeception.eval.metrics as M
 from saeception.config import Config, EvalConfig, SAEConfig, build_config
-from saeception.sae import encode_all, train_sae
+from saeception.method.sae import encode_all, train_sae
 
 BACKENDS = ("torch", "sklearn")
 # Metrics the backends compute differently (the rest are the same torch code on both).
@@ -40,8 +40,8 @@ TOLERANT = ("probe_accuracy", *(f"k_sparse_probe_accuracy_k{k}" for k in E.SPARS
 
 def default_chain_inputs(expansion: int, seed: int = 0):
     """Cycle 0 of the default chain: fine-tuned MLP activations and an SAE trained on them."""
-    from saeception.chain import _extract_all, resolve_device, setup
-    from saeception.train import finetune
+    from saeception.method.chain import _extract_all, resolve_device, setup
+    from saeception.method.train import finetune
 
     cfg: Config = build_config({"sae.expansion_factor": expansion, "seed": seed})
     device = resolve_device("cpu")

@@ -13,10 +13,10 @@ per parameter, ~55 GB), model.gradient_checkpointing true, train.strategy fsdp o
 sentences (train 288 / val 96 / test 96 carved by the loader), data.max_length 64, batch 8, 1 epoch,
 chain.cycles 1, sae.expansion_factor 4 (16,384 latents), sae.steps 300.
 
-Measured: the wall time of each stage (the functions the chain calls, wrapped in saeception.chain's
+Measured: the wall time of each stage (the functions the chain calls, wrapped in saeception.method.chain's
 namespace; the chain's code is not changed) and torch.cuda.max_memory_allocated() over each stage and
 over the whole run (the allocator's peak: what the estimate models; the CUDA context is not in it), and
-max_memory_reserved(). Printed beside saeception.memory's estimate for the same config; the issue's
+max_memory_reserved(). Printed beside saeception.parallel.memory's estimate for the same config; the issue's
 goal is an estimate within 25% of the measured peak. --small: a 2-layer d = 64 GPT-NeoX on the CPU
 (checks the script, measures nothing of interest). Results also go to DIR/fsdp_gpu.json.
 """
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-import saeception.chain as chain
-from saeception.artifacts import ChainPaths
+import saeception.method.chain as chain
 from saeception.config import build_config
-from saeception.distributed import init_single_process
+from saeception.parallel.distributed import init_single_process
+from saeception.store.artifacts import ChainPaths
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import make_text_csv, train_tokenizer  # noqa: E402
@@ -68,7 +68,7 @@ def build_model_dir(out: Path, shape: dict, device: torch.device) -> int:
 
 
 class Meter:
-    """Wall time and the allocator's peak per stage (wrapping the functions saeception.chain calls)."""
+    """Wall time and the allocator's peak per stage (wrapping the functions saeception.method.chain calls)."""
 
     def __init__(self, device: torch.device):
         self.device, self.seconds, self.peak = device, defaultdict(float), defaultdict(int)
@@ -155,9 +155,9 @@ def main() -> int:
 
 
 def estimate_for(cfg, device: torch.device) -> dict:
-    """saeception.memory's estimate (what --dry-run prints) for this config on one worker, in GiB; the
+    """saeception.parallel.memory's estimate (what --dry-run prints) for this config on one worker, in GiB; the
     split sizes are the carved ones (480 rows: 288 / 96 / 96)."""
-    from saeception.memory import GIB, estimate
+    from saeception.parallel.memory import GIB, estimate
 
     e = estimate(cfg, 1, sizes=SPLIT_SIZES, device=device.type, distributed=True, n_classes=3)
     parts = ("weights", "grads", "optimizer", "activations", "working", "training", "sae", "evaluation", "host")

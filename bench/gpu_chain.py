@@ -15,7 +15,7 @@ mean 25 (shape 4: right-skewed, as sentence lengths are; SST-2 averages ~25 GPT-
 until the target is reached, so a sentence can overshoot it by one word; the printed statistics are of
 the real tokenized lengths. Both runs by default.
 
-Stages are timed by wrapping the functions the chain calls, in saeception.chain's namespace (the
+Stages are timed by wrapping the functions the chain calls, in saeception.method.chain's namespace (the
 chain's code is not changed): finetune (cycle 0) / retrain (cycle 1), extract (every split, plus the
 train split before retraining), train_sae, evaluate. Each wrapper synchronises the device before and
 after, and (on CUDA, unless --no-profile) runs torch.profiler with CUDA activity over the call: GPU
@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import saeception.chain as chain
+import saeception.method.chain as chain
 from saeception.config import build_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -139,7 +139,7 @@ PREVIOUS = "evaluate, previous path"
 
 
 def install(clock: Clock, device: torch.device, eval_on: str) -> dict:
-    """Replaces the stage functions in saeception.chain's namespace with timed ones; returns the
+    """Replaces the stage functions in saeception.method.chain's namespace with timed ones; returns the
     originals (to put back)."""
     originals = {name: getattr(chain, name) for name in ("finetune", "retrain", "extract", "train_sae", "evaluate")}
 

@@ -3,12 +3,12 @@
     python bench/gpu_stages.py [--compile]
 
 1. Row-wise top-64 of an (8192, 6144) bf16 activation: torch.topk sorted, unsorted, and chunked
-   (saeception.sae.topk_rows), ms per call.
+   (saeception.method.sae.topk_rows), ms per call.
 2. TopK SAE training tokens/s at d=768, expansion 8 (6144 latents), k=64, batch 8192, bf16 autocast:
    a plain PyTorch step (dense decoder product, Adam, unit-norm decoder; no AuxK) against
-   saeception.sae.train_sae (no host syncs) eager or as a CUDA graph, dense or sparse decoding, +-AuxK.
+   saeception.method.sae.train_sae (no host syncs) eager or as a CUDA graph, dense or sparse decoding, +-AuxK.
 3. A GPT-2-small-shaped model (random init, 12 layers, d=768) on SST-2-length text (lengths 5-60
-   tokens): saeception.train.finetune / extract (dynamic padding, length-grouped batches, bf16
+   tokens): saeception.method.train.finetune / extract (dynamic padding, length-grouped batches, bf16
    autocast, pinned memory) against the same model padded to 128 tokens in fp32, sequences/s, at
    batch 32 and 256.
 4. With --compile: the fine-tune again with torch.compile(dynamic=True) on the model.
@@ -68,9 +68,9 @@ def saeception_sae_tokens_per_s(x: torch.Tensor, steps: int, auxk: bool, sparse:
                                 graphs: bool = True) -> float:
     import functools
 
-    import saeception.sae as sae_mod
+    import saeception.method.sae as sae_mod
     from saeception.config import SAEConfig
-    from saeception.sae import train_sae
+    from saeception.method.sae import train_sae
 
     original = sae_mod.decode_topk
     sae_mod.decode_topk = functools.partial(original, sparse=sparse)
@@ -110,7 +110,7 @@ def topk_ms(reps: int = 20) -> dict[str, float]:
 
 
 def check_sparse_decode() -> str:
-    from saeception.sae import SAE, decode_topk
+    from saeception.method.sae import SAE, decode_topk
 
     sae = SAE(D, D * EXPANSION, "topk", K).cuda()
     torch.nn.init.normal_(sae.W_dec)
@@ -131,7 +131,7 @@ def check_sparse_decode() -> str:
 def check_graph_equivalence(steps: int = 200) -> str:
     """The captured step computes what the eager step computes (same seed, same data)."""
     from saeception.config import SAEConfig
-    from saeception.sae import train_sae
+    from saeception.method.sae import train_sae
 
     x = torch.randn(50_000, D, device="cuda") @ torch.randn(D, D, device="cuda").div_(D ** 0.5)
     out = {}
@@ -155,7 +155,7 @@ def _gpt2(n_classes: int = 2):
 
 
 def _text_task(n: int):
-    from saeception.data import Split, TaskData
+    from saeception.data.tasks import Split, TaskData
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(5, 61, (n,), generator=g).tolist()
@@ -167,8 +167,8 @@ def _text_task(n: int):
 
 def transformer_seq_per_s(n: int, compile_model: bool = False, batch: int = 32) -> dict[str, float]:
     from saeception.config import FinetuneConfig
-    from saeception.models import TapModel
-    from saeception.train import extract, finetune
+    from saeception.method.train import extract, finetune
+    from saeception.models.classifiers import TapModel
 
     seqs, labels, task = _text_task(n)
     device = torch.device("cuda")
@@ -223,7 +223,7 @@ def profile_sae(steps: int = 20) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     from saeception.config import SAEConfig
-    from saeception.sae import train_sae
+    from saeception.method.sae import train_sae
 
     x = torch.randn(65_536, D, device="cuda")
     cfg = SAEConfig(kind="topk", expansion_factor=EXPANSION, k=K, batch_size=BATCH, steps=steps, dead_after=1,

@@ -1,4 +1,4 @@
-"""docs/large-models.md's table, generated from the estimator (saeception/memory.py) as the sweep's
+"""docs/large-models.md's table, generated from the estimator (saeception/parallel/memory.py) as the sweep's
 plan uses it (sweep/memory_plan.py): for each model, the fewest workers per trial (1, 2, 4, 8; one GPU
 each) whose largest estimate over every combination its space can sample fits an 80 GB GPU under the
 plan's rule, and the command that runs it. Models are built from their `transformers` configs on the
@@ -63,7 +63,7 @@ def _fmt(v: Any) -> str:
 
 def plan_row(row: Row):
     """(workers, the largest estimate, its config) for the fewest workers that fit."""
-    from saeception.memory import facts_from_config
+    from saeception.parallel.memory import facts_from_config
     from saeception.sweep.memory_plan import Planner, budget
     from saeception.sweep.space import load_space, resolve_space
     from saeception.validate import Checker
@@ -92,7 +92,7 @@ def command(row: Row, workers: int) -> str:
 
 
 def markdown() -> str:
-    from saeception.memory import gib
+    from saeception.parallel.memory import gib
 
     lines = ["| model | parameters | `train.strategy` | `model.dtype` | checkpointing | workers (GPUs) per trial | "
              "estimated peak per GPU | peak stage | training step: weights / grads / AdamW / activations / working |",

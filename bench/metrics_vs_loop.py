@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from saeception.metrics import monosemanticity
+from saeception.eval.metrics import monosemanticity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import per_latent_reference as per_latent_loop  # noqa: E402

@@ -19,11 +19,12 @@ import tempfile
 
 import torch
 
-from saeception import metrics as M
-from saeception.chain import (
+from saeception.config import build_config, parse_override
+from saeception.eval import metrics as M
+from saeception.method.chain import (
     SAE_STAGE,
+    ChainContext,
     ChainState,
-    Run,
     _env,
     _place,
     _restore,
@@ -32,9 +33,8 @@ from saeception.chain import (
     run_chain,
     setup,
 )
-from saeception.config import build_config, parse_override
-from saeception.sae import encode_all, train_sae
-from saeception.stages import stage_rng
+from saeception.method.sae import encode_all, train_sae
+from saeception.method.stages import stage_rng
 from saeception.sweep.space import load_space, resolve_space
 
 METRICS = ("task_accuracy", "sae_u", "sae_csi", "probe_accuracy", "k_sparse_probe_accuracy_k1", "explained_variance")
@@ -64,7 +64,7 @@ def main() -> None:
         device = torch.device("cpu")
         s = setup(cfg)
         _place(s, cfg, device)
-        r = Run(cfg, s.task, s.tap, device, None, _env(s, device))
+        r = ChainContext(cfg, s.task, s.tap, device, None, _env(s, device))
         _restore(r, state)
         cycle = state.history[-1]["cycle"]
         extracted = extract_all(r, cycle)

@@ -1,5 +1,5 @@
 """Benchmark 9: the torch probe's fit, whole-set standardisation vs row blocks, and against an earlier
-version of saeception/probe.py, side by side in one process on the same codes.
+version of saeception/eval/probe.py, side by side in one process on the same codes.
 
     PYTHONPATH=. python bench/probe_blocks.py [--against REV] [--repeats N] [--threads N]
 
@@ -10,7 +10,7 @@ row, class-dependent) at two shapes: the default chain's (1,077 x 512, 10 classe
 "whole" (the standardised x held once, what a probe narrower than STANDARDIZED_ELEMENTS gets), "blocks"
 (STANDARDIZED_ELEMENTS lowered so x is standardised per block of 1,024 rows at every evaluation: what a
 98,304-latent probe gets), and with --against REV the probe.py of that git revision (loaded from
-`git show REV:saeception/probe.py`).
+`git show REV:saeception/eval/probe.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-import saeception.probe as probe
+import saeception.eval.probe as probe
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -36,7 +36,7 @@ SHAPES = {"default": (1077, 512, 16, 10), "wide": (12000, 6144, 32, 3)}
 
 
 def load_probe_at(rev: str):
-    source = subprocess.run(["git", "show", f"{rev}:saeception/probe.py"], cwd=REPO, capture_output=True, text=True,
+    source = subprocess.run(["git", "show", f"{rev}:saeception/eval/probe.py"], cwd=REPO, capture_output=True, text=True,
                             check=True).stdout
     path = Path(tempfile.mkdtemp()) / "probe_at_rev.py"
     path.write_text(source)

@@ -31,10 +31,12 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .artifacts import ChainPaths, CycleDir, load_state_strict, load_weights, write_json
+from saeception.method.sae import SAE
+from saeception.models import mlp_loader
+from saeception.models.classifiers import MLP, TapModel, load_tokenizer, model_source
+from saeception.store.artifacts import ChainPaths, CycleDir, load_state_strict, load_weights, write_json
+
 from .config import ConfigError, ModelConfig, flatten
-from .models import MLP, TapModel, load_tokenizer, model_source
-from .sae import SAE
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +237,7 @@ def write_hf(model: nn.Module, src: Source, target: Target, out: Path) -> None:
         write_json(out / "config.json", {"architecture": "saeception.MLP", "input_dim": input_dim,
                                          "hidden_sizes": hidden, "n_classes": n_classes, "tapped_layer": target.hook_name})
         # A standalone copy (torch + safetensors only), so the export loads without saeception.
-        shutil.copyfile(Path(__file__).with_name("mlp_loader.py"), out / "mlp.py")
+        shutil.copyfile(mlp_loader.__file__, out / "mlp.py")
         return
     tok = load_tokenizer(ModelConfig(name=target.model_name), src.config["data"]["padding_side"] if src.config else "right")
     if model.config.pad_token_id is None:  # as build_model sets it: the classifier needs it to find the last token

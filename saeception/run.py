@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
-    from .artifacts import ChainPaths
-    from .chain import resolve_device, run_chain, setup
-    from .distributed import init_single_process
+    from saeception.method.chain import resolve_device, run_chain, setup
+    from saeception.parallel.distributed import init_single_process
+    from saeception.store.artifacts import ChainPaths
+
     from .validate import check_dir, check_run
 
     try:

@@ -5,13 +5,13 @@ combination of values a sweep's space can sample, before Ray starts) raise `Conf
 and what is allowed. What they check:
 
 - the data: read once per data config (labels and texts; nothing is tokenized) and split by the code a
-  run splits it with (`saeception.data.load_splits`), so labels, missing rows, empty texts, header rows
+  run splits it with (`saeception.data.tasks.load_splits`), so labels, missing rows, empty texts, header rows
   and split sizes are judged exactly as a run would meet them;
 - the model: built on the meta device (no weights read) to resolve `model.layer` and the layer width,
   and the width against `sae.k` for every expansion factor and k the space can sample; its tokenizer
   must have a pad or EOS token;
 - hub datasets and models are checked when they are in the local cache or reachable; otherwise a run
-  checks them when it loads them (the same rules: they live in saeception.data and saeception.models).
+  checks them when it loads them (the same rules: they live in saeception.data.tasks and saeception.models.classifiers).
 
 `check_dir` tells whether a path can be used as an output directory without writing anything.
 """
@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from saeception.data.tasks import encode_labels, is_local, load_splits
+
 from .config import Config, ConfigError, DataConfig, ModelConfig
-from .data import encode_labels, is_local, load_splits
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _data_facts(cfg: DataConfig) -> DataFacts | None:
 
 
 def _layer_width(cfg: ModelConfig, data_name: str, facts: DataFacts, hf_config_of: Callable[[ModelConfig], Any]) -> int | None:
-    from .models import MLP, TapModel
+    from saeception.models.classifiers import MLP, TapModel
 
     if cfg.name == "mlp":
         if facts.kind != "features":
@@ -153,7 +154,7 @@ def _layer_width(cfg: ModelConfig, data_name: str, facts: DataFacts, hf_config_o
         return None
     from transformers import AutoModelForSequenceClassification
 
-    from .models import load_tokenizer
+    from saeception.models.classifiers import load_tokenizer
 
     hf_config.num_labels = facts.n_classes
     with torch.device("meta"):
@@ -167,7 +168,7 @@ def _hf_config(name: str, revision: str = ""):
     """The model's config (config.json only); None for a hub id that is neither cached nor reachable."""
     from transformers import AutoConfig
 
-    from .models import model_source
+    from saeception.models.classifiers import model_source
 
     source = model_source(name)
     if not Path(source).exists() and (Path(source).is_absolute() or source.startswith((".", "~"))):

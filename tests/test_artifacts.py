@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from saeception.artifacts import ChainPaths, load_weights, save_weights, seal_dir, verify_dir
+from saeception.store.artifacts import ChainPaths, load_weights, save_weights, seal_dir, verify_dir
 
 
 def test_weights_round_trip_with_their_config(tmp_path):

@@ -260,7 +260,7 @@ def test_an_error_found_once_connected_is_one_line_too(tmp_path, capsys, monkeyp
     def run(p):
         raise ConfigError("--workers-per-trial: a trial needs 64.25 CPUs and 0 GPUs; the cluster has 2 CPUs, 0 GPUs")
 
-    monkeypatch.setattr(driver, "run", run)
+    monkeypatch.setattr(driver, "execute", run)
     code = sweep.main(["--storage", str(tmp_path / "s"), "--address", "127.0.0.1:6379", "--workers-per-trial", "64"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --workers-per-trial:"), err

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from saeception.artifacts import ChainPaths
-from saeception.chain import run_chain
+from saeception.method.chain import run_chain
+from saeception.store.artifacts import ChainPaths
 from saeception.sweep import cli as sweep
 from saeception.sweep.best import export_best
 from saeception.sweep.tracking import Tracker

@@ -4,10 +4,10 @@ import time
 import pytest
 import torch
 
-from saeception.artifacts import ChainPaths
-from saeception.cache import StageCache
-from saeception.chain import cycle0_keys, run_chain
 from saeception.config import build_config
+from saeception.method.chain import cycle0_keys, run_chain
+from saeception.store.artifacts import ChainPaths
+from saeception.store.cache import StageCache
 
 TINY = {"data.max_examples": 300, "model.hidden_sizes": [32, 16], "finetune.epochs": 2, "sae.steps": 60, "sae.k": 4,
         "aux.epochs": 1, "eval.probe_max_iter": 50, "chain.cycles": 1}
@@ -65,8 +65,8 @@ def test_loading_and_sharding_settings_change_the_keys_of_what_they_shape():
 def test_a_stage_cannot_read_what_it_does_not_declare(monkeypatch, tmp_path):
     """The key is built from the declaration the stage's code reads through: drop `sae.tokens` from the
     extraction's declaration (the first version's missing key field) and the stage fails loudly."""
-    from saeception import chain
-    from saeception.stages import Stage, UndeclaredRead
+    from saeception.method import chain
+    from saeception.method.stages import Stage, UndeclaredRead
 
     narrowed = Stage("extract", reads=tuple(r for r in chain.EXTRACT.reads if r != "sae.tokens"),
                      inputs=chain.EXTRACT.inputs, env=chain.EXTRACT.env)
@@ -90,7 +90,7 @@ def test_an_entry_missing_what_the_stage_needs_is_rebuilt_not_used(tmp_path):
     """An intact activations entry without the all-token tensor is rejected, never a silent fallback."""
     from safetensors.torch import load_file, save_file
 
-    from saeception.artifacts import seal_dir
+    from saeception.store.artifacts import seal_dir
 
     cfg = build_config({**TINY, "chain.cycles": 0, "sae.tokens": "all"})
     cache = StageCache(tmp_path / "cache")
@@ -108,7 +108,7 @@ def test_an_entry_missing_what_the_stage_needs_is_rebuilt_not_used(tmp_path):
 
 
 def cache_keys_of(cfg):
-    from saeception.chain import _env, setup
+    from saeception.method.chain import _env, setup
 
     return cycle0_keys(cfg, _env(setup(cfg), torch.device("cpu")))
 
@@ -183,14 +183,14 @@ def test_readonly_cache_never_writes(tmp_path, readonly):
 # ---- Object stores: the same contract through the pointer-last, blob-per-build layout -------------
 
 def _object_cache(uri, **kw):
-    from saeception.cache import ObjectStageCache
+    from saeception.store.cache import ObjectStageCache
 
     return ObjectStageCache(uri, **kw)
 
 
 def test_object_store_cache_hits_and_matches_uncached(tmp_path):
     """memory:// is fsspec's in-process object store: no rename, no flock, as on S3/GCS."""
-    from saeception.cache import open_cache
+    from saeception.store.cache import open_cache
 
     uri = f"memory://bucket-{tmp_path.name}/cache"
     cfg = build_config(TINY)
@@ -312,7 +312,7 @@ def test_s3_cache_round_trip_and_rejects_a_corrupted_blob(tmp_path, s3_uri):
 
 def test_what_shapes_the_token_ids_changes_every_key(text_csv, gpt2_dir):
     """The data env fact is a digest of the tokenized splits: max_length or padding side change the keys."""
-    from saeception.chain import _env, setup
+    from saeception.method.chain import _env, setup
 
 
     keys = {}

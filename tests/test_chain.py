@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from saeception.artifacts import ChainPaths
-from saeception.chain import run_chain
 from saeception.config import build_config
-from saeception.evaluate import AUX_METRICS, METRIC_NAMES, VAL_METRIC_NAMES
+from saeception.eval.evaluate import AUX_METRICS, METRIC_NAMES, VAL_METRIC_NAMES
+from saeception.method.chain import run_chain
+from saeception.store.artifacts import ChainPaths
 
 TINY = {"model.hidden_sizes": [32, 16], "finetune.epochs": 3, "sae.steps": 150, "sae.k": 4,
         "sae.expansion_factor": 4, "aux.epochs": 3, "sharpen.top_k_pct": 3, "eval.probe_max_iter": 100,
@@ -89,7 +89,7 @@ def _numbers(history):
 def test_computed_cached_and_resumed_chains_give_identical_numbers(tmp_path, gpt2_dir, text_csv):
     """GPT-2 has dropout: a stage that draws from the global generator would shift every later stage's
     random numbers when a cache hit or a resume skips it. Each stage draws from its own generator."""
-    from saeception.cache import StageCache
+    from saeception.store.cache import StageCache
 
     cfg = _text_cfg(gpt2_dir, text_csv)
     computed = run_chain(cfg, ChainPaths(tmp_path / "computed"), cache=StageCache(tmp_path / "cache"))
@@ -108,7 +108,7 @@ def test_a_per_example_sharpening_that_keeps_everything_is_flagged(tmp_path, cap
     """top_k_pct 50 of 128 latents keeps 64 >= k = 4: the targets are plain reconstructions."""
     import logging
 
-    with caplog.at_level(logging.WARNING, logger="saeception.chain"):
+    with caplog.at_level(logging.WARNING, logger="saeception.method.chain"):
         history = run_chain(tiny(chain__cycles=2, sharpen__strategy="per_example", sharpen__top_k_pct=50), tmp_path)
     assert sum("keeps every active latent" in r.getMessage() for r in caplog.records) == 1  # once per run
     assert [h["sharpen_kept_fraction"] for h in history[1:]] == [1.0, 1.0]
@@ -119,7 +119,7 @@ def test_a_per_example_sharpening_that_keeps_everything_is_flagged(tmp_path, cap
 def test_a_bf16_model_keeps_and_caches_its_activations_in_bf16(tmp_path, neox_dir, text_csv):
     from safetensors.torch import load_file
 
-    from saeception.cache import StageCache
+    from saeception.store.cache import StageCache
 
     cfg = _text_cfg(neox_dir, text_csv, **{"model.dtype": "bfloat16", "chain.cycles": 1})
     history = run_chain(cfg, ChainPaths(tmp_path / "run"), cache=StageCache(tmp_path / "cache"))

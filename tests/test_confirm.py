@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from saeception.config import ConfigError, SAEConfig, SharpenConfig
-from saeception.confirm import (
+from saeception.eval.confirm import (
     CONTROLS,
     ConfirmSettings,
     arm_values,
@@ -24,8 +24,8 @@ from saeception.confirm import (
     t_interval,
     verdict_line,
 )
-from saeception.sae import train_sae
-from saeception.sharpen import build_targets, kept_ratios, sharpen
+from saeception.method.sae import train_sae
+from saeception.method.sharpen import build_targets, kept_ratios, sharpen
 from saeception.sweep.plots import confirmation_plot
 
 TINY = {"data.max_examples": 300, "model.hidden_sizes": [32, 16], "finetune.epochs": 2, "sae.steps": 80, "sae.k": 4,
@@ -220,8 +220,8 @@ def test_controls_share_cycle_zero_and_differ_after(tmp_path):
 
 
 def test_a_diverged_arm_is_reported_and_the_others_run(tmp_path, monkeypatch):
-    from saeception import confirm as confirm_mod
-    from saeception.errors import DivergedError
+    from saeception.eval import confirm as confirm_mod
+    from saeception.method.errors import DivergedError
 
     real = confirm_mod.run_chain
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from saeception.artifacts import ChainPaths
-from saeception.chain import run_chain
 from saeception.config import ConfigError, DataConfig, build_config
-from saeception.data import load_task
+from saeception.data.tasks import load_task
+from saeception.method.chain import run_chain
+from saeception.store.artifacts import ChainPaths
 
 TINY = {"model.hidden_sizes": [32, 16], "finetune.epochs": 1, "sae.steps": 50, "sae.k": 4, "eval.probe_max_iter": 50,
         "data.max_examples": 300}
@@ -19,7 +19,7 @@ def tiny(**over):
 
 
 def test_split_seed_fixes_the_splits_whatever_the_seed(tmp_path):
-    from saeception.data import load_task
+    from saeception.data.tasks import load_task
 
     a = load_task(build_config({"seed": 0}).data)
     b = load_task(build_config({"seed": 7}).data)
@@ -51,7 +51,7 @@ def test_split_identity_hashes_the_sorted_source_ids():
 
 
 def test_length_grouped_batches_cover_every_example_once_and_cut_padding():
-    from saeception.data import length_grouped_batches
+    from saeception.data.tasks import length_grouped_batches
 
     lengths = [int(x) for x in torch.randint(1, 100, (1000,))]
     for shuffle in (True, False):
@@ -63,7 +63,7 @@ def test_length_grouped_batches_cover_every_example_once_and_cut_padding():
 
 
 def test_batches_of_a_loader_carry_example_ids():
-    from saeception.data import loader
+    from saeception.data.tasks import loader
 
     task = load_task(DataConfig(name="digits", max_examples=100))
     seen = torch.cat([b["ids"] for b in loader(task, "train", 16, shuffle=True, seed=0)])

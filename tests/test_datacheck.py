@@ -1,4 +1,4 @@
-"""What data is accepted (saeception.datacheck), on the accepting side: rows dropped on request, labels
+"""What data is accepted (saeception.data.checks), on the accepting side: rows dropped on request, labels
 normalised the way a run encodes them. The rejecting side: tests/test_bad_inputs.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 import numpy as np
 
 from saeception.config import DataConfig
-from saeception.data import SPLITS, encode_labels, load_splits
+from saeception.data.tasks import SPLITS, encode_labels, load_splits
 
 
 def _csv(path, labels, texts=None):
@@ -22,7 +22,7 @@ def test_drop_incomplete_drops_rows_without_label_or_text_and_says_how_many(tmp_
     labels = ["" if i % 10 == 3 else "nan" if i % 10 == 5 else -1 if i % 10 == 7 else i % 2 for i in range(60)]
     texts = [" " if i == 8 else f"apple pear {i}" for i in range(60)]
     name = _csv(tmp_path / "d.csv", labels, texts)
-    with caplog.at_level(logging.WARNING, logger="saeception.datacheck"):
+    with caplog.at_level(logging.WARNING, logger="saeception.data.checks"):
         splits = load_splits(DataConfig(name=name, drop_incomplete=True))
     kept = {i for s in SPLITS for i in splits[s][2]}
     dropped = {f"all:{i}" for i in range(60) if i % 10 in (3, 5, 7) or i == 8}

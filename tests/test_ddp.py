@@ -5,11 +5,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from saeception.config import DataConfig, ModelConfig, SAEConfig
-from saeception.data import load_task, shard_batches
-from saeception.models import MLP, TapModel, build_model, load_tokenizer
-from saeception.sae import train_sae
-from saeception.sharpen import class_means
-from saeception.train import extract
+from saeception.data.tasks import load_task, shard_batches
+from saeception.method.sae import train_sae
+from saeception.method.sharpen import class_means
+from saeception.method.train import extract
+from saeception.models.classifiers import MLP, TapModel, build_model, load_tokenizer
 
 
 def _inputs():

@@ -13,12 +13,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from saeception import clustering as C
-from saeception import metrics as M
 from saeception.config import ConfigError, EvalConfig, SAEConfig, build_config
-from saeception.evaluate import CPU_BACKEND, METRIC_NAMES, evaluate, resolve_backend
-from saeception.probe import fit_torch
-from saeception.sae import train_sae
+from saeception.eval import clustering as C
+from saeception.eval import metrics as M
+from saeception.eval.evaluate import CPU_BACKEND, METRIC_NAMES, evaluate, resolve_backend
+from saeception.eval.probe import fit_torch
+from saeception.method.sae import train_sae
 
 
 def sparse_codes(n: int, latents: int, k: int, classes: int, separation: float, seed: int):
@@ -73,7 +73,7 @@ def test_probe_solves_sklearns_objective(classes):
 def test_a_probe_fit_on_row_blocks_is_the_probe_fit_on_the_whole_set(monkeypatch):
     """Wide codes are standardised a block of rows at a time (no second full copy of x): the same
     objective and gradient, so the same probe up to float summation order."""
-    from saeception import probe as probe_mod
+    from saeception.eval import probe as probe_mod
 
     x, y = sparse_codes(300, 64, 8, 3, 0.5, seed=2)
     whole = fit_torch(x, y, 100)

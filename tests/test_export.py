@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saeception.artifacts import ChainPaths, load_state_strict, load_weights
-from saeception.chain import run_chain
 from saeception.config import ModelConfig, build_config
 from saeception.export import ExportError, build_classifier, export_run, main
-from saeception.models import TapModel, build_model, load_tokenizer
-from saeception.sae import SAE
+from saeception.method.chain import run_chain
+from saeception.method.sae import SAE
+from saeception.models.classifiers import TapModel, build_model, load_tokenizer
+from saeception.store.artifacts import ChainPaths, load_state_strict, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"device": "cpu", "finetune.epochs": 1, "sae.steps": 100, "sae.batch_size": 64, "sae.k": 4,

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from saeception.artifacts import ChainPaths, seal_dir, verify_dir
-from saeception.cache import StageCache
-from saeception.chain import ChainState, cycle0_keys, run_chain
 from saeception.config import build_config
-from saeception.errors import CorruptCycleError
+from saeception.method.chain import ChainState, cycle0_keys, run_chain
+from saeception.method.errors import CorruptCycleError
+from saeception.store.artifacts import ChainPaths, seal_dir, verify_dir
+from saeception.store.cache import StageCache
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SPACE = Path(__file__).parent / "spaces" / "tiny.yaml"
@@ -40,7 +40,7 @@ def _tree(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]]
 
 
 def _keys(values: dict) -> dict[str, str]:
-    from saeception.chain import _env, setup
+    from saeception.method.chain import _env, setup
 
     cfg = build_config(values)
     return cycle0_keys(cfg, _env(setup(cfg), torch.device("cpu")))
@@ -54,7 +54,7 @@ def _keys(values: dict) -> dict[str, str]:
 def test_crafted_pointer_writes_nothing_outside_the_scratch_directory(tmp_path):
     """A pointer whose file or build names climb out ('../') is rejected before any path is made from
     it; a truncated or mistyped pointer is rejected too, never a crash."""
-    from saeception.cache import ObjectStageCache
+    from saeception.store.cache import ObjectStageCache
 
     store, scratch = tmp_path / "store", tmp_path / "a" / "b" / "scratch"
     cache = ObjectStageCache(f"local://{store}", scratch=scratch)
@@ -190,12 +190,12 @@ def _nan_on_rank1(rank: int, world: int, init: str, out: str) -> None:
 
     import torch.distributed as dist
 
-    from saeception import train
     from saeception.config import DataConfig, FinetuneConfig, SAEConfig
-    from saeception.data import load_task
-    from saeception.errors import DivergedError
-    from saeception.models import MLP, TapModel
-    from saeception.sae import train_sae
+    from saeception.data.tasks import load_task
+    from saeception.method import train
+    from saeception.method.errors import DivergedError
+    from saeception.method.sae import train_sae
+    from saeception.models.classifiers import MLP, TapModel
 
     # A short timeout: a rank left waiting in a collective fails the test in seconds, not 30 minutes.
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=20))

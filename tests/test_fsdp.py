@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from saeception.artifacts import ChainPaths
 from saeception.config import build_config
+from saeception.store.artifacts import ChainPaths
 
 # fsdp and ddp differ on the CPU only in how gradients are reduced (a reduce-scatter of sharded gradients
 # vs an all-reduce of whole ones): on this machine (torch 2.13, gloo, 2 ranks) a 1-cycle chain's metrics came
@@ -40,8 +40,8 @@ def _spawn(fn, world: int, tmp_path, *args) -> None:
 
 def _chain_worker(rank: int, world: int, init: str, values: dict, root: str, resume: str | None,
                   cache_dir: str | None = None) -> None:
-    from saeception.cache import StageCache
-    from saeception.chain import run_chain
+    from saeception.method.chain import run_chain
+    from saeception.store.cache import StageCache
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
@@ -111,9 +111,9 @@ def test_fsdp_chain_gives_ddp_metrics_llama(llama_dir, text_csv, tmp_path):
 
 
 def _extract_worker(rank: int, world: int, init: str, models: dict, text_csv: str, out: str) -> None:
-    from saeception.chain import setup
-    from saeception.sharding import is_sharded, shard
-    from saeception.train import extract
+    from saeception.method.chain import setup
+    from saeception.method.train import extract
+    from saeception.parallel.sharding import is_sharded, shard
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
@@ -130,8 +130,8 @@ def _extract_worker(rank: int, world: int, init: str, models: dict, text_csv: st
 
 
 def test_extraction_under_fsdp_equals_extraction_without_it_row_for_row(neox_dir, llama_dir, text_csv, tmp_path):
-    from saeception.chain import setup
-    from saeception.train import extract
+    from saeception.method.chain import setup
+    from saeception.method.train import extract
 
     models = {"neox": str(neox_dir), "llama": str(llama_dir), "mlp": "mlp"}
     _spawn(_extract_worker, 2, tmp_path, models, str(text_csv), str(tmp_path / "out"))
@@ -151,7 +151,7 @@ def test_extraction_under_fsdp_equals_extraction_without_it_row_for_row(neox_dir
 def test_a_cycle_written_by_two_fsdp_workers_resumes_on_one(fsdp_neox, neox_dir, text_csv, tmp_path):
     from safetensors.torch import load_file
 
-    from saeception.chain import ChainState, run_chain, setup
+    from saeception.method.chain import ChainState, run_chain, setup
 
     written = ChainPaths(fsdp_neox / "run").cycle(0)
     # Full tensors, not shards: the same names and shapes as a plain model's state dict.

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from saeception.config import ConfigError, DataConfig, ModelConfig, build_config
-from saeception.data import SPLITS, check_source, load_task, source_kind
-from saeception.models import load_tokenizer
+from saeception.data.tasks import SPLITS, check_source, load_task, source_kind
+from saeception.models.classifiers import load_tokenizer
 
 WORDS = ["apple", "engine", "violin", "the", "a", "pear", "gear", "drum"]
 

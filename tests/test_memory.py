@@ -1,4 +1,4 @@
-"""The GPU-memory estimate (saeception.memory): facts read from known shapes, a total computed by hand, the
+"""The GPU-memory estimate (saeception.parallel.memory): facts read from known shapes, a total computed by hand, the
 rules per strategy, and, on the CPU, the training step against what torch's MemTracker measures."""
 
 import dataclasses
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from saeception.config import ModelConfig, build_config
-from saeception.memory import estimate, facts_from_config, facts_from_model, model_facts
+from saeception.parallel.memory import estimate, facts_from_config, facts_from_model, model_facts
 
 
 def gpt2_small():
@@ -57,7 +57,7 @@ def test_a_local_model_directory_gives_its_facts(tmp_path):
 
 def hand_facts():
     """A made-up transformer, so every number below can be checked with pencil and paper."""
-    from saeception.memory import ModelFacts
+    from saeception.parallel.memory import ModelFacts
 
     return ModelFacts("hand", "transformer", params=1000, root_params=200, block_params=400, matmul_params=600,
                       layers=2, hidden=8, intermediate=32, heads=2, vocab=50, activation="gelu", norms=2)

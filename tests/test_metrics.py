@@ -3,7 +3,7 @@ import torch
 from helpers import per_latent_reference as brute_force
 from sklearn.metrics import f1_score
 
-from saeception import metrics as M
+from saeception.eval import metrics as M
 
 
 def test_monosemanticity_equals_brute_force():
@@ -62,8 +62,8 @@ def test_wide_codes_give_the_same_metrics_in_blocks(monkeypatch):
     98,304-latent code matrix from being copied whole to float64) change no number."""
     import pytest
 
-    from saeception import clustering as C
-    from saeception.metrics import csi_per_latent, f_scores, u_per_latent
+    from saeception.eval import clustering as C
+    from saeception.eval.metrics import csi_per_latent, f_scores, u_per_latent
 
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (150,), generator=g)

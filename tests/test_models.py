@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from saeception.config import ModelConfig
-from saeception.data import collate
-from saeception.models import MLP, TapModel, build_model, load_tokenizer, pool
-from saeception.train import aux_loss
+from saeception.data.tasks import collate
+from saeception.method.train import aux_loss
+from saeception.models.classifiers import MLP, TapModel, build_model, load_tokenizer, pool
 
 
 def test_pool_last_is_last_real_token_under_both_paddings():

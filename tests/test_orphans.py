@@ -114,5 +114,5 @@ def test_a_driver_stopping_on_an_error_fails_its_parent_run(monkeypatch):
     monkeypatch.setattr(driver, "open_parent_run", lambda p: driver.Session(FakeTracker(), "parent", None, 1, None))
     monkeypatch.setattr(driver, "search", search)
     with pytest.raises(RuntimeError, match="went away"):
-        driver.run(None)
+        driver.execute(None)
     assert finished == [("parent", "driver stopped: RuntimeError: the MLflow server went away")]

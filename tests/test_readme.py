@@ -7,7 +7,7 @@ import pytest
 
 from saeception import run
 from saeception.config import keys_table
-from saeception.evaluate import METRIC_NAMES
+from saeception.eval.evaluate import METRIC_NAMES
 from saeception.sweep import cli as sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,8 @@ def test_the_layout_tree_names_every_module():
     assert modules <= named, sorted(modules - named)
     existing = {p.name for p in (*(ROOT / "saeception").rglob("*.py"), *(ROOT / "trainables").glob("*.py"))}
     assert named <= existing, sorted(named - existing)
+    packages = {p.parent.name for p in (ROOT / "saeception").glob("*/__init__.py")}
+    assert packages == set(re.findall(r"^  ([a-z_]+)/ ", tree, re.M)), packages
 
 
 def test_readme_test_command_is_what_ci_runs():
@@ -118,7 +120,7 @@ def test_readme_large_models_claims():
     neox = next(r for r in mt.ROWS if r.model == "GPT-NeoX-20B")
     assert mt.plan_row(neox)[0] == 4
     # The full SST-2's dense codes at 98,304 latents (the space's widest) fit beside the sharded model.
-    from saeception.memory import estimate
+    from saeception.parallel.memory import estimate
     from saeception.sweep.space import load_space, resolve_space
 
     workers, _, facts = mt.plan_row(neox)

@@ -230,10 +230,10 @@ def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
 @pytest.mark.storage_faults
 def test_truncated_checkpoint_is_detected_and_rebuilt(tmp_path):
     """5. A truncated checkpoint is never loaded; the worker rebuilds the chain from cycle 0."""
-    from saeception.artifacts import ChainPaths
-    from saeception.chain import ChainState, run_chain
     from saeception.config import build_config
-    from saeception.errors import CorruptCycleError
+    from saeception.method.chain import ChainState, run_chain
+    from saeception.method.errors import CorruptCycleError
+    from saeception.store.artifacts import ChainPaths
 
     values = {"data.max_examples": 300, "model.hidden_sizes": [32, 16], "finetune.epochs": 1, "sae.steps": 50,
               "sae.k": 4, "aux.epochs": 1, "eval.probe_max_iter": 50, "chain.cycles": 1}

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from saeception.config import ConfigError, SAEConfig
-from saeception.errors import DivergedError
-from saeception.sae import SAE, auxk_loss, decode_topk, geometric_median, topk_rows, train_sae
+from saeception.method.errors import DivergedError
+from saeception.method.sae import SAE, auxk_loss, decode_topk, geometric_median, topk_rows, train_sae
 
 
 def planted(n: int = 8192, d: int = 32, n_atoms: int = 128, k: int = 4, seed: int = 0):

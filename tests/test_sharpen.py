@@ -1,10 +1,9 @@
 import torch
 
 from saeception.config import DataConfig, SAEConfig, SharpenConfig
-from saeception.data import load_task, loader
-from saeception.models import MLP, TapModel
-from saeception.sae import train_sae
-from saeception.sharpen import (
+from saeception.data.tasks import load_task, loader
+from saeception.method.sae import train_sae
+from saeception.method.sharpen import (
     build_targets,
     class_means,
     is_noop,
@@ -13,7 +12,8 @@ from saeception.sharpen import (
     random_directions,
     sharpen,
 )
-from saeception.train import extract
+from saeception.method.train import extract
+from saeception.models.classifiers import MLP, TapModel
 
 
 def test_per_class_keeps_the_class_mean_top_latents():
@@ -93,8 +93,8 @@ def test_targets_computed_a_chunk_of_rows_at_a_time_equal_the_whole_split_at_onc
     98,304-latent SAE's codes of a whole split out of memory) changes no target and no kept fraction."""
     import pytest
 
-    from saeception import sae as sae_mod
-    from saeception.sharpen import build_targets, encoded_class_means
+    from saeception.method import sae as sae_mod
+    from saeception.method.sharpen import build_targets, encoded_class_means
 
     g = torch.Generator().manual_seed(0)
     acts, labels = torch.randn(203, 16, generator=g), torch.randint(0, 3, (203,), generator=g)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saeception.config import build_config
-from saeception.stages import ConfigView, Stage, UndeclaredRead, stage_key, stage_rng, stage_seed
+from saeception.method.stages import ConfigView, Stage, UndeclaredRead, stage_key, stage_rng, stage_seed
 
 ENV = {"data": "d", "model_source": "m", "world_size": "1", "precision": "cpu:fp32"}
 

@@ -18,7 +18,7 @@ TINY = str(REPO / "tests" / "spaces" / "tiny.yaml")
 def test_dry_run_prints_the_plan_and_the_sampler_s_first_configs_and_starts_nothing(tmp_path, capsys, monkeypatch):
     import saeception.sweep.driver as driver
 
-    monkeypatch.setattr(driver, "run", lambda p: pytest.fail("--dry-run started the sweep"))
+    monkeypatch.setattr(driver, "execute", lambda p: pytest.fail("--dry-run started the sweep"))
     storage = tmp_path / "s"
     argv = ["--space", TINY, "--trials", "2", "--seed", "3", "--storage", str(storage), "--num-cpus", "2",
             "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--dry-run"]
@@ -107,7 +107,7 @@ def test_mlflow_environment_variables_when_the_flags_are_absent(tmp_path, monkey
 
 
 # --------------------------------------------------------------------------------------------------
-# GPU memory in the plan (saeception.memory, sweep/memory_plan.py)
+# GPU memory in the plan (saeception.parallel.memory, sweep/memory_plan.py)
 
 
 def test_dry_run_prints_the_memory_estimate_of_the_base_config_and_each_shown_trial(tmp_path, capsys):

@@ -204,7 +204,7 @@ def test_identity_allows_only_growing_trials():
 
 def test_identity_holds_the_confirmation_settings():
     """--confirm-seeds may grow (the new seeds run); a smaller one, other controls or margins are another sweep."""
-    from saeception.confirm import ConfirmSettings
+    from saeception.eval.confirm import ConfirmSettings
 
     conf = ConfirmSettings().to_dict()
     stored = {"trials": 4, "confirm_seeds": 3, "confirm": conf}
@@ -218,7 +218,7 @@ def test_identity_holds_the_confirmation_settings():
 
 
 def test_a_confirmation_is_keyed_by_its_winner_and_settings():
-    from saeception.confirm import ConfirmSettings
+    from saeception.eval.confirm import ConfirmSettings
     from saeception.sweep.confirmation import confirm_key
     from saeception.sweep.vocab import arm_run_key
 

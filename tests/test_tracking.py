@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from saeception.cache import CACHE_COUNTERS, CacheStats
+from saeception.store.cache import CACHE_COUNTERS, CacheStats
 from saeception.sweep.tracking import EXPERIMENT_KIND, Tracker, run_tags, ui_url
 
 SPLITS = {"train": {"n": 10, "ids_sha256": "a" * 64}, "val": {"n": 3, "ids_sha256": "b" * 64},

@@ -4,9 +4,9 @@ returns rows in example-id order however the batches were grouped."""
 import torch
 
 from saeception.config import DataConfig
-from saeception.data import load_task, loader
-from saeception.models import TapModel
-from saeception.train import extract
+from saeception.data.tasks import load_task, loader
+from saeception.method.train import extract
+from saeception.models.classifiers import TapModel
 
 
 def test_retraining_on_the_aux_term_alone_moves_each_h_toward_its_own_target(tmp_path, monkeypatch):
@@ -15,12 +15,12 @@ def test_retraining_on_the_aux_term_alone_moves_each_h_toward_its_own_target(tmp
     term alone: a detached tap or targets read by loader position both fail here."""
     import torch.nn.functional as F
 
-    from saeception import train as train_mod
     from saeception.config import AuxConfig, DataConfig
-    from saeception.data import load_task
-    from saeception.metrics import cosine
-    from saeception.models import MLP, TapModel
-    from saeception.train import extract, retrain
+    from saeception.data.tasks import load_task
+    from saeception.eval.metrics import cosine
+    from saeception.method import train as train_mod
+    from saeception.method.train import extract, retrain
+    from saeception.models.classifiers import MLP, TapModel
 
     task = load_task(DataConfig(name="digits", max_examples=400))
     torch.manual_seed(1)
@@ -42,7 +42,7 @@ def test_retraining_on_the_aux_term_alone_moves_each_h_toward_its_own_target(tmp
 
 def test_text_extraction_stays_aligned_with_length_grouping(gpt2_dir, text_csv):
     from saeception.config import ModelConfig
-    from saeception.models import build_model, load_tokenizer
+    from saeception.models.classifiers import build_model, load_tokenizer
 
     mcfg = ModelConfig(name=str(gpt2_dir), layer=-1)
     tok = load_tokenizer(mcfg)
@@ -56,7 +56,7 @@ def test_text_extraction_stays_aligned_with_length_grouping(gpt2_dir, text_csv):
 
 
 def test_centered_aux_loss_is_the_cosine_around_the_cycle_mean():
-    from saeception.train import aux_loss
+    from saeception.method.train import aux_loss
 
     g = torch.Generator().manual_seed(0)
     h, t = torch.randn(6, 4, generator=g) + 5, torch.randn(6, 4, generator=g) + 5  # a shared mean direction
@@ -68,11 +68,11 @@ def test_centered_aux_loss_is_the_cosine_around_the_cycle_mean():
 
 def test_no_gradient_outlives_training():
     """The model's gradients are freed when training ends (the SAE and evaluation stages that follow
-    would otherwise hold a gradient-sized buffer: saeception.memory counts on it)."""
+    would otherwise hold a gradient-sized buffer: saeception.parallel.memory counts on it)."""
     from saeception.config import DataConfig, FinetuneConfig
-    from saeception.data import load_task
-    from saeception.models import MLP, TapModel
-    from saeception.train import finetune
+    from saeception.data.tasks import load_task
+    from saeception.method.train import finetune
+    from saeception.models.classifiers import MLP, TapModel
 
     task = load_task(DataConfig(name="digits", max_examples=200))
     tap = TapModel(MLP(task.input_dim, [16], task.n_classes), -1)

@@ -1,11 +1,11 @@
-"""saeception.uris: one judgement of what a URI is, and one redaction, for every caller."""
+"""saeception.store.uris: one judgement of what a URI is, and one redaction, for every caller."""
 
 import ast
 from pathlib import Path
 
 import pytest
 
-from saeception.uris import check_uri, is_uri, local_path, redact, scheme
+from saeception.store.uris import check_uri, is_uri, local_path, redact, scheme
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def test_redact_masks_tokens_in_userinfo_and_query(uri, secret):
 
 
 def test_no_module_judges_a_uri_by_itself():
-    """Every '://' test lives in saeception/uris.py: cache, identity, the CLI and the trainables ask it."""
+    """Every '://' test lives in saeception/store/uris.py: cache, identity, the CLI and the trainables ask it."""
     offenders = []
     for path in [*(ROOT / "saeception").rglob("*.py"), *(ROOT / "trainables").rglob("*.py")]:
         if path.name == "uris.py":

@@ -1,7 +1,7 @@
 """The Ray Tune trainables: one trial = one TorchTrainer (DDP inside), never one per stage.
 
     trial function (head) -> TorchTrainer(name=f"train-{trial_id}") -> N workers running
-    saeception.chain.run_chain under torch.distributed
+    saeception.method.chain.run_chain under torch.distributed
 
 Every rank calls ray.train.report once per cycle; rank 0 attaches that cycle's directory as the
 checkpoint and adds the chain's history so far. `MlflowRelay`, a Train callback, runs in the Train
@@ -75,7 +75,7 @@ class MlflowRelay(TuneReportCallback):
         self._with_dataset: set[str] = set()
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        from saeception.cache import CACHE_COUNTERS
+        from saeception.store.cache import CACHE_COUNTERS
         from saeception.sweep.tracking import FAILURE, Tracker
 
         first = dict(metrics[0])
@@ -109,7 +109,7 @@ def _rank0_report(rank: int, metrics: dict, cycle_dir: Path | None, run_key: str
     splits (from its results.json), tags and checkpoint (named checkpoint_name, default cycle_NNN)."""
     import ray.train
 
-    from saeception.artifacts import CycleDir
+    from saeception.store.artifacts import CycleDir
 
     if rank != 0:
         ray.train.report({"cycle": metrics.get("cycle")})
@@ -132,8 +132,8 @@ def _worker_context(loop_config: dict[str, Any]):
     import ray.train
     import ray.train.torch
 
-    from saeception.cache import open_cache
-    from saeception.uris import is_uri
+    from saeception.store.cache import open_cache
+    from saeception.store.uris import is_uri
 
     from .locks import lease_lock
 
@@ -159,11 +159,11 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    from saeception.artifacts import ChainPaths
-    from saeception.chain import ChainState, run_chain
     from saeception.config import build_config
-    from saeception.errors import CorruptCycleError, DivergedError
-    from saeception.evaluate import VAL_METRIC_NAMES
+    from saeception.eval.evaluate import VAL_METRIC_NAMES
+    from saeception.method.chain import ChainState, run_chain
+    from saeception.method.errors import CorruptCycleError, DivergedError
+    from saeception.store.artifacts import ChainPaths
     from saeception.sweep.tracking import TIMING
 
     cfg = build_config(loop_config["values"])
@@ -206,13 +206,13 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
 
 def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
-    """All arms of each of its seeds (saeception.confirm.run_arms), one seed after another. An arm whose
+    """All arms of each of its seeds (saeception.eval.confirm.run_arms), one seed after another. An arm whose
     chain diverges is reported for its own run (FAILED with the reason) and the other arms go on. A
     restart re-runs them; MLflow stays deduplicated (cycles already logged are skipped)."""
     import ray.train
 
     from saeception.config import build_config
-    from saeception.confirm import run_arms
+    from saeception.eval.confirm import run_arms
 
     rank, device, work, cache = _worker_context(loop_config)
     last = build_config(loop_config["values"]).chain.cycles
@@ -289,7 +289,7 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
         for run_id in run_ids.values():
             reason = tracker.failure(run_id)
             if reason and not per_run_failures:
-                from saeception.errors import DivergedError
+                from saeception.method.errors import DivergedError
 
                 raise DivergedError(reason.removeprefix("DivergedError: "))
     except BaseException as e:
@@ -344,7 +344,7 @@ def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     that a small cluster pays one worker-group start for all of them, and a large one runs the groups in
     parallel."""
     from saeception.config import build_config, to_flat_dict
-    from saeception.confirm import arm_values
+    from saeception.eval.confirm import arm_values
     from saeception.sweep.tracking import Tracker
 
     seeds = [int(s) for s in config["seeds"]]

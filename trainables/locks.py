@@ -2,7 +2,7 @@
 
 One named Ray actor (`saeception-cache-locks`, namespace `saeception`, 0 CPUs) holds every lock with a
 lease: the holder renews it while it builds, and a crashed holder's lock lapses after LEASE_S so a
-waiter takes over. Passed to the core's cache as its `lock` (`saeception.cache.open_cache`).
+waiter takes over. Passed to the core's cache as its `lock` (`saeception.store.cache.open_cache`).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from optuna.storages import RDBStorage
 from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
+from saeception.store.uris import MASK, redact
 from saeception.sweep.vocab import TUNE_TRIAL_ATTR, stopped_early
-from saeception.uris import MASK, redact
 
 log = logging.getLogger(__name__)
 

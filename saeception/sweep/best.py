@@ -44,7 +44,7 @@ def fetch_cycle(uri: str, dest_run: Path) -> Path:
     export); returns that directory. Raises FileNotFoundError when the checkpoint is not there."""
     import ray.train
 
-    from ..artifacts import ChainPaths
+    from saeception.store.artifacts import ChainPaths
 
     staging = dest_run / "download"
     try:
@@ -72,7 +72,7 @@ def _confirmation_md(p: Plan) -> str | None:
     f = p.local_dir / "confirmation.md"
     if not f.exists():
         return None
-    from ..confirm import ARM_DOC
+    from saeception.eval.confirm import ARM_DOC
 
     arms = "; ".join(f"`{a}`: {ARM_DOC[a]}" for a in p.confirm.settings.controls)
     return (f"The best config (`best`) and its controls ({arms}) on {p.confirm.seeds} fresh seeds: mean ± sd per "
@@ -84,7 +84,8 @@ def _confirmation_md(p: Plan) -> str | None:
 
 def _export_one(p: Plan, tracker, parent: str, uri: str, values: dict[str, Any], run_key: str, out: Path,
                 card_extra: dict[str, str]) -> dict[str, Path]:
-    from ..artifacts import write_json
+    from saeception.store.artifacts import write_json
+
     from ..config import build_config, to_dict
     from ..export import export_run
 
@@ -102,7 +103,8 @@ def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmati
     `<local dir>/best/` and logs that folder on the parent run under best/. An export that cannot be
     made (e.g. the model's source is not readable here) is reported, tagged saeception.export_failed
     on the parent run, and the sweep's results stand. Returns the local folder, None when it failed."""
-    from ..confirm import ARM_DOC, arm_values
+    from saeception.eval.confirm import ARM_DOC, arm_values
+
     from ..export import ExportError
 
     values = {**p.space.fixed, **trial["config"]}

@@ -1,6 +1,6 @@
 """The sweep's command line: flags, and the plan resolved from them before Ray starts.
 
-Everything that can be checked is checked here: the space, the fixed config, the storage. `driver.run`
+Everything that can be checked is checked here: the space, the fixed config, the storage. `driver.execute`
 then carries the plan out.
 """
 
@@ -12,11 +12,12 @@ import os
 import sys
 from pathlib import Path
 
+from saeception.data.tasks import check_source
+from saeception.eval.confirm import with_controls
+from saeception.store.uris import after_scheme, check_uri, is_uri, local_path, redact
+from saeception.store.uris import scheme as uri_scheme
+
 from ..config import ConfigError, build_config, flatten, parse_override, read_yaml
-from ..confirm import with_controls
-from ..data import check_source
-from ..uris import after_scheme, check_uri, is_uri, local_path, redact
-from ..uris import scheme as uri_scheme
 from ..validate import Checker, check_dir, check_space
 from . import memory_plan
 from .plan import Confirmation, Plan, Resources, Search
@@ -51,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default: 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default: 0)")
     p.add_argument("--gpu-memory-gb", type=float, metavar="GB", help="memory of one GPU in GB (10^9 bytes, as sold: "
-                   "80 for an H100 80GB): the plan refuses a space whose estimated peak per worker (saeception/memory.py, "
+                   "80 for an H100 80GB): the plan refuses a space whose estimated peak per worker (saeception/parallel/memory.py, "
                    "every combination it can sample) exceeds 90%% of a worker's share; needs --gpus-per-worker > 0 "
                    "(default: no check)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
@@ -248,7 +249,7 @@ def tune_experiment_exists(path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .driver import run
+    from .driver import execute
     from .redact import install_log_filter
 
     args = parser().parse_args(argv)
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(describe(p))
             return 0
-        return run(p)
+        return execute(p)
     except ConfigError as e:
         # From the plan, or from the checks that need the cluster (its resources), before any trial runs.
         print(f"error: {redact(str(e))}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The confirmation driver: the chosen config and its control arms on fresh seeds, as Tune trials
 outside the Optuna study, then the paired comparison and its verdicts logged on the parent run (core:
-`saeception.confirm`).
+`saeception.eval.confirm`).
 
 A confirmation is identified by its key: the winner's config and the confirmation settings. Its MLflow
 runs carry the key, so a resumed sweep reuses the seeds already confirmed for the same winner, runs only
@@ -77,8 +77,16 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
 
     from ray import tune
 
+    from saeception.eval.confirm import (
+        KEPT_METRICS,
+        SUMMARY_METRICS,
+        confirm_seeds,
+        format_table,
+        summarize,
+        verdict_line,
+    )
+
     from ..config import build_config
-    from ..confirm import KEPT_METRICS, SUMMARY_METRICS, confirm_seeds, format_table, summarize, verdict_line
     from ..trainables.chain_trainable import confirm_trial  # Ray: imported when a confirmation runs
 
     settings = p.confirm.settings
@@ -127,7 +135,8 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
 
 
 def _write(p: Plan, tracker, parent: str, rows, settings, headline, line: str) -> None:
-    from ..confirm import format_table
+    from saeception.eval.confirm import format_table
+
     from .plots import confirmation_plot
 
     (p.local_dir / "confirmation.md").write_text(format_table(rows, settings, headline, last_cycle_only=False) + "\n")
@@ -172,7 +181,7 @@ CONFIRMATION_TABLE = "confirmation_table.json"
 def table_rows(rows: list[dict[str, Any]], settings=None) -> list[dict[str, Any]]:
     """summarize()'s rows with readable, fixed columns: one row per (cycle, metric, control) with the arm
     means, the paired difference and its interval, wins/ties/losses, the p-values and the verdict."""
-    from ..confirm import ConfirmSettings
+    from saeception.eval.confirm import ConfirmSettings
 
     settings = settings or ConfirmSettings()
     out = []

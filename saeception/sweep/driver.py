@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from ..uris import redact
+from saeception.store.uris import redact
+
 from .plan import Plan
 
 # How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).
@@ -30,7 +31,7 @@ class Session:
     trial_resources: Any  # tune.PlacementGroupFactory
 
 
-def run(p: Plan) -> int:
+def execute(p: Plan) -> int:
     import ray
 
     started_ray = start_ray(p)

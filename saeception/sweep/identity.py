@@ -24,8 +24,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from saeception.store.uris import filesystem, is_uri, redact
+
 from ..config import ConfigError
-from ..uris import filesystem, is_uri, redact
 from .plan import Confirmation, Resources, Search
 from .space import SearchSpace
 

@@ -1,4 +1,4 @@
-"""GPU memory in the sweep's plan: the estimate (saeception.memory) of every combination the space can
+"""GPU memory in the sweep's plan: the estimate (saeception.parallel.memory) of every combination the space can
 sample, checked against `--gpu-memory-gb` before Ray starts, and the dry run's lines.
 
 A worker's budget is `--gpu-memory-gb` × min(1, `--gpus-per-worker`) (workers sharing a GPU share its
@@ -13,8 +13,16 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from saeception.parallel.memory import (
+    MemoryEstimate,
+    ModelFacts,
+    estimate,
+    facts_from_config,
+    gib,
+    model_facts,
+)
+
 from ..config import Config, ConfigError, build_config
-from ..memory import MemoryEstimate, ModelFacts, estimate, facts_from_config, gib, model_facts
 from ..validate import Checker, combinations
 from .plan import Resources
 from .space import SearchSpace
@@ -160,7 +168,7 @@ def _advice(e: MemoryEstimate, cfg: Config) -> str:
 
 def describe(planner: Planner, space: SearchSpace, res: Resources, trials: list[dict[str, Any]]) -> list[str]:
     """The dry run's memory section: the base config, each shown trial, the space's largest, the budget."""
-    lines = [f"GPU memory per worker (estimates, saeception/memory.py; {res.workers_per_trial} worker(s) per trial"
+    lines = [f"GPU memory per worker (estimates, saeception/parallel/memory.py; {res.workers_per_trial} worker(s) per trial"
              + ("; these workers have no GPU: the figures are for GPU workers" if res.gpus_per_worker <= 0 else "") + "):"]
     rows = [("base config", planner.estimate(space.config({})))]
     rows += [(f"trial {i}", planner.estimate(space.config(s), s)) for i, s in enumerate(trials)]

@@ -15,7 +15,8 @@ import json
 import logging
 import os
 
-from ..uris import is_uri
+from saeception.store.uris import is_uri
+
 from .tracking import FAILURE, TRIAL_ID
 from .vocab import TUNE_TRIAL_ATTR
 

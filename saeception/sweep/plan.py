@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..confirm import ConfirmSettings
+from saeception.eval.confirm import ConfirmSettings
+
 from .space import SearchSpace
 
 

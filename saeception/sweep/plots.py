@@ -26,7 +26,7 @@ def _save(fig, path: Path, dpi: int = 90) -> Path:
 
 def confirmation_plot(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("task_accuracy", "sae_u", "sae_csi")) -> Path:
     """Mean ± sd over seeds per cycle, one panel per metric, one line per arm."""
-    from ..confirm import ARM_DOC, ARMS
+    from saeception.eval.confirm import ARM_DOC, ARMS
 
     plt = _plt()
     metrics = tuple(m for m in metrics if any(r["metric"] == m for r in rows))

@@ -1,11 +1,11 @@
 """Credentials given inside URIs never reach a log line: the sweep's logging filter (the masking itself
-is saeception.uris.redact, re-exported here for the layer's callers)."""
+is saeception.store.uris.redact, re-exported here for the layer's callers)."""
 
 from __future__ import annotations
 
 import logging
 
-from ..uris import MASK, has_credentials, redact
+from saeception.store.uris import MASK, has_credentials, redact
 
 __all__ = ["MASK", "RedactingFilter", "has_credentials", "install_log_filter", "redact"]
 

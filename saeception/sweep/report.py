@@ -8,8 +8,9 @@ import math
 import time
 from typing import Any
 
-from ..cache import CACHE_COUNTERS
-from ..uris import redact
+from saeception.store.cache import CACHE_COUNTERS
+from saeception.store.uris import redact
+
 from .plan import Plan
 from .space import SearchSpace
 from .vocab import STOPPED_AT, stopped_early

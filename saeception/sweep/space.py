@@ -13,7 +13,7 @@
 A param is a float or int range (`low` < `high`, optional `log`, optional int `step`) or a list of
 `choices`; `when` makes it conditional on earlier categorical params. Objectives must be validation
 metrics (`val_*`) read at the chain's last cycle: test metrics are for reporting only. An optional
-`confirm:` section sets the confirmation (saeception.confirm.ConfirmSettings: controls, alpha, margins,
+`confirm:` section sets the confirmation (saeception.eval.confirm.ConfirmSettings: controls, alpha, margins,
 sae_seeds).
 """
 
@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saeception.eval.confirm import ConfirmSettings, parse_settings
+from saeception.eval.evaluate import VAL_METRIC_NAMES
+
 from ..config import Config, ConfigError, build_config, config_keys, flatten, read_yaml
-from ..confirm import ConfirmSettings, parse_settings
-from ..evaluate import VAL_METRIC_NAMES
 
 TOP_KEYS = ("name", "description", "fixed", "params", "objectives", "confirm")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
@@ -273,7 +274,7 @@ def _lowest(params: dict[str, Param], key: str, default: Any) -> Any:
 def _check_sharpening_can_bite(cfg: Config, params: dict[str, Param], width: int) -> None:
     """per_example sharpening keeps every active latent of a TopK code when it keeps >= k latents: reject a
     space in which that holds for every configuration it can sample (its sharpening would do nothing)."""
-    from ..sharpen import is_noop
+    from saeception.method.sharpen import is_noop
 
     strategies = params["sharpen.strategy"].choices if "sharpen.strategy" in params else [cfg.sharpen.strategy]
     kinds = params["sae.kind"].choices if "sae.kind" in params else [cfg.sae.kind]

@@ -15,9 +15,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from saeception.store.uris import redact
+from saeception.store.uris import scheme as uri_scheme
+
 from ..config import ConfigError
-from ..uris import redact
-from ..uris import scheme as uri_scheme
 
 STATE_ENV = "SAECEPTION_STATE_DIR"
 DEFAULT_STATE_ROOT = "~/.saeception/sweeps"

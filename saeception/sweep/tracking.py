@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..uris import redact
+from saeception.store.uris import redact
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -95,7 +95,7 @@ def dataset_inputs(data: dict[str, Any], splits: dict[str, dict[str, Any]]) -> l
 def _dataset_source(name: str, subset: str, revision: str) -> tuple[str, str]:
     import json
 
-    from ..data import source_kind
+    from saeception.data.tasks import source_kind
 
     kind = source_kind(name)
     if kind == "digits":

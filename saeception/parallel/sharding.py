@@ -20,10 +20,10 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from .artifacts import load_state_strict
-from .config import ConfigError, ModelConfig, TrainConfig
-from .distributed import broadcast_, is_distributed, rank, world_size
-from .models import MLP, TapModel, block_list
+from saeception.config import ConfigError, ModelConfig, TrainConfig
+from saeception.models.classifiers import MLP, TapModel, block_list
+from saeception.parallel.distributed import broadcast_, is_distributed, rank, world_size
+from saeception.store.artifacts import load_state_strict
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .accel import autocast
-from .artifacts import load_weights, save_weights
-from .config import SAEConfig
-from .distributed import finite_everywhere
-from .distributed import rank as dist_rank
-from .distributed import world_size as dist_world_size
-from .errors import DivergedError
+from saeception.config import SAEConfig
+from saeception.method.errors import DivergedError
+from saeception.parallel.accel import autocast
+from saeception.parallel.distributed import finite_everywhere
+from saeception.parallel.distributed import rank as dist_rank
+from saeception.parallel.distributed import world_size as dist_world_size
+from saeception.store.artifacts import load_weights, save_weights
 
 log = logging.getLogger(__name__)
 

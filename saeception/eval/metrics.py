@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import clustering as C
+from saeception.eval import clustering as C
 
 
 def _onehot(labels: Tensor, n_classes: int) -> Tensor:
@@ -120,7 +120,7 @@ def cluster_metrics(x: Tensor, labels: Tensor, n_classes: int, cap: int, seed: i
     """ari: k-means (k = classes, 3 seeded inits) vs labels; silhouette / davies_bouldin /
     calinski_harabasz: the label partition scored in x. Silhouette (O(N^2)) runs on a seeded subsample
     of at most `cap` (the same rows for both backends). backend "torch" computes on x's device
-    (saeception.clustering), "sklearn" on CPU with scikit-learn; they agree to the tolerances in
+    (saeception.eval.clustering), "sklearn" on CPU with scikit-learn; they agree to the tolerances in
     tests/test_evaluate.py (k-means differs by its random draws only)."""
     nan = float("nan")
     sub = torch.as_tensor(np.random.default_rng(seed).choice(len(labels), size=min(cap, len(labels)), replace=False))

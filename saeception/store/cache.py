@@ -1,6 +1,6 @@
 """A content-addressed cache for the stages that most trials of a sweep repeat.
 
-Keys come from each stage's declaration of what it reads (`saeception.stages`); this module only
+Keys come from each stage's declaration of what it reads (`saeception.method.stages`); this module only
 stores and finds entries.
 
 An entry is a directory of safetensors + JSON files with a manifest of sizes and SHA-256 sums. It is
@@ -32,8 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import MANIFEST, is_plain_name, manifest_problem, seal_dir, verify_dir, write_json
-from .uris import filesystem, is_uri, local_path
+from saeception.store.artifacts import (
+    MANIFEST,
+    is_plain_name,
+    manifest_problem,
+    seal_dir,
+    verify_dir,
+    write_json,
+)
+from saeception.store.uris import filesystem, is_uri, local_path
 
 log = logging.getLogger(__name__)
 

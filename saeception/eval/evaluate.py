@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import metrics as M
-from .config import EvalConfig
-from .probe import accuracy, fit_probe
-from .sae import SAE, encode_all
+from saeception.config import EvalConfig
+from saeception.eval import metrics as M
+from saeception.eval.probe import accuracy, fit_probe
+from saeception.method.sae import SAE, encode_all
 
 SPLITS = ("train", "val", "test")
 SPARSE_PROBE_KS = (1, 5, 25)

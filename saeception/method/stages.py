@@ -3,7 +3,7 @@ code may read, and seeds its random numbers.
 
 A `Stage` names the config keys it reads (a whole section or single keys), the stages whose outputs it
 consumes, and the facts of the run it depends on (the data as split, the model's content, the world
-size, the resolved device and precision). `run_stage` (in the chain) hands the stage's code a
+size, the resolved device and precision). `do_stage` (in the chain) hands the stage's code a
 `ConfigView` that raises `UndeclaredRead` on any other key, so a key cannot silently miss a field the
 stage uses; and every stage draws from its own generator seeded by (seed, cycle, stage name), so
 skipping a stage (cache hit, resume) cannot change the random numbers of the next one.

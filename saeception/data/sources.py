@@ -1,5 +1,5 @@
-"""What a data source is and how its texts are read: shared by the local readers (saeception.data) and
-the Hugging Face reader (saeception.hf_data), so neither imports the other's module for them."""
+"""What a data source is and how its texts are read: shared by the local readers (saeception.data.tasks) and
+the Hugging Face reader (saeception.data.hf), so neither imports the other's module for them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import DataConfig
+from saeception.config import DataConfig
 
 SPLITS = ("train", "val", "test")
 # (inputs, labels, source row ids) of one split as read, before labels are encoded.

@@ -14,7 +14,7 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    # The module names of saeception.models.MLP, so the saved state dict loads strictly.
+    # The module names of saeception.models.classifiers.MLP, so the saved state dict loads strictly.
     def __init__(self, input_dim, hidden_sizes, n_classes):
         super().__init__()
         dims = [input_dim, *hidden_sizes]

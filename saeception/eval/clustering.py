@@ -144,7 +144,7 @@ def silhouette(x: Tensor, labels: Tensor, block: int = 1 << 24) -> float:
 
 
 # Float64 temporaries over wide codes are made a block of about this many elements at a time (512 MiB):
-# partition_scores by rows, the per-latent metrics (saeception.metrics) by columns.
+# partition_scores by rows, the per-latent metrics (saeception.eval.metrics) by columns.
 BLOCK_ELEMENTS = 1 << 26
 
 

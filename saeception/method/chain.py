@@ -4,7 +4,7 @@ Cycle 0: fine-tune (or use the model as loaded), extract the target layer, train
 Cycle c >= 1: encode the train split with cycle c-1's SAE, sharpen, decode into per-example targets,
 retrain with CE + lambda * (1 - cos(h, target)), extract, train a new SAE, evaluate.
 
-Every stage runs through `run_stage` with its declaration (`STAGES`, saeception.stages): the cache key
+Every stage runs through `do_stage` with its declaration (`STAGES`, saeception.method.stages): the cache key
 is built from it, the stage's code reads the config through it, and its random numbers come from its
 own generator. Runs unchanged in one process or under torch.distributed: every rank runs every cycle,
 rank 0 evaluates and broadcasts the metrics, writes the files, and every rank calls the callback.
@@ -26,21 +26,29 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import metrics as M
-from .accel import precision
-from .artifacts import ChainPaths, CycleDir, load_weights, save_weights, write_json
-from .cache import EntryError, StageCache
-from .config import Config, to_dict
-from .data import TaskData, load_task
-from .distributed import barrier, broadcast_, broadcast_object, is_distributed, is_main, rank, world_size
-from .errors import CorruptCycleError
-from .evaluate import evaluate
-from .models import TapModel, build_model, load_tokenizer, model_source
-from .sae import SAE, train_sae
-from .sharding import full_state, is_sharded, load_state, loads_on_rank0, shard
-from .sharpen import build_targets, encoded_class_means, is_noop, needs_class_means
-from .stages import ConfigView, Stage, model_fingerprint, stage_key, stage_rng
-from .train import extract, finetune, retrain
+from saeception.config import Config, to_dict
+from saeception.data.tasks import TaskData, load_task
+from saeception.eval import metrics as M
+from saeception.eval.evaluate import evaluate
+from saeception.method.errors import CorruptCycleError
+from saeception.method.sae import SAE, train_sae
+from saeception.method.sharpen import build_targets, encoded_class_means, is_noop, needs_class_means
+from saeception.method.stages import ConfigView, Stage, model_fingerprint, stage_key, stage_rng
+from saeception.method.train import extract, finetune, retrain
+from saeception.models.classifiers import TapModel, build_model, load_tokenizer, model_source
+from saeception.parallel.accel import precision
+from saeception.parallel.distributed import (
+    barrier,
+    broadcast_,
+    broadcast_object,
+    is_distributed,
+    is_main,
+    rank,
+    world_size,
+)
+from saeception.parallel.sharding import full_state, is_sharded, load_state, loads_on_rank0, shard
+from saeception.store.artifacts import ChainPaths, CycleDir, load_weights, save_weights, write_json
+from saeception.store.cache import EntryError, StageCache
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +120,7 @@ class Setup:
 
     task: TaskData
     tap: TapModel
-    model_source: str  # saeception.stages.model_fingerprint of the loaded model
+    model_source: str  # saeception.method.stages.model_fingerprint of the loaded model
 
 
 def setup(cfg: Config) -> Setup:
@@ -131,8 +139,8 @@ def setup(cfg: Config) -> Setup:
 
 
 @dataclass
-class Run:
-    """One chain's fixed context: what run_stage and the cycle steps share."""
+class ChainContext:
+    """One chain's fixed context: what do_stage and the cycle steps share."""
 
     cfg: Config
     task: TaskData
@@ -161,7 +169,7 @@ def cycle0_keys(cfg: Config, env: dict[str, str]) -> dict[str, str]:
     return keys
 
 
-def run_stage(r: Run, stage: Stage, cycle: int, build: Callable[[ConfigView, int], Any],
+def do_stage(r: ChainContext, stage: Stage, cycle: int, build: Callable[[ConfigView, int], Any],
               save: Callable[[Any, Path], None] | None = None, load: Callable[[Path], Any] | None = None) -> Any:
     """Runs build(view, seed) under the stage's own generator: the view reads only the declared keys,
     the seed seeds the stage's explicit generators. In cycle 0 with a cache (and save/load given),
@@ -175,7 +183,7 @@ def run_stage(r: Run, stage: Stage, cycle: int, build: Callable[[ConfigView, int
         return _cached(r, key, lambda: build(view, seed), save, load)
 
 
-def _cached(r: Run, key: str, build: Callable[[], Any], save: Callable[[Any, Path], None], load: Callable[[Path], Any]) -> Any:
+def _cached(r: ChainContext, key: str, build: Callable[[], Any], save: Callable[[Any, Path], None], load: Callable[[Path], Any]) -> Any:
     cache = r.cache
     with cache.lock(key) if is_main() else contextlib.nullcontext():
         path = cache.lookup(key) if is_main() else None
@@ -204,7 +212,7 @@ def _cached(r: Run, key: str, build: Callable[[], Any], save: Callable[[Any, Pat
 # The cycle's steps
 
 
-def train_model0(r: Run) -> None:
+def train_model0(r: ChainContext) -> None:
     """Cycle 0's fine-tuning (skipped with finetune.epochs 0: the model as loaded)."""
     if r.cfg.finetune.epochs == 0:
         # The model as loaded: what later stages' keys name as their input is its init.
@@ -226,7 +234,7 @@ def train_model0(r: Run) -> None:
             return "loaded", load_weights(d / "model", "cpu")[0] if is_main() else {}
         return "loaded", load_weights(d / "model", r.device)[0]
 
-    how, state = run_stage(r, FINETUNE, 0, build, save, load)
+    how, state = do_stage(r, FINETUNE, 0, build, save, load)
     if how == "loaded":
         load_state(r.tap.model, state)
 
@@ -249,7 +257,7 @@ class Retrained:
                 "sharpen_kept_active": self.kept_active}
 
 
-def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> Retrained:
+def sharpen_and_retrain(r: ChainContext, cycle: int, sae: SAE) -> Retrained:
     """Encodes the train split with the previous SAE, sharpens, decodes into one target per example,
     and retrains the model toward them."""
     task, device = r.task, r.device
@@ -265,7 +273,7 @@ def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> Retrained:
         built = build_targets(sae, acts.to(device), labels, view.sharpen, seed, means, task.n_classes)
         return acts, built.targets.cpu(), built.kept_fraction, built.kept_active
 
-    acts_before, targets, kept, kept_active = run_stage(r, SHARPEN, cycle, targets_for)
+    acts_before, targets, kept, kept_active = do_stage(r, SHARPEN, cycle, targets_for)
     mu = acts_before.mean(0)  # the cycle's mean train activation (every rank holds all rows)
 
     def retrain_stage(view: ConfigView, seed: int) -> None:
@@ -273,7 +281,7 @@ def sharpen_and_retrain(r: Run, cycle: int, sae: SAE) -> Retrained:
             r.tap.freeze_before_target()
         retrain(r.tap, task, targets, view.aux, device, seed, mu if view.aux.center else None)
 
-    run_stage(r, RETRAIN, cycle, retrain_stage)
+    do_stage(r, RETRAIN, cycle, retrain_stage)
     return Retrained(acts_before, targets, mu, kept, kept_active)
 
 
@@ -283,7 +291,7 @@ def activation_dtype(tap: TapModel) -> torch.dtype:
     return next(tap.model.parameters()).dtype
 
 
-def extract_all(r: Run, cycle: int) -> dict[str, torch.Tensor]:
+def extract_all(r: ChainContext, cycle: int) -> dict[str, torch.Tensor]:
     """Pooled activations and logits per split (row = example id), plus every real token of the train
     split when the SAE trains on them (sae.tokens: all)."""
 
@@ -310,20 +318,20 @@ def extract_all(r: Run, cycle: int) -> dict[str, torch.Tensor]:
             raise EntryError(f"activations entry lacks {', '.join(missing)}")
         return tensors
 
-    return run_stage(r, EXTRACT, cycle, build, save, load)
+    return do_stage(r, EXTRACT, cycle, build, save, load)
 
 
-def train_cycle_sae(r: Run, cycle: int, extracted: dict[str, torch.Tensor]) -> SAE:
+def train_cycle_sae(r: ChainContext, cycle: int, extracted: dict[str, torch.Tensor]) -> SAE:
     """The cycle's SAE, on the pooled train activations or every real token (sae.tokens)."""
 
     def build(view: ConfigView, seed: int) -> SAE:
         x = extracted["train.tokens"] if view.sae.tokens == "all" else extracted["train.acts"]
         return train_sae(x.to(r.device).float(), view.sae, seed=seed).cpu()
 
-    return run_stage(r, SAE_STAGE, cycle, build, lambda v, d: v.save(d / "sae"), lambda d: SAE.load(d / "sae"))
+    return do_stage(r, SAE_STAGE, cycle, build, lambda v, d: v.save(d / "sae"), lambda d: SAE.load(d / "sae"))
 
 
-def evaluate_cycle(r: Run, cycle: int, sae: SAE, extracted: dict[str, torch.Tensor]) -> dict[str, Any]:
+def evaluate_cycle(r: ChainContext, cycle: int, sae: SAE, extracted: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The metric set, computed on the chain's device (rank 0 computes it; every rank gets the same dict)."""
 
     def build(view: ConfigView, seed: int) -> dict[str, Any]:
@@ -333,10 +341,10 @@ def evaluate_cycle(r: Run, cycle: int, sae: SAE, extracted: dict[str, torch.Tens
         labels = {s: r.task.split(s).labels for s in SPLITS}
         return evaluate(sae.to(r.device), acts, logits, labels, r.task.n_classes, view.eval, seed)
 
-    return broadcast_object(run_stage(r, EVALUATE, cycle, build) if is_main() else None)
+    return broadcast_object(do_stage(r, EVALUATE, cycle, build) if is_main() else None)
 
 
-def write_cycle(r: Run, paths: ChainPaths, cycle: int, history: list[dict], sae: SAE) -> CycleDir:
+def write_cycle(r: ChainContext, paths: ChainPaths, cycle: int, history: list[dict], sae: SAE) -> CycleDir:
     """Rank 0 writes the cycle's model, SAE and metrics (sealed by a manifest) and results.json."""
     files = paths.cycle(cycle)
     state = full_state(r.tap.model)  # every rank: a sharded model's weights are gathered together
@@ -354,7 +362,7 @@ def _jsonable(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
 
-def _restore(r: Run, resume_from: Path | ChainState | None) -> tuple[list[dict], SAE | None]:
+def _restore(r: ChainContext, resume_from: Path | ChainState | None) -> tuple[list[dict], SAE | None]:
     if resume_from is None:
         return [], None
     state = resume_from if isinstance(resume_from, ChainState) else ChainState.load(resume_from, r.device)
@@ -388,7 +396,7 @@ def sae_seed_spread(cfg: Config, state: ChainState, n: int, device: torch.device
     device = device or resolve_device(cfg.device)
     s = setup(cfg)
     _place(s, cfg, device)
-    r = Run(cfg, s.task, s.tap, device, None, _env(s, device))
+    r = ChainContext(cfg, s.task, s.tap, device, None, _env(s, device))
     _restore(r, state)
     cycle = state.history[-1]["cycle"]
     extracted = extract_all(r, cycle)
@@ -417,7 +425,7 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
     device = device or resolve_device(cfg.device)
     s = prepared or setup(cfg)
     _place(s, cfg, device)
-    r = Run(cfg, s.task, s.tap, device, cache, _env(s, device))
+    r = ChainContext(cfg, s.task, s.tap, device, cache, _env(s, device))
     r.keys[INIT.name] = stage_key(INIT, cfg, r.env, {})
     history, sae = _restore(r, resume_from)
     start = history[-1]["cycle"] + 1 if history else 0

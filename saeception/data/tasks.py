@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ConfigError, DataConfig
-from .datacheck import (
+from saeception.config import ConfigError, DataConfig
+from saeception.data.checks import (
     check_carving,
     check_classes,
     check_header_row,
@@ -28,9 +28,9 @@ from .datacheck import (
     incomplete_rows_kept,
     normalise_labels,
 )
-from .distributed import rank, world_size
-from .hf_data import load_hf, token_ids_by_map
-from .sources import SPLITS, Raw, as_texts, source_kind, text_columns
+from saeception.data.hf import load_hf, token_ids_by_map
+from saeception.data.sources import SPLITS, Raw, as_texts, source_kind, text_columns
+from saeception.parallel.distributed import rank, world_size
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def _where(cfg: DataConfig, split: str) -> str:
 
 def _complete(split: str, x: Any, y: np.ndarray, ids: np.ndarray, cfg: DataConfig) -> Raw:
     """The split without rows lacking a label or a text (an error, or dropped when data.drop_incomplete
-    is set), its labels normalised (saeception.datacheck)."""
+    is set), its labels normalised (saeception.data.checks)."""
     keep = incomplete_rows_kept(_where(cfg, split), x, y, cfg)
     if keep is not None:
         x, y, ids = _take(x, keep), y[keep], ids[keep]
@@ -239,7 +239,7 @@ def _complete(split: str, x: Any, y: np.ndarray, ids: np.ndarray, cfg: DataConfi
 def make_splits(raw: dict[str, tuple[Any, np.ndarray]], cfg: DataConfig) -> dict[str, Raw]:
     """Fills missing val/test splits from train with stratified splits seeded by `cfg.split_seed`
     (never by a trial's seed) and caps sizes; every example keeps its source id "<split>:<row>".
-    Raises ConfigError for data a run cannot use (the rules: saeception.datacheck)."""
+    Raises ConfigError for data a run cannot use (the rules: saeception.data.checks)."""
     out: dict[str, Raw] = {}
     for name, (x, y) in raw.items():
         ids = np.asarray([f"{name}:{i}" for i in range(len(y))])

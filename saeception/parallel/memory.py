@@ -66,9 +66,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .clustering import BLOCK_ELEMENTS
-from .config import Config, ModelConfig
-from .probe import STANDARDIZED_ELEMENTS
+from saeception.config import Config, ModelConfig
+from saeception.eval.clustering import BLOCK_ELEMENTS
+from saeception.eval.probe import STANDARDIZED_ELEMENTS
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -138,7 +138,7 @@ def _dropouts(module: nn.Module) -> int:
 
 def facts_from_model(model: nn.Module, name: str = "") -> ModelFacts:
     """Facts of a built model (on the meta device is enough: only shapes are read)."""
-    from .models import MLP, block_list
+    from saeception.models.classifiers import MLP, block_list
 
     params = sum(p.numel() for p in model.parameters())
     embedding = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
@@ -182,13 +182,13 @@ def model_facts(cfg: ModelConfig, n_classes: int = 2, input_dim: int = 64, hf_co
     """Facts of `model.name`: the MLP from its widths (`input_dim` features, `n_classes` outputs; the digits
     data has 64 and 10), a transformer from its config (a local directory, `package:` or a hub id: only
     config.json is read). None for a hub model that is neither cached nor reachable now."""
-    from .models import MLP
+    from saeception.models.classifiers import MLP
 
     if cfg.name == "mlp":
         with torch.device("meta"):
             return facts_from_model(MLP(input_dim, cfg.hidden_sizes, n_classes), "mlp")
     if hf_config is None:
-        from .validate import _hf_config
+        from saeception.validate import _hf_config
 
         hf_config = _hf_config(cfg.name, cfg.revision)
         if hf_config is None:

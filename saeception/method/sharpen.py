@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import SharpenConfig
-from .distributed import all_reduce_
-from .sae import SAE, chunk_rows
+from saeception.config import SharpenConfig
+from saeception.method.sae import SAE, chunk_rows
+from saeception.parallel.distributed import all_reduce_
 
 
 def n_kept(n_latents: int, top_k_pct: float) -> int:

@@ -1,6 +1,6 @@
 """The rules data must meet before a run uses it, each failure a ConfigError naming the key and file.
 
-saeception.data applies them while it reads and splits (so a run never trains on data that breaks
+saeception.data.tasks applies them while it reads and splits (so a run never trains on data that breaks
 them) and saeception.validate reaches them through the same code before any work starts:
 
 - no header row read as data (`data.column_names` is for header-less files);
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, DataConfig
+from saeception.config import ConfigError, DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError, ModelConfig
-from .data import package_path
+from saeception.config import ConfigError, ModelConfig
+from saeception.data.tasks import package_path
 
 log = logging.getLogger(__name__)
 

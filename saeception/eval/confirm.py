@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import ChainPaths
-from .chain import ChainState, run_chain, sae_seed_spread
-from .config import MATCHED_STRATEGIES, ConfigError, build_config
-from .errors import DivergedError
+from saeception.config import MATCHED_STRATEGIES, ConfigError, build_config
+from saeception.method.chain import ChainState, run_chain, sae_seed_spread
+from saeception.method.errors import DivergedError
+from saeception.store.artifacts import ChainPaths
 
 ARMS = ("best", "aux0", "random", "prototype", "nosharpen")
 CONTROLS = ARMS[1:]

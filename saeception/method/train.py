@@ -1,7 +1,7 @@
 """Training and extraction stages: fine-tuning, auxiliary retraining, activation extraction.
 
 All three work unchanged under torch.distributed: the model is wrapped in DDP (or already sharded by
-FSDP, saeception.sharding), each rank reads its shard through a DistributedSampler, and extraction
+FSDP, saeception.parallel.sharding), each rank reads its shard through a DistributedSampler, and extraction
 gathers every rank's rows back into one tensor ordered by example id.
 """
 
@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .accel import autocast
-from .config import AuxConfig, FinetuneConfig
-from .data import TaskData, loader
-from .distributed import all_gather_rows, finite_everywhere, is_distributed
-from .errors import DivergedError
-from .models import TapModel
-from .sharding import is_sharded, reshard
+from saeception.config import AuxConfig, FinetuneConfig
+from saeception.data.tasks import TaskData, loader
+from saeception.method.errors import DivergedError
+from saeception.models.classifiers import TapModel
+from saeception.parallel.accel import autocast
+from saeception.parallel.distributed import all_gather_rows, finite_everywhere, is_distributed
+from saeception.parallel.sharding import is_sharded, reshard
 
 log = logging.getLogger(__name__)
 

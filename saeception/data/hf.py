@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, DataConfig
-from .sources import SPLITS, Raw, as_texts, source_kind, text_columns
+from saeception.config import ConfigError, DataConfig
+from saeception.data.sources import SPLITS, Raw, as_texts, source_kind, text_columns
 
 log = logging.getLogger(__name__)
 

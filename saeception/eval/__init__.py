@@ -1,0 +1,1 @@
+"""Evaluation: the metric set (metrics, clustering, probe, evaluate) and the confirmation's statistics (confirm)."""

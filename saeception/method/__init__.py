@@ -1,0 +1,1 @@
+"""The method: the SAE, sharpening, training, the stages' declarations and the cycle chain."""
