@@ -5,7 +5,7 @@ train.strategy fsdp, with the memory it used against the memory `--dry-run` esti
 
 The model: a random-init GPT-NeoX at Pythia-6.9B's shape (32 layers, d = 4,096, 32 heads, intermediate
 16,384, vocabulary 50,432; ~6.9B parameters), built on the GPU in bf16 from GPTNeoXConfig and saved as a
-local model directory with a BPE tokenizer trained in-process (tests/helpers.py). A plain fp32 AdamW
+local model directory with a BPE tokenizer trained in-process (tests/support/helpers.py). A plain fp32 AdamW
 fine-tune needs 16 bytes per parameter (weights, gradients, two moments): ~110 GB, more than an 80 GB
 H100. The chain runs it with model.dtype bfloat16 (weights, gradients and AdamW states in bf16: 8 bytes
 per parameter, ~55 GB), model.gradient_checkpointing true, train.strategy fsdp on a process group of one

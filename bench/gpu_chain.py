@@ -4,7 +4,7 @@
                                            [--eval-on device|chain|both] [--eval-backend auto|torch|sklearn]
 
 One chain at GPT-2-small shape (12 layers, d = 768, 12 heads, vocabulary 50,257, random init from
-GPT2Config) with a BPE tokenizer trained in-process (tests/helpers.py::train_tokenizer), on 20,000
+GPT2Config) with a BPE tokenizer trained in-process (tests/support/helpers.py::train_tokenizer), on 20,000
 generated 3-class sentences written to a CSV (train 12,000 / val 4,000 / test 4,000, carved by the
 data loader), config: finetune.epochs 1, aux.epochs 1, batch 64, sae.expansion_factor 8 (6,144
 latents), sae.k 32, chain.cycles 1, everything else default (model.layer -1, sae.steps 1500, ...).

@@ -3,7 +3,7 @@ version of saeception/eval/probe.py, side by side in one process on the same cod
 
     PYTHONPATH=. python bench/probe_blocks.py [--against REV] [--repeats N] [--threads N]
 
-Codes: TopK-like sparse codes (tests/test_evaluate.py::sparse_codes' construction: k active latents per
+Codes: TopK-like sparse codes (tests/unit/eval/test_evaluate.py::sparse_codes' construction: k active latents per
 row, class-dependent) at two shapes: the default chain's (1,077 x 512, 10 classes) and a wide one
 (12,000 x 6,144, 3 classes). Per variant: wall seconds of fit_torch(x, y, 500) (min and median of
 --repeats after one warm-up), and the largest |weight difference| to the whole-set fit. Variants:

@@ -121,7 +121,7 @@ def cluster_metrics(x: Tensor, labels: Tensor, n_classes: int, cap: int, seed: i
     calinski_harabasz: the label partition scored in x. Silhouette (O(N^2)) runs on a seeded subsample
     of at most `cap` (the same rows for both backends). backend "torch" computes on x's device
     (saeception.eval.clustering), "sklearn" on CPU with scikit-learn; they agree to the tolerances in
-    tests/test_evaluate.py (k-means differs by its random draws only)."""
+    tests/unit/eval/test_evaluate.py (k-means differs by its random draws only)."""
     nan = float("nan")
     sub = torch.as_tensor(np.random.default_rng(seed).choice(len(labels), size=min(cap, len(labels)), replace=False))
     if backend == "sklearn":

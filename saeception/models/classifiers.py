@@ -214,7 +214,7 @@ def build_model(cfg: ModelConfig, n_classes: int, input_dim: int = 0, pad_token_
             raise ConfigError(f"model.gradient_checkpointing: {cfg.name} ({type(model).__name__}) does not support it")
         # Non-reentrant (PyTorch's recommended mode; reentrant needs inputs that require grad, which blocks
         # after frozen ones lack). The tap's hook sits outside the checkpoint: h stays in the graph and the
-        # aux loss's gradients equal the plain backward's (tests/test_models.py).
+        # aux loss's gradients equal the plain backward's (tests/unit/models/test_models.py).
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5's name for it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:

@@ -14,7 +14,7 @@ parameter trainable, the upper bound, at the larger of the two batch sizes):
 - grads: as the weights, in their dtype (sharded under fsdp). train._fit frees them before each forward
   and after the last step; backward allocates them while most activations are still alive, and the step's
   peak is the sum of weights, grads, AdamW states and activations (on the CPU MemTracker measures within 6%
-  of that sum, tests/test_memory.py).
+  of that sum, tests/unit/parallel/test_memory.py).
 - optimizer: AdamW's two states per trainable parameter, in the parameter's dtype (bf16 weights: bf16
   states); sharded under fsdp. On CUDA the foreach step allocates one more state-sized buffer
   (`OPTIMIZER_STEP_BUFFERS`), when the activations are gone: it counts only if it is the larger.
@@ -24,7 +24,7 @@ parameter trainable, the upper bound, at the larger of the two batch sizes):
   Models", count tensor by tensor: their 34·s·b·h bytes per layer at 16 bits, without the 5·a·s²·b
   attention-score terms since `ATTENTION_KEEPS_SCORES` is false, refined to what Hugging Face's blocks
   keep; on the CPU, with `distributed=False`, it is within 12% of what torch's MemTracker measures,
-  tests/test_memory.py): the norms' inputs (fp32 under CUDA autocast, which runs layer_norm in fp32; one
+  tests/unit/parallel/test_memory.py): the norms' inputs (fp32 under CUDA autocast, which runs layer_norm in fp32; one
   under GPT-NeoX's parallel residual), the QKV projection's input, Q, K and V, the attention output and
   the output projection's input (6·h at c), the MLP's input, what its activation keeps
   (`ACTIVATION_KEEPS`: a fused kernel its input; GPT-2's `gelu_new` is written in Python and keeps four

@@ -103,7 +103,7 @@ def reshard(model: nn.Module) -> None:
     after an inference forward). A stage that changes which weights train (freezing) or leaves the model
     for a while (extraction) calls it: FSDP2 builds its gradient bookkeeping from the gathered copy, so a
     copy from before a freeze would train with the freeze ignored on that unit (the head stopped learning;
-    tests/test_fsdp.py pins it)."""
+    tests/unit/parallel/test_fsdp.py pins it)."""
     if not is_sharded(model):
         return
     for module in model.modules():

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import fsdp_chain_values
 
 from saeception.config import build_config
 from saeception.store.artifacts import ChainPaths
@@ -21,16 +22,6 @@ from saeception.store.artifacts import ChainPaths
 METRIC_TOL = 1e-4
 COMPARED = ("task_accuracy", "val_task_accuracy", "probe_accuracy", "explained_variance", "l0", "aux_cosine",
             "aux_cosine_before", "sae_csi")
-
-
-def _values(model_dir, text_csv, strategy: str, cycles: int = 1) -> dict:
-    """model_dir "mlp": the MLP on digits (its hidden layers are the FSDP units)."""
-    data = {"data.name": "digits", "data.max_examples": 240, "model.hidden_sizes": [32, 16]} if model_dir == "mlp" \
-        else {"data.name": str(text_csv)}
-    return {**data, "model.name": str(model_dir), "model.layer": -1, "device": "cpu",
-            "finetune.epochs": 1, "finetune.batch_size": 16, "aux.epochs": 1, "aux.batch_size": 16,
-            "sae.expansion_factor": 2, "sae.k": 4, "sae.steps": 40, "sae.batch_size": 64, "chain.cycles": cycles,
-            "eval.probe_max_iter": 50, "eval.backend": "sklearn", "train.strategy": strategy}
 
 
 def _spawn(fn, world: int, tmp_path, *args) -> None:
@@ -77,7 +68,7 @@ def fsdp_neox(tmp_path_factory, neox_dir, text_csv):
     """One 1-cycle chain of 2 fsdp workers on the tiny GPT-NeoX, with a fresh stage cache: its history,
     cycle directories and cache entries serve the tests below."""
     tmp = tmp_path_factory.mktemp("fsdp_neox")
-    _spawn(_chain_worker, 2, tmp, _values(neox_dir, text_csv, "fsdp"), str(tmp / "run"), None, str(tmp / "cache"))
+    _spawn(_chain_worker, 2, tmp, fsdp_chain_values(neox_dir, text_csv, "fsdp"), str(tmp / "run"), None, str(tmp / "cache"))
     return tmp
 
 
@@ -96,17 +87,17 @@ def _same_as_ddp(ddp_root, fsdp_root) -> None:
 
 
 def test_fsdp_chain_gives_ddp_metrics_neox(fsdp_neox, neox_dir, text_csv, tmp_path):
-    _spawn(_chain_worker, 2, tmp_path, _values(neox_dir, text_csv, "ddp"), str(tmp_path / "ddp"), None)
+    _spawn(_chain_worker, 2, tmp_path, fsdp_chain_values(neox_dir, text_csv, "ddp"), str(tmp_path / "ddp"), None)
     _same_as_ddp(tmp_path / "ddp", fsdp_neox / "run")
     # train.cpu_offload: the same numbers (on the CPU, only the code path differs)
-    _spawn(_chain_worker, 2, tmp_path, {**_values(neox_dir, text_csv, "fsdp"), "train.cpu_offload": True},
+    _spawn(_chain_worker, 2, tmp_path, {**fsdp_chain_values(neox_dir, text_csv, "fsdp"), "train.cpu_offload": True},
            str(tmp_path / "offload"), None)
     assert _numbers(_history(tmp_path / "offload")) == _numbers(_history(fsdp_neox / "run"))
 
 
 def test_fsdp_chain_gives_ddp_metrics_llama(llama_dir, text_csv, tmp_path):
     for strategy in ("ddp", "fsdp"):
-        _spawn(_chain_worker, 2, tmp_path, _values(llama_dir, text_csv, strategy), str(tmp_path / strategy), None)
+        _spawn(_chain_worker, 2, tmp_path, fsdp_chain_values(llama_dir, text_csv, strategy), str(tmp_path / strategy), None)
     _same_as_ddp(tmp_path / "ddp", tmp_path / "fsdp")
 
 
@@ -118,7 +109,7 @@ def _extract_worker(rank: int, world: int, init: str, models: dict, text_csv: st
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         for family, model_dir in models.items():
-            cfg = build_config(_values(model_dir, text_csv, "fsdp"))
+            cfg = build_config(fsdp_chain_values(model_dir, text_csv, "fsdp"))
             s = setup(cfg)  # a transformer: on the meta device on rank 1, its shards from rank 0
             shard(s.tap, cfg.train, torch.device("cpu"))
             assert is_sharded(s.tap.model)
@@ -136,7 +127,7 @@ def test_extraction_under_fsdp_equals_extraction_without_it_row_for_row(neox_dir
     models = {"neox": str(neox_dir), "llama": str(llama_dir), "mlp": "mlp"}
     _spawn(_extract_worker, 2, tmp_path, models, str(text_csv), str(tmp_path / "out"))
     for family, model_dir in models.items():
-        s = setup(build_config(_values(model_dir, text_csv, "ddp")))  # same init stage: the same weights
+        s = setup(build_config(fsdp_chain_values(model_dir, text_csv, "ddp")))  # same init stage: the same weights
         pooled, logits = extract(s.tap, s.task, "train", 16, torch.device("cpu"))
         tokens, _ = extract(s.tap, s.task, "train", 16, torch.device("cpu"), tokens=True)
         for r in range(2):
@@ -156,18 +147,18 @@ def test_a_cycle_written_by_two_fsdp_workers_resumes_on_one(fsdp_neox, neox_dir,
     written = ChainPaths(fsdp_neox / "run").cycle(0)
     # Full tensors, not shards: the same names and shapes as a plain model's state dict.
     s_plain = load_file(str(written.path / "model.safetensors"))
-    plain = setup(build_config(_values(neox_dir, text_csv, "ddp")))
+    plain = setup(build_config(fsdp_chain_values(neox_dir, text_csv, "ddp")))
     assert {k: v.shape for k, v in s_plain.items()} == {k: v.shape for k, v in plain.tap.model.state_dict().items()}
 
     # One fsdp worker (a process group of one) resumes after cycle 0 and runs cycle 1.
     one = tmp_path / "one"
-    _spawn(_chain_worker, 1, tmp_path, _values(neox_dir, text_csv, "fsdp", cycles=1), str(one), str(written.path))
+    _spawn(_chain_worker, 1, tmp_path, fsdp_chain_values(neox_dir, text_csv, "fsdp", cycles=1), str(one), str(written.path))
     resumed = _history(one)
     assert [h["cycle"] for h in resumed] == [0, 1]
     assert _numbers(resumed)[0] == _numbers(_history(fsdp_neox / "run"))[0]  # cycle 0 carried over, not re-run
     # ... and a plain process (ddp, no group) loads the same cycle: what it loads is what was written.
     state = ChainState.load(written.path)
-    history = run_chain(build_config(_values(neox_dir, text_csv, "ddp", cycles=1)), ChainPaths(tmp_path / "plain"),
+    history = run_chain(build_config(fsdp_chain_values(neox_dir, text_csv, "ddp", cycles=1)), ChainPaths(tmp_path / "plain"),
                         device=torch.device("cpu"), resume_from=state.copy())
     assert [h["cycle"] for h in history] == [0, 1]
     for k, v in s_plain.items():
@@ -177,7 +168,7 @@ def test_a_cycle_written_by_two_fsdp_workers_resumes_on_one(fsdp_neox, neox_dir,
 def test_fsdp_workers_reuse_cycle_0_from_the_stage_cache(fsdp_neox, neox_dir, text_csv, tmp_path):
     """A hit loads the fine-tuned weights into the sharded model on every rank together (a collective:
     done after the lookup, never by rank 0 alone inside it) and gives the computed chain's numbers."""
-    _spawn(_chain_worker, 2, tmp_path, _values(neox_dir, text_csv, "fsdp"), str(tmp_path / "cached"), None,
+    _spawn(_chain_worker, 2, tmp_path, fsdp_chain_values(neox_dir, text_csv, "fsdp"), str(tmp_path / "cached"), None,
            str(fsdp_neox / "cache"))
     computed, cached = _history(fsdp_neox / "run"), _history(tmp_path / "cached")
     assert cached[-1]["hits"] == 3 and computed[-1]["hits"] == 0
@@ -186,36 +177,3 @@ def test_fsdp_workers_reuse_cycle_0_from_the_stage_cache(fsdp_neox, neox_dir, te
             assert b[k] == pytest.approx(a[k], abs=1e-6, nan_ok=True), (a["cycle"], k)
 
 
-@pytest.mark.ray
-@pytest.mark.fsdp
-def test_a_one_trial_fsdp_sweep_on_two_workers(tmp_path, ray_env, neox_dir, text_csv):
-    """The user's command, with a tiny GPT-NeoX text space: one trial, one TorchTrainer of 2 gloo workers
-    that shard the model (train.strategy fsdp)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
-
-    space = tmp_path / "neox_tiny.yaml"
-    fixed = {k: v for k, v in _values(neox_dir, text_csv, "ddp").items() if k not in ("train.strategy", "device", "sae.k")}
-    space.write_text(yaml.safe_dump({"name": "neox_tiny", "fixed": fixed,
-                                     "params": {"sae.k": {"type": "int", "low": 2, "high": 6}},
-                                     "objectives": [{"metric": "val_sae_u", "mode": "max"}]}))
-    repo = Path(__file__).resolve().parents[1]
-    env = {**ray_env, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), ray_env.get("PYTHONPATH")) if p)}
-    storage = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, "-m", "saeception.sweep", "--space", str(space), "--trials", "1",
-                        "--storage", str(storage), "--num-cpus", "2", "--workers-per-trial", "2", "--cpus-per-worker", "0.5",
-                        "--confirm-seeds", "0", "--no-cache", "--set", "train.strategy=fsdp"],
-                       capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "1 done, 0 stopped early, 0 running, 0 failed of 1" in r.stdout
-
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
-    [trial] = [x for e in client.search_experiments() for x in client.search_runs([e.experiment_id])
-               if x.data.tags.get("saeception.role") == "trial"]
-    assert trial.info.status == "FINISHED" and trial.data.params["train.strategy"] == "fsdp"
-    assert [m.step for m in client.get_metric_history(trial.info.run_id, "task_accuracy")] == [0, 1]

@@ -1,16 +1,16 @@
 """The README and docs/ document every config key, every metric name and every CLI flag; the README stays
 a short front page whose layout tree is the package's."""
 
-from pathlib import Path
 
 import pytest
+from paths import REPO
 
 from saeception import run
 from saeception.config import keys_table
 from saeception.eval.evaluate import METRIC_NAMES
 from saeception.sweep import cli as sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 README = (ROOT / "README.md").read_text()
 
 
@@ -83,7 +83,7 @@ def test_the_layout_tree_names_every_module():
 
 
 def test_readme_test_command_is_what_ci_runs():
-    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
     assert "    python -m pytest -q\n" in README and "\npython -m pytest -q\n" in ci
 
 
@@ -92,7 +92,7 @@ def _memory_table():
     import sys
 
     if "bench_memory_table" not in sys.modules:  # bench/ is scripts, not a package
-        path = Path(__file__).resolve().parents[1] / "bench" / "memory_table.py"
+        path = REPO / "bench" / "memory_table.py"
         spec = importlib.util.spec_from_file_location("bench_memory_table", path)
         sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

@@ -4,10 +4,11 @@ import ast
 from pathlib import Path
 
 import pytest
+from paths import REPO
 
 from saeception.store.uris import check_uri, is_uri, local_path, redact, scheme
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def test_file_uris_are_local_paths():

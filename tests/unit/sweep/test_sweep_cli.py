@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import REPO
 
 from saeception.sweep import cli as sweep
 from saeception.sweep.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "tests" / "spaces" / "tiny.yaml")
 
 

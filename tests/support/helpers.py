@@ -115,3 +115,13 @@ def per_latent_reference(codes, labels) -> dict:
         fires = (z > 0).astype(int)
         us.append(0.0 if fires.all() else mutual_info_score(fires, y) / h_y)
     return {"csi": float(np.mean(csis)), "u": float(np.mean(us))}
+
+
+def fsdp_chain_values(model_dir, text_csv, strategy: str, cycles: int = 1) -> dict:
+    """A tiny one-chain config for the fsdp tests (train.strategy `strategy`); model_dir "mlp": the MLP on digits (its hidden layers are the FSDP units)."""
+    data = {"data.name": "digits", "data.max_examples": 240, "model.hidden_sizes": [32, 16]} if model_dir == "mlp" \
+        else {"data.name": str(text_csv)}
+    return {**data, "model.name": str(model_dir), "model.layer": -1, "device": "cpu",
+            "finetune.epochs": 1, "finetune.batch_size": 16, "aux.epochs": 1, "aux.batch_size": 16,
+            "sae.expansion_factor": 2, "sae.k": 4, "sae.steps": 40, "sae.batch_size": 64, "chain.cycles": cycles,
+            "eval.probe_max_iter": 50, "eval.backend": "sklearn", "train.strategy": strategy}

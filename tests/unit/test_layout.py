@@ -5,7 +5,9 @@ never back. Every import counts, also those inside functions."""
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "saeception"
+from paths import REPO
+
+PKG = REPO / "saeception"
 LAYER = ("saeception.sweep", "saeception.trainables")
 FORBIDDEN_IN_CORE = ("ray", "mlflow", "optuna", *LAYER)
 
@@ -133,3 +135,22 @@ def test_the_cycle_check_sees_a_cycle_hidden_in_a_function():
     real = import_graph()
     real["saeception.sweep.vocab"] = {"saeception.sweep.driver"}  # as if vocab imported the driver
     assert any("saeception.sweep.vocab" in c for c in cycles(real))
+
+
+def test_tests_mirror_the_package_and_keep_ray_apart():
+    """tests/unit/<package>/ holds the Ray-free tests of saeception/<package>/, tests/system/ the ones that
+    start Ray (every one marked `ray`), tests/support/ what both use."""
+    tests = REPO / "tests"
+    for d in (tests / "unit").iterdir():
+        if d.is_dir() and d.name != "__pycache__":
+            assert (PKG / d.name / "__init__.py").exists(), f"tests/unit/{d.name} mirrors no package"
+    for path in (tests / "unit").rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                marks = {ast.unparse(d) for d in node.decorator_list}
+                assert "pytest.mark.ray" not in marks, f"{path.relative_to(tests)}::{node.name} starts Ray: move it to tests/system"
+    for path in (tests / "system").glob("test_*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                marks = {ast.unparse(d) for d in node.decorator_list}
+                assert "pytest.mark.ray" in marks, f"{path.name}::{node.name} is not marked ray"

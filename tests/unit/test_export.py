@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from paths import REPO
 from safetensors.torch import load_file
 
 from saeception.config import ModelConfig, build_config
@@ -21,7 +22,7 @@ from saeception.method.sae import SAE
 from saeception.models.classifiers import TapModel, build_model, load_tokenizer
 from saeception.store.artifacts import ChainPaths, load_state_strict, load_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 FAST = {"device": "cpu", "finetune.epochs": 1, "sae.steps": 100, "sae.batch_size": 64, "sae.k": 4,
         "aux.epochs": 1, "model.hidden_sizes": [32, 16], "data.max_examples": 150, "eval.probe_max_iter": 50}
 

@@ -1,6 +1,6 @@
 """The validation pass's parts (saeception.validate): which combinations of a space it checks, what it
 does with a hub dataset or model it cannot reach, and that checking a path writes nothing. The CLIs'
-end of it: tests/test_bad_inputs.py."""
+end of it: tests/unit/test_bad_inputs.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What data is accepted (saeception.data.checks), on the accepting side: rows dropped on request, labels
-normalised the way a run encodes them. The rejecting side: tests/test_bad_inputs.py."""
+normalised the way a run encodes them. The rejecting side: tests/unit/test_bad_inputs.py."""
 
 from __future__ import annotations
 

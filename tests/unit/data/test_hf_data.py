@@ -126,7 +126,7 @@ def test_sweep_preflight_rejects_a_bad_column_before_ray(pair_dataset, gpt2_dir,
     from saeception.sweep.cli import main
 
     storage = tmp_path / "s"
-    argv = ["--space", "tests/spaces/tiny.yaml", "--storage", str(storage), "--dry-run",
+    argv = ["--space", "tests/support/spaces/tiny.yaml", "--storage", str(storage), "--dry-run",
             "--set", f"data.name={pair_dataset}", "--set", f"model.name={gpt2_dir}", "--set", "data.text_column=premise",
             "--set", "data.text_pair_column=hypo"]
     assert main(argv) == 2

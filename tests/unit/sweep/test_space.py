@@ -5,14 +5,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import BAD_INPUTS, REPO
 
 from saeception.config import ConfigError
 from saeception.sweep import cli as sweep
 from saeception.sweep import report
 from saeception.sweep.space import load_space, parse_space
 
-REPO = Path(__file__).resolve().parents[1]
-BAD = sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
+BAD = sorted(BAD_INPUTS.glob("*.yaml"))
 
 
 def all_space_files():

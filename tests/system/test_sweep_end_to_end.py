@@ -14,9 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from paths import REPO, TINY
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = Path(__file__).parent / "spaces" / "tiny.yaml"
 EXPERIMENT = "e2e-experiment"
 
 
@@ -228,7 +227,7 @@ def check_best_export(client, parent_id: str, dest: Path, storage: Path) -> None
     try:
         import sae_lens
     except ImportError:
-        return  # the round trip itself is tests/test_export.py's; here only that the files load
+        return  # the round trip itself is tests/unit/test_export.py's; here only that the files load
     sae = sae_lens.SAE.load_from_disk(str(local / "saelens"), device="cpu")
     assert sae.cfg.d_in == 16
 
@@ -254,8 +253,3 @@ def execute_review_notebook(uri: str, sweep: str, workdir: Path, experiment: str
     assert "| 1 | sae_u |" in text  # the confirmation table
 
 
-def test_committed_notebook_has_no_outputs():
-    import nbformat
-
-    nb = nbformat.read(REPO / "notebooks" / "review_sweep.ipynb", as_version=4)
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")

@@ -4,9 +4,9 @@ best/ on the parent run; a missing checkpoint is reported and tagged, not raised
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
+from paths import TINY as TINY_PATH
 
 from saeception.method.chain import run_chain
 from saeception.store.artifacts import ChainPaths
@@ -14,7 +14,7 @@ from saeception.sweep import cli as sweep
 from saeception.sweep.best import export_best
 from saeception.sweep.tracking import Tracker
 
-TINY = str(Path(__file__).parent / "spaces" / "tiny.yaml")
+TINY = str(TINY_PATH)
 SAMPLED = {"sae.kind": "topk", "sae.k": 4, "sae.expansion_factor": 2, "sharpen.top_k_pct": 5.0, "aux.weight": 1.0}
 
 

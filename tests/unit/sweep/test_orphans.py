@@ -1,7 +1,7 @@
 """No half-told runs, piece by piece and without a Ray cluster: which Tune trials a saved experiment state
 will run again, closing the MLflow runs and Optuna trials no live Tune trial serves, the link from an
 Optuna trial to its Tune trial, and the parent run of a driver that died or stopped on an error.
-(The whole story, with a real driver SIGKILLed and resumed: tests/test_faults.py, marker orphans.)"""
+(The whole story, with a real driver SIGKILLed and resumed: tests/unit/sweep/test_faults.py, marker orphans.)"""
 
 from __future__ import annotations
 

@@ -1,0 +1,138 @@
+"""A sweep's state belongs to it: resource planning, stored identity, the one-driver lock, where its
+databases live, and credentials kept out of everything it prints or stores. No Ray cluster here."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from paths import REPO, TINY
+
+# --- resources -------------------------------------------------------------------------------------
+
+# --- redaction -------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+# --- identity, resume and the lock -----------------------------------------------------------------
+
+# --- where the state lives, and unreachable stores -------------------------------------------------
+
+
+
+
+
+
+
+
+
+# --- a real sweep with credentials in a URI --------------------------------------------------------
+
+@pytest.fixture
+def moto_endpoint():
+    """A real S3 endpoint on loopback (moto's server) with a bucket; yields host:port."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        import pyarrow.fs as pafs
+
+        fs, _ = pafs.FileSystem.from_uri(f"s3://{KEY}:{SECRET}@creds?endpoint_override={host}:{port}&scheme=http"
+                                         "&region=us-east-1&allow_bucket_creation=true")
+        fs.create_dir("creds")
+        yield f"{host}:{port}"
+    finally:
+        server.stop()
+
+
+KEY, SECRET = "AKIASAECEPTIONTEST", "sEcReT-k3y-never-printed"
+
+
+@pytest.mark.ray
+@pytest.mark.security
+@pytest.mark.sweep_state
+def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, moto_endpoint):
+    """The stage cache on S3 with its keys in the URI (the only credentials the sweep has: none in the
+    environment). The sweep works, and the secret is in none of stdout, stderr, MLflow's database (params,
+    tags, everything) or any file under the storage (Ray Tune's and Ray Train's results and pickles)."""
+    cache = f"s3://{KEY}:{SECRET}@creds/cache?endpoint_override={moto_endpoint}&scheme=http&region=us-east-1"
+    storage = tmp_path / "sweep"
+    env = {k: v for k, v in ray_env.items() if not k.startswith("AWS_")}
+    cwd = tmp_path / "cwd"  # like Ray's job directory: nothing of the sweep may land there
+    cwd.mkdir()
+    r = subprocess.run([sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--trials", "1", "--num-cpus", "2",
+                        "--storage", str(storage), "--cache", cache, "--confirm-seeds", "0", "--name", "creds"],
+                       env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert list(cwd.iterdir()) == [], "MLflow artifacts (./mlruns) or anything else in the working directory"
+    assert any((storage / "mlartifacts").rglob("trial_metrics.png"))
+    assert "stage cache s3://AKIASAECEPTIONTEST:***@creds/cache" in r.stdout and "3 misses" in r.stdout
+    assert SECRET not in r.stdout and SECRET not in r.stderr
+    files = [p for p in storage.rglob("*") if p.is_file()]
+    assert any(p.name == "tuner.pkl" for p in files) and any(p.name.startswith("searcher-state") for p in files)
+    assert any("train" in p.parts for p in files)  # Ray Train's run of the trial
+    leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        assert SECRET not in json.dumps({**run.data.params, **run.data.tags})
+    parent = next(x for x in runs if x.data.tags.get("saeception.role") == "sweep")
+    assert parent.data.tags["saeception.cache_dir"].startswith(f"s3://{KEY}:***@creds/cache")
+
+
+@pytest.mark.ray
+@pytest.mark.sweep_state
+def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
+    """--trials and --confirm-seeds are the settings a resumed sweep may change, and only upwards: the
+    finished 1-trial sweep runs one more trial (the study and Tune's experiment go on), and its identity
+    records 2; the confirmation covers 2 seeds, reusing the first when the winner is the same, confirming
+    afresh when it changed, never reporting the old winner's arms."""
+    import optuna
+
+    storage = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--num-cpus", "2", "--storage", str(storage),
+           "--confirm-controls", "aux0", "--name", "grow"]
+    first = subprocess.run([*cmd, "--trials", "1", "--confirm-seeds", "1"], env=ray_env, cwd=REPO, capture_output=True,
+                           text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "finished per arm: best 1/1, aux0 1/1" in first.stdout
+    grown = subprocess.run([*cmd, "--trials", "2", "--resume", "--confirm-seeds", "2"], env=ray_env, cwd=REPO,
+                           capture_output=True, text=True, timeout=900)
+    assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
+    assert "sweep grow: 2 trials finished, 0 stopped early, 0 failed" in grown.stdout
+    assert "confirmation at the last cycle (2 seeds; finished per arm: best 2/2, aux0 2/2" in grown.stdout
+    rows = json.loads((storage / "confirmation.json").read_text())
+    assert {r["best_n"] for r in rows} == {2}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    best_trial = next(x for x in runs if x.data.tags.get("saeception.role") == "sweep").data.tags["best_trial_id"]
+    winner = next(x for x in runs if x.data.tags.get("saeception.trial_id") == best_trial)
+    confirms = [x for x in runs if x.data.tags.get("saeception.role") == "confirm"]
+    keys = {x.data.tags["saeception.confirm_key"] for x in confirms}
+    same_winner = len(keys) == 1
+    assert ("(1 seeds already confirmed for this winner)" in grown.stdout) == same_winner
+    # The arms the final table reports were run with the final winner's sampled values.
+    final = [x for x in confirms if x.data.params["sae.kind"] == winner.data.params["sae.kind"]
+             and x.data.params["aux.weight"] == winner.data.params["aux.weight"]]
+    assert len(final) == 2
+    # A smaller --confirm-seeds is another sweep: refused, naming the flag.
+    shrunk = subprocess.run([*cmd, "--trials", "2", "--resume", "--confirm-seeds", "1"], env=ray_env, cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert shrunk.returncode == 2 and "--confirm-seeds: 2 stored, 1 given" in shrunk.stderr
+    study = optuna.load_study(study_name="grow", storage=f"sqlite:///{storage / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    stored = json.loads((storage / "sweep.json").read_text())
+    assert stored["trials"] == 2 and stored["confirm_seeds"] == 2 and stored["confirm"]["controls"] == ["aux0"]
