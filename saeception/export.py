@@ -128,7 +128,10 @@ def build_classifier(name: str, tensors: dict[str, Tensor], device: str = "cpu")
         model = MLP(*_mlp_dims(tensors))
         load_state_strict(model, tensors)
         return model
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import (  # lazy: transformers only for Hugging Face models
+        AutoConfig,
+        AutoModelForSequenceClassification,
+    )
 
     try:
         config = AutoConfig.from_pretrained(model_source(name))

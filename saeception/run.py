@@ -41,17 +41,23 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.keys:
-        from .config import keys_text
+        from .config import keys_text  # lazy: --help and --keys answer without loading torch
 
         print(keys_text())
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
-    from saeception.method.chain import resolve_device, run_chain, setup
-    from saeception.parallel.distributed import init_single_process
-    from saeception.store.artifacts import ChainPaths
+    from saeception.method.chain import (  # lazy: --help and --keys answer without loading torch
+        resolve_device,
+        run_chain,
+        setup,
+    )
+    from saeception.parallel.distributed import (
+        init_single_process,  # lazy: --help and --keys answer without loading torch
+    )
+    from saeception.store.artifacts import ChainPaths  # lazy: --help and --keys answer without loading torch
 
-    from .validate import check_dir, check_run
+    from .validate import check_dir, check_run  # lazy: --help and --keys answer without loading torch
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from saeception.data.tasks import encode_labels, is_local, load_splits
+from saeception.models.classifiers import MLP, TapModel, load_tokenizer, model_source
 
-from .config import Config, ConfigError, DataConfig, ModelConfig
+from .config import Config, ConfigError, DataConfig, ModelConfig, build_config
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,6 @@ def _data_facts(cfg: DataConfig) -> DataFacts | None:
 
 
 def _layer_width(cfg: ModelConfig, data_name: str, facts: DataFacts, hf_config_of: Callable[[ModelConfig], Any]) -> int | None:
-    from saeception.models.classifiers import MLP, TapModel
-
     if cfg.name == "mlp":
         if facts.kind != "features":
             raise ConfigError(f"model.name: text data ({data_name}) needs a transformer model, not 'mlp'")
@@ -152,9 +151,10 @@ def _layer_width(cfg: ModelConfig, data_name: str, facts: DataFacts, hf_config_o
     hf_config = hf_config_of(cfg)
     if hf_config is None:
         return None
-    from transformers import AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,  # lazy: transformers only for Hugging Face models
+    )
 
-    from saeception.models.classifiers import load_tokenizer
 
     hf_config.num_labels = facts.n_classes
     with torch.device("meta"):
@@ -166,9 +166,8 @@ def _layer_width(cfg: ModelConfig, data_name: str, facts: DataFacts, hf_config_o
 
 def _hf_config(name: str, revision: str = ""):
     """The model's config (config.json only); None for a hub id that is neither cached nor reachable."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: transformers only for Hugging Face models
 
-    from saeception.models.classifiers import model_source
 
     source = model_source(name)
     if not Path(source).exists() and (Path(source).is_absolute() or source.startswith((".", "~"))):
@@ -246,8 +245,6 @@ def _values(p) -> list[Any]:
 
 def check_space(space, checker: Checker | None = None) -> None:
     """Every combination a sweep's space can sample, checked against its data and model."""
-    from .config import build_config
-
     checker = checker or Checker()
     for combo in combinations(space):
         try:

@@ -26,6 +26,16 @@ from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from saeception.config import build_config, to_flat_dict
+from saeception.eval.confirm import arm_values, run_arms
+from saeception.eval.evaluate import VAL_METRIC_NAMES
+from saeception.method.chain import ChainState, run_chain
+from saeception.method.errors import CorruptCycleError, DivergedError
+from saeception.store.artifacts import ChainPaths, CycleDir
+from saeception.store.cache import CACHE_COUNTERS, open_cache
+from saeception.store.uris import is_uri
+from saeception.sweep.plots import TRAJECTORY_METRICS, trial_plot
+from saeception.sweep.tracking import FAILURE, TIMING, Tracker
 from saeception.sweep.vocab import (
     DIVERGED,
     FINAL_CYCLE,
@@ -42,6 +52,8 @@ from saeception.sweep.vocab import (
     arm_run_key,
     confirm_run_name,
 )
+
+from .locks import lease_lock
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +87,6 @@ class MlflowRelay(TuneReportCallback):
         self._with_dataset: set[str] = set()
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        from saeception.store.cache import CACHE_COUNTERS
-        from saeception.sweep.tracking import FAILURE, Tracker
-
         first = dict(metrics[0])
         history = json.loads(first.pop(HISTORY, "[]"))
         tags = json.loads(first.pop(TAGS, "{}"))
@@ -107,9 +116,8 @@ def _rank0_report(rank: int, metrics: dict, cycle_dir: Path | None, run_key: str
                   checkpoint: bool = False, history: list[dict] | None = None, checkpoint_name: str | None = None) -> None:
     """Every rank reports; rank 0 adds the history (from the cycle directory), the run's data and
     splits (from its results.json), tags and checkpoint (named checkpoint_name, default cycle_NNN)."""
-    import ray.train
+    import ray.train  # lazy: Ray is loaded only in the processes that use it
 
-    from saeception.store.artifacts import CycleDir
 
     if rank != 0:
         ray.train.report({"cycle": metrics.get("cycle")})
@@ -129,13 +137,10 @@ def _rank0_report(rank: int, metrics: dict, cycle_dir: Path | None, run_key: str
 
 
 def _worker_context(loop_config: dict[str, Any]):
-    import ray.train
-    import ray.train.torch
+    import ray.train  # lazy: Ray is loaded only in the processes that use it
+    import ray.train.torch  # lazy: Ray is loaded only in the processes that use it
 
-    from saeception.store.cache import open_cache
-    from saeception.store.uris import is_uri
 
-    from .locks import lease_lock
 
     rank = ray.train.get_context().get_world_rank()
     work = Path(tempfile.mkdtemp(prefix=f"saeception-r{rank}-"))
@@ -156,15 +161,9 @@ def _with_cache_stats(metrics: dict, cache) -> dict:
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     """One chain; rank 0 checkpoints every cycle, so a restarted trial resumes after its last cycle."""
     entered = time.time()
-    import ray
-    import ray.train
+    import ray  # lazy: Ray is loaded only in the processes that use it
+    import ray.train  # lazy: Ray is loaded only in the processes that use it
 
-    from saeception.config import build_config
-    from saeception.eval.evaluate import VAL_METRIC_NAMES
-    from saeception.method.chain import ChainState, run_chain
-    from saeception.method.errors import CorruptCycleError, DivergedError
-    from saeception.store.artifacts import ChainPaths
-    from saeception.sweep.tracking import TIMING
 
     cfg = build_config(loop_config["values"])
     rank, device, work, cache = _worker_context(loop_config)
@@ -209,10 +208,8 @@ def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
     """All arms of each of its seeds (saeception.eval.confirm.run_arms), one seed after another. An arm whose
     chain diverges is reported for its own run (FAILED with the reason) and the other arms go on. A
     restart re-runs them; MLflow stays deduplicated (cycles already logged are skipped)."""
-    import ray.train
+    import ray.train  # lazy: Ray is loaded only in the processes that use it
 
-    from saeception.config import build_config
-    from saeception.eval.confirm import run_arms
 
     rank, device, work, cache = _worker_context(loop_config)
     last = build_config(loop_config["values"]).chain.cycles
@@ -254,10 +251,9 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
     keep_checkpoints: how many of the latest checkpoints Ray keeps (None: all). per_run_failures: a run
     whose chain diverged is closed FAILED and the others FINISHED (the confirmation's arms), instead of
     the trial failing."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    import ray.train  # lazy: Ray is loaded only in the processes that use it
+    from ray.train.torch import TorchTrainer  # lazy: Ray is loaded only in the processes that use it
 
-    from saeception.sweep.tracking import TIMING
 
     # Ray Train's controller polls its worker group every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
     # default): up to that much dead time when the workers come up and again when they finish. Poll
@@ -289,8 +285,6 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
         for run_id in run_ids.values():
             reason = tracker.failure(run_id)
             if reason and not per_run_failures:
-                from saeception.method.errors import DivergedError
-
                 raise DivergedError(reason.removeprefix("DivergedError: "))
     except BaseException as e:
         for run_id in run_ids.values():
@@ -311,8 +305,6 @@ def _close(tracker, run_id: str, failed: str | None = None) -> None:
 
 
 def _log_trial_plot(tracker, run_id: str, title: str) -> None:
-    from saeception.sweep.plots import TRAJECTORY_METRICS, trial_plot
-
     history = tracker.histories(run_id, TRAJECTORY_METRICS)
     if history:
         with tempfile.TemporaryDirectory() as d:
@@ -321,10 +313,8 @@ def _log_trial_plot(tracker, run_id: str, title: str) -> None:
 
 def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """Tune function trainable for a sweep trial. `config` holds the sampled dotted keys."""
-    import ray.tune
+    import ray.tune  # lazy: Ray is loaded only in the processes that use it
 
-    from saeception.config import build_config, to_flat_dict
-    from saeception.sweep.tracking import TIMING, Tracker
 
     sampled = dict(config)
     values = {**spec.fixed, **sampled}
@@ -343,10 +333,6 @@ def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     each (arm, seed) its own MLflow child run, tagged with the confirmation's key. Seeds are grouped so
     that a small cluster pays one worker-group start for all of them, and a large one runs the groups in
     parallel."""
-    from saeception.config import build_config, to_flat_dict
-    from saeception.eval.confirm import arm_values
-    from saeception.sweep.tracking import Tracker
-
     seeds = [int(s) for s in config["seeds"]]
     key, arms = config["key"], list(config["arms"])
     train_run = confirm_run_name(config["attempt"], seeds)

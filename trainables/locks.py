@@ -36,7 +36,7 @@ class _Locks:
 @contextlib.contextmanager
 def lease_lock(key: str) -> Iterator[None]:
     """Holds the cluster-wide lock of `key` (needs a connected Ray), renewing its lease meanwhile."""
-    import ray
+    import ray  # lazy: Ray is loaded only in the processes that use it
 
     locks = ray.remote(num_cpus=0)(_Locks).options(
         name="saeception-cache-locks", namespace="saeception", lifetime="detached", get_if_exists=True,

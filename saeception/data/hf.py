@@ -6,6 +6,7 @@ so every run or trial on a node after the first reads it instead of tokenizing a
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ _MULTI_CONFIG_DATASETS = {"glue", "super_glue", "nyu-mll/glue", "aps/super_glue"
 
 def _hf_splits(cfg: DataConfig) -> dict[str, Any]:
     """{source split name: datasets.Dataset} of a hub dataset (at `data.revision`) or a saved one."""
-    import datasets
+    import datasets  # lazy: datasets only for Hugging Face data
 
     if source_kind(cfg.name) == "saved":
         try:
@@ -75,8 +76,6 @@ def token_ids_by_map(sources: dict[str, Any], splits: dict[str, Raw], cfg: DataC
     """Token ids of every final split, tokenized with `datasets.Dataset.map` over the rows the splits
     use: datasets caches the result beside the dataset under a fingerprint of the rows, the function and
     the tokenizer, so every trial on a node after the first reads it instead of tokenizing."""
-    from functools import partial
-
     columns = tuple(c for _, c in text_columns(cfg))
     fn = partial(_tokenize_batch, tokenizer=tokenizer, columns=columns, max_length=cfg.max_length)
     wanted: dict[str, set[int]] = {}

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ class TaskData:
 
 
 def _digits() -> dict[str, tuple[Any, np.ndarray]]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn only for eval.backend sklearn
 
     d = load_digits()
     return {"all": ((d.data / 16.0).astype(np.float32), d.target.astype(np.int64))}
@@ -97,7 +98,7 @@ def package_path(spec: str, key: str) -> Path:
 
 
 def _read_table(path: Path, cfg: DataConfig):
-    import pandas as pd
+    import pandas as pd  # lazy: pandas only for tables
 
     suffix = path.suffix.lower()
     try:
@@ -209,7 +210,7 @@ def _take(inputs: Any, idx: np.ndarray) -> Any:
 
 
 def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # lazy: scikit-learn only for eval.backend sklearn
 
     idx = np.arange(len(labels))
     counts = np.unique(labels, return_counts=True)[1]
@@ -401,8 +402,6 @@ def loader(task: TaskData, split: str, batch_size: int, shuffle: bool, seed: int
     """A DataLoader over one split. Under torch.distributed each rank reads its own shard. Text is
     batched by similar length (every stage indexes by example id, so order is free).
     pin_memory=True (for CUDA) lets batches copy to the device without blocking the host."""
-    from functools import partial
-
     ds = SplitDataset(task.split(split))
     fn = partial(collate, pad_token_id=task.pad_token_id, padding_side=task.padding_side)
     if task.kind == "text":

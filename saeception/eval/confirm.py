@@ -21,6 +21,7 @@ with a 95% t interval, the exact sign test beside the t-test, a Holm correction 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,7 +123,6 @@ def with_controls(settings: ConfirmSettings, controls: str | None) -> ConfirmSet
     """settings with the controls of a comma-separated list (--confirm-controls) when one is given."""
     if not controls:
         return settings
-    import dataclasses
 
     return dataclasses.replace(settings, controls=tuple(c.strip() for c in controls.split(",") if c.strip()))
 
@@ -206,7 +206,7 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
 def paired_test(a: list[float], b: list[float]) -> float:
     """Two-sided paired t-test p-value of a vs b over seeds; nan when it is undefined (< 2 pairs, or every
     difference equal, where the t statistic has no spread to divide by: never a p of 0)."""
-    from scipy import stats
+    from scipy import stats  # lazy: scipy only for the statistics
 
     if len(a) < 2:
         return math.nan
@@ -218,7 +218,7 @@ def paired_test(a: list[float], b: list[float]) -> float:
 
 def sign_test(gains: list[float]) -> float:
     """Exact two-sided sign test over the non-zero paired differences (1.0 when all are zero)."""
-    from scipy import stats
+    from scipy import stats  # lazy: scipy only for the statistics
 
     pos, neg = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
     if pos + neg == 0:
@@ -228,7 +228,7 @@ def sign_test(gains: list[float]) -> float:
 
 def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float]:
     """The t-based confidence interval of the mean difference (nan with < 2 pairs)."""
-    from scipy import stats
+    from scipy import stats  # lazy: scipy only for the statistics
 
     n = len(diffs)
     if n < 2:

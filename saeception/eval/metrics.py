@@ -137,8 +137,8 @@ def cluster_metrics(x: Tensor, labels: Tensor, n_classes: int, cap: int, seed: i
 
 
 def _cluster_metrics_sklearn(x: Tensor, labels: Tensor, n_classes: int, sub: np.ndarray, seed: int) -> dict[str, float]:
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import (
+    from sklearn.cluster import KMeans  # lazy: scikit-learn only for eval.backend sklearn
+    from sklearn.metrics import (  # lazy: scikit-learn only for eval.backend sklearn
         adjusted_rand_score,
         calinski_harabasz_score,
         davies_bouldin_score,

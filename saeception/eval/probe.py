@@ -116,9 +116,9 @@ def fit_torch(x: Tensor, y: Tensor, max_iter: int, dtype: torch.dtype = torch.fl
 
 
 def fit_sklearn(x: Tensor, y: Tensor, max_iter: int) -> Predict:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.linear_model import LogisticRegression  # lazy: scikit-learn only for eval.backend sklearn
+    from sklearn.pipeline import make_pipeline  # lazy: scikit-learn only for eval.backend sklearn
+    from sklearn.preprocessing import StandardScaler  # lazy: scikit-learn only for eval.backend sklearn
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=TOL, max_iter=max_iter))
     clf.fit(x.cpu().numpy(), y.cpu().numpy())

@@ -171,7 +171,7 @@ def model_source(name: str) -> str:
 
 def load_tokenizer(cfg: ModelConfig, padding_side: str = "right"):
     """The tokenizer for a transformer model, with a pad token (GPT-style models reuse EOS)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers only for Hugging Face models
 
     tok = AutoTokenizer.from_pretrained(model_source(cfg.name), **_revision(cfg))
     if tok.pad_token is None:
@@ -195,7 +195,10 @@ def build_model(cfg: ModelConfig, n_classes: int, input_dim: int = 0, pad_token_
         if input_dim <= 0:
             raise ConfigError("model.name: 'mlp' needs feature data (e.g. data.name: digits), not text")
         return MLP(input_dim, cfg.hidden_sizes, n_classes)
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import (  # lazy: transformers only for Hugging Face models
+        AutoConfig,
+        AutoModelForSequenceClassification,
+    )
 
     dtype = getattr(torch, cfg.dtype)
     if on_meta:

@@ -60,6 +60,7 @@ of rows at a time (`sae.CHUNK_ELEMENTS`): fewer code-sized buffers than evaluati
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -69,6 +70,8 @@ from torch import nn
 from saeception.config import Config, ModelConfig
 from saeception.eval.clustering import BLOCK_ELEMENTS
 from saeception.eval.probe import STANDARDIZED_ELEMENTS
+from saeception.models.classifiers import MLP, block_list
+from saeception.validate import _hf_config
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -138,8 +141,6 @@ def _dropouts(module: nn.Module) -> int:
 
 def facts_from_model(model: nn.Module, name: str = "") -> ModelFacts:
     """Facts of a built model (on the meta device is enough: only shapes are read)."""
-    from saeception.models.classifiers import MLP, block_list
-
     params = sum(p.numel() for p in model.parameters())
     embedding = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
     matmul = sum(p.numel() for p in model.parameters() if p.dim() >= 2) - embedding
@@ -167,9 +168,9 @@ def facts_from_model(model: nn.Module, name: str = "") -> ModelFacts:
 
 def facts_from_config(hf_config, n_classes: int = 2, name: str = "") -> ModelFacts:
     """Facts of a `transformers` config's sequence classifier, built on the meta device (no weights)."""
-    import copy
-
-    from transformers import AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,  # lazy: transformers only for Hugging Face models
+    )
 
     hf_config = copy.deepcopy(hf_config)
     hf_config.num_labels = n_classes
@@ -182,14 +183,10 @@ def model_facts(cfg: ModelConfig, n_classes: int = 2, input_dim: int = 64, hf_co
     """Facts of `model.name`: the MLP from its widths (`input_dim` features, `n_classes` outputs; the digits
     data has 64 and 10), a transformer from its config (a local directory, `package:` or a hub id: only
     config.json is read). None for a hub model that is neither cached nor reachable now."""
-    from saeception.models.classifiers import MLP
-
     if cfg.name == "mlp":
         with torch.device("meta"):
             return facts_from_model(MLP(input_dim, cfg.hidden_sizes, n_classes), "mlp")
     if hf_config is None:
-        from saeception.validate import _hf_config
-
         hf_config = _hf_config(cfg.name, cfg.revision)
         if hf_config is None:
             return None

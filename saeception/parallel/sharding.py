@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def is_sharded(module: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # lazy: FSDP2 (torch >= 2.6) only under train.strategy fsdp
 
     return isinstance(module, FSDPModule)
 
@@ -56,8 +56,14 @@ def shard(tap: TapModel, cfg: TrainConfig, device: torch.device) -> None:
     if not is_distributed():
         raise ConfigError("train.strategy: fsdp needs a torch.distributed process group (a sweep's TorchTrainer "
                           "workers, `python -m saeception.run`, or torchrun); use ddp in a plain process")
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.device_mesh import (
+        init_device_mesh,  # lazy: FSDP2 (torch >= 2.6) only under train.strategy fsdp
+    )
+    from torch.distributed.fsdp import (  # lazy: FSDP2 (torch >= 2.6) only under train.strategy fsdp
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        fully_shard,
+    )
 
     kwargs: dict = {"mesh": init_device_mesh(device.type, (world_size(),))}
     if device.type == "cuda":
@@ -93,7 +99,7 @@ def shard(tap: TapModel, cfg: TrainConfig, device: torch.device) -> None:
 
 
 def _local(t: Tensor) -> Tensor:
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # lazy: FSDP2 (torch >= 2.6) only under train.strategy fsdp
 
     return t.to_local() if isinstance(t, DTensor) else t
 
@@ -116,7 +122,10 @@ def full_state(model: nn.Module) -> dict[str, Tensor]:
     must call it (it all-gathers); rank 0 gets full tensors in host memory, the others an empty dict."""
     if not is_sharded(model):
         return model.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # lazy: FSDP2 (torch >= 2.6) only under train.strategy fsdp
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -128,7 +137,10 @@ def load_state(model: nn.Module, tensors: dict[str, Tensor]) -> None:
     if not is_sharded(model):
         load_state_strict(model, tensors)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # lazy: FSDP2 (torch >= 2.6) only under train.strategy fsdp
+        StateDictOptions,
+        set_model_state_dict,
+    )
 
     set_model_state_dict(model, dict(tensors),
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True))

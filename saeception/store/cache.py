@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -236,8 +237,6 @@ class ObjectStageCache(StageCache):
     _local_locks: dict[str, threading.Lock] = {}
 
     def __init__(self, root: str, readonly: bool = False, scratch: str | Path | None = None, lock: KeyLock | None = None):
-        import tempfile
-
         self.uri = root.rstrip("/")
         self.fs, self.base = filesystem(self.uri)
         self.readonly = readonly
@@ -256,7 +255,7 @@ class ObjectStageCache(StageCache):
     def _read_pointer(self, key: str) -> dict | None:
         """The key's pointer, checked against its schema (pointer_problem); a malformed one (truncated,
         not JSON, a file name with a separator or '..') is dropped with a warning, as if never written."""
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # lazy: object-store filesystems only for URIs
 
         if self.fs.get_file_info(self._pointer(key)).type == pafs.FileType.NotFound:
             return None
@@ -277,7 +276,7 @@ class ObjectStageCache(StageCache):
         return None
 
     def _delete(self, path: str, directory: bool) -> None:
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # lazy: object-store filesystems only for URIs
 
         if self.fs.get_file_info(path).type != pafs.FileType.NotFound:  # another reader may have been first
             self.fs.delete_dir(path) if directory else self.fs.delete_file(path)

@@ -55,7 +55,7 @@ def check_uri(location: str) -> str | None:
     name = scheme(location)
     if name in PYARROW_SCHEMES:
         return None
-    import fsspec  # only when an fsspec URI is given
+    import fsspec  # lazy: object-store filesystems only for URIs
 
     if name not in fsspec.available_protocols():
         return f"unknown filesystem scheme {name!r} (pyarrow: {', '.join(PYARROW_SCHEMES)}; or an fsspec protocol)"
@@ -64,11 +64,11 @@ def check_uri(location: str) -> str | None:
 
 def filesystem(location: str):
     """(pyarrow FileSystem, path) for a URI: pyarrow's own for s3/gs/hdfs/abfs, fsspec's otherwise."""
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # lazy: object-store filesystems only for URIs
 
     if scheme(location) in PYARROW_SCHEMES:
         return pafs.FileSystem.from_uri(location)
-    import fsspec
+    import fsspec  # lazy: object-store filesystems only for URIs
 
     fs, path = fsspec.core.url_to_fs(location)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path

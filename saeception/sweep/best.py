@@ -17,7 +17,13 @@ from typing import Any
 
 import yaml
 
+from saeception.eval.confirm import ARM_DOC, arm_values
+from saeception.store.artifacts import ChainPaths, write_json
+
+from ..config import build_config, to_dict
+from ..export import ExportError, export_run
 from .plan import Plan
+from .tracking import SPLIT_TAG
 from .vocab import arm_checkpoint, arm_run_key, checkpoint_uri
 
 log = logging.getLogger(__name__)
@@ -28,8 +34,6 @@ ARMS_DIR = "confirmation"  # best/confirmation/<arm>-seed<seed>/
 
 def splits_from_tags(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
     """{split: {"n", "ids_sha256"}} from a run's saeception.split.<split>.* tags ({} when absent)."""
-    from .tracking import SPLIT_TAG
-
     out = {}
     for split in ("train", "val", "test"):
         digest = tags.get(SPLIT_TAG.format(split, "sha256"))
@@ -42,9 +46,8 @@ def splits_from_tags(tags: dict[str, str]) -> dict[str, dict[str, Any]]:
 def fetch_cycle(uri: str, dest_run: Path) -> Path:
     """Downloads a checkpointed cycle directory into `dest_run/cycle_NNN` (a run directory for the
     export); returns that directory. Raises FileNotFoundError when the checkpoint is not there."""
-    import ray.train
+    import ray.train  # lazy: Ray is loaded only in the processes that use it
 
-    from saeception.store.artifacts import ChainPaths
 
     staging = dest_run / "download"
     try:
@@ -72,7 +75,6 @@ def _confirmation_md(p: Plan) -> str | None:
     f = p.local_dir / "confirmation.md"
     if not f.exists():
         return None
-    from saeception.eval.confirm import ARM_DOC
 
     arms = "; ".join(f"`{a}`: {ARM_DOC[a]}" for a in p.confirm.settings.controls)
     return (f"The best config (`best`) and its controls ({arms}) on {p.confirm.seeds} fresh seeds: mean ± sd per "
@@ -84,10 +86,6 @@ def _confirmation_md(p: Plan) -> str | None:
 
 def _export_one(p: Plan, tracker, parent: str, uri: str, values: dict[str, Any], run_key: str, out: Path,
                 card_extra: dict[str, str]) -> dict[str, Path]:
-    from saeception.store.artifacts import write_json
-
-    from ..config import build_config, to_dict
-    from ..export import export_run
 
     run = tracker.child_run_by_key(parent, run_key)
     splits = splits_from_tags(run.data.tags) if run is not None else {}
@@ -103,9 +101,6 @@ def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmati
     `<local dir>/best/` and logs that folder on the parent run under best/. An export that cannot be
     made (e.g. the model's source is not readable here) is reported, tagged saeception.export_failed
     on the parent run, and the sweep's results stand. Returns the local folder, None when it failed."""
-    from saeception.eval.confirm import ARM_DOC, arm_values
-
-    from ..export import ExportError
 
     values = {**p.space.fixed, **trial["config"]}
     out = p.local_dir / BEST

@@ -20,9 +20,13 @@ from saeception.store.uris import scheme as uri_scheme
 from ..config import ConfigError, build_config, flatten, parse_override, read_yaml
 from ..validate import Checker, check_dir, check_space
 from . import memory_plan
+from .identity import check_resume, hold_lock, identity
 from .plan import Confirmation, Plan, Resources, Search
+from .redact import install_log_filter
 from .resources import check_local_resources
 from .space import SearchSpace, load_space, resolve_space
+from .state import STATE_ENV, check_mlflow, check_optuna_storage, state_dir
+from .tracking import DEFAULT_EXPERIMENT, absolute_uri, sqlite_uri
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +83,6 @@ def _fail(message: str) -> None:
 
 
 def plan(args: argparse.Namespace) -> Plan:
-    from .identity import check_resume, hold_lock, identity
-    from .state import STATE_ENV, check_mlflow, check_optuna_storage, state_dir
-    from .tracking import DEFAULT_EXPERIMENT, absolute_uri, sqlite_uri
-
     overrides = dict(parse_override(o) for o in args.overrides)
     base_values = None
     if getattr(args, "config", None):
@@ -242,15 +242,14 @@ def _rmdir_new(path: Path) -> None:
 
 def tune_experiment_exists(path: str) -> bool:
     if is_uri(path):
-        from ray.tune import Tuner
+        from ray.tune import Tuner  # lazy: Ray is loaded only in the processes that use it
 
         return Tuner.can_restore(path)
     return Path(path, "tuner.pkl").exists() or any(Path(path).glob("experiment_state-*.json"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .driver import execute
-    from .redact import install_log_filter
+    from .driver import execute  # lazy: the driver loads Ray; flags and errors answer without it
 
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -260,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         p = plan(args)
         if args.dry_run:
-            from .dry_run import describe
+            from .dry_run import describe  # lazy: the driver loads Ray; flags and errors answer without it
 
             print(describe(p))
             return 0

@@ -9,13 +9,27 @@ the missing ones (a larger --confirm-seeds), and confirms afresh when the winner
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import time
 from typing import Any
 
+from saeception.eval.confirm import (
+    KEPT_METRICS,
+    SUMMARY_METRICS,
+    ConfirmSettings,
+    confirm_seeds,
+    format_table,
+    summarize,
+    verdict_line,
+)
+
+from ..config import build_config
 from .plan import Plan
+from .plots import confirmation_plot
+from .tracking import FAILURE
 from .vocab import KEY_TAG, SAE_SEED_PREFIX, TRAIN_RUN_TAG, VERDICT_TAG, confirm_run_name
 
 
@@ -28,8 +42,6 @@ def confirm_key(values: dict[str, Any], settings) -> str:
 def _gather(tracker, parent: str, key: str, arms: tuple[str, ...], seeds: list[int], metrics: tuple[str, ...]):
     """(results[arm][seed][cycle] of FINISHED runs, failed[arm][seed] = reason of FAILED ones, the train
     run of each arm of each seed, the best runs by seed)."""
-    from .tracking import FAILURE
-
     results: dict[str, dict[int, dict[int, dict[str, float]]]] = {a: {} for a in arms}
     failed: dict[str, dict[int, str]] = {a: {} for a in arms}
     train_runs: dict[tuple[str, int], str] = {}
@@ -73,21 +85,9 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
     winner was already confirmed on are reused), then logs and prints the arms, the paired comparisons
     and the verdicts. Returns where the first seed's arms were checkpointed ({"seed", "train_runs"}:
     saeception.sweep.best exports them), None when the best arm finished on no seed."""
-    import dataclasses
+    from ray import tune  # lazy: Ray is loaded only in the processes that use it
 
-    from ray import tune
-
-    from saeception.eval.confirm import (
-        KEPT_METRICS,
-        SUMMARY_METRICS,
-        confirm_seeds,
-        format_table,
-        summarize,
-        verdict_line,
-    )
-
-    from ..config import build_config
-    from ..trainables.chain_trainable import confirm_trial  # Ray: imported when a confirmation runs
+    from ..trainables.chain_trainable import confirm_trial  # lazy: the trainables import Ray at load
 
     settings = p.confirm.settings
     seeds = confirm_seeds(build_config(values).seed, p.confirm.seeds)
@@ -135,9 +135,6 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
 
 
 def _write(p: Plan, tracker, parent: str, rows, settings, headline, line: str) -> None:
-    from saeception.eval.confirm import format_table
-
-    from .plots import confirmation_plot
 
     (p.local_dir / "confirmation.md").write_text(format_table(rows, settings, headline, last_cycle_only=False) + "\n")
     (p.local_dir / "confirmation.json").write_text(json.dumps(_jsonable(rows), indent=1))
@@ -181,8 +178,6 @@ CONFIRMATION_TABLE = "confirmation_table.json"
 def table_rows(rows: list[dict[str, Any]], settings=None) -> list[dict[str, Any]]:
     """summarize()'s rows with readable, fixed columns: one row per (cycle, metric, control) with the arm
     means, the paired difference and its interval, wins/ties/losses, the p-values and the verdict."""
-    from saeception.eval.confirm import ConfirmSettings
-
     settings = settings or ConfirmSettings()
     out = []
     for r in rows:

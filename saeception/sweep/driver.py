@@ -14,7 +14,22 @@ import yaml
 
 from saeception.store.uris import redact
 
+from ..config import to_dict
+from .best import export_best, log_best_dataset
+from .confirmation import confirm
+from .identity import identity, write_identity
+from .orphans import close_orphans
 from .plan import Plan
+from .report import (
+    best_trials,
+    log_cache_totals,
+    log_sweep_plots,
+    print_summary,
+    progress_callback,
+    trial_rows,
+)
+from .resources import bundles, describe, offer, plan_concurrency, waits_for_nodes
+from .tracking import Tracker, run_tags, ui_command, ui_url
 
 # How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).
 AUTOSCALE_WAIT_S = 1800.0
@@ -32,7 +47,7 @@ class Session:
 
 
 def execute(p: Plan) -> int:
-    import ray
+    import ray  # lazy: Ray is loaded only in the processes that use it
 
     started_ray = start_ray(p)
     s = None
@@ -44,13 +59,9 @@ def execute(p: Plan) -> int:
         report(p, s, rows, best)
         confirmed = None
         if best and p.confirm.seeds > 0:
-            from .confirmation import confirm
-
             confirmed = confirm(p, s.tracker, s.parent, s.spec, {**p.space.fixed, **best[0]["config"]}, s.concurrency,
                                 s.trial_resources)
         if best:
-            from .best import export_best
-
             export_best(p, s.tracker, s.parent, best[0], confirmed)
         return close(p, s, rows, best)
     except BaseException as e:
@@ -65,8 +76,6 @@ def execute(p: Plan) -> int:
 def _close_stopped(s: Session, error: BaseException) -> None:
     """The driver is stopping on an error: the parent run says why (FAILED) instead of staying RUNNING;
     --resume reopens it. If MLflow itself is the error, the run stays RUNNING and --resume marks it."""
-    import logging
-
     try:
         s.tracker.finish(s.parent, failed=f"driver stopped: {type(error).__name__}: {error}")
     except Exception as e:  # the original error is what the user must see; this one is logged
@@ -81,7 +90,7 @@ def start_ray(p: Plan) -> bool:
         # Clusters started with `ray start` use token authentication (Ray's default since 2.59); a client
         # must say so, before Ray is imported, to send its token (~/.ray/auth_token or RAY_AUTH_TOKEN).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import ray
+    import ray  # lazy: Ray is loaded only in the processes that use it
 
     if ray.is_initialized():
         return False
@@ -99,12 +108,9 @@ def start_ray(p: Plan) -> bool:
 def open_parent_run(p: Plan) -> Session:
     """Sizes the trials for the cluster, opens (or, resuming, reopens) the sweep's parent run and logs
     what the sweep searches."""
-    from ray import tune
+    from ray import tune  # lazy: Ray is loaded only in the processes that use it
 
-    from ..trainables.chain_trainable import TrialSpec
-    from .identity import identity, write_identity
-    from .resources import bundles, describe, offer, plan_concurrency, waits_for_nodes
-    from .tracking import Tracker, run_tags
+    from ..trainables.chain_trainable import TrialSpec  # lazy: the trainables import Ray at load
 
     res = p.resources
     # Planned from every node the cluster may have (the autoscaler's node types), not only those up now;
@@ -144,7 +150,7 @@ def asha(p: Plan, metric, mode):
     Train controller was shutting down, so its run FAILED with ActorDiedError though Optuna had it COMPLETE,
     and its worker group's resources could leak (the next trial's workers never started; seen in 1 of 5
     runs of the asha test)."""
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler  # lazy: Ray is loaded only in the processes that use it
 
     cycles = int(p.space.fixed.get("chain.cycles", 2))
     return ASHAScheduler(time_attr="cycle", metric=metric, mode=mode, max_t=max(cycles, 1), grace_period=1,
@@ -154,13 +160,16 @@ def asha(p: Plan, metric, mode):
 def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
     """The Optuna search over Ray Tune; returns every trial's row, the best trial(s) and whether the
     search was interrupted (Ctrl-C) before every trial ended."""
-    import optuna
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
+    import optuna  # lazy: Optuna only where the study is opened
+    from ray import tune  # lazy: Ray is loaded only in the processes that use it
+    from ray.tune.search import ConcurrencyLimiter  # lazy: Ray is loaded only in the processes that use it
 
-    from ..trainables.chain_trainable import chain_trial
-    from ..trainables.optuna_search import CredentialSafeRDBStorage, FailAwareOptunaSearch, SweepSearch
-    from .report import best_trials, progress_callback, trial_rows
+    from ..trainables.chain_trainable import chain_trial  # lazy: the trainables import Ray at load
+    from ..trainables.optuna_search import (  # lazy: the trainables import Ray at load
+        CredentialSafeRDBStorage,
+        FailAwareOptunaSearch,
+        SweepSearch,
+    )
 
     search = p.search
     trainable = tune.with_resources(tune.with_parameters(chain_trial, spec=s.spec), s.trial_resources)
@@ -168,8 +177,6 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
     storage = CredentialSafeRDBStorage(p.optuna_uri)
     SweepSearch.budgets[p.name] = search.trials
     if search.resume:
-        from .orphans import close_orphans
-
         # What the stopped driver left RUNNING with no Tune trial behind it is closed, not left forever.
         close_orphans(s.tracker, s.parent, os.path.join(p.ray_dir, p.name), p.optuna_uri, p.name)
         tuner = tune.Tuner.restore(os.path.join(p.ray_dir, p.name), trainable=trainable,
@@ -211,10 +218,6 @@ def stop_interrupted(p: Plan, s: Session) -> int:
 
 def report(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> None:
     """Prints the summary; logs the best config and the sweep's plots on the parent run."""
-    from ..config import to_dict
-    from .best import log_best_dataset
-    from .report import log_sweep_plots, print_summary
-
     print_summary(p, rows, best)
     if best:
         top = best[0]
@@ -230,9 +233,6 @@ def report(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> None:
 def close(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> int:
     """Logs the cache totals, ends the parent run and prints how to open the results. 0 when a trial
     finished, 1 when none did."""
-    from .report import log_cache_totals
-    from .tracking import ui_command, ui_url
-
     log_cache_totals(p, s.tracker, s.parent)
     failed = sum(r["error"] for r in rows)
     s.tracker.finish(s.parent, failed=None if best else f"no trial finished ({failed} failed)")

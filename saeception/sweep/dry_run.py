@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 
+import torch
 import yaml
 
 from ..config import to_dict
@@ -22,7 +23,7 @@ def sample_configs(p: Plan, n: int, concurrency: int = 1) -> list[dict]:
     configured as the real one (TPE, --seed). Nothing is told back, as in a sweep whose first trials
     are all running: while TPE is in its random start-up (10 trials) these are the configs the real
     sweep's first trials get."""
-    import optuna
+    import optuna  # lazy: Optuna only where the study is opened
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize" if m == "max" else "minimize" for m in p.space.modes]
@@ -42,7 +43,6 @@ def _cluster(p: Plan) -> tuple[float, float] | None:
     """CPUs and GPUs of the local Ray the sweep would start; None with --address (known only once connected)."""
     if p.resources.address:
         return None
-    import torch
 
     return float(p.resources.num_cpus or os.cpu_count() or 1), float(torch.cuda.device_count())
 

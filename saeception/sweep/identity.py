@@ -14,6 +14,7 @@ dies without releasing it blocks a new launch for at most LEASE_S.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import hashlib
 import json
 import os
@@ -58,7 +59,7 @@ def identity(space: SearchSpace, search: Search, resources: Resources, confirmat
 def read_identity(storage: str) -> dict[str, Any] | None:
     if is_uri(storage):
         fs, root = filesystem(storage)
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # lazy: object-store filesystems only for URIs
 
         path = f"{root.rstrip('/')}/{IDENTITY_FILE}"
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
@@ -129,8 +130,6 @@ def _holder_text() -> str:
 
 
 def _hold_file_lock(storage: str, name: str) -> Any:
-    import fcntl
-
     path = Path(storage, LOCK_FILE)
     f = open(path, "a+")  # noqa: SIM115 - held open until the process ends: that is the lock
     try:
@@ -148,7 +147,7 @@ class _Lease:
         self._stop = threading.Event()
 
     def read(self) -> dict[str, Any] | None:
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # lazy: object-store filesystems only for URIs
 
         if self.fs.get_file_info(self.path).type == pafs.FileType.NotFound:
             return None

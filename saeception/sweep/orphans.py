@@ -32,7 +32,7 @@ def live_tune_trials(experiment_path: str) -> set[str] | None:
 
     Reads only the plain JSON fields `trial_id` and `status` of Tune's experiment state; nothing in it is
     unpickled here."""
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # lazy: object-store filesystems only for URIs
 
     if is_uri(experiment_path):
         fs, base = pafs.FileSystem.from_uri(experiment_path)
@@ -74,7 +74,7 @@ def close_orphans(tracker, parent_id: str, experiment_path: str, optuna_uri: str
 
 
 def _fail_optuna_orphans(optuna_uri: str, study_name: str, live: set[str]) -> list[int]:
-    import optuna
+    import optuna  # lazy: Optuna only where the study is opened
 
 
     try:

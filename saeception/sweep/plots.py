@@ -7,12 +7,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from saeception.eval.confirm import ARM_DOC, ARMS
+
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when a plot is drawn
 
     return plt
 
@@ -26,8 +28,6 @@ def _save(fig, path: Path, dpi: int = 90) -> Path:
 
 def confirmation_plot(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("task_accuracy", "sae_u", "sae_csi")) -> Path:
     """Mean ± sd over seeds per cycle, one panel per metric, one line per arm."""
-    from saeception.eval.confirm import ARM_DOC, ARMS
-
     plt = _plt()
     metrics = tuple(m for m in metrics if any(r["metric"] == m for r in rows))
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.5 * max(len(metrics), 1), 3.5), squeeze=False)
@@ -91,8 +91,8 @@ def optuna_plots(study, metrics: list[str], modes: list[str], out_dir: Path) -> 
     importances (per objective) by PED-ANOVA, Optuna's default evaluator, which assesses conditional
     params (sae.k, sae.l1_coefficient) over the trials where they exist. Returns the files and, per view
     that could not be drawn, why."""
-    import optuna
-    from optuna.visualization import matplotlib as ovm
+    import optuna  # lazy: Optuna only where the study is opened
+    from optuna.visualization import matplotlib as ovm  # lazy: Optuna only where the study is opened
 
     _plt()
     files, skipped = [], {}

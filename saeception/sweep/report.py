@@ -12,7 +12,9 @@ from saeception.store.cache import CACHE_COUNTERS
 from saeception.store.uris import redact
 
 from .plan import Plan
+from .plots import optuna_plots
 from .space import SearchSpace
+from .tracking import TRIAL_ID
 from .vocab import STOPPED_AT, stopped_early
 
 log = logging.getLogger(__name__)
@@ -21,9 +23,8 @@ log = logging.getLogger(__name__)
 def progress_callback(p: Plan, total: int, tracker, parent: str):
     """A Tune callback printing one line per event; it also marks trials a scheduler stopped early
     (their MLflow run: status KILLED, tag saeception.stopped_at_cycle)."""
-    from ray.tune import Callback
+    from ray.tune import Callback  # lazy: Ray is loaded only in the processes that use it
 
-    from .tracking import TRIAL_ID
 
     metric, mode = p.space.metrics[0], p.space.modes[0]
 
@@ -161,9 +162,8 @@ def log_cache_totals(p: Plan, tracker, parent: str) -> None:
 def log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[dict]) -> None:
     """Optuna's own views of the study (saeception.sweep.plots.optuna_plots) as PNGs on the parent run;
     a view that cannot be drawn yet (e.g. importances from too few trials) is named in a tag."""
-    import optuna
+    import optuna  # lazy: Optuna only where the study is opened
 
-    from .plots import optuna_plots
 
     study = optuna.load_study(study_name=p.name, storage=p.optuna_uri)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

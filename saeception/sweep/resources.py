@@ -20,6 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import yaml
+
 from ..config import ConfigError
 from .plan import Resources
 
@@ -64,9 +67,8 @@ def groups_from_launcher_config(config: dict[str, Any]) -> list[NodeGroup]:
 
 def publish(config_path: str, address: str) -> list[NodeGroup]:
     """Reports the launcher config's node types to the GCS at `address` as Ray's ClusterConfig."""
-    import yaml
-    from ray._raylet import GcsClient
-    from ray.core.generated import autoscaler_pb2
+    from ray._raylet import GcsClient  # lazy: Ray is loaded only in the processes that use it
+    from ray.core.generated import autoscaler_pb2  # lazy: Ray is loaded only in the processes that use it
 
     with open(config_path) as f:
         config = yaml.safe_load(f)
@@ -87,8 +89,8 @@ def publish(config_path: str, address: str) -> list[NodeGroup]:
 def offer() -> list[NodeGroup]:
     """What the connected Ray cluster can offer: the published node types (each counted up to its max),
     the live nodes matched to them by shape, and live nodes of no published type as groups of one."""
-    import ray
-    import ray._private.state
+    import ray  # lazy: Ray is loaded only in the processes that use it
+    import ray._private.state  # lazy: Ray is loaded only in the processes that use it
 
     groups: list[NodeGroup] = []
     record = ray._private.state.state.get_cluster_config()
@@ -198,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("config")
     pub.add_argument("--address", default="auto", help="GCS address of the cluster (default: auto, the local head)")
     args = p.parse_args(argv)
-    from ray._private.services import canonicalize_bootstrap_address_or_die
+    from ray._private.services import (
+        canonicalize_bootstrap_address_or_die,  # lazy: Ray is loaded only in the processes that use it
+    )
 
     groups = publish(args.config, canonicalize_bootstrap_address_or_die(args.address))
     print(f"published node types: {describe(groups)}")
@@ -211,8 +215,6 @@ if __name__ == "__main__":
 
 def local_groups(res: Resources) -> list:
     """The local Ray this sweep would start (--num-cpus, this machine's GPUs), as resources.py plans."""
-    import torch
-
     cpus = res.num_cpus if res.num_cpus is not None else os.cpu_count() or 1
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return [NodeGroup("this machine", {"CPU": cpus, "GPU": gpus}, 1, live=1)]

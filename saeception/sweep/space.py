@@ -20,12 +20,16 @@ sae_seeds).
 from __future__ import annotations
 
 import math
+import types
+import typing
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from saeception.eval.confirm import ConfirmSettings, parse_settings
 from saeception.eval.evaluate import VAL_METRIC_NAMES
+from saeception.method.sharpen import is_noop
 
 from ..config import Config, ConfigError, build_config, config_keys, flatten, read_yaml
 
@@ -177,9 +181,6 @@ def _param(key: str, spec: Any, known: dict[str, Any], earlier: dict[str, Param]
 
 def _number_kinds(t: Any) -> tuple[str, ...]:
     """The range types a config field takes: ("float", "int") for a float, ("int",) for an int."""
-    import types
-    import typing
-
     args = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) else (t,)
     if float in args:
         return ("float", "int")
@@ -274,8 +275,6 @@ def _lowest(params: dict[str, Param], key: str, default: Any) -> Any:
 def _check_sharpening_can_bite(cfg: Config, params: dict[str, Param], width: int) -> None:
     """per_example sharpening keeps every active latent of a TopK code when it keeps >= k latents: reject a
     space in which that holds for every configuration it can sample (its sharpening would do nothing)."""
-    from saeception.method.sharpen import is_noop
-
     strategies = params["sharpen.strategy"].choices if "sharpen.strategy" in params else [cfg.sharpen.strategy]
     kinds = params["sae.kind"].choices if "sae.kind" in params else [cfg.sae.kind]
     if strategies != ["per_example"] or not set(kinds) <= {"topk", "batchtopk"}:
@@ -296,8 +295,6 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None, base: 
 
 def shipped_spaces() -> dict[str, Any]:
     """The search spaces installed with saeception (`search_spaces/*.yaml`), by name."""
-    from importlib.resources import files
-
     root = files("saeception.search_spaces")
     return {p.name.removesuffix(".yaml"): p for p in root.iterdir() if p.name.endswith(".yaml")}
 

@@ -19,6 +19,7 @@ from saeception.store.uris import redact
 from saeception.store.uris import scheme as uri_scheme
 
 from ..config import ConfigError
+from .tracking import Tracker
 
 STATE_ENV = "SAECEPTION_STATE_DIR"
 DEFAULT_STATE_ROOT = "~/.saeception/sweeps"
@@ -37,8 +38,8 @@ def state_dir(name: str, storage: str) -> Path:
 def check_optuna_storage(url: str) -> None:
     """Connects to the Optuna RDB storage once (creating its tables, as the sweep would); ConfigError
     naming --optuna-storage when it cannot."""
-    import optuna
-    import sqlalchemy.exc
+    import optuna  # lazy: Optuna only where the study is opened
+    import sqlalchemy.exc  # lazy: only to open an RDB storage
 
     if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql", "oracle", "mssql"):
         raise ConfigError(f"--optuna-storage: {redact(url)} is not an RDB URL (sqlite:////abs/path, postgresql://…, mysql://…)")
@@ -60,7 +61,7 @@ def check_mlflow(uri: str) -> None:
     scheme = uri_scheme(uri)
     try:
         if scheme in ("http", "https"):
-            import requests
+            import requests  # lazy: only to ask an MLflow server
 
             r = requests.get(uri.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT_S)
             if r.status_code != 200:
@@ -68,7 +69,6 @@ def check_mlflow(uri: str) -> None:
         elif scheme.split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
             if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
                 raise ConfigError(f"--mlflow-uri: {uri} is relative to the working directory; give an absolute path (sqlite:////abs/path)")
-            from .tracking import Tracker
 
             Tracker(uri).client.search_experiments(max_results=1)
         # other schemes (databricks, file) are MLflow's to check when the sweep opens its run

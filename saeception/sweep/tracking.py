@@ -4,13 +4,16 @@ the process cannot redirect or break logging."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from saeception.data.tasks import source_kind
 from saeception.store.uris import redact
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -58,9 +61,7 @@ def run_tags() -> dict[str, str]:
     mlflow.source.git.commit/branch/repoURL, credentials stripped) resolved in this process, plus
     versions/<package> for saeception and its main dependencies. The driver resolves them once and
     every run of the sweep carries them (trial processes would resolve Ray's worker instead)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.tracking.context.registry import resolve_tags  # lazy: MLflow only where runs are written
 
     tags = {k: str(v) for k, v in resolve_tags().items()}
     for pkg in VERSIONED:
@@ -75,9 +76,7 @@ def dataset_inputs(data: dict[str, Any], splits: dict[str, dict[str, Any]]) -> l
     """One MLflow dataset input per split (context tag train/val/test): name = data.name (with its
     subset), digest = the first 16 hex digits of the split's ids_sha256, source = where the data is
     read from, profile = the split's size and full hash."""
-    import json
-
-    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag  # lazy: MLflow only where runs are written
 
     name = data.get("name", "")
     subset = data.get("subset") or ""
@@ -93,9 +92,6 @@ def dataset_inputs(data: dict[str, Any], splits: dict[str, dict[str, Any]]) -> l
 
 
 def _dataset_source(name: str, subset: str, revision: str) -> tuple[str, str]:
-    import json
-
-    from saeception.data.tasks import source_kind
 
     kind = source_kind(name)
     if kind == "digits":
@@ -120,7 +116,7 @@ def ui_url(base: str, experiment_id: str) -> str:
 
 class Tracker:
     def __init__(self, uri: str):
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # lazy: MLflow only where runs are written
 
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
@@ -185,7 +181,7 @@ class Tracker:
         return self._find(exp_id, tags)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # lazy: MLflow only where runs are written
 
         existing = self.client.get_run(run_id).data.params
         fresh = [Param(str(k), _param_value(v)) for k, v in params.items() if str(k) not in existing]
@@ -194,7 +190,7 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
         """Logs the finite numeric entries of `metrics` at `step` (non-finite values are skipped)."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: MLflow only where runs are written
 
         now = int(time.time() * 1000)
         rows = [Metric(k, float(v), now, step) for k, v in metrics.items()
@@ -236,7 +232,7 @@ class Tracker:
     def log_table(self, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
         """Rows as an MLflow table artifact (shown as a table in the UI). MLflow appends to an existing
         table file, so a table already logged (a resumed sweep) is left as it is."""
-        import pandas as pd
+        import pandas as pd  # lazy: pandas only for tables
 
         folder, _, name = artifact_file.rpartition("/")
         if any(a.path == artifact_file for a in self.client.list_artifacts(run_id, folder or None)):

@@ -154,3 +154,19 @@ def test_tests_mirror_the_package_and_keep_ray_apart():
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
                 marks = {ast.unparse(d) for d in node.decorator_list}
                 assert "pytest.mark.ray" in marks, f"{path.name}::{node.name} is not marked ray"
+
+
+def test_a_function_level_import_says_why_it_is_lazy():
+    """Imports sit at the top of a module; one inside a function keeps Ray, MLflow, a heavy library or
+    CUDA out of a process that must not load them, and says so on its line (`# lazy: <reason>`)."""
+    unexplained = []
+    for path in [*PKG.rglob("*.py"), *(PKG.parent / "trainables").rglob("*.py")]:
+        lines = path.read_text().split("\n")
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                        continue
+                    if "# lazy:" not in "\n".join(lines[node.lineno - 1:node.end_lineno]):
+                        unexplained.append(f"{path.relative_to(PKG.parent)}:{node.lineno}")
+    assert not unexplained, unexplained
