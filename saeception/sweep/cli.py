@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if not args.verbose:  # MLflow logs at INFO through its own handler (e.g. when it creates a database)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # An MLflow imported before this call (a notebook, a test process) has read the variable already.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     install_log_filter()
     try:
         p = plan(args)

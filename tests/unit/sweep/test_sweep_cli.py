@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from paths import REPO
+from paths import TINY as TINY_PATH
 
 from saeception.sweep import cli as sweep
 from saeception.sweep.cli import main
 
-TINY = str(REPO / "tests" / "spaces" / "tiny.yaml")
+TINY = str(TINY_PATH)
 
 
 def test_dry_run_prints_the_plan_and_the_sampler_s_first_configs_and_starts_nothing(tmp_path, capsys, monkeypatch):
