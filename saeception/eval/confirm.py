@@ -46,7 +46,7 @@ ARM_DOC = {
 # Metrics summarised by default (the method's claim: more monosemantic, accuracy kept).
 SUMMARY_METRICS = ("task_accuracy", "sae_u", "sae_csi", "probe_accuracy", "k_sparse_probe_accuracy_k1", "aux_cosine")
 # Per arm, what its targets kept (reported beside the metrics, never compared).
-KEPT_METRICS = ("sharpen_kept_fraction", "sharpen_kept_active")
+KEPT_METRICS = ("sharpen_kept_fraction", "sharpen_kept_active", "sharpen_empty_fraction")
 # The direction in which a metric is better; metrics not here get no verdict (l0, aux_* are descriptions
 # or, like aux_cosine, differ between arms by construction).
 METRIC_MODES = {
@@ -403,7 +403,7 @@ def arms_table(rows: list[dict[str, Any]], arms: tuple[str, ...]) -> str:
     rows = last_cycle(rows)
     metrics = [r for r in rows if r["metric"] not in KEPT_METRICS]
     kept = {r["metric"]: r for r in rows if r["metric"] in KEPT_METRICS}
-    head = ["arm", "what it is", "seeds", "kept L1 fraction", "kept active latents",
+    head = ["arm", "what it is", "seeds", "kept L1 fraction", "kept active latents", "empty codes",
             *(r["metric"] for r in metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in arms:

@@ -19,7 +19,7 @@ CPU_BACKEND = "torch"
 
 # Measured while sharpening and retraining (cycle >= 1), on the train split.
 AUX_METRICS = ("aux_cosine", "aux_cosine_before", "aux_cosine_centered", "aux_cosine_centered_before",
-               "sharpen_kept_fraction", "sharpen_kept_active")
+               "sharpen_kept_fraction", "sharpen_kept_active", "sharpen_empty_fraction")
 # Every metric name a cycle can report (test split); val_<name> exists for each but aux_* and dead_pct.
 METRIC_NAMES = (
     "task_accuracy", "task_f1_macro", "probe_accuracy",

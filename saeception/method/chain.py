@@ -248,13 +248,14 @@ class Retrained:
     mu: torch.Tensor  # (d,) the cycle's mean train activation before retraining
     kept: float  # sharpen_kept_fraction
     kept_active: float  # sharpen_kept_active
+    empty: float  # sharpen_empty_fraction
 
     def metrics(self, acts_after: torch.Tensor) -> dict[str, float]:
         t, mu = self.targets, self.mu
         return {"aux_cosine_before": M.cosine(self.acts_before, t), "aux_cosine": M.cosine(acts_after, t),
                 "aux_cosine_centered_before": M.cosine(self.acts_before, t, mu),
                 "aux_cosine_centered": M.cosine(acts_after, t, mu), "sharpen_kept_fraction": self.kept,
-                "sharpen_kept_active": self.kept_active}
+                "sharpen_kept_active": self.kept_active, "sharpen_empty_fraction": self.empty}
 
 
 def sharpen_and_retrain(r: ChainContext, cycle: int, sae: SAE) -> Retrained:
@@ -271,9 +272,9 @@ def sharpen_and_retrain(r: ChainContext, cycle: int, sae: SAE) -> Retrained:
             shard = slice(rank(), None, world_size())
             means = encoded_class_means(sae, acts.to(device)[shard], labels[shard], task.n_classes)
         built = build_targets(sae, acts.to(device), labels, view.sharpen, seed, means, task.n_classes)
-        return acts, built.targets.cpu(), built.kept_fraction, built.kept_active
+        return acts, built.targets.cpu(), built.kept_fraction, built.kept_active, built.empty_fraction
 
-    acts_before, targets, kept, kept_active = do_stage(r, SHARPEN, cycle, targets_for)
+    acts_before, targets, kept, kept_active, empty = do_stage(r, SHARPEN, cycle, targets_for)
     mu = acts_before.mean(0)  # the cycle's mean train activation (every rank holds all rows)
 
     def retrain_stage(view: ConfigView, seed: int) -> None:
@@ -282,7 +283,7 @@ def sharpen_and_retrain(r: ChainContext, cycle: int, sae: SAE) -> Retrained:
         retrain(r.tap, task, targets, view.aux, device, seed, mu if view.aux.center else None)
 
     do_stage(r, RETRAIN, cycle, retrain_stage)
-    return Retrained(acts_before, targets, mu, kept, kept_active)
+    return Retrained(acts_before, targets, mu, kept, kept_active, empty)
 
 
 def activation_dtype(tap: TapModel) -> torch.dtype:

@@ -160,6 +160,7 @@ class Targets:
     targets: Tensor  # (N, d), row i for example id i
     kept_fraction: float  # mean ||sharpened||_1 / ||code||_1 (nan when the targets have no codes)
     kept_active: float  # mean number of active latents kept per example (nan likewise)
+    empty_fraction: float  # share of examples whose code is all zero: their target is decode(0) (nan likewise)
 
 
 @torch.no_grad()
@@ -172,13 +173,13 @@ def build_targets(sae: SAE, activations: Tensor, labels: Tensor, cfg: SharpenCon
     nan = float("nan")
     n_classes = n_classes or int(labels.max()) + 1
     if cfg.strategy == "random_direction":
-        return Targets(random_directions(len(activations), activations.shape[1], seed).to(activations.device), nan, nan)
+        return Targets(random_directions(len(activations), activations.shape[1], seed).to(activations.device), nan, nan, nan)
     if cfg.strategy == "class_prototype":
-        return Targets(class_prototypes(activations, labels, n_classes).to(sae.W_dec.dtype), nan, nan)
+        return Targets(class_prototypes(activations, labels, n_classes).to(sae.W_dec.dtype), nan, nan, nan)
     if needs_class_means(cfg) and means is None:
         means = encoded_class_means(sae, activations, labels, n_classes)
     targets = torch.empty_like(activations, dtype=sae.W_dec.dtype)
-    ratios, active = [], []
+    ratios, active, empty = [], [], 0
     step = chunk_rows(sae.n_latents)
     for i in range(0, len(activations), step):
         codes = sae.encode(activations[i:i + step])
@@ -187,6 +188,7 @@ def build_targets(sae: SAE, activations: Tensor, labels: Tensor, cfg: SharpenCon
         targets[i:i + step] = sae.decode(sharpened)
         ratios.append(kept_ratios(codes, sharpened))
         active.append((sharpened > 0).sum(-1))
-    empty = activations.new_zeros(0)
-    return Targets(targets, _mean_or_nan(torch.cat(ratios) if ratios else empty),
-                   _mean_or_nan(torch.cat(active) if active else empty))
+        empty += int((codes.abs().sum(-1) == 0).sum())
+    none = activations.new_zeros(0)
+    return Targets(targets, _mean_or_nan(torch.cat(ratios) if ratios else none),
+                   _mean_or_nan(torch.cat(active) if active else none), empty / max(len(activations), 1))

@@ -112,3 +112,23 @@ def test_targets_computed_a_chunk_of_rows_at_a_time_equal_the_whole_split_at_onc
         # sum, so the means agree to float32 precision, not 1e-12 (a fresh clone once failed at 5e-10).
         assert chunked.kept_fraction == pytest.approx(built.kept_fraction, rel=1e-6, nan_ok=True), strategy
         assert chunked.kept_active == pytest.approx(built.kept_active, rel=1e-6, nan_ok=True), strategy
+
+
+def test_codes_that_are_all_zero_are_counted_not_hidden():
+    """An example whose code is all zero gets decode(0) as its target: the kept fraction cannot see it (it
+    averages over codes with mass), so the share of such examples is reported beside it."""
+    g = torch.Generator().manual_seed(0)
+    acts, labels = torch.randn(120, 16, generator=g), torch.randint(0, 3, (120,), generator=g)
+    sae = train_sae(acts, SAEConfig(kind="l1", expansion_factor=4, l1_coefficient=0.01, steps=50), seed=0)
+    live = build_targets(sae, acts, labels, SharpenConfig("per_class", top_k_pct=10))
+    assert live.empty_fraction == float(((sae.encode(acts) > 0).sum(1) == 0).double().mean())
+    with torch.no_grad():
+        sae.b_enc[:60] -= 1e4  # half the latents can no longer fire ...
+        silent = acts[:60] * 0
+    dead = build_targets(sae, torch.cat([silent + sae.b_dec, acts[60:]]), labels, SharpenConfig("per_class", top_k_pct=10))
+    assert dead.empty_fraction > live.empty_fraction
+    with torch.no_grad():
+        sae.b_enc -= 1e4  # ... and now none
+    none = build_targets(sae, acts, labels, SharpenConfig("per_class", top_k_pct=10))
+    assert none.empty_fraction == 1.0 and none.kept_active == 0.0
+    torch.testing.assert_close(none.targets, sae.decode(torch.zeros(120, sae.n_latents)))
