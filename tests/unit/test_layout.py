@@ -170,3 +170,12 @@ def test_a_function_level_import_says_why_it_is_lazy():
                     if "# lazy:" not in "\n".join(lines[node.lineno - 1:node.end_lineno]):
                         unexplained.append(f"{path.relative_to(PKG.parent)}:{node.lineno}")
     assert not unexplained, unexplained
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists the packages a wheel holds: every folder of saeception/ with an __init__.py."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("saeception", *p.parent.relative_to(PKG).parts)) for p in PKG.rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
