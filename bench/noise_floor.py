@@ -21,20 +21,8 @@ import torch
 
 from saeception.config import build_config, parse_override
 from saeception.eval import metrics as M
-from saeception.method.chain import (
-    SAE_STAGE,
-    ChainContext,
-    ChainState,
-    _env,
-    _place,
-    _restore,
-    evaluate_cycle,
-    extract_all,
-    run_chain,
-    setup,
-)
-from saeception.method.sae import encode_all, train_sae
-from saeception.method.stages import stage_rng
+from saeception.method.chain import ChainState, evaluate_cycle, reopen, resampled_sae, run_chain
+from saeception.method.sae import encode_all
 from saeception.sweep.space import load_space, resolve_space
 
 METRICS = ("task_accuracy", "sae_u", "sae_csi", "probe_accuracy", "k_sparse_probe_accuracy_k1", "explained_variance")
@@ -61,21 +49,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             run_chain(cfg, d, on_state=lambda c, st, kept=kept: kept.append(st.copy()))
         state = kept[-1]
-        device = torch.device("cpu")
-        s = setup(cfg)
-        _place(s, cfg, device)
-        r = ChainContext(cfg, s.task, s.tap, device, None, _env(s, device))
-        _restore(r, state)
+        r, extracted = reopen(cfg, state, torch.device("cpu"))
         cycle = state.history[-1]["cycle"]
-        extracted = extract_all(r, cycle)
         rows, mono = [], {mf: [] for mf in MIN_FIRINGS}
         for j in range(args.sae_seeds):
-            with stage_rng(cfg.seed, cycle, f"{SAE_STAGE.name}-resample-{j}") as seed:
-                sae = train_sae(extracted["train.acts"].float(), cfg.sae, seed=seed)
+            sae = resampled_sae(r, cycle, extracted, j)
             rows.append(evaluate_cycle(r, cycle, sae, extracted))
             codes = encode_all(sae, extracted["test.acts"].float())
             for mf in MIN_FIRINGS:
-                mono[mf].append(M.monosemanticity(codes, s.task.test.labels, mf))
+                mono[mf].append(M.monosemanticity(codes, r.task.test.labels, mf))
         for m in METRICS:
             variances[m].append(_sd([x[m] for x in rows]) ** 2)
         for mf in MIN_FIRINGS:

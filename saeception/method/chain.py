@@ -390,24 +390,32 @@ def _place(s: Setup, cfg: Config, device: torch.device) -> None:
         s.tap.to(device)
 
 
-def sae_seed_spread(cfg: Config, state: ChainState, n: int, device: torch.device | None = None) -> list[dict]:
-    """The SAE-seed noise floor of a chain's last cycle: `n` more SAEs trained on that cycle's activations
-    (the same model and data, the same evaluation seed; only the SAE stage's seed differs), each evaluated
-    as the cycle was. Returns their metric dicts. Runs on every rank under torch.distributed."""
+def reopen(cfg: Config, state: ChainState, device: torch.device | None = None) -> tuple[ChainContext, dict[str, torch.Tensor]]:
+    """A chain's context at `state`'s last cycle, with that cycle's extracted activations: what the SAE
+    stage and the evaluation of that cycle read (no cache; every rank under torch.distributed)."""
     device = device or resolve_device(cfg.device)
     s = setup(cfg)
     _place(s, cfg, device)
     r = ChainContext(cfg, s.task, s.tap, device, None, _env(s, device))
     _restore(r, state)
+    return r, extract_all(r, state.history[-1]["cycle"])
+
+
+def resampled_sae(r: ChainContext, cycle: int, extracted: dict[str, torch.Tensor], j: int) -> SAE:
+    """The cycle's SAE trained again with the j-th other seed of the SAE stage (same activations)."""
+    x = extracted["train.tokens"] if r.cfg.sae.tokens == "all" else extracted["train.acts"]
+    with stage_rng(r.cfg.seed, cycle, f"{SAE_STAGE.name}-resample-{j}", r.device) as seed:
+        return train_sae(x.to(r.device).float(), r.cfg.sae, seed=seed).cpu()
+
+
+def sae_seed_spread(cfg: Config, state: ChainState, n: int, device: torch.device | None = None) -> list[dict]:
+    """The SAE-seed noise floor of a chain's last cycle: `n` more SAEs trained on that cycle's activations
+    (the same model and data, the same evaluation seed; only the SAE stage's seed differs), each evaluated
+    as the cycle was. Returns their metric dicts. Runs on every rank under torch.distributed."""
+    r, extracted = reopen(cfg, state, device)
     cycle = state.history[-1]["cycle"]
-    extracted = extract_all(r, cycle)
-    x = extracted["train.tokens"] if cfg.sae.tokens == "all" else extracted["train.acts"]
-    out = []
-    for j in range(1, n + 1):
-        with stage_rng(cfg.seed, cycle, f"{SAE_STAGE.name}-resample-{j}", device) as seed:
-            sae = train_sae(x.to(device).float(), cfg.sae, seed=seed).cpu()
-        out.append({"cycle": cycle, **evaluate_cycle(r, cycle, sae, extracted)})
-    return out
+    return [{"cycle": cycle, **evaluate_cycle(r, cycle, resampled_sae(r, cycle, extracted, j), extracted)}
+            for j in range(1, n + 1)]
 
 
 def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallback | None = None,
