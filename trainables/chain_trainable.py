@@ -344,8 +344,7 @@ def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
             run_key = arm_run_key(key, arm, seed)
             run_ids[run_key] = tracker.child_run(
                 spec.parent_run_id, run_key, role="confirm" if arm == "best" else "control", name=run_key,
-                extra_tags={**(spec.run_tags or {}), "saeception.arm": arm, "saeception.seed": str(seed), KEY_TAG: key,
-                            TRAIN_RUN_TAG: train_run})
+                extra_tags={**(spec.run_tags or {}), "saeception.arm": arm, "saeception.seed": str(seed), KEY_TAG: key})
             tracker.set_tags(run_ids[run_key], {TRAIN_RUN_TAG: train_run})  # a re-run attempt's checkpoints
             tracker.log_params(run_ids[run_key], to_flat_dict(build_config(values)))
     _fit(spec, _confirm_worker_loop, {"values": spec.fixed, "seeds": seeds, "export_seed": config.get("export_seed"),

@@ -289,8 +289,7 @@ def summarize(results: dict[str, dict[int, dict[int, dict[str, float]]]], metric
     failed = failed or {}
     arms = settings.arms
     seeds = sorted(set().union(*(set(results.get(a, {})) | set(failed.get(a, {})) for a in arms)))
-    cycles = sorted({c for s in results.get("best", {}).values() for c in s}
-                    | {c for a in arms for s in results.get(a, {}).values() for c in s})
+    cycles = sorted({c for a in arms for s in results.get(a, {}).values() for c in s})
     rows: list[dict[str, Any]] = []
     for cycle in cycles:
         for metric in metrics:

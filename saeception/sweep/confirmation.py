@@ -30,7 +30,7 @@ from ..config import build_config
 from .plan import Plan
 from .plots import confirmation_plot
 from .tracking import FAILURE
-from .vocab import KEY_TAG, SAE_SEED_PREFIX, TRAIN_RUN_TAG, VERDICT_TAG, confirm_run_name
+from .vocab import KEY_TAG, SAE_SEED_PREFIX, TRAIN_RUN_TAG, VERDICT_TAG
 
 
 def confirm_key(values: dict[str, Any], settings) -> str:
@@ -130,7 +130,7 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
           "test split unless val_):")
     print(format_table(rows, settings, headline), flush=True)
     return {"seed": seeds[0], "arms": settings.arms,
-            "train_runs": {a: train_runs.get((a, seeds[0])) or confirm_run_name(key, [seeds[0]]) for a in settings.arms},
+            "train_runs": {a: train_runs.get((a, seeds[0]), "") for a in settings.arms},
             "key": key}
 
 
