@@ -1,5 +1,12 @@
 """Cluster files validate with Ray's own checks; a sweep spreads over a simulated two-node cluster."""
 
+import os
+import re
+import stat
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -156,3 +163,53 @@ def test_readme_gpu_sweep_plans_from_cluster_yaml_before_any_gpu_node_is_up():
     assert plan_concurrency(res, groups, 64) == 8
     with pytest.raises(Exception, match="^--gpus-per-worker"):  # what the head alone offered before
         plan_concurrency(res, [NodeGroup("head", head.resources, 1, live=1)], 64)
+
+
+def _mlflow_start(config: dict) -> str:
+    (start,) = [c for c in _commands(config, "head_start_ray_commands") if "mlflow" in c]
+    return start
+
+
+def test_both_cluster_files_start_mlflow_with_the_one_command():
+    """One source: the cluster files differ only in where artifacts go."""
+    starts = {p.name: _mlflow_start(yaml.safe_load(p.read_text())) for p in CLUSTER_FILES}
+    assert all("python -m saeception.sweep.mlflow_server" in s for s in starts.values())
+    shapes = {re.sub(r"--artifacts-destination \S+", "--artifacts-destination X", s) for s in starts.values()}
+    assert len(shapes) == 1, starts
+
+
+@pytest.mark.mlflow_server
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_the_head_command_starts_mlflow_once_and_it_answers(path, tmp_path):
+    """The head's start command, as the cluster file spells it (the head's disk and artifact store moved under
+    tmp_path, a free port): the first run starts a server that answers /health, the second finds it. The old
+    `pgrep -f "mlflow server" || …` guard matched its own shell and started nothing."""
+    from autoscaling import free_port
+
+    port = free_port()
+    command = _mlflow_start(yaml.safe_load(path.read_text())).replace("/var/lib/saeception", str(tmp_path / "head"))
+    command = re.sub(r"--artifacts-destination \S+", f"--artifacts-destination {tmp_path / 'artifacts'}", command)
+    command += f" --port {port}"
+    (tmp_path / ".saeception").mkdir()
+    (tmp_path / ".saeception" / "secrets.env").write_text("")
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    try:
+        first = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=180)
+        assert first.returncode == 0 and f"mlflow server started on http://127.0.0.1:{port}" in first.stdout, first
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            assert r.status == 200
+        again = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and "mlflow server running" in again.stdout, again
+        assert (tmp_path / "head" / "mlflow" / "mlflow.db").exists()
+    finally:
+        subprocess.run(["pkill", "-f", str(tmp_path / "head")], check=False)
+
+
+def test_the_token_step_writes_a_file_only_its_owner_reads(tmp_path):
+    """docs/cluster.md's step, run as written: Ray writes the token with the umask's mode (0644 without it)."""
+    (step,) = [line.split("#")[0].strip() for line in (REPO / "docs" / "cluster.md").read_text().splitlines()
+               if "get-auth-token --generate" in line and line.startswith("    ")]
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run(["bash", "-c", step], env=env, check=True, capture_output=True, timeout=120)
+    token = tmp_path / ".ray" / "auth_token"
+    assert token.stat().st_size > 0 and stat.S_IMODE(token.stat().st_mode) == 0o600
