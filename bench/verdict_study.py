@@ -38,7 +38,7 @@ def main() -> None:
                       "--num-cpus", "2", "--name", f"verdict-{args.study}", *extra], storage)
     print(f"{args.study}: {args.trials} trials + confirmation on {args.confirm_seeds} seeds in {wall / 60:.1f} min "
           f"(storage {storage})\n")
-    print((storage / "confirmation.md").read_text())
+    print((storage / f"verdict-{args.study}" / "confirmation.md").read_text())
 
 
 if __name__ == "__main__":

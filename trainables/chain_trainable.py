@@ -62,7 +62,7 @@ class TrialSpec:
     """What every trial of a sweep shares (passed with tune.with_parameters)."""
 
     fixed: dict[str, Any]
-    storage: str  # absolute path or URI: Train runs and checkpoints go under <storage>/train
+    train_dir: str  # absolute path or URI, <storage>/train/<sweep name>: the trial's Train runs and checkpoints
     mlflow_uri: str
     parent_run_id: str
     workers: int = 1
@@ -271,7 +271,7 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=os.path.join(spec.storage, "train"),
+            storage_path=spec.train_dir,
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures, controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
             callbacks=[MlflowRelay(spec.mlflow_uri, run_ids)],

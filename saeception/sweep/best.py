@@ -19,6 +19,7 @@ import yaml
 
 from saeception.eval.confirm import ARM_DOC, arm_values
 from saeception.store.artifacts import ChainPaths, write_json
+from saeception.store.uris import redact
 
 from ..config import build_config, to_dict
 from ..export import ExportError, export_run
@@ -72,7 +73,7 @@ def _searched(p: Plan, trial: dict[str, Any]) -> str:
 
 
 def _confirmation_md(p: Plan) -> str | None:
-    f = p.local_dir / "confirmation.md"
+    f = p.sweep_dir / "confirmation.md"
     if not f.exists():
         return None
 
@@ -98,34 +99,35 @@ def _export_one(p: Plan, tracker, parent: str, uri: str, values: dict[str, Any],
 
 def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmation: dict[str, Any] | None) -> Path | None:
     """Exports the best trial (and the confirmation arms of `confirmation["seed"]`) into
-    `<local dir>/best/` and logs that folder on the parent run under best/. An export that cannot be
+    `<local dir>/<name>/best/` and logs that folder on the parent run under best/. An export that cannot be
     made (e.g. the model's source is not readable here) is reported, tagged saeception.export_failed
     on the parent run, and the sweep's results stand. Returns the local folder, None when it failed."""
 
     values = {**p.space.fixed, **trial["config"]}
-    out = p.local_dir / BEST
+    out = p.sweep_dir / BEST
     extra = {"What was searched": _searched(p, trial)}
     table = _confirmation_md(p)
     if table:
         extra["Confirmation on fresh seeds"] = table
-    extra["Where this came from"] = (f"MLflow: parent run `{parent}` of experiment `{p.experiment}` at `{p.mlflow_uri}`, "
-                                     f"trial `{trial['trial_id']}`. Ray storage: `{p.storage}`.")
+    extra["Where this came from"] = (f"MLflow: parent run `{parent}` of experiment `{p.experiment}` at `{redact(p.mlflow_uri)}`, "
+                                     f"trial `{trial['trial_id']}`. Ray storage: `{redact(p.storage)}`.")
     try:
         if out.exists():
             shutil.rmtree(out)  # a resumed sweep re-exports
-        uri = checkpoint_uri(p.storage, f"train-{trial['trial_id']}", f"cycle_{int(trial['cycle']):03d}")
+        uri = checkpoint_uri(p.train_dir, f"train-{trial['trial_id']}", f"cycle_{int(trial['cycle']):03d}")
         written = _export_one(p, tracker, parent, uri, values, str(trial["trial_id"]), out, extra)
         if confirmation:
             seed = int(confirmation["seed"])
             for arm in confirmation["arms"]:
                 key = f"{arm}-seed{seed}"
                 arm_extra = {"Confirmation arm": f"Arm `{arm}` of the confirmation, seed {seed}: {ARM_DOC[arm]}.", **extra}
-                uri = checkpoint_uri(p.storage, confirmation["train_runs"][arm], arm_checkpoint(arm, seed))
+                uri = checkpoint_uri(p.train_dir, confirmation["train_runs"][arm], arm_checkpoint(arm, seed))
                 _export_one(p, tracker, parent, uri, {**arm_values(values, arm), "seed": seed},
                             arm_run_key(confirmation["key"], arm, seed), out / ARMS_DIR / key, arm_extra)
-    except (ExportError, FileNotFoundError) as e:
-        print(f"export of the best trial failed: {e}", flush=True)
-        tracker.set_tags(parent, {"saeception.export_failed": str(e)[:5000]})
+    except Exception as e:  # noqa: BLE001 - any export failure is reported and tagged; the sweep's results stand
+        what = redact(str(e) if isinstance(e, ExportError | FileNotFoundError) else f"{type(e).__name__}: {e}")
+        print(f"export of the best trial failed: {what}", flush=True)
+        tracker.set_tags(parent, {"saeception.export_failed": what[:5000]})
         return None
     tracker.log_artifacts(parent, out, BEST)
     print(f"exported the best trial to {out} ({', '.join(written)}) and MLflow artifacts {BEST}/ of the parent run", flush=True)

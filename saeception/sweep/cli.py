@@ -27,10 +27,12 @@ from .resources import check_local_resources
 from .space import SearchSpace, load_space, resolve_space
 from .state import STATE_ENV, check_mlflow, check_optuna_storage, state_dir
 from .tracking import DEFAULT_EXPERIMENT, absolute_uri, sqlite_uri
+from .vocab import CACHE_DIR, RAY_DIR, STORAGE_PARTS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SPACE = "default"
+DEFAULT_STORAGE = "sweeps"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="BASE.yaml", help="a run config (python -m saeception.run --config) as the base of "
                    "every trial; the space's fixed: values and --set override it")
     p.add_argument("--trials", type=int, default=6, help="number of Optuna trials (default: 6)")
-    p.add_argument("--storage", help="sweep directory or URI (default: ./sweeps/<name>); holds mlflow.db, optuna.db, Ray results and checkpoints")
+    p.add_argument("--storage", help="directory or URI shared by sweeps (default: ./sweeps); holds mlflow.db, optuna.db, the stage "
+                   "cache, Ray results and checkpoints, and each sweep's own files under <storage>/<name>/")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<storage>/mlflow.db; "
                    "with a URI storage, sqlite:///<state dir>/mlflow.db)")
     p.add_argument("--optuna-storage", metavar="URL", help="Optuna RDB storage URL: sqlite:////abs/path, postgresql://…, "
@@ -126,7 +129,9 @@ def plan(args: argparse.Namespace) -> Plan:
     name = args.name or space.name
     if not name.replace("-", "").replace("_", "").isalnum():
         _fail(f"--name: {name!r} must be letters, digits, '-' or '_'")
-    storage = args.storage or os.path.join("sweeps", name)
+    if name in STORAGE_PARTS:
+        _fail(f"--name: {name!r} is a folder every sweep under a storage shares ({', '.join(STORAGE_PARTS)}); choose another")
+    storage = args.storage or DEFAULT_STORAGE
     if is_uri(storage):
         if redact(storage) != storage:
             _fail(f"--storage: {redact(storage)} has credentials in it, which Ray would write into its experiment state; "
@@ -136,7 +141,7 @@ def plan(args: argparse.Namespace) -> Plan:
     # The SQLite stores: beside a path storage, unless the cluster's own disk is named (the cluster files
     # set SAECEPTION_STATE_DIR: SQLite on NFS is unsafe); always there for a URI storage.
     local_dir = state_dir(name, storage) if is_uri(storage) or os.environ.get(STATE_ENV) else Path(storage)
-    exists = tune_experiment_exists(os.path.join(storage, "ray", name))
+    exists = tune_experiment_exists(os.path.join(storage, RAY_DIR, name))
     if args.resume and not exists:
         _fail(f"--resume: no sweep named {name!r} under {redact(storage)}")
     _cache_dir(args, storage)  # its errors come before anything is created
@@ -158,8 +163,10 @@ def plan(args: argparse.Namespace) -> Plan:
     if dry_run:  # starts and writes nothing
         return planned
     _check_writable(local_dir, "--storage" if local_dir == Path(storage) else STATE_ENV)
+    if not is_uri(storage) and local_dir != Path(storage):
+        _check_writable(Path(storage), "--storage")  # the state dir holds the databases; the storage the rest
     planned.lock = hold_lock(storage, name)
-    if not args.resume and tune_experiment_exists(os.path.join(storage, "ray", name)):
+    if not args.resume and tune_experiment_exists(os.path.join(storage, RAY_DIR, name)):
         _fail(f"--name: a sweep named {name!r} already exists under {redact(storage)}; pass --resume to continue it, or choose another --name")
     if args.resume:
         check_resume(identity(space, search, resources, confirmation), storage, name)
@@ -188,9 +195,9 @@ def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
             problem = check_uri(storage)
             if problem:
                 _fail(f"--storage: {problem} (or pass --no-cache)")
-            cache_dir = storage.rstrip("/") + "/cache"
+            cache_dir = f"{storage.rstrip('/')}/{CACHE_DIR}"
         else:
-            cache_dir = str(Path(storage) / "cache")
+            cache_dir = str(Path(storage) / CACHE_DIR)
     elif args.cache or args.cache_readonly:
         _fail("--no-cache: cannot be combined with --cache or --cache-readonly")
     return cache_dir

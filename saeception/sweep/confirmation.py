@@ -136,11 +136,11 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
 
 def _write(p: Plan, tracker, parent: str, rows, settings, headline, line: str) -> None:
 
-    (p.local_dir / "confirmation.md").write_text(format_table(rows, settings, headline, last_cycle_only=False) + "\n")
-    (p.local_dir / "confirmation.json").write_text(json.dumps(_jsonable(rows), indent=1))
-    confirmation_plot(rows, p.local_dir / "confirmation.png")
+    (p.sweep_dir / "confirmation.md").write_text(format_table(rows, settings, headline, last_cycle_only=False) + "\n")
+    (p.sweep_dir / "confirmation.json").write_text(json.dumps(_jsonable(rows), indent=1))
+    confirmation_plot(rows, p.sweep_dir / "confirmation.png")
     for f in ("confirmation.md", "confirmation.json", "confirmation.png"):
-        tracker.log_artifact(parent, p.local_dir / f)
+        tracker.log_artifact(parent, p.sweep_dir / f)
     tracker.log_table(parent, table_rows(rows, settings), CONFIRMATION_TABLE)
     tags = {VERDICT_TAG: line}
     for r in rows:

@@ -121,7 +121,7 @@ def open_parent_run(p: Plan) -> Session:
         print(f"cluster: {describe(groups)}; trials wait for the nodes the autoscaler adds", flush=True)
     # On a cluster whose head offers HEAD_RESOURCE (cluster.yaml), trial drivers stay on the head.
     trial_resources = tune.PlacementGroupFactory([bundles(res, groups)[0]])
-    write_identity(p.storage, identity(p.space, p.search, p.resources, p.confirm))  # first launch, or a resumed one that grew --trials
+    write_identity(p.storage, p.name, identity(p.space, p.search, p.resources, p.confirm))  # first launch, or a resumed one that grew --trials
     tracker = Tracker(p.mlflow_uri)
     tags = run_tags()
     # (A SQLite store keeps a new experiment's artifacts beside it, never in MLflow's default ./mlruns of the
@@ -133,10 +133,11 @@ def open_parent_run(p: Plan) -> Session:
                                 **{f"fixed.{k}": v for k, v in p.space.fixed.items()},
                                 "objectives": ",".join(f"{o.metric}:{o.mode}" for o in p.space.objectives),
                                 "trials": p.search.trials, "seed": p.search.seed, "workers_per_trial": res.workers_per_trial})
-    space_file = p.local_dir / "search_space.yaml"
+    p.sweep_dir.mkdir(parents=True, exist_ok=True)
+    space_file = p.sweep_dir / "search_space.yaml"
     space_file.write_text(yaml.safe_dump(space_dict, sort_keys=False))
     tracker.log_artifact(parent, space_file)
-    spec = TrialSpec(fixed=p.space.fixed, storage=p.storage, mlflow_uri=p.mlflow_uri, parent_run_id=parent,
+    spec = TrialSpec(fixed=p.space.fixed, train_dir=p.train_dir, mlflow_uri=p.mlflow_uri, parent_run_id=parent,
                      workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
                      gpus_per_worker=res.gpus_per_worker, cache_dir=p.cache_dir, cache_readonly=p.cache_readonly,
                      run_tags=tags, worker_start_timeout_s=AUTOSCALE_WAIT_S if waits_for_nodes(groups) else None)
@@ -224,7 +225,7 @@ def report(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> None:
         log_best_dataset(s.tracker, s.parent, str(top["trial_id"]))
         s.tracker.set_tags(s.parent, {"best_trial_id": ",".join(str(r["trial_id"]) for r in best)})
         s.tracker.log_metrics(s.parent, {f"best_{m}": top[m] for m in p.space.metrics})
-        best_file = p.local_dir / "best_config.yaml"
+        best_file = p.sweep_dir / "best_config.yaml"
         best_file.write_text(yaml.safe_dump(to_dict(p.space.config(top["config"])), sort_keys=False))
         s.tracker.log_artifact(s.parent, best_file)
     log_sweep_plots(p, s.tracker, s.parent, rows, best)

@@ -1,13 +1,15 @@
 """A sweep's identity, stored with it, and the lock that lets only one driver run it.
 
-`<storage>/sweep.json` records what the sweep searches and how (the space's searched part, every fixed
+Everything of a sweep's own lives under `<storage>/<name>/` (sweep_path), so sweeps of different names
+share a storage (and its MLflow/Optuna databases and stage cache) without sharing anything else.
+`<storage>/<name>/sweep.json` records what the sweep searches and how (the space's searched part, every fixed
 setting including --set, seed, objectives, trials, scheduler, workers and resources per worker) at its
 first launch. `--resume` with anything different exits 2 naming what differs; only `--trials` may grow.
 
 The lock is taken before anything else is written. On a path (local disk, NFS) it is a POSIX record lock
-(`fcntl.lockf`, which NFSv4 serves) on `<storage>/sweep.lock`, held by the driver's open file until its
+(`fcntl.lockf`, which NFSv4 serves) on `<storage>/<name>/sweep.lock`, held by the driver's open file until its
 process ends, however it ends. On an object store, which has no locks, it is a lease object
-`<storage>/sweep.lease.json` (owner, host, pid, expiry) that a thread renews every LEASE_S/3; a driver that
+`<storage>/<name>/sweep.lease.json` (owner, host, pid, expiry) that a thread renews every LEASE_S/3; a driver that
 dies without releasing it blocks a new launch for at most LEASE_S.
 """
 
@@ -56,7 +58,13 @@ def identity(space: SearchSpace, search: Search, resources: Resources, confirmat
             "confirm_seeds": confirmation.seeds, "confirm": confirmation.settings.to_dict()}
 
 
-def read_identity(storage: str) -> dict[str, Any] | None:
+def sweep_path(storage: str, name: str) -> str:
+    """The folder of sweep `name`'s own files under `storage` (a path or a URI)."""
+    return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else os.path.join(storage, name)
+
+
+def read_identity(storage: str, name: str) -> dict[str, Any] | None:
+    storage = sweep_path(storage, name)
     if is_uri(storage):
         fs, root = filesystem(storage)
         import pyarrow.fs as pafs  # lazy: object-store filesystems only for URIs
@@ -70,13 +78,16 @@ def read_identity(storage: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_identity(storage: str, ident: dict[str, Any]) -> None:
+def write_identity(storage: str, name: str, ident: dict[str, Any]) -> None:
+    storage = sweep_path(storage, name)
     text = json.dumps(ident, indent=1, sort_keys=True, default=str)
     if is_uri(storage):
         fs, root = filesystem(storage)
+        fs.create_dir(root.rstrip("/"), recursive=True)
         with fs.open_output_stream(f"{root.rstrip('/')}/{IDENTITY_FILE}") as f:
             f.write(text.encode())
         return
+    Path(storage).mkdir(parents=True, exist_ok=True)
     tmp = Path(storage, IDENTITY_FILE + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, Path(storage, IDENTITY_FILE))
@@ -109,7 +120,7 @@ def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 def check_resume(current: dict[str, Any], storage: str, name: str) -> None:
     """ConfigError naming every difference between the stored identity and this launch's."""
-    stored = read_identity(storage)
+    stored = read_identity(storage, name)
     if stored is None:
         raise ConfigError(f"--resume: sweep {name!r} under {redact(storage)} has no {IDENTITY_FILE} (started by an older "
                           "saeception?), so its settings cannot be checked; start a new --name")
@@ -130,7 +141,8 @@ def _holder_text() -> str:
 
 
 def _hold_file_lock(storage: str, name: str) -> Any:
-    path = Path(storage, LOCK_FILE)
+    path = Path(sweep_path(storage, name), LOCK_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+")  # noqa: SIM115 - held open until the process ends: that is the lock
     try:
         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,7 +190,7 @@ class _Lease:
 
 
 def _hold_lease(storage: str, name: str, settle_s: float = 1.0) -> _Lease:
-    fs, root = filesystem(storage)
+    fs, root = filesystem(sweep_path(storage, name))
     fs.create_dir(root.rstrip("/"), recursive=True)
     lease = _Lease(fs, f"{root.rstrip('/')}/{LEASE_FILE}")
 

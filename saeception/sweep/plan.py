@@ -12,6 +12,7 @@ from typing import Any
 from saeception.eval.confirm import ConfirmSettings
 
 from .space import SearchSpace
+from .vocab import RAY_DIR, TRAIN_DIR
 
 
 @dataclass(frozen=True)
@@ -67,4 +68,15 @@ class Plan:
 
     @property
     def ray_dir(self) -> str:
-        return os.path.join(self.storage, "ray")
+        return os.path.join(self.storage, RAY_DIR)
+
+    @property
+    def sweep_dir(self) -> Path:
+        """This sweep's own local files (best/, confirmation, plots, best_config.yaml): per name, so sweeps of
+        different names share a storage and keep their own."""
+        return self.local_dir / self.name
+
+    @property
+    def train_dir(self) -> str:
+        """Ray Train's runs and checkpoints of this sweep (its trials' and its confirmation's)."""
+        return os.path.join(self.storage, TRAIN_DIR, self.name)

@@ -170,7 +170,7 @@ def log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[
     if not complete:
         tracker.set_tags(parent, {"saeception.plots_skipped": "no complete trial"})
         return
-    files, skipped = optuna_plots(study, p.space.metrics, p.space.modes, p.local_dir)
+    files, skipped = optuna_plots(study, p.space.metrics, p.space.modes, p.sweep_dir)
     for view, why in skipped.items():
         log.warning("%s skipped: %s", view, why)
         tracker.set_tags(parent, {f"saeception.plot_skipped.{view}": why})

@@ -16,6 +16,8 @@ from typing import Any
 from saeception.data.tasks import source_kind
 from saeception.store.uris import redact
 
+from .vocab import ARTIFACTS_DIR
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 ROLE = "saeception.role"
@@ -52,7 +54,7 @@ def artifact_root(uri: str) -> str | None:
     process was started in. None (the server's choice) for other stores."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and uri[len(prefix):].startswith("/"):
-        return str(Path(uri[len(prefix):]).parent / "mlartifacts")
+        return str(Path(uri[len(prefix):]).parent / ARTIFACTS_DIR)
     return None
 
 

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import os
 
+# What every sweep under one --storage shares there; each sweep's own files are under <storage>/<name>/, so
+# these are not sweep names.
+RAY_DIR = "ray"  # Ray Tune's experiments: <storage>/ray/<name>
+TRAIN_DIR = "train"  # Ray Train's runs and checkpoints: <storage>/train/<name>/<run>
+CACHE_DIR = "cache"  # the stage cache's default
+ARTIFACTS_DIR = "mlartifacts"  # a SQLite MLflow store's artifacts, beside it
+STORAGE_PARTS = (RAY_DIR, TRAIN_DIR, CACHE_DIR, ARTIFACTS_DIR)
+
 # Fields of rank 0's report that are for the relay (MlflowRelay), not for Tune.
 HISTORY = "_saeception_history"  # JSON list of every cycle's metrics so far
 RUN_KEY = "_saeception_run"  # which MLflow run (confirmation trials hold several)
@@ -42,7 +50,7 @@ def arm_checkpoint(arm: str, seed: int) -> str:
 
 
 def confirm_run_name(attempt: str, seeds: list[int]) -> str:
-    """The Train run (under <storage>/train) of a group of confirmation seeds in one attempt of a
+    """The Train run (under <storage>/train/<name>) of a group of confirmation seeds in one attempt of a
     confirmation (its key and launch time: nothing is restored from another winner's or attempt's run)."""
     return f"confirm-{attempt}-seeds-" + "-".join(map(str, seeds))
 
@@ -52,6 +60,7 @@ def arm_run_key(key: str, arm: str, seed: int) -> str:
     return f"{arm}-seed{seed}-{key}"
 
 
-def checkpoint_uri(storage: str, run_name: str, checkpoint_name: str) -> str:
-    """Where Ray Train stored a checkpoint reported with checkpoint_dir_name=checkpoint_name."""
-    return os.path.join(storage, "train", run_name, checkpoint_name)
+def checkpoint_uri(train_dir: str, run_name: str, checkpoint_name: str) -> str:
+    """Where Ray Train stored a checkpoint reported with checkpoint_dir_name=checkpoint_name (train_dir: the
+    sweep's <storage>/train/<name>, Plan.train_dir)."""
+    return os.path.join(train_dir, run_name, checkpoint_name)

@@ -107,7 +107,7 @@ def test_sweep_fills_an_autoscaling_cluster(tmp_path):
         err = gpu.stderr.strip().splitlines()
         assert gpu.returncode == 2 and len(err) == 1 and err[0].startswith("error: --gpus-per-worker: no node type"), \
             gpu.stdout[-2000:] + gpu.stderr[-2000:]
-        assert "cpu_worker: 2 x (CPU 2)" in err[0] and not (tmp_path / "gpu" / "sweep.json").exists()
+        assert "cpu_worker: 2 x (CPU 2)" in err[0] and not (tmp_path / "gpu" / "tiny" / "sweep.json").exists()
 
         sweep = [a.format(storage=storage, space=TINY) for a in SWEEP_ON_CLUSTER]
         job = subprocess.run(["ray", "job", "submit", "--address", cluster.dashboard_url, "--", *sweep],

@@ -223,7 +223,7 @@ def check_best_export(client, parent_id: str, dest: Path, storage: Path) -> None
     for arm in arms:
         assert (local / "confirmation" / arm / "saelens" / "cfg.json").exists()
         assert f"Arm `{arm.split('-')[0]}`" in (local / "confirmation" / arm / "README.md").read_text()
-    assert (storage / "best" / "saelens" / "cfg.json").read_text() == (local / "saelens" / "cfg.json").read_text()
+    assert (storage / "e2e" / "best" / "saelens" / "cfg.json").read_text() == (local / "saelens" / "cfg.json").read_text()
     try:
         import sae_lens
     except ImportError:

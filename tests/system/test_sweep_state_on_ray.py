@@ -112,7 +112,7 @@ def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
     assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
     assert "sweep grow: 2 trials finished, 0 stopped early, 0 failed" in grown.stdout
     assert "confirmation at the last cycle (2 seeds; finished per arm: best 2/2, aux0 2/2" in grown.stdout
-    rows = json.loads((storage / "confirmation.json").read_text())
+    rows = json.loads((storage / "grow" / "confirmation.json").read_text())
     assert {r["best_n"] for r in rows} == {2}
     from mlflow.tracking import MlflowClient
 
@@ -134,5 +134,5 @@ def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
     assert shrunk.returncode == 2 and "--confirm-seeds: 2 stored, 1 given" in shrunk.stderr
     study = optuna.load_study(study_name="grow", storage=f"sqlite:///{storage / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    stored = json.loads((storage / "sweep.json").read_text())
+    stored = json.loads((storage / "grow" / "sweep.json").read_text())
     assert stored["trials"] == 2 and stored["confirm_seeds"] == 2 and stored["confirm"]["controls"] == ["aux0"]

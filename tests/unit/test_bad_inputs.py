@@ -231,7 +231,7 @@ def test_bad_input_exits_2_with_one_line_naming_it(row, data_dir, gpt2_dir, tmp_
 
         if torch.cuda.is_available():
             pytest.skip("needs a machine without a GPU")
-    monkeypatch.chdir(tmp_path)  # relative defaults (runs/latest, sweeps/<name>) would land here
+    monkeypatch.chdir(tmp_path)  # relative defaults (runs/latest, sweeps) would land here
     argv = _argv(row, data_dir, gpt2_dir, tmp_path)
     before = _tree(data_dir, tmp_path)
     t0 = time.perf_counter()

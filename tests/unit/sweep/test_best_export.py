@@ -4,6 +4,7 @@ best/ on the parent run; a missing checkpoint is reported and tagged, not raised
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from paths import TINY as TINY_PATH
@@ -26,7 +27,7 @@ def finished_trial(tmp_path):
     p = sweep.plan(sweep.parser().parse_args(["--space", TINY, "--storage", str(storage), "--confirm-seeds", "0"]))
     run_dir = tmp_path / "run"
     run_chain(p.space.config({**SAMPLED, "device": "cpu"}), ChainPaths(run_dir))
-    shutil.copytree(run_dir / "cycle_001", storage / "train" / "train-t1" / "cycle_001")
+    shutil.copytree(run_dir / "cycle_001", Path(p.train_dir) / "train-t1" / "cycle_001")
     tracker = Tracker(p.mlflow_uri)
     parent = tracker.sweep_run(p.experiment, p.name, reuse=False)
     child = tracker.child_run(parent, "t1", role="trial", name="trial-t1")
@@ -38,7 +39,7 @@ def finished_trial(tmp_path):
 def test_best_trial_is_exported_and_logged_under_best(finished_trial, tmp_path):
     p, tracker, parent, trial, results = finished_trial
     out = export_best(p, tracker, parent, trial, None)
-    assert out == p.local_dir / "best"
+    assert out == p.local_dir / p.name / "best"
     assert {"README.md", "saelens", "sparsify", "classifier"} <= {x.name for x in out.iterdir()}
     card = (out / "README.md").read_text()
     assert "## What was searched" in card and "`sae.k`: 4" in card and "`val_sae_u` = 0.5000" in card

@@ -151,8 +151,8 @@ def _fake_sweep(tmp_path, name="s", **identity_overrides) -> Path:
     from saeception.sweep.space import load_space
 
     ident = {**identity(load_space(TINY), Search(trials=2), Resources(), Confirmation()), **identity_overrides}
-    write_identity(str(storage), ident)
-    (storage / "sweep.lock").touch()  # the first driver's lock file
+    write_identity(str(storage), name, ident)
+    (storage / name / "sweep.lock").touch()  # the first driver's lock file
     return storage
 
 
@@ -281,6 +281,47 @@ def test_uri_storage_state_is_absolute_and_per_storage(tmp_path, monkeypatch):
     assert state_dir("x", "s3://bucket/a").parent == tmp_path / "state"
 
 
+def test_a_new_storage_is_created_when_the_state_dir_holds_the_databases(tmp_path, monkeypatch):
+    """The cluster files set SAECEPTION_STATE_DIR: the storage directory must still be made (its lock was
+    opened in a directory nobody had created: FileNotFoundError)."""
+    monkeypatch.setenv("SAECEPTION_STATE_DIR", str(tmp_path / "state"))
+    storage = tmp_path / "nfs" / "sweeps"
+    p = sweep.plan(sweep.parser().parse_args(["--space", str(TINY), "--storage", str(storage), "--name", "s"]))
+    try:
+        assert (storage / "s" / "sweep.lock").exists() and p.local_dir.parent == tmp_path / "state"
+        assert (p.local_dir / "optuna.db").exists() and not (storage / "optuna.db").exists()
+    finally:
+        p.lock.close()
+
+
+def test_sweeps_of_other_names_under_one_storage_keep_their_own_files(tmp_path):
+    """Identity, lock, best/, confirmation and Train state are per sweep name; the databases and the stage
+    cache are the storage's, shared."""
+    from saeception.sweep.identity import read_identity, write_identity
+
+    storage = tmp_path / "sweep"
+    plans = [sweep.plan(sweep.parser().parse_args(["--space", str(TINY), "--storage", str(storage), "--name", n,
+                                                   *extra])) for n, extra in (("a", []), ("b", ["--trials", "3"]))]
+    try:
+        a, b = plans
+        assert a.sweep_dir == storage / "a" and b.sweep_dir == storage / "b"
+        assert a.train_dir != b.train_dir and a.ray_dir == b.ray_dir
+        assert (a.mlflow_uri, a.optuna_uri, a.cache_dir) == (b.mlflow_uri, b.optuna_uri, b.cache_dir)
+        write_identity(str(storage), "a", {"trials": 6})
+        write_identity(str(storage), "b", {"trials": 3})
+        assert read_identity(str(storage), "a") == {"trials": 6} and read_identity(str(storage), "b") == {"trials": 3}
+        assert (storage / "a" / "sweep.lock").exists() and (storage / "b" / "sweep.lock").exists()
+    finally:
+        for p in plans:
+            p.lock.close()
+
+
+@pytest.mark.parametrize("name", ["ray", "train", "cache", "mlartifacts"])
+def test_a_sweep_cannot_be_named_like_a_folder_every_sweep_shares(tmp_path, capsys, name):
+    line = _main_exits_2(capsys, ["--space", str(TINY), "--storage", str(tmp_path / "s"), "--name", name], "--name:")
+    assert "shares" in line and not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("flag,value,secret", [
     ("--optuna-storage", "postgresql://alice:s3cr3t-pw@127.0.0.1:1/optuna", "s3cr3t-pw"),
     ("--optuna-storage", "sqlite:///{tmp}/a-file/optuna.db", None),
@@ -311,7 +352,7 @@ def test_credentials_in_storage_uri_are_refused_and_not_printed(tmp_path, capsys
 
 def test_identity_file_is_json_with_the_settings(tmp_path):
     storage = _fake_sweep(tmp_path)
-    ident = json.loads((storage / "sweep.json").read_text())
+    ident = json.loads((storage / "s" / "sweep.json").read_text())
     assert ident["seed"] == 0 and ident["trials"] == 2 and ident["fixed"]["chain.cycles"] == 1
     assert ident["objectives"] == ["val_sae_u:max"]
 
