@@ -26,7 +26,7 @@ from .redact import install_log_filter
 from .resources import check_local_resources
 from .space import SearchSpace, load_space, resolve_space
 from .state import STATE_ENV, check_mlflow, check_optuna_storage, state_dir
-from .tracking import DEFAULT_EXPERIMENT, absolute_uri, sqlite_uri
+from .tracking import DEFAULT_EXPERIMENT, absolute_uri, credentials_to_env, sqlite_uri
 from .vocab import CACHE_DIR, RAY_DIR, STORAGE_PARTS
 
 log = logging.getLogger(__name__)
@@ -150,10 +150,19 @@ def plan(args: argparse.Namespace) -> Plan:
     # files beside the sweep, are created below).
     mlflow_uri = absolute_uri(args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(local_dir / "mlflow.db"))
     given_mlflow = bool(args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    credentials = credentials_to_env(mlflow_uri, env={}) != mlflow_uri
+    if credentials and args.address:
+        _fail("--mlflow-uri: credentials in the URI would reach only this driver, not the cluster's trial processes; "
+              "put MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) into "
+              "~/.saeception/secrets.env (docs/cluster.md) and give the URI without them")
     if args.optuna_storage:
         check_optuna_storage(args.optuna_storage)
     if given_mlflow:
         check_mlflow(mlflow_uri)
+    if credentials:  # MLflow's own variables from here on (the dry run only prints the URI)
+        mlflow_uri = redact(mlflow_uri) if dry_run else credentials_to_env(mlflow_uri)
+        if not dry_run and os.environ.get("MLFLOW_TRACKING_URI"):
+            os.environ["MLFLOW_TRACKING_URI"] = credentials_to_env(os.environ["MLFLOW_TRACKING_URI"])
     experiment = args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     check_dir(local_dir, "--storage")
     cache_dir = _cache_dir(args, storage)

@@ -9,6 +9,8 @@ import warnings
 import torch
 import yaml
 
+from saeception.store.uris import redact
+
 from ..config import to_dict
 from . import memory_plan
 from .plan import Plan
@@ -76,8 +78,9 @@ def describe(p: Plan) -> str:
     lines += ["", *memory_plan.describe(p.memory, p.space, res, trials), ""]
     confirm = (f"then the best config and its controls ({', '.join(p.confirm.settings.controls)}) on {p.confirm.seeds} "
                "fresh seeds, and a verdict" if p.confirm.seeds else "no confirmation")
-    lines += [f"confirmation: {confirm}", f"storage: {p.storage}", f"MLflow: {p.mlflow_uri} (experiment {p.experiment!r})",
-              f"stage cache: {p.cache_dir or 'off'}"]
+    lines += [f"confirmation: {confirm}", f"storage: {redact(p.storage)}",
+              f"MLflow: {redact(p.mlflow_uri)} (experiment {p.experiment!r})", f"optuna: {redact(p.optuna_uri)}",
+              f"stage cache: {redact(p.cache_dir) if p.cache_dir else 'off'}"]
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import time
+import urllib.parse
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -46,6 +47,25 @@ def absolute_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/") and uri[len(prefix):] != ":memory:":
         return sqlite_uri(uri[len(prefix):])
     return uri
+
+
+def credentials_to_env(uri: str, env: dict[str, str] | None = None) -> str:
+    """An http(s) MLflow URI without its userinfo, which goes to MLflow's own variables instead
+    (`user:password@` -> MLFLOW_TRACKING_USERNAME/_PASSWORD, a lone `token@` -> MLFLOW_TRACKING_TOKEN) in `env`
+    (default os.environ, which the local Ray's processes inherit). A URI is copied into everything Ray and
+    MLflow pickle, store or quote in an exception (tuner.pkl, error.txt); without userinfo it carries no secret."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    env = os.environ if env is None else env
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, sep, password = userinfo.partition(":")
+    if sep:
+        env["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)
+        env["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
+    else:
+        env["MLFLOW_TRACKING_TOKEN"] = urllib.parse.unquote(user)
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 def artifact_root(uri: str) -> str | None:

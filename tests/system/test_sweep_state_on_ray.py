@@ -4,6 +4,7 @@ databases live, and credentials kept out of everything it prints or stores. No R
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from paths import REPO, TINY
@@ -55,38 +56,51 @@ def moto_endpoint():
 KEY, SECRET = "AKIASAECEPTIONTEST", "sEcReT-k3y-never-printed"
 
 
+MLFLOW_USER, MLFLOW_SECRET = "alice", "mlflow-pw-never-printed"
+
+
 @pytest.mark.ray
 @pytest.mark.security
 @pytest.mark.sweep_state
-def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, moto_endpoint):
-    """The stage cache on S3 with its keys in the URI (the only credentials the sweep has: none in the
-    environment). The sweep works, and the secret is in none of stdout, stderr, MLflow's database (params,
-    tags, everything) or any file under the storage (Ray Tune's and Ray Train's results and pickles)."""
+@pytest.mark.mlflow_server
+def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, moto_endpoint, mlflow_server):
+    """The stage cache on S3 with its keys in the URI and an MLflow server with a password in its URI (the only
+    credentials the sweep has: none in the environment). The sweep works, its runs are on that server, and
+    neither secret is in stdout, stderr, the dry run's output, MLflow's params and tags, or any file under the
+    storage (Ray Tune's and Ray Train's results and pickles, tuner.pkl held the progress callback's
+    Tracker(uri)), the MLflow server's folder or Ray's session directory (logs, spilled objects)."""
     cache = f"s3://{KEY}:{SECRET}@creds/cache?endpoint_override={moto_endpoint}&scheme=http&region=us-east-1"
+    mlflow_uri = mlflow_server.replace("http://", f"http://{MLFLOW_USER}:{MLFLOW_SECRET}@")
     storage = tmp_path / "sweep"
-    env = {k: v for k, v in ray_env.items() if not k.startswith("AWS_")}
+    env = {k: v for k, v in ray_env.items() if not k.startswith(("AWS_", "MLFLOW_TRACKING"))}
     cwd = tmp_path / "cwd"  # like Ray's job directory: nothing of the sweep may land there
     cwd.mkdir()
-    r = subprocess.run([sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--trials", "1", "--num-cpus", "2",
-                        "--storage", str(storage), "--cache", cache, "--confirm-seeds", "0", "--name", "creds"],
-                       env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--trials", "1", "--num-cpus", "2",
+           "--storage", str(storage), "--cache", cache, "--mlflow-uri", mlflow_uri, "--confirm-seeds", "0", "--name", "creds"]
+    dry = subprocess.run([*cmd, "--dry-run"], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert list(cwd.iterdir()) == [], "MLflow artifacts (./mlruns) or anything else in the working directory"
-    assert any((storage / "mlartifacts").rglob("trial_metrics.png"))
     assert "stage cache s3://AKIASAECEPTIONTEST:***@creds/cache" in r.stdout and "3 misses" in r.stdout
-    assert SECRET not in r.stdout and SECRET not in r.stderr
-    files = [p for p in storage.rglob("*") if p.is_file()]
+    for secret in (SECRET, MLFLOW_SECRET):
+        for out in (dry.stdout, dry.stderr, r.stdout, r.stderr):
+            assert secret not in out
+    files = [p for root in (storage, tmp_path / "mlflow-server", Path(ray_env["RAY_TMPDIR"]))
+             for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
     assert any(p.name == "tuner.pkl" for p in files) and any(p.name.startswith("searcher-state") for p in files)
     assert any("train" in p.parts for p in files)  # Ray Train's run of the trial
-    leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert any(p.suffix == ".log" and "session_" in str(p) for p in files)  # Ray's session logs were read
+    leaked = [str(p) for p in files if SECRET.encode() in p.read_bytes() or MLFLOW_SECRET.encode() in p.read_bytes()]
     assert not leaked, leaked
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
     assert len(runs) == 2
     for run in runs:
         assert SECRET not in json.dumps({**run.data.params, **run.data.tags})
+        assert MLFLOW_SECRET not in json.dumps({**run.data.params, **run.data.tags})
     parent = next(x for x in runs if x.data.tags.get("saeception.role") == "sweep")
     assert parent.data.tags["saeception.cache_dir"].startswith(f"s3://{KEY}:***@creds/cache")
 

@@ -212,3 +212,37 @@ def test_asha_stops_trials_at_a_rung_but_lets_the_last_cycle_end_by_itself(tmp_p
     scheduler.on_trial_add(None, bad)
     assert scheduler.on_trial_result(None, bad, {"cycle": 1, "val_sae_u": -1.0}) == TrialScheduler.STOP
     assert scheduler.on_trial_result(None, trials[-1], {"cycle": 2, "val_sae_u": 9.0}) == TrialScheduler.CONTINUE
+
+
+def test_the_dry_run_prints_no_credential_of_any_store(tmp_path, capsys, monkeypatch):
+    """It printed `stage cache: s3://AKIA…:secret@…` (and the MLflow and Optuna URLs) as given."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cache = "s3://AKIAEXAMPLEKEY:wJalr-cache-secret@bucket/cache?session_token=tok-secret"
+    assert main(["--space", TINY, "--storage", str(tmp_path / "s"), "--cache", cache, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "stage cache: s3://AKIAEXAMPLEKEY:***@bucket/cache?session_token=***" in out
+    assert "wJalr-cache-secret" not in out and "tok-secret" not in out
+
+
+def test_mlflow_credentials_in_the_uri_move_to_mlflow_s_own_variables():
+    """A URI is copied into Ray's pickles and MLflow's exception texts; its userinfo goes to the variables
+    MLflow authenticates with instead."""
+    from saeception.sweep.tracking import credentials_to_env
+
+    env = {}
+    assert credentials_to_env("http://alice:p%40ss@127.0.0.1:5000", env) == "http://127.0.0.1:5000"
+    assert env == {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "p@ss"}
+    env = {}
+    assert credentials_to_env("https://TOKEN123@mlflow.example.com/prefix", env) == "https://mlflow.example.com/prefix"
+    assert env == {"MLFLOW_TRACKING_TOKEN": "TOKEN123"}
+    for uri in ("http://127.0.0.1:5000", "sqlite:////abs/mlflow.db", "databricks"):
+        env = {}
+        assert credentials_to_env(uri, env) == uri and env == {}
+
+
+def test_mlflow_credentials_in_the_uri_are_refused_for_a_cluster(tmp_path, capsys):
+    """On a cluster the trial processes are not this driver's children: the variables would not reach them."""
+    assert main(["--space", TINY, "--storage", str(tmp_path / "s"), "--address", "auto", "--dry-run",
+                 "--mlflow-uri", "http://alice:hunter2-pw@127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "--mlflow-uri:" in err and "secrets.env" in err and "hunter2-pw" not in err
