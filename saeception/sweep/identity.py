@@ -10,20 +10,27 @@ The lock is taken before anything else is written. On a path (local disk, NFS) i
 (`fcntl.lockf`, which NFSv4 serves) on `<storage>/<name>/sweep.lock`, held by the driver's open file until its
 process ends, however it ends. On an object store, which has no locks, it is a lease object
 `<storage>/<name>/sweep.lease.json` (owner, host, pid, expiry) that a thread renews every LEASE_S/3; a driver that
-dies without releasing it blocks a new launch for at most LEASE_S.
+dies without releasing it blocks a new launch for at most LEASE_S. Before each renewal the thread checks the
+lease is still this driver's; a failed write is retried every RETRY_S. When the lease is another's, or cannot
+be renewed before it lapses, the driver is stopped with that error (as by Ctrl-C: `--resume` continues), so
+two drivers never run one study.
 """
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +40,13 @@ from ..config import ConfigError
 from .plan import Confirmation, Resources, Search
 from .space import SearchSpace
 
+log = logging.getLogger(__name__)
+
 IDENTITY_FILE = "sweep.json"
 LOCK_FILE = "sweep.lock"
 LEASE_FILE = "sweep.lease.json"
 LEASE_S = 90.0
+RETRY_S = 5.0  # after a failed renewal
 
 # Identity fields and the flag that sets each (for the mismatch message).
 FLAGS = {"space": "--space", "objectives": "--space (objectives)", "seed": "--seed", "trials": "--trials",
@@ -156,6 +166,7 @@ def _hold_file_lock(storage: str, name: str) -> Any:
 class _Lease:
     def __init__(self, fs, path: str):
         self.fs, self.path, self.owner = fs, path, uuid.uuid4().hex
+        self.expires = 0.0
         self._stop = threading.Event()
 
     def read(self) -> dict[str, Any] | None:
@@ -173,11 +184,37 @@ class _Lease:
         record = {"owner": self.owner, "holder": _holder_text(), "expires": time.time() + LEASE_S}
         with self.fs.open_output_stream(self.path) as f:
             f.write(json.dumps(record).encode())
+        self.expires = record["expires"]
 
-    def renew_until_exit(self) -> None:
+    def renew_once(self) -> str | None:
+        """Renews the lease; why this driver must stop (the lease is another's, or lapses unrenewed), or None.
+        Raises OSError when the store did not answer (the caller retries)."""
+        current = self.read()
+        if current is None or current.get("owner") != self.owner:
+            holder = current.get("holder", "another driver") if current else "nobody (it was deleted)"
+            return f"the sweep's lease {self.path} is held by {holder}"
+        self.write()
+        return None
+
+    def renew_until_exit(self, on_lost: Callable[[str], None] | None = None) -> None:
+        on_lost = on_lost or _stop_driver
+
         def renew() -> None:
-            while not self._stop.wait(LEASE_S / 3):
-                self.write()
+            wait = LEASE_S / 3
+            while not self._stop.wait(wait):
+                try:
+                    lost = self.renew_once()
+                    wait = LEASE_S / 3
+                except OSError as e:
+                    lost = None
+                    wait = RETRY_S
+                    if time.time() + RETRY_S >= self.expires:
+                        lost = f"the sweep's lease {self.path} could not be renewed before it lapsed ({redact(str(e))[:300]})"
+                    else:
+                        log.warning("renewing the sweep's lease failed, retrying in %.0f s: %s", RETRY_S, redact(str(e))[:300])
+                if lost:
+                    on_lost(lost)
+                    return
 
         threading.Thread(target=renew, daemon=True, name="sweep-lease").start()
         atexit.register(self.release)
@@ -189,7 +226,15 @@ class _Lease:
             self.fs.delete_file(self.path)
 
 
-def _hold_lease(storage: str, name: str, settle_s: float = 1.0) -> _Lease:
+def _stop_driver(reason: str) -> None:
+    """Stops the driver from the lease thread: the error, then a KeyboardInterrupt in the main thread (the
+    sweep ends as after Ctrl-C; --resume continues it once the other driver is gone)."""
+    print(f"error: {reason}; stopping this driver so that two never run one sweep", file=sys.stderr, flush=True)
+    _thread.interrupt_main()
+
+
+def _hold_lease(storage: str, name: str, settle_s: float = 1.0,
+                on_lost: Callable[[str], None] | None = None) -> _Lease:
     fs, root = filesystem(sweep_path(storage, name))
     fs.create_dir(root.rstrip("/"), recursive=True)
     lease = _Lease(fs, f"{root.rstrip('/')}/{LEASE_FILE}")
@@ -207,5 +252,5 @@ def _hold_lease(storage: str, name: str, settle_s: float = 1.0) -> _Lease:
     current = lease.read()
     if not current or current.get("owner") != lease.owner:
         raise refuse(current or {"holder": "another driver", "expires": time.time() + LEASE_S})
-    lease.renew_until_exit()
+    lease.renew_until_exit(on_lost)
     return lease

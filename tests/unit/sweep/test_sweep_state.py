@@ -270,6 +270,72 @@ def test_uri_storage_lease_refuses_a_second_driver():
     identity._hold_lease(storage, "s", settle_s=0).release()  # released: free again
 
 
+def _lease_until_lost(monkeypatch, tamper) -> tuple[list[str], float]:
+    """A lease renewed every 0.1 s; `tamper(lease)` after its first renewal; what on_lost was told, and when."""
+    from saeception.sweep import identity
+
+    monkeypatch.setattr(identity, "LEASE_S", 0.3)
+    monkeypatch.setattr(identity, "RETRY_S", 0.05)
+    told: list[str] = []
+    lease = identity._hold_lease(f"memory://leases/{time.time_ns()}", "s", settle_s=0, on_lost=told.append)
+    t0 = time.time()
+    try:
+        time.sleep(0.15)
+        tamper(lease)
+        deadline = time.time() + 5
+        while not told and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        lease._stop.set()
+    return told, time.time() - t0
+
+
+def test_a_lease_taken_over_by_another_driver_stops_this_one(monkeypatch):
+    """The renew thread wrote over whatever was there: two drivers then shared one study."""
+    def another_driver(lease):
+        with lease.fs.open_output_stream(lease.path) as f:
+            f.write(json.dumps({"owner": "other", "holder": "host2 pid 7", "expires": time.time() + 60}).encode())
+
+    told, _ = _lease_until_lost(monkeypatch, another_driver)
+    assert told and "held by host2 pid 7" in told[0]
+
+
+def test_a_lease_that_cannot_be_renewed_stops_the_driver_before_it_lapses(monkeypatch):
+    """One failed PUT killed the renew thread silently; now it retries, and stops the driver in time."""
+    def store_down(lease):
+        def fail():
+            raise OSError("PUT sweep.lease.json: 503 Slow Down")
+        lease.write = fail
+
+    told, elapsed = _lease_until_lost(monkeypatch, store_down)
+    assert told and "could not be renewed before it lapsed" in told[0] and "503" in told[0]
+
+
+def test_one_failed_renewal_is_retried_and_the_lease_kept(monkeypatch):
+    def one_failure(lease):
+        write, calls = lease.write, []
+
+        def flaky():
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("PUT: connection reset")
+            write()
+        lease.write = flaky
+
+    from saeception.sweep import identity
+
+    monkeypatch.setattr(identity, "LEASE_S", 0.3)
+    monkeypatch.setattr(identity, "RETRY_S", 0.05)
+    told: list[str] = []
+    lease = identity._hold_lease(f"memory://leases/{time.time_ns()}", "s", settle_s=0, on_lost=told.append)
+    try:
+        one_failure(lease)
+        time.sleep(0.8)
+        assert told == [] and lease.read()["owner"] == lease.owner
+    finally:
+        lease.release()
+
+
 # --- where the state lives, and unreachable stores -------------------------------------------------
 
 def test_uri_storage_state_is_absolute_and_per_storage(tmp_path, monkeypatch):
