@@ -2,7 +2,10 @@
 
 One named Ray actor (`saeception-cache-locks`, namespace `saeception`, 0 CPUs) holds every lock with a
 lease: the holder renews it while it builds, and a crashed holder's lock lapses after LEASE_S so a
-waiter takes over. Passed to the core's cache as its `lock` (`saeception.store.cache.open_cache`).
+waiter takes over. The actor lives on the head node (Ray's `node:__internal_head__` resource, as Ray
+Serve pins its controller): a worker node the autoscaler removes would take it down with every lock.
+Every call to it has a timeout (RPC_TIMEOUT_S), and a waiter gives up after WAIT_S with an error naming the
+key. Passed to the core's cache as its `lock` (`saeception.store.cache.open_cache`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import uuid
 from collections.abc import Iterator
 
 LEASE_S = 60.0  # a builder's lock lapses this long after its process stops renewing it
+RPC_TIMEOUT_S = 60.0  # one call to the lock actor
+WAIT_S = 6 * 3600.0  # the longest a trial waits for another's build of one stage
+HEAD = "node:__internal_head__"  # the resource Ray gives the head node only
 
 
 class _Locks:
@@ -38,17 +44,19 @@ def lease_lock(key: str) -> Iterator[None]:
     """Holds the cluster-wide lock of `key` (needs a connected Ray), renewing its lease meanwhile."""
     import ray  # lazy: Ray is loaded only in the processes that use it
 
-    locks = ray.remote(num_cpus=0)(_Locks).options(
-        name="saeception-cache-locks", namespace="saeception", lifetime="detached", get_if_exists=True,
-        scheduling_strategy="DEFAULT").remote()
+    locks = lock_actor()
     owner = uuid.uuid4().hex
-    while not ray.get(locks.acquire.remote(key, owner, LEASE_S)):
+    deadline = time.monotonic() + WAIT_S
+    while not ray.get(locks.acquire.remote(key, owner, LEASE_S), timeout=RPC_TIMEOUT_S):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"stage cache: waited {WAIT_S:.0f} s for the build lock of {key} (another trial "
+                               "is building it and renewing its lease)")
         time.sleep(0.5)
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(LEASE_S / 4):
-            ray.get(locks.acquire.remote(key, owner, LEASE_S))
+            ray.get(locks.acquire.remote(key, owner, LEASE_S), timeout=RPC_TIMEOUT_S)
 
     renewer = threading.Thread(target=renew, daemon=True, name=f"cache-lease-{key[:8]}")
     renewer.start()
@@ -57,4 +65,13 @@ def lease_lock(key: str) -> Iterator[None]:
     finally:
         stop.set()
         renewer.join()
-        ray.get(locks.release.remote(key, owner))
+        ray.get(locks.release.remote(key, owner), timeout=RPC_TIMEOUT_S)
+
+
+def lock_actor():
+    """The named lock actor, created on the head node if it does not exist yet."""
+    import ray  # lazy: Ray is loaded only in the processes that use it
+
+    return ray.remote(num_cpus=0)(_Locks).options(
+        name="saeception-cache-locks", namespace="saeception", lifetime="detached", get_if_exists=True,
+        resources={HEAD: 0.001}).remote()

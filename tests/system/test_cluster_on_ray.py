@@ -62,6 +62,48 @@ def test_sweep_on_a_simulated_two_node_cluster(tmp_path):
     assert len(nodes) == 2, "the two trials' workers ran on the two nodes"
 
 
+LOCK_ACTOR_FROM_A_WORKER_NODE = """
+import ray, sys
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+try:
+    cluster.add_node(num_cpus=1, resources={"worker_node": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+
+    @ray.remote(num_cpus=0, resources={"worker_node": 0.1})
+    def take_a_lock():  # a trial's worker process, on the worker node
+        from saeception.trainables.locks import lease_lock
+
+        with lease_lock("k" * 64):
+            return ray.get_runtime_context().get_node_id()
+
+    worker = ray.get(take_a_lock.remote())
+    (actor,) = [a for a in list_actors(filters=[("class_name", "=", "_Locks")]) if a.state == "ALIVE"]
+    print(actor.node_id == cluster.head_node.node_id, worker != actor.node_id)
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_the_cache_lock_actor_lives_on_the_head(tmp_path):
+    """Created from a worker node's process, the detached 0-CPU lock actor landed on that node: the autoscaler
+    removing it took every cache lock down with it (ActorDiedError in the trials waiting on it)."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        r = subprocess.run([sys.executable, "-c", LOCK_ACTOR_FROM_A_WORKER_NODE], env=env, cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    finally:
+        kill_all(str(ray_tmp))
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0 and r.stdout.split()[-2:] == ["True", "True"], r.stdout[-2000:] + r.stderr[-3000:]
+
+
 # docs/cluster.md's cluster command ("Run on a cluster"), with this test's values: same flags.
 SWEEP_ON_CLUSTER = ["python", "-m", "saeception.sweep", "--address", "auto", "--storage", "{storage}",
                     "--space", "{space}", "--trials", "2", "--workers-per-trial", "1",
