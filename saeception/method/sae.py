@@ -115,6 +115,13 @@ class SAE(nn.Module):
     def load(cls, prefix: Path, device: str | torch.device = "cpu") -> SAE:
         tensors, cfg = load_weights(prefix, device)
         sae = cls(cfg["d"], cfg["n_latents"], cfg["kind"], cfg["k"]).to(device)
+        expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        if found != expected:  # load_state_dict's RuntimeError was not an input error the chain recovers from
+            wrong = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+            raise ValueError(f"{prefix.with_suffix('.safetensors')}: tensors disagree with {prefix.with_suffix('.json')} "
+                             f"(d={cfg['d']}, n_latents={cfg['n_latents']}): "
+                             + ", ".join(f"{k} {found.get(k, 'missing')} != {expected.get(k, 'unexpected')}" for k in wrong[:3]))
         sae.load_state_dict(tensors)
         return sae.eval().requires_grad_(False)
 

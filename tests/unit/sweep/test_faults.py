@@ -249,4 +249,17 @@ def _env(ray_env: dict, **extra: str) -> dict:
     return {**ray_env, "PYTHONPATH": path, **extra}
 
 
+@pytest.mark.storage_faults
+def test_an_sae_whose_shape_disagrees_with_its_json_is_a_corrupt_cycle(tmp_path):
+    """Checksums sealed over an SAE whose JSON names another size: load_state_dict's RuntimeError escaped
+    ChainState.load, so the trial failed on every retry instead of rebuilding the chain."""
+    paths = ChainPaths(tmp_path / "run")
+    run_chain(build_config(TINY), paths)
+    cycle = paths.cycle(0)
+    meta = cycle.sae.with_suffix(".json")
+    cfg = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**cfg, "n_latents": cfg["n_latents"] * 2}))
+    seal_dir(cycle.path)
+    with pytest.raises(CorruptCycleError, match="disagree"):
+        ChainState.load(cycle.path)
 
