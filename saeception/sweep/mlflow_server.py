@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from saeception.store.uris import redact
+from saeception.store.uris import is_uri, redact
 
 HOST, PORT = "127.0.0.1", 5000
 START_TIMEOUT_S = 120.0
@@ -49,7 +49,7 @@ def ensure(backend_store_uri: str, artifacts_destination: str, log: Path, host: 
         return "running"
     if backend_store_uri.startswith("sqlite:////"):
         Path(backend_store_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if "://" not in artifacts_destination:
+    if not is_uri(artifacts_destination):
         Path(artifacts_destination).mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}

@@ -179,14 +179,14 @@ def test_both_cluster_files_start_mlflow_with_the_one_command():
 
 
 @pytest.mark.mlflow_server
-@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
-def test_the_head_command_starts_mlflow_once_and_it_answers(path, tmp_path):
-    """The head's start command, as the cluster file spells it (the head's disk and artifact store moved under
-    tmp_path, a free port): the first run starts a server that answers /health, the second finds it. The old
-    `pgrep -f "mlflow server" || …` guard matched its own shell and started nothing."""
+def test_the_head_command_starts_mlflow_once_and_it_answers(tmp_path):
+    """The head's start command, as cluster-onprem.yaml spells it (cluster.yaml's is the same but for the
+    artifact store: the test above; the head's disk and artifact store moved under tmp_path, a free port): the
+    first run starts a server that answers /health, the second finds it. The old `pgrep -f "mlflow server" || …`
+    guard matched its own shell and started nothing."""
     from autoscaling import free_port
 
-    port = free_port()
+    path, port = REPO / "cluster-onprem.yaml", free_port()
     command = _mlflow_start(yaml.safe_load(path.read_text())).replace("/var/lib/saeception", str(tmp_path / "head"))
     command = re.sub(r"--artifacts-destination \S+", f"--artifacts-destination {tmp_path / 'artifacts'}", command)
     command += f" --port {port}"
