@@ -2,12 +2,10 @@ import time
 
 import pytest
 
+from saeception.store.cache import ObjectStageCache
+
 # ---- Object stores: the same contract through the pointer-last, blob-per-build layout -------------
 
-def _object_cache(uri, **kw):
-    from saeception.store.cache import ObjectStageCache
-
-    return ObjectStageCache(uri, **kw)
 
 
 
@@ -19,7 +17,7 @@ def _object_cache(uri, **kw):
 def _object_builder(uri: str, key: str, scratch: str) -> str:
     from saeception.trainables.locks import lease_lock
 
-    cache = _object_cache(uri, scratch=scratch, lock=lease_lock)
+    cache = ObjectStageCache(uri, scratch=scratch, lock=lease_lock)
     with cache.lock(key):
         if cache.lookup(key) is not None:
             return "reused"
@@ -48,6 +46,6 @@ def test_two_concurrent_object_store_builders_on_ray_produce_one_entry(tmp_path,
     finally:
         ray.shutdown()
     assert sorted(results) == ["built", "reused"]
-    cache = _object_cache(uri)
+    cache = ObjectStageCache(uri)
     assert [p.name for p in (tmp_path / "store" / "fe" / "feedbeef01").iterdir()] == [cache._read_pointer("feedbeef01")["build"]]
 

@@ -8,17 +8,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from clusterfiles import SWEEP_ON_CLUSTER
 from paths import REPO, TINY
 from raytools import kill_all
-
-
-def validate(config: dict) -> None:
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    validate_config(prepare_config(config))
-
-
-
 
 SIMULATED_CLUSTER = """
 import subprocess, sys
@@ -104,10 +96,6 @@ def test_the_cache_lock_actor_lives_on_the_head(tmp_path):
     assert r.returncode == 0 and r.stdout.split()[-2:] == ["True", "True"], r.stdout[-2000:] + r.stderr[-3000:]
 
 
-# docs/cluster.md's cluster command ("Run on a cluster"), with this test's values: same flags.
-SWEEP_ON_CLUSTER = ["python", "-m", "saeception.sweep", "--address", "auto", "--storage", "{storage}",
-                    "--space", "{space}", "--trials", "2", "--workers-per-trial", "1",
-                    "--gpus-per-worker", "0", "--cpus-per-worker", "2", "--confirm-seeds", "0"]
 
 
 @pytest.mark.ray

@@ -13,24 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from faults import stage_keys
 from paths import REPO
 from paths import TINY as TINY_SPACE
 
-from saeception.config import build_config
-from saeception.method.chain import cycle0_keys
 from saeception.store.cache import StageCache
-
-TINY = {"data.max_examples": 300, "model.hidden_sizes": [32, 16], "finetune.epochs": 1, "sae.steps": 40, "sae.k": 4,
-        "aux.epochs": 1, "eval.probe_max_iter": 50, "chain.cycles": 0}
-
-
-def _keys(values: dict) -> dict[str, str]:
-    from saeception.method.chain import _env, setup
-
-    cfg = build_config(values)
-    return cycle0_keys(cfg, _env(setup(cfg), torch.device("cpu")))
-
 
 # ---- stored files are input -----------------------------------------------------------------------
 
@@ -71,7 +58,7 @@ def test_sweep_finishes_when_a_cache_entry_is_a_file(tmp_path, ray_env):
 
     storage = tmp_path / "s"
     fixed = {**yaml.safe_load(TINY_SPACE.read_text())["fixed"], "chain.cycles": 0}
-    keys = _keys(fixed)  # cycle 0's model and activations do not depend on the searched SAE settings
+    keys = stage_keys(fixed)  # cycle 0's model and activations do not depend on the searched SAE settings
     cache = StageCache(storage / "cache")
     for stage in ("finetune", "extract"):
         cache.entry(keys[stage]).parent.mkdir(parents=True, exist_ok=True)

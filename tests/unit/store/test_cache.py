@@ -7,7 +7,7 @@ import torch
 from saeception.config import build_config
 from saeception.method.chain import cycle0_keys, run_chain
 from saeception.store.artifacts import ChainPaths
-from saeception.store.cache import StageCache
+from saeception.store.cache import ObjectStageCache, StageCache
 
 TINY = {"data.max_examples": 300, "model.hidden_sizes": [32, 16], "finetune.epochs": 2, "sae.steps": 60, "sae.k": 4,
         "aux.epochs": 1, "eval.probe_max_iter": 50, "chain.cycles": 1}
@@ -182,10 +182,6 @@ def test_readonly_cache_never_writes(tmp_path, readonly):
 
 # ---- Object stores: the same contract through the pointer-last, blob-per-build layout -------------
 
-def _object_cache(uri, **kw):
-    from saeception.store.cache import ObjectStageCache
-
-    return ObjectStageCache(uri, **kw)
 
 
 def test_object_store_cache_hits_and_matches_uncached(tmp_path):
@@ -199,7 +195,7 @@ def test_object_store_cache_hits_and_matches_uncached(tmp_path):
     assert type(first_cache).__name__ == "ObjectStageCache"
     first = run_chain(cfg, ChainPaths(tmp_path / "a"), cache=first_cache)
     assert first_cache.stats.misses == 3 and first_cache.stats.bytes_written > 0
-    second = _object_cache(uri, scratch=tmp_path / "scratch2")  # another node: its own local copies
+    second = ObjectStageCache(uri, scratch=tmp_path / "scratch2")  # another node: its own local copies
     other = run_chain(build_config({**TINY, "sharpen.top_k_pct": 7.0}), ChainPaths(tmp_path / "b"), cache=second)
     assert second.stats.hits == 3 and second.stats.misses == 0
     for key in ("task_accuracy", "sae_u", "explained_variance"):
@@ -207,7 +203,7 @@ def test_object_store_cache_hits_and_matches_uncached(tmp_path):
 
 
 def test_object_store_entry_is_invisible_until_its_pointer_and_corruption_is_rebuilt(tmp_path):
-    cache = _object_cache(f"memory://bucket-{tmp_path.name}/c")
+    cache = ObjectStageCache(f"memory://bucket-{tmp_path.name}/c")
     key = "abcdef0123456789"
     # A builder that died after uploading its blob but before the pointer: no entry.
     cache.fs.create_dir(cache._blob(key, "dead"), recursive=True)
@@ -215,7 +211,7 @@ def test_object_store_entry_is_invisible_until_its_pointer_and_corruption_is_reb
         f.write(b"{}")
     assert cache.lookup(key) is None
     cache.publish(key, lambda d: (d / "x.json").write_text('{"v": 1}'), 1.5)
-    reader = _object_cache(cache.uri, scratch=tmp_path / "r1")
+    reader = ObjectStageCache(cache.uri, scratch=tmp_path / "r1")
     path = reader.lookup(key)
     assert path is not None and (path / "x.json").read_text() == '{"v": 1}'
     reader.record_hit(path)
@@ -224,14 +220,14 @@ def test_object_store_entry_is_invisible_until_its_pointer_and_corruption_is_reb
     build = cache._read_pointer(key)["build"]
     with cache.fs.open_output_stream(cache._blob(key, build) + "/x.json") as f:
         f.write(b'{"v": 2}')
-    damaged = _object_cache(cache.uri, scratch=tmp_path / "r2")
+    damaged = ObjectStageCache(cache.uri, scratch=tmp_path / "r2")
     assert damaged.lookup(key) is None and damaged.stats.events
     assert cache._read_pointer(key) is None
 
 
 def test_object_store_readonly_never_writes(tmp_path):
     uri = f"memory://bucket-{tmp_path.name}/ro"
-    cache = _object_cache(uri, readonly=True)
+    cache = ObjectStageCache(uri, readonly=True)
     run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
     assert cache.stats.misses == 3 and not cache.fs.get_file_info(cache.base).type.name == "Directory"
 
@@ -258,17 +254,17 @@ def s3_uri(monkeypatch, tmp_path):
 
 def test_s3_cache_round_trip_and_rejects_a_corrupted_blob(tmp_path, s3_uri):
     cfg = build_config(TINY)
-    first = _object_cache(s3_uri, scratch=tmp_path / "n1")
+    first = ObjectStageCache(s3_uri, scratch=tmp_path / "n1")
     a = run_chain(cfg, ChainPaths(tmp_path / "a"), cache=first)
     assert first.stats.misses == 3
-    second = _object_cache(s3_uri, scratch=tmp_path / "n2")
+    second = ObjectStageCache(s3_uri, scratch=tmp_path / "n2")
     b = run_chain(cfg, ChainPaths(tmp_path / "b"), cache=second)
     assert second.stats.hits == 3 and a[0]["sae_u"] == b[0]["sae_u"]
     key = cache_keys_of(cfg)["sae"]
     build = first._read_pointer(key)["build"]
     with first.fs.open_output_stream(first._blob(key, build) + "/sae.safetensors") as f:
         f.write(b"truncated")
-    third = _object_cache(s3_uri, scratch=tmp_path / "n3")
+    third = ObjectStageCache(s3_uri, scratch=tmp_path / "n3")
     run_chain(cfg, ChainPaths(tmp_path / "c"), cache=third)
     assert third.stats.hits == 2 and third.stats.misses == 1 and any("sae" in e for e in third.stats.events)
     assert first._read_pointer(key)["build"] != build  # rebuilt under a new blob

@@ -10,15 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clusterfiles import SWEEP_ON_CLUSTER, validate
 from paths import REPO
 
 CLUSTER_FILES = sorted(REPO.glob("cluster*.yaml"))
 
 
-def validate(config: dict) -> None:
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    validate_config(prepare_config(config))
 
 
 @pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
@@ -134,10 +131,6 @@ def test_both_variants_ship():
     assert yaml.safe_load((REPO / "cluster-onprem.yaml").read_text())["provider"]["type"] == "local"
 
 
-# docs/cluster.md's cluster command ("Run on a cluster"), with this test's values: same flags.
-SWEEP_ON_CLUSTER = ["python", "-m", "saeception.sweep", "--address", "auto", "--storage", "{storage}",
-                    "--space", "{space}", "--trials", "2", "--workers-per-trial", "1",
-                    "--gpus-per-worker", "0", "--cpus-per-worker", "2", "--confirm-seeds", "0"]
 
 
 

@@ -12,16 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from paths import REPO
+from faults import FAULT_CHAIN, stage_keys
 
 from saeception.config import build_config
-from saeception.method.chain import ChainState, cycle0_keys, run_chain
+from saeception.method.chain import ChainState, run_chain
 from saeception.method.errors import CorruptCycleError
 from saeception.store.artifacts import ChainPaths, seal_dir, verify_dir
 from saeception.store.cache import StageCache
-
-TINY = {"data.max_examples": 300, "model.hidden_sizes": [32, 16], "finetune.epochs": 1, "sae.steps": 40, "sae.k": 4,
-        "aux.epochs": 1, "eval.probe_max_iter": 50, "chain.cycles": 0}
 
 
 def _tree(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]]:
@@ -34,11 +31,6 @@ def _tree(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]]
     return out
 
 
-def _keys(values: dict) -> dict[str, str]:
-    from saeception.method.chain import _env, setup
-
-    cfg = build_config(values)
-    return cycle0_keys(cfg, _env(setup(cfg), torch.device("cpu")))
 
 
 # ---- stored files are input -----------------------------------------------------------------------
@@ -87,7 +79,7 @@ def test_empty_or_malformed_manifest_is_rejected(tmp_path):
     """A `{}` manifest once passed (nothing to check) and the cycle was trusted with no files; a list,
     or an entry without sha256, crashed the reader."""
     paths = ChainPaths(tmp_path / "run")
-    run_chain(build_config(TINY), paths)
+    run_chain(build_config(FAULT_CHAIN), paths)
     cycle = paths.cycle(0)
     assert cycle.verify() is None and ChainState.load(cycle.path)
     manifest = cycle.path / "manifest.json"
@@ -111,11 +103,11 @@ def test_empty_or_malformed_manifest_is_rejected(tmp_path):
 @pytest.mark.storage_faults
 def test_cache_entry_with_an_empty_manifest_is_rebuilt(tmp_path):
     cache = StageCache(tmp_path / "cache")
-    first = run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
-    entry = cache.entry(_keys(TINY)["sae"])
+    first = run_chain(build_config(FAULT_CHAIN), ChainPaths(tmp_path / "a"), cache=cache)
+    entry = cache.entry(stage_keys(FAULT_CHAIN)["sae"])
     (entry / "manifest.json").write_text("{}")
     again = StageCache(tmp_path / "cache")
-    second = run_chain(build_config(TINY), ChainPaths(tmp_path / "b"), cache=again)
+    second = run_chain(build_config(FAULT_CHAIN), ChainPaths(tmp_path / "b"), cache=again)
     assert again.stats.hits == 2 and again.stats.misses == 1
     assert any("lists no files" in e for e in again.stats.events), again.stats.events
     assert second[0]["sae_u"] == first[0]["sae_u"] and verify_dir(entry) is None  # rebuilt and intact
@@ -127,8 +119,8 @@ def test_cache_entry_whose_content_cannot_be_used_is_rebuilt(tmp_path):
     or an entry.json naming another key (an entry copied under a key it does not belong to), is rejected
     with a warning and rebuilt, never a crash and never served."""
     cache = StageCache(tmp_path / "cache")
-    first = run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
-    keys = _keys(TINY)
+    first = run_chain(build_config(FAULT_CHAIN), ChainPaths(tmp_path / "a"), cache=cache)
+    keys = stage_keys(FAULT_CHAIN)
     sae_entry, extract_entry = cache.entry(keys["sae"]), cache.entry(keys["extract"])
     (sae_entry / "sae.json").write_text("[]")
     meta = json.loads((extract_entry / "entry.json").read_text())
@@ -137,7 +129,7 @@ def test_cache_entry_whose_content_cannot_be_used_is_rebuilt(tmp_path):
         (entry / "manifest.json").unlink()
         seal_dir(entry)
     again = StageCache(tmp_path / "cache")
-    second = run_chain(build_config(TINY), ChainPaths(tmp_path / "b"), cache=again)
+    second = run_chain(build_config(FAULT_CHAIN), ChainPaths(tmp_path / "b"), cache=again)
     assert again.stats.hits == 1 and again.stats.misses == 2, again.stats.events
     assert any("does not name key" in e for e in again.stats.events) and any("format_version" in e for e in again.stats.events)
     assert second[0]["sae_u"] == first[0]["sae_u"]
@@ -147,14 +139,14 @@ def test_cache_entry_whose_content_cannot_be_used_is_rebuilt(tmp_path):
 def test_cache_entry_that_is_a_file_is_rebuilt(tmp_path):
     """Something in the way at an entry's path (a file where the entry's directory goes) once failed the
     trial after a full build; now it is rejected with a warning and the entry is rebuilt."""
-    keys = _keys(TINY)
+    keys = stage_keys(FAULT_CHAIN)
     cache = StageCache(tmp_path / "cache")
     for stage in ("finetune", "extract"):
         path = cache.entry(keys[stage])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("not an entry")
-    history = run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
-    plain = run_chain(build_config(TINY), ChainPaths(tmp_path / "b"))
+    history = run_chain(build_config(FAULT_CHAIN), ChainPaths(tmp_path / "a"), cache=cache)
+    plain = run_chain(build_config(FAULT_CHAIN), ChainPaths(tmp_path / "b"))
     assert history[0]["task_accuracy"] == plain[0]["task_accuracy"]
     assert sum("not a directory" in e for e in cache.stats.events) == 2, cache.stats.events
     assert cache.stats.write_errors == 0 and all(cache.entry(keys[s]).is_dir() for s in ("finetune", "extract"))
@@ -169,8 +161,8 @@ def test_failed_cache_write_does_not_fail_the_stage(tmp_path, monkeypatch):
 
     monkeypatch.setattr(StageCache, "_store", full_disk)
     cache = StageCache(tmp_path / "cache")
-    history = run_chain(build_config(TINY), ChainPaths(tmp_path / "a"), cache=cache)
-    plain = run_chain(build_config(TINY), ChainPaths(tmp_path / "b"))
+    history = run_chain(build_config(FAULT_CHAIN), ChainPaths(tmp_path / "a"), cache=cache)
+    plain = run_chain(build_config(FAULT_CHAIN), ChainPaths(tmp_path / "b"))
     assert history[0]["sae_u"] == plain[0]["sae_u"]
     metrics = cache.stats.as_metrics()
     assert metrics["cache/write_errors"] == 3 and metrics["cache/misses"] == 3
@@ -241,12 +233,8 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_check(tmp_path):
     assert re.search(r"loss became", ranks[0]["sae"])
 
 
-# ---- Ray: a sweep with a file in a cache entry's place; a driver SIGKILLed after a trial started ----
 
 
-def _env(ray_env: dict, **extra: str) -> dict:
-    path = os.pathsep.join(p for p in (str(REPO), ray_env.get("PYTHONPATH", "")) if p)
-    return {**ray_env, "PYTHONPATH": path, **extra}
 
 
 @pytest.mark.storage_faults
@@ -254,7 +242,7 @@ def test_an_sae_whose_shape_disagrees_with_its_json_is_a_corrupt_cycle(tmp_path)
     """Checksums sealed over an SAE whose JSON names another size: load_state_dict's RuntimeError escaped
     ChainState.load, so the trial failed on every retry instead of rebuilding the chain."""
     paths = ChainPaths(tmp_path / "run")
-    run_chain(build_config(TINY), paths)
+    run_chain(build_config(FAULT_CHAIN), paths)
     cycle = paths.cycle(0)
     meta = cycle.sae.with_suffix(".json")
     cfg = json.loads(meta.read_text())
