@@ -33,6 +33,7 @@ from saeception.method.chain import ChainState, run_chain
 from saeception.method.errors import CorruptCycleError, DivergedError
 from saeception.store.artifacts import ChainPaths, CycleDir
 from saeception.store.cache import CACHE_COUNTERS, open_cache
+from saeception.store.scratch import work_dir
 from saeception.store.uris import is_uri
 from saeception.sweep.plots import TRAJECTORY_METRICS, trial_plot
 from saeception.sweep.tracking import FAILURE, TIMING, Tracker
@@ -143,7 +144,7 @@ def _worker_context(loop_config: dict[str, Any]):
 
 
     rank = ray.train.get_context().get_world_rank()
-    work = Path(tempfile.mkdtemp(prefix=f"saeception-r{rank}-"))
+    work = work_dir(f"saeception-r{rank}")  # a killed worker's directory is removed by the next one here
     cache_dir = loop_config.get("cache_dir")
     cache = None
     if cache_dir:

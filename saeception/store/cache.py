@@ -210,6 +210,9 @@ class StageCache:
     def _store(self, key: str, write: Callable[[Path], None], build_seconds: float) -> Path:
         """Writes an entry aside with `write(dir)`, seals it and renames it into place (atomic)."""
         final = self.entry(key)
+        # Held under the key's lock: another .tmp of this key is a killed builder's, never finished.
+        for stale in final.parent.glob(f".tmp-{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:

@@ -160,6 +160,18 @@ def _builder(root: str, key: str, out, barrier) -> None:
             out.put("reused")
 
 
+def test_a_killed_builders_half_written_entry_is_removed_by_the_next_build(tmp_path):
+    """A builder killed while writing left `.tmp-<key>-*` beside the entry for good (its `finally` never ran)."""
+    cache = StageCache(tmp_path / "cache")
+    key = "ab" + "0" * 62
+    stale = cache.entry(key).parent / f".tmp-{key}-deadbeef"
+    (stale / "part").mkdir(parents=True)
+    (stale / "part" / "acts.safetensors").write_bytes(b"x" * 1000)
+    with cache.lock(key):
+        assert cache.publish(key, lambda d: (d / "x.txt").write_text("x"), 1.0) == cache.entry(key)
+    assert not stale.exists() and sorted(p.name for p in cache.entry(key).parent.iterdir()) == [key, f"{key}.lock"]
+
+
 def test_two_concurrent_builders_produce_one_entry(tmp_path):
     ctx = mp.get_context("spawn")
     out, barrier = ctx.Queue(), ctx.Barrier(2)
