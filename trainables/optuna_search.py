@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
+import optuna
 from optuna.storages import RDBStorage
 from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
@@ -15,6 +16,7 @@ from saeception.store.uris import MASK, redact
 from saeception.sweep.vocab import TUNE_TRIAL_ATTR, stopped_early
 
 log = logging.getLogger(__name__)
+RERUN_ATTR = "rerun_of_trial"  # on an Optuna trial: the number of the FAIL trial whose re-run it records
 
 # User attribute linking an Optuna trial to the Tune trial it serves (saeception.sweep.orphans reads it).
 
@@ -40,6 +42,21 @@ class FailAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
         return True
 
+    def _tell_rerun(self, trial_id: str, result: dict | None, error: bool) -> None:
+        """A trial Optuna has as FAIL that now finished (`--resume` re-runs errored trials): Optuna cannot
+        change a finished trial, so the measurement goes in as a new COMPLETE trial with the same params
+        (user attribute `rerun_of_trial`: the FAIL's number); otherwise the study never heard of it."""
+        frozen = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+        if frozen.state != optuna.trial.TrialState.FAIL or error or stopped_early(result) or not result:
+            return
+        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+        if any(not isinstance(result.get(m), (int, float)) for m in metrics):
+            return
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            params=frozen.params, distributions=frozen.distributions, values=[float(result[m]) for m in metrics],
+            user_attrs={**frozen.user_attrs, RERUN_ATTR: frozen.number}))
+        log.info("trial %s failed before and finished when resumed: told to Optuna as a new trial", trial_id)
+
     def suggest(self, trial_id):
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
@@ -55,7 +72,8 @@ class FailAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id, result=None, error=False):
         """A trial a scheduler stopped before its last cycle (ASHA) is PRUNED, not COMPLETE with an early
         value that would compete with finished trials' last-cycle values."""
-        if trial_id not in self._completed_trials and self._finished_in_study(trial_id):
+        if self._finished_in_study(trial_id):
+            self._tell_rerun(trial_id, result, error)
             return
         if error or stopped_early(result):
             result = None  # no value: FAIL on error, else PRUNED

@@ -46,3 +46,18 @@ def test_a_trial_stopped_before_its_last_cycle_is_pruned_not_complete(tmp_path):
     t1, t2 = _trials(tmp_path)
     assert t1.state == optuna.trial.TrialState.PRUNED and t2.state == optuna.trial.TrialState.COMPLETE
     assert t2.value == 0.5
+
+
+def test_a_failed_trial_that_finishes_when_resumed_is_told_to_optuna(tmp_path):
+    """--resume re-runs errored trials (resume_errored): a trial Optuna had as FAIL that then finished was
+    logged and dropped, so the study never heard of its value."""
+    s = _searcher(tmp_path)
+    config = s.suggest("t1")
+    s.on_trial_complete("t1", {"val_acc": 0.1}, error=True)
+    s._completed_trials.discard("t1")  # a resumed driver's searcher
+    s.on_trial_result("t1", {"val_acc": 0.8, "training_iteration": 1})
+    s.on_trial_complete("t1", {"val_acc": 0.8})
+    failed, rerun = _trials(tmp_path)
+    assert failed.state == optuna.trial.TrialState.FAIL and rerun.state == optuna.trial.TrialState.COMPLETE
+    assert rerun.value == 0.8 and rerun.params == failed.params == config and rerun.user_attrs["rerun_of_trial"] == 0
+
