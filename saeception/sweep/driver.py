@@ -28,7 +28,7 @@ from .report import (
     progress_callback,
     trial_rows,
 )
-from .resources import bundles, describe, offer, plan_concurrency, waits_for_nodes
+from .resources import bundles, describe, offer, plan_concurrency, waits_for_nodes, worker_start_timeout
 from .tracking import Tracker, run_tags, ui_command, ui_url
 
 # How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).
@@ -140,7 +140,7 @@ def open_parent_run(p: Plan) -> Session:
     spec = TrialSpec(fixed=p.space.fixed, train_dir=p.train_dir, mlflow_uri=p.mlflow_uri, parent_run_id=parent,
                      workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
                      gpus_per_worker=res.gpus_per_worker, cache_dir=p.cache_dir, cache_readonly=p.cache_readonly,
-                     run_tags=tags, worker_start_timeout_s=AUTOSCALE_WAIT_S if waits_for_nodes(groups) else None)
+                     run_tags=tags, worker_start_timeout_s=worker_start_timeout(groups, AUTOSCALE_WAIT_S))
     return Session(tracker, parent, spec, concurrency, trial_resources)
 
 

@@ -45,6 +45,7 @@ class NodeGroup:
     nodes: int
     live: int = 0
     autoscaled: bool = field(default=False)  # some of its nodes are not up yet
+    elastic: bool = field(default=False)  # the autoscaler adds and removes its nodes (a published type, min < max)
 
 
 def _shape(resources: dict[str, float]) -> dict[str, float]:
@@ -97,7 +98,8 @@ def offer() -> list[NodeGroup]:
     for g in (record.node_group_configs if record is not None else []):
         resources = {k: float(v) for k, v in g.resources.items()}
         if _shape(resources):  # a type whose resources Ray detects at start (on-prem) is known once live
-            groups.append(NodeGroup(g.name, resources, g.max_count if g.max_count >= 0 else _MAX_NODES_PER_GROUP))
+            count = g.max_count if g.max_count >= 0 else _MAX_NODES_PER_GROUP
+            groups.append(NodeGroup(g.name, resources, count, elastic=count > g.min_count))
     for node in ray.nodes():
         if not node.get("Alive"):
             continue
@@ -188,6 +190,13 @@ def _per_node(g: NodeGroup, worker: dict[str, float]) -> int:
 def waits_for_nodes(groups: list[NodeGroup]) -> bool:
     """True when some of the planned nodes are not up yet (trials will wait for the autoscaler)."""
     return any(g.autoscaled for g in groups)
+
+
+def worker_start_timeout(groups: list[NodeGroup], autoscale_wait_s: float) -> float | None:
+    """How long each trial's workers may wait for their nodes: on a cluster whose autoscaler adds and removes
+    nodes, long enough for it to add one (every trial: a node up at launch may be removed when idle, and a
+    later trial then waits for a new one); elsewhere Ray Train's default (None: 60 s)."""
+    return autoscale_wait_s if any(g.elastic or g.autoscaled for g in groups) else None
 
 
 def main(argv: list[str] | None = None) -> int:

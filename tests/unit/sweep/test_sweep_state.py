@@ -87,6 +87,20 @@ def test_groups_from_a_launcher_config():
     assert groups["head"].nodes == 1 and groups["gpu"].nodes == 3  # capped by the cluster's max_workers
 
 
+def test_every_trial_on_an_autoscaling_cluster_may_wait_for_a_node():
+    """The long wait was chosen only when nodes were missing at launch; a node up then and removed later
+    when idle left the next trials Train's 60 s (x 3 retries) to get a new one, and they failed."""
+    from saeception.sweep.resources import worker_start_timeout
+
+    all_up = [NodeGroup("head", {"CPU": 8, HEAD_RESOURCE: 1000}, 1, live=1),
+              NodeGroup("gpu_worker", {"CPU": 8, "GPU": 1}, 2, live=2, elastic=True)]
+    assert worker_start_timeout(all_up, 1800.0) == 1800.0
+    missing = [all_up[0], NodeGroup("gpu_worker", {"CPU": 8, "GPU": 1}, 8, live=0, autoscaled=True)]
+    assert worker_start_timeout(missing, 1800.0) == 1800.0  # nodes missing now
+    fixed = [NodeGroup("local", {"CPU": 2}, 1, live=1)]  # a fixed cluster (no autoscaler): Train's default
+    assert worker_start_timeout(fixed, 1800.0) is None
+
+
 # --- redaction -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("uri,secret", [
