@@ -2,9 +2,11 @@
 
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -175,14 +177,19 @@ def test_both_cluster_files_start_mlflow_with_the_one_command():
 def test_the_head_command_starts_mlflow_once_and_it_answers(tmp_path):
     """The head's start command, as cluster-onprem.yaml spells it (cluster.yaml's is the same but for the
     artifact store: the test above; the head's disk and artifact store moved under tmp_path, a free port): the
-    first run starts a server that answers /health, the second finds it. The old `pgrep -f "mlflow server" || …`
-    guard matched its own shell and started nothing."""
+    first run starts a server that answers /health, the second finds it, and once the GCS it watches is gone
+    (`ray down`) the server stops. The old `pgrep -f "mlflow server" || …` guard matched its own shell and
+    started nothing."""
     from autoscaling import free_port
 
     path, port = REPO / "cluster-onprem.yaml", free_port()
+    gcs = socket.socket()  # stands in for the head's GCS: the server lives while it answers
+    gcs.bind(("127.0.0.1", 0))
+    gcs.listen()
     command = _mlflow_start(yaml.safe_load(path.read_text())).replace("/var/lib/saeception", str(tmp_path / "head"))
     command = re.sub(r"--artifacts-destination \S+", f"--artifacts-destination {tmp_path / 'artifacts'}", command)
-    command += f" --port {port}"
+    assert "--stop-with-ray 127.0.0.1:6379" in command
+    command = command.replace("127.0.0.1:6379", f"127.0.0.1:{gcs.getsockname()[1]}") + f" --port {port} --watch-every-s 0.3"
     (tmp_path / ".saeception").mkdir()
     (tmp_path / ".saeception" / "secrets.env").write_text("")
     env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -194,8 +201,22 @@ def test_the_head_command_starts_mlflow_once_and_it_answers(tmp_path):
         again = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 0 and "mlflow server running" in again.stdout, again
         assert (tmp_path / "head" / "mlflow" / "mlflow.db").exists()
+        gcs.close()  # `ray down`: Ray is gone, and the watchdog stops the server
+        deadline = time.time() + 30
+        while _answers(port) and time.time() < deadline:
+            time.sleep(0.3)
+        assert not _answers(port), "the MLflow server outlived Ray"
     finally:
+        gcs.close()
         subprocess.run(["pkill", "-f", str(tmp_path / "head")], check=False)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def test_the_token_step_writes_a_file_only_its_owner_reads(tmp_path):
