@@ -4,14 +4,16 @@ EleutherAI sparsify, the classifier for Hugging Face, and a model card (README.m
     python -m saeception.export RUN_OR_CYCLE_DIR --out DIR [--format saelens|sparsify|hf ...] [--cycle N] [--force]
 
 Both SAE libraries compute codes = act((x - b_dec) @ W_enc + b_enc) and x_hat = codes @ W_dec + b_dec
-with no input scaling, while saeception divides x by `input_scale` (s) first and multiplies the
-reconstruction by s after. The scale folds exactly into the weights:
+with no input scaling, while saeception divides x by `input_scale` (s > 0) first and multiplies the
+reconstruction by s after. The scale folds exactly into the biases, keeping the unit-norm decoder rows that
+SAEBench checks and SAELens' `fold_W_dec_norm` assumes: ReLU, TopK and JumpReLU are positively homogeneous
+(act(s*p) = s*act(p), a threshold scaled with them), so with z' = s*z
 
-    (x/s - b_dec) @ W_enc + b_enc  =  (x - s*b_dec) @ (W_enc/s) + b_enc     same pre-activations, same codes
-    (z @ W_dec + b_dec) * s        =  z @ (s*W_dec) + s*b_dec               same reconstructions
+    (x - s*b_dec) @ W_enc + s*b_enc  =  s * ((x/s - b_dec) @ W_enc + b_enc)    pre-activations times s
+    z' @ W_dec + s*b_dec             =  s * (z @ W_dec + b_dec)                 the same reconstructions
 
-so the exported SAE reads the layer's raw activations and gives saeception's codes; its decoder rows have
-norm s, not 1 (which is why sparsify's cfg says normalize_decoder: false).
+The exported SAE reads the layer's raw activations, selects the same latents, gives codes s times
+saeception's and the same reconstructions; W_enc and W_dec are saeception's own.
 """
 
 from __future__ import annotations
@@ -186,15 +188,18 @@ def resolve_target(src: Source, model_name: str, model: nn.Module) -> Target:
 
 
 def folded_weights(sae: SAE) -> dict[str, Tensor]:
-    """W_enc (d, n), b_enc (n), W_dec (n, d), b_dec (d) with input_scale folded in (module docstring);
-    folded in float64 so the fold adds no rounding beyond the final cast."""
+    """W_enc (d, n), b_enc (n), W_dec (n, d) with unit rows, b_dec (d), and the inference threshold (a scalar)
+    with input_scale folded into the biases and the threshold (module docstring); in float64, so the fold
+    adds no rounding beyond the final cast."""
     s = sae.input_scale.double()
-    return {"W_enc": (sae.W_enc.double() / s).float().contiguous(), "b_enc": sae.b_enc.float().contiguous(),
-            "W_dec": (sae.W_dec.double() * s).float().contiguous(), "b_dec": (sae.b_dec.double() * s).float().contiguous()}
+    return {"W_enc": sae.W_enc.float().contiguous(), "b_enc": (sae.b_enc.double() * s).float().contiguous(),
+            "W_dec": sae.W_dec.float().contiguous(), "b_dec": (sae.b_dec.double() * s).float().contiguous(),
+            "threshold": (sae.threshold.double() * s).float()}
 
 
 def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
     tensors = folded_weights(sae)
+    threshold = tensors.pop("threshold")
     cfg = src.config or {}
     metadata = {
         "sae_lens_version": SAELENS_FORMAT_VERSION,
@@ -205,6 +210,7 @@ def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
         "dataset_path": cfg.get("data", {}).get("name"),
         "context_size": cfg.get("data", {}).get("max_length") if target.text else None,
         "saeception": {"kind": sae.kind, "cycle": src.cycle, "input_scale_folded": float(sae.input_scale),
+                       "codes": "input_scale x saeception's codes (the scale folded into the biases; unit decoder rows)",
                        "pooling": None if target.every_token else target.pooling, "every_token": target.every_token},
     }
     config = {"architecture": SAELENS_ARCHITECTURE[sae.kind], "d_in": sae.d, "d_sae": sae.n_latents,
@@ -214,7 +220,7 @@ def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
         # rescale_acts_by_decoder_norm stays off: TopK selects on the pre-activations themselves.
         config.update(k=sae.k, rescale_acts_by_decoder_norm=False)
     if sae.kind == "batchtopk":
-        tensors["threshold"] = torch.full((sae.n_latents,), float(sae.threshold), dtype=torch.float32)
+        tensors["threshold"] = torch.full((sae.n_latents,), float(threshold), dtype=torch.float32)
     out.mkdir(parents=True)
     save_file(tensors, str(out / "sae_weights.safetensors"))
     write_json(out / "cfg.json", config)
@@ -225,7 +231,7 @@ def write_sparsify(sae: SAE, out: Path) -> None:
     tensors = {"encoder.weight": w["W_enc"].t().contiguous(), "encoder.bias": w["b_enc"],
                "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
     config = {"activation": "topk", "expansion_factor": max(1, sae.n_latents // sae.d), "num_latents": sae.n_latents,
-              "k": sae.k, "normalize_decoder": False,  # rows have norm input_scale after the fold
+              "k": sae.k, "normalize_decoder": True,  # saeception's unit-norm rows, kept by the fold
               "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": sae.d}
     out.mkdir(parents=True)
     save_file(tensors, str(out / "sae.safetensors"))
@@ -298,10 +304,10 @@ def _loading(rel: dict[str, str], sae: SAE, target: Target) -> str:
     acts = f"acts = ...  # (N, {sae.d}) float32 outputs of " + target.reads().replace("`", "")
     text = []
     if "saelens" in rel or "sparsify" in rel:
-        text.append(f"The SAE exports have `input_scale` ({float(sae.input_scale):.6g}) folded into their weights: they "
-                    "read the layer's raw activations and give saeception's codes and reconstructions (decoder rows have "
-                    "norm `input_scale`, not 1). `hook_name` is the module's name in the Hugging Face / PyTorch model, "
-                    "not a TransformerLens hook.\n")
+        text.append(f"The SAE exports have `input_scale` ({float(sae.input_scale):.6g}) folded into their biases: they "
+                    "read the layer's raw activations, keep saeception's unit-norm decoder rows, and give saeception's "
+                    "reconstructions with codes `input_scale` times saeception's (the same latents fire). `hook_name` is "
+                    "the module's name in the Hugging Face / PyTorch model, not a TransformerLens hook.\n")
     if "saelens" in rel:
         arch = SAELENS_ARCHITECTURE[sae.kind]
         note = " (BatchTopK's inference threshold as a per-latent JumpReLU threshold)" if sae.kind == "batchtopk" else ""

@@ -78,8 +78,11 @@ def test_saelens_round_trip(mlp_runs, tmp_path, kind, architecture):
     with torch.no_grad():
         codes, their_codes = sae.encode(x), theirs.encode(x)
         assert (codes > 0).any(-1).float().mean() > 0.5  # most examples have active latents
-        assert rel(their_codes, codes) < 1e-5 and torch.equal(their_codes > 0, codes > 0)
+        # The scale folded into the biases: the same latents fire, codes s times ours, our reconstructions.
+        assert rel(their_codes, codes * sae.input_scale) < 1e-5 and torch.equal(their_codes > 0, codes > 0)
         assert rel(theirs.decode(their_codes), sae.decode(codes)) < 1e-5
+        norms = theirs.W_dec.norm(dim=-1)  # SAEBench warns on, and SAELens' fold_W_dec_norm assumes, unit rows
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
     if kind == "topk":
         assert theirs.cfg.k == sae.k
     if kind == "batchtopk":
@@ -94,12 +97,14 @@ def test_sparsify_round_trip(mlp_runs, tmp_path):
     assert written["sparsify"] == tmp_path / "out" / "sparsify" / "hidden.1"
     sae, x = ours(mlp_runs["topk"], 1), layer_acts(mlp_runs["topk"], 1)
     coder = sparsify.SparseCoder.load_from_disk(written["sparsify"])
-    assert coder.cfg.k == sae.k and not coder.cfg.normalize_decoder
+    assert coder.cfg.k == sae.k and coder.cfg.normalize_decoder
     with torch.no_grad():
         codes = sae.encode(x)
         top_acts, top_indices, _ = coder.encode(x)
         dense = torch.zeros_like(codes).scatter(-1, top_indices, top_acts)
-        assert rel(dense, codes) < 1e-5
+        assert rel(dense, codes * sae.input_scale) < 1e-5
+        norms = coder.W_dec.norm(dim=-1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
         assert rel(coder.decode(top_acts, top_indices), sae.decode(codes)) < 1e-5
 
 
@@ -172,15 +177,15 @@ def test_model_card(mlp_runs, tmp_path):
 def test_cycle_choice(mlp_runs, tmp_path):
     run = shutil.copytree(mlp_runs["topk"], tmp_path / "run")
 
-    def exported_b_enc(out: Path) -> torch.Tensor:
-        return load_file(str(out / "saelens" / "sae_weights.safetensors"))["b_enc"]
+    def exported_w_enc(out: Path) -> torch.Tensor:
+        return load_file(str(out / "saelens" / "sae_weights.safetensors"))["W_enc"]
 
     export_run(run, tmp_path / "last", formats=["saelens"])
-    assert torch.equal(exported_b_enc(tmp_path / "last"), ours(run, 1).b_enc)
+    assert torch.equal(exported_w_enc(tmp_path / "last"), ours(run, 1).W_enc)
     export_run(run, tmp_path / "c0", formats=["saelens"], cycle=0)
-    assert torch.equal(exported_b_enc(tmp_path / "c0"), ours(run, 0).b_enc)
+    assert torch.equal(exported_w_enc(tmp_path / "c0"), ours(run, 0).W_enc)
     export_run(ChainPaths(run).cycle(0).path, tmp_path / "dir", formats=["saelens"])  # one cycle's directory
-    assert torch.equal(exported_b_enc(tmp_path / "dir"), ours(run, 0).b_enc)
+    assert torch.equal(exported_w_enc(tmp_path / "dir"), ours(run, 0).W_enc)
     assert json.loads((tmp_path / "dir/saelens/cfg.json").read_text())["metadata"]["hook_name"] == "hidden.1"
     # A cycle directory on its own (a restored checkpoint): exported, its layer unknown and the card says so.
     alone = shutil.copytree(ChainPaths(run).cycle(0).path, tmp_path / "checkpoint" / "cycle")
@@ -189,7 +194,7 @@ def test_cycle_choice(mlp_runs, tmp_path):
     assert written["sparsify"].name == "sae" and "the run's config is unknown" in written["card"].read_text()
     ChainPaths(run).cycle(1).manifest.unlink()  # an incomplete last cycle: the last complete one is exported
     export_run(run, tmp_path / "incomplete", formats=["saelens"])
-    assert torch.equal(exported_b_enc(tmp_path / "incomplete"), ours(run, 0).b_enc)
+    assert torch.equal(exported_w_enc(tmp_path / "incomplete"), ours(run, 0).W_enc)
 
 
 def _damaged(run: Path, tmp: Path) -> Path:
