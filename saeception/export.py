@@ -162,10 +162,19 @@ class Target:
     outputs it was trained on."""
 
     model_name: str  # as model.json records it: "mlp", a hub id or a directory
-    hook_name: str | None
+    hook_name: str | None  # the tapped module in the classifier as saeception builds it
     text: bool
     pooling: str | None = None  # "last"/"first"/"mean" for text models; None for the MLP
     every_token: bool = False  # sae.tokens "all": trained on every real token, not the pooled one
+    base_prefix: str | None = None  # the HF wrapper's base_model_prefix ("transformer" for GPT-2)
+
+    @property
+    def base_hook_name(self) -> str | None:
+        """The tapped module's name in the base model (AutoModel: `h.1` for GPT-2's `transformer.h.1`), the
+        hookpoint sparsify and other tools that load the base model name a layer by."""
+        if self.hook_name and self.base_prefix and self.hook_name.startswith(self.base_prefix + "."):
+            return self.hook_name[len(self.base_prefix) + 1:]
+        return self.hook_name
 
     def reads(self) -> str:
         where = f"`{self.hook_name}`" if self.hook_name else "the tapped layer (unknown: no results.json beside the cycle)"
@@ -180,7 +189,8 @@ def resolve_target(src: Source, model_name: str, model: nn.Module) -> Target:
     if cfg is None:
         return Target(model_name, None, text)
     tap = TapModel(model, cfg["model"]["layer"], cfg["model"]["pooling"])
-    return Target(model_name, tap.target_name, text, tap.pooling if text else None, text and cfg["sae"]["tokens"] == "all")
+    return Target(model_name, tap.target_name, text, tap.pooling if text else None, text and cfg["sae"]["tokens"] == "all",
+                  getattr(model, "base_model_prefix", None) if text else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,7 +393,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, formats: list[str] | No
             write_saelens(sae, src, target, stage / SAELENS_DIR)
             written["saelens"] = out / SAELENS_DIR
         if "sparsify" in chosen:
-            hookpoint = target.hook_name or "sae"  # sparsify names each SAE's directory after its hookpoint
+            hookpoint = target.base_hook_name or "sae"  # sparsify names each SAE's directory after its hookpoint
             write_sparsify(sae, stage / SPARSIFY_DIR / hookpoint)
             written["sparsify"] = out / SPARSIFY_DIR / hookpoint
         if "hf" in chosen:

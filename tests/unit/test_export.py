@@ -140,7 +140,13 @@ def test_gpt2_export(gpt2_run, gpt2_dir, tmp_path):
     assert set(written) == {"saelens", "sparsify", "hf", "card"}
     cfg = json.loads((written["saelens"] / "cfg.json").read_text())
     assert cfg["metadata"]["hook_name"] == "transformer.h.1" and cfg["metadata"]["saeception"]["pooling"] == "last"
-    assert written["sparsify"].name == "transformer.h.1"
+    # sparsify loads the base model (AutoModel: GPT2Model), whose layer is `h.1`, not the wrapper's name.
+    assert written["sparsify"].name == "h.1"
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(written["hf"]).get_submodule(written["sparsify"].name)  # the hookpoint exists there
+    sparsify = pytest.importorskip("sparsify", reason="eai-sparsify not installed (pip install saeception[export])")
+    assert sparsify.SparseCoder.load_from_disk(written["sparsify"]).cfg.k == cfg["k"]
     # The reference: the classifier as the chain built it, with the cycle's weights.
     model_cfg = ModelConfig(name=str(gpt2_dir))
     tok = load_tokenizer(model_cfg)
