@@ -167,7 +167,7 @@ def check_through_rest(url: str, parent_id: str, trial_ids: list[str]) -> None:
 
 def check_best_export(client, parent_id: str, dest: Path, storage: Path) -> None:
     """best/ holds the winner for SAELens (and sparsify for TopK), the classifier and the card, plus each
-    confirmation arm's export; the same files are under <storage>/best."""
+    confirmation arm's export; the same files are under <storage>/<name>/best."""
     dest.mkdir()
     local = Path(client.download_artifacts(parent_id, "best", str(dest)))
     card = (local / "README.md").read_text()
