@@ -150,3 +150,16 @@ def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     stored = json.loads((storage / "grow" / "sweep.json").read_text())
     assert stored["trials"] == 2 and stored["confirm_seeds"] == 2 and stored["confirm"]["controls"] == ["aux0"]
+
+    # Another sweep under the same storage, after it: its own identity, confirmation, best/ and Train state,
+    # and the first sweep's left as they were (they once shared sweep.json, best/, confirmation.md and train/).
+    before = {p: p.read_bytes() for p in (storage / "grow").rglob("*") if p.is_file() and p.name != "sweep.lock"}
+    other = [a if a != "grow" else "other" for a in cmd]
+    second = subprocess.run([*other, "--trials", "1", "--confirm-seeds", "1"], env=ray_env, cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert {p: p.read_bytes() for p in (storage / "grow").rglob("*") if p.is_file() and p.name != "sweep.lock"} == before
+    assert json.loads((storage / "other" / "sweep.json").read_text())["trials"] == 1
+    assert (storage / "other" / "confirmation.json").exists() and (storage / "other" / "best" / "README.md").exists()
+    assert {p.name for p in (storage / "train").iterdir()} == {"grow", "other"}
+    assert {p.name for p in (storage / "ray").iterdir()} >= {"grow", "other"}
