@@ -9,10 +9,12 @@ from typing import Any, ClassVar
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY  # set_constraint's system-attr prefix
 from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from saeception.store.uris import MASK, redact
+from saeception.sweep.space import Constraint, violations
 from saeception.sweep.vocab import TUNE_TRIAL_ATTR, stopped_early
 
 log = logging.getLogger(__name__)
@@ -52,10 +54,15 @@ class FailAwareOptunaSearch(OptunaSearch):
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]
         if any(not isinstance(result.get(m), (int, float)) for m in metrics):
             return
+        given = {f"{_CONSTRAINTS_KEY}:{c.metric}": v for c, v in zip(self.constraints, violations(self.constraints, result))}
         self._ot_study.add_trial(optuna.trial.create_trial(
             params=frozen.params, distributions=frozen.distributions, values=[float(result[m]) for m in metrics],
-            user_attrs={**frozen.user_attrs, RERUN_ATTR: frozen.number}))
+            user_attrs={**frozen.user_attrs, RERUN_ATTR: frozen.number}, system_attrs=given or None))
         log.info("trial %s failed before and finished when resumed: told to Optuna as a new trial", trial_id)
+
+    def __init__(self, *args, constraints: list[Constraint] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.constraints = list(constraints or [])
 
     def suggest(self, trial_id):
         config = super().suggest(trial_id)
@@ -75,6 +82,12 @@ class FailAwareOptunaSearch(OptunaSearch):
         if self._finished_in_study(trial_id):
             self._tell_rerun(trial_id, result, error)
             return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result and not error:
+            # Optuna 5's constrained optimisation (TPE reads trial.constraints; <= 0 is feasible); its older
+            # constraints_func is deprecated.
+            for c, v in zip(self.constraints, violations(self.constraints, result)):
+                ot_trial.set_constraint(c.metric, v)
         if error or stopped_early(result):
             result = None  # no value: FAIL on error, else PRUNED
         super().on_trial_complete(trial_id, result, error)

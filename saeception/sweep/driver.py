@@ -189,7 +189,7 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
         searcher = FailAwareOptunaSearch(
             space=p.space.suggest, metric=metric, mode=mode,
             sampler=optuna.samplers.TPESampler(seed=search.seed, constant_liar=s.concurrency > 1),
-            storage=storage, study_name=p.name)
+            storage=storage, study_name=p.name, constraints=p.space.constraints)
         scheduler = asha(p, metric, mode) if search.scheduler == "asha" else None
         run_config = tune.RunConfig(name=p.name, storage_path=p.ray_dir,
                                     callbacks=[progress_callback(p, search.trials, s.tracker, s.parent)],

@@ -97,9 +97,9 @@ def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str
 
 def best_trials(rows: list[dict[str, Any]], space: SearchSpace) -> list[dict[str, Any]]:
     """The best trial (single objective) or the Pareto front (several), among trials that ran to their
-    last cycle with finite values; the front is ordered best-first by the first objective (its mode),
-    and its first point is the one confirmation re-runs."""
-    usable = [r for r in rows if not r["error"] and r.get("stopped_at") is None
+    last cycle with finite values and meet the space's constraints; the front is ordered best-first by the
+    first objective (its mode), and its first point is the one confirmation re-runs."""
+    usable = [r for r in rows if not r["error"] and r.get("stopped_at") is None and space.feasible(r)
               and all(isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) for m in space.metrics)]
     if not usable:
         return []
@@ -118,7 +118,7 @@ def trial_rows(results, space: SearchSpace) -> list[dict[str, Any]]:
         config = {k: v for k, v in (r.config or {}).items() if not k.startswith("__")}
         row = {"trial_id": r.metrics.get("trial_id"), "error": r.error is not None, "config": config,
                "cycle": r.metrics.get("cycle"), "stopped_at": r.metrics.get("cycle") if stopped_early(r.metrics) else None}
-        for m in ("task_accuracy", "sae_u", *space.metrics):
+        for m in ("task_accuracy", "sae_u", *space.metrics, *(c.metric for c in space.constraints)):
             row[m] = r.metrics.get(m)
         rows.append(row)
     return rows

@@ -14,7 +14,15 @@ A param is a float or int range (`low` < `high`, optional `log`, optional int `s
 `choices`; `when` makes it conditional on earlier categorical params. Objectives must be validation
 metrics (`val_*`) read at the chain's last cycle: test metrics are for reporting only. An optional
 `confirm:` section sets the confirmation (saeception.eval.confirm.ConfirmSettings: controls, alpha, margins,
-sae_seeds).
+sae_seeds). Optional `constraints:` bound validation metrics at the last cycle, e.g.
+
+    constraints:
+      - {metric: val_explained_variance, min: 0.8}
+      - {metric: val_task_accuracy, min: 0.9}
+
+told to Optuna with each finished trial (`Trial.set_constraint`, Optuna 5's constrained optimisation, which
+replaced the samplers' deprecated `constraints_func`: TPE models the feasible trials) and honoured when the
+best trial or the Pareto front is chosen: an infeasible trial is never best.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from saeception.method.sharpen import is_noop
 
 from ..config import Config, ConfigError, build_config, config_keys, flatten, read_yaml
 
-TOP_KEYS = ("name", "description", "fixed", "params", "objectives", "confirm")
+TOP_KEYS = ("name", "description", "fixed", "params", "objectives", "constraints", "confirm")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 
 
@@ -62,6 +70,29 @@ class Objective:
 
 
 @dataclass
+class Constraint:
+    """A bound on a validation metric at the last cycle: exactly one of `min`, `max`."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    def violation(self, value: Any) -> float:
+        """<= 0 when met, by how much it is missed otherwise (Optuna's constraints convention); inf when the
+        value is missing or not finite."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return math.inf
+        return float(self.min - value) if self.min is not None else float(value - self.max)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, **({"min": self.min} if self.min is not None else {"max": self.max})}
+
+
+def violations(constraints: list[Constraint], result: dict[str, Any]) -> list[float]:
+    return [c.violation(result.get(c.metric)) for c in constraints]
+
+
+@dataclass
 class SearchSpace:
     name: str
     fixed: dict[str, Any]
@@ -69,6 +100,11 @@ class SearchSpace:
     objectives: list[Objective]
     source: str = ""
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)  # the `confirm:` section
+    constraints: list[Constraint] = field(default_factory=list)
+
+    def feasible(self, result: dict[str, Any]) -> bool:
+        """Every constraint met by `result` (a trial's last-cycle metrics)."""
+        return all(v <= 0 for v in violations(self.constraints, result))
 
     @property
     def metrics(self) -> list[str]:
@@ -108,6 +144,7 @@ class SearchSpace:
             params[p.key] = spec
         return {"name": self.name, "fixed": self.fixed, "params": params,
                 "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives],
+                **({"constraints": [c.to_dict() for c in self.constraints]} if self.constraints else {}),
                 "confirm": self.confirm.to_dict()}
 
 
@@ -248,7 +285,31 @@ def parse_space(data: dict[str, Any], source: str = "", overrides: dict[str, Any
     if len({o.metric for o in objectives}) != len(objectives):
         raise ConfigError("objectives: a metric is listed twice")
     name = data.get("name") or Path(source).stem or "sweep"
-    return SearchSpace(str(name), fixed, list(params.values()), objectives, source, parse_settings(data.get("confirm")))
+    return SearchSpace(str(name), fixed, list(params.values()), objectives, source, parse_settings(data.get("confirm")),
+                       _constraints(data.get("constraints")))
+
+
+def _constraints(raw: Any) -> list[Constraint]:
+    if raw is None:
+        return []
+    shape = "a list of {metric: val_..., min: NUMBER} or {metric: val_..., max: NUMBER}"
+    if not isinstance(raw, list):
+        raise ConfigError(f"constraints: must be {shape}")
+    out = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, dict) or set(c) - {"metric", "min", "max"} or len(set(c) & {"min", "max"}) != 1:
+            raise ConfigError(f"constraints[{i}]: must be {{metric: val_..., min: NUMBER}} or {{metric: val_..., max: NUMBER}} "
+                              f"(exactly one bound), got {c!r}")
+        metric = c.get("metric")
+        if metric not in VAL_METRIC_NAMES:
+            hint = f" (constraints use the validation split: try val_{metric})" if f"val_{metric}" in VAL_METRIC_NAMES else ""
+            raise ConfigError(f"constraints[{i}].metric: {metric!r} is not a validation metric{hint}; "
+                              f"allowed: {', '.join(VAL_METRIC_NAMES)}")
+        bound = "min" if "min" in c else "max"
+        out.append(Constraint(metric, **{bound: _number(f"constraints[{i}].{bound}", c[bound])}))
+    if len({c.metric for c in out}) != len(out):
+        raise ConfigError("constraints: a metric is bounded twice (give one min or max per metric)")
+    return out
 
 
 def _check_k_fits(fixed: dict[str, Any], params: dict[str, Param]) -> None:

@@ -70,6 +70,50 @@ def test_best_trial_and_front_honour_mode_and_skip_stopped_trials():
     assert [r["trial_id"] for r in report.best_trials(rows, single)] == ["lo"]
 
 
+def test_constraints_make_a_trial_infeasible_and_it_is_never_best():
+    """`constraints:` bound validation metrics: the best trial and the front are chosen among trials that
+    meet them all (a trial missing a constrained metric meets none)."""
+    space = parse_space({"params": {"aux.weight": {"type": "float", "low": 0.1, "high": 1.0}},
+                         "objectives": [{"metric": "val_sae_u", "mode": "max"}],
+                         "constraints": [{"metric": "val_explained_variance", "min": 0.8},
+                                         {"metric": "val_task_accuracy", "min": "9e-1"}]})
+    assert [c.to_dict() for c in space.constraints] == [{"metric": "val_explained_variance", "min": 0.8},
+                                                        {"metric": "val_task_accuracy", "min": 0.9}]
+    rows = [{**_row("top", 0.9, 0.0), "val_sae_u": 0.9, "val_explained_variance": 0.5, "val_task_accuracy": 0.95},
+            {**_row("ok", 0.5, 0.0), "val_sae_u": 0.5, "val_explained_variance": 0.85, "val_task_accuracy": 0.91},
+            {**_row("nan", 0.8, 0.0), "val_sae_u": 0.8, "val_explained_variance": float("nan"), "val_task_accuracy": 0.99}]
+    assert [r["trial_id"] for r in report.best_trials(rows, space)] == ["ok"]
+    assert space.to_dict()["constraints"][1] == {"metric": "val_task_accuracy", "min": 0.9}
+    assert report.best_trials(rows[:1], space) == []
+    with pytest.raises(ConfigError, match=r"^constraints: a metric is bounded twice"):
+        parse_space({"params": {"aux.weight": {"type": "float", "low": 0.1, "high": 1.0}},
+                     "objectives": [{"metric": "val_sae_u"}],
+                     "constraints": [{"metric": "val_task_accuracy", "min": 0.9}, {"metric": "val_task_accuracy", "max": 1}]})
+
+
+def test_optuna_is_told_each_trials_constraints(tmp_path):
+    """The searcher sets each finished trial's violations (Optuna 5's Trial.set_constraint), which TPE reads;
+    a failed trial has none (Optuna leaves FAIL trials out anyway)."""
+    import optuna
+    from ray import tune
+    from saeception.trainables.optuna_search import FailAwareOptunaSearch
+
+    from saeception.sweep.space import Constraint
+
+    s = FailAwareOptunaSearch(space={"x": tune.uniform(0, 1)}, metric="val_sae_u", mode="max",
+                              storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}"), study_name="s",
+                              constraints=[Constraint("val_explained_variance", min=0.8)])
+    for t, ev in (("t1", 0.9), ("t2", 0.5)):
+        s.suggest(t)
+        s.on_trial_complete(t, {"val_sae_u": 0.1, "val_explained_variance": ev})
+    s.suggest("t3")
+    s.on_trial_complete("t3", {"val_sae_u": 0.1}, error=True)
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}").trials
+    assert [t.constraints for t in trials] == [{"val_explained_variance": pytest.approx(-0.1)},
+                                               {"val_explained_variance": pytest.approx(0.3)}, {}]
+    assert [t.state for t in trials][:2] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
 def _materialise(path: Path, tmp_path: Path, text_csv: Path, gpt2_dir: Path) -> Path:
     text = path.read_text().replace("@DATA@", str(text_csv)).replace("@MODEL@", str(gpt2_dir))
     out = tmp_path / path.name
