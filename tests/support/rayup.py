@@ -115,6 +115,10 @@ def start_sshd(node: Node, env: dict[str, str]) -> subprocess.Popen:
         f"AuthorizedKeysFile {ssh / 'authorized_keys'}", "PermitRootLogin prohibit-password", "PasswordAuthentication no",
         "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "MaxStartups 50",
         "SetEnv " + " ".join(f"{k}={v}" for k, v in session.items())]) + "\n")
+    # A login shell (Ray runs `bash --login -c -i …`) resets PATH in /etc/profile: the node's profile puts the
+    # venv first again, as the image's PATH does.
+    for profile in (".bash_profile", ".bashrc"):
+        (node.home / profile).write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     proc = subprocess.Popen([SSHD, "-D", "-f", str(ssh / "sshd_config"), "-E", str(ssh / "sshd.log")])
     deadline = time.time() + 30
