@@ -47,6 +47,7 @@ class Session:
 
 
 def execute(p: Plan) -> int:
+    ray_env(p)  # before Ray is imported: it reads RAY_AUTH_MODE once, at import
     import ray  # lazy: Ray is loaded only in the processes that use it
 
     started_ray = start_ray(p)
@@ -82,14 +83,21 @@ def _close_stopped(s: Session, error: BaseException) -> None:
         logging.getLogger(__name__).warning("could not close the parent run %s: %s", s.parent, e)
 
 
-def start_ray(p: Plan) -> bool:
-    """Connects to `--address` or starts a local Ray; True when this process started it."""
+def ray_env(p: Plan) -> None:
+    """The environment Ray must find when it is imported."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if p.resources.address:
         # Clusters started with `ray start` use token authentication (Ray's default since 2.59); a client
-        # must say so, before Ray is imported, to send its token (~/.ray/auth_token or RAY_AUTH_TOKEN).
+        # must say so before Ray is imported (it reads the mode once, at import; `execute` imported Ray
+        # first, and a sweep started in a shell on the head was refused) to send its token
+        # (~/.ray/auth_token or RAY_AUTH_TOKEN). Found by tests/system/test_ray_up.py.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def start_ray(p: Plan) -> bool:
+    """Connects to `--address` or starts a local Ray; True when this process started it."""
+    ray_env(p)
     import ray  # lazy: Ray is loaded only in the processes that use it
 
     if ray.is_initialized():
