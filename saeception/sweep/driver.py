@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -109,8 +110,31 @@ def start_ray(p: Plan) -> bool:
         # With the dashboard (Ray's state API), Ray Train's placement-group cleaner sees when a stopped
         # trial's controller is gone and frees its resources; without it a trial that a scheduler stops
         # leaks its placement group and later trials wait for workers forever.
+        private_token()
         ray.init(num_cpus=p.resources.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     return True
+
+
+def private_token(path: Path | None = None) -> Path | None:
+    """The token of the local Ray this sweep starts, readable by its owner only. Ray 2.60 starts a local cluster
+    with token authentication and writes `~/.ray/auth_token` with the umask's mode (0644 usually): made here
+    first, 0600, or made private if it is not. None when the token comes from the environment."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    from ray._private.authentication.authentication_token_generator import (  # lazy: Ray only where it starts
+        generate_new_authentication_token,
+    )
+
+    path = path or Path.home() / ".ray" / "auth_token"
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_new_authentication_token())
+    return path
 
 
 def open_parent_run(p: Plan) -> Session:

@@ -444,3 +444,20 @@ KEY, SECRET = "AKIASAECEPTIONTEST", "sEcReT-k3y-never-printed"
 
 
 
+
+
+def test_the_local_rays_token_is_made_private(tmp_path, monkeypatch):
+    """Ray 2.60 writes ~/.ray/auth_token for the local cluster a sweep starts with the umask's mode (0644)."""
+    import stat
+
+    from saeception.sweep.driver import private_token
+
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    made = private_token(tmp_path / ".ray" / "auth_token")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600 and len(made.read_text()) >= 32
+    loose = tmp_path / "loose"
+    loose.write_text("t" * 64)
+    loose.chmod(0o644)
+    private_token(loose)
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600 and loose.read_text() == "t" * 64
