@@ -74,4 +74,6 @@ def lock_actor():
 
     return ray.remote(num_cpus=0)(_Locks).options(
         name="saeception-cache-locks", namespace="saeception", lifetime="detached", get_if_exists=True,
-        resources={HEAD: 0.001}).remote()
+        resources={HEAD: 0.001},
+        # Outside the caller's placement group (a Train worker's): its bundles hold no head resource.
+        scheduling_strategy="DEFAULT").remote()

@@ -65,14 +65,20 @@ try:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
 
-    @ray.remote(num_cpus=0, resources={"worker_node": 0.1})
-    def take_a_lock():  # a trial's worker process, on the worker node
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    @ray.remote(num_cpus=1)
+    def take_a_lock():  # a trial's Train worker: on the worker node, inside its placement group
         from saeception.trainables.locks import lease_lock
 
         with lease_lock("k" * 64):
             return ray.get_runtime_context().get_node_id()
 
-    worker = ray.get(take_a_lock.remote())
+    group = placement_group([{"CPU": 1, "worker_node": 0.1}])
+    ray.get(group.ready())
+    worker = ray.get(take_a_lock.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+        group, placement_group_capture_child_tasks=True)).remote())
     (actor,) = [a for a in list_actors(filters=[("class_name", "=", "_Locks")]) if a.state == "ALIVE"]
     print(actor.node_id == cluster.head_node.node_id, worker != actor.node_id)
 finally:
@@ -83,8 +89,9 @@ finally:
 
 @pytest.mark.ray
 def test_the_cache_lock_actor_lives_on_the_head(tmp_path):
-    """Created from a worker node's process, the detached 0-CPU lock actor landed on that node: the autoscaler
-    removing it took every cache lock down with it (ActorDiedError in the trials waiting on it)."""
+    """Created from a worker node's process (in a placement group, as Train's workers are), the detached 0-CPU
+    lock actor landed on that node: the autoscaler removing it took every cache lock down with it
+    (ActorDiedError in the trials waiting on it)."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0"}
     try:

@@ -110,6 +110,7 @@ def test_a_driver_stopping_on_an_error_fails_its_parent_run(monkeypatch):
     def search(p, s):
         raise RuntimeError("the MLflow server went away")
 
+    monkeypatch.setattr(driver, "ray_env", lambda p: None)
     monkeypatch.setattr(driver, "start_ray", lambda p: False)
     monkeypatch.setattr(driver, "open_parent_run", lambda p: driver.Session(FakeTracker(), "parent", None, 1, None))
     monkeypatch.setattr(driver, "search", search)
