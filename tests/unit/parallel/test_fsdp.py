@@ -43,6 +43,7 @@ def _chain_worker(rank: int, world: int, init: str, values: dict, root: str, res
             history[-1]["hits"] = cache.stats.hits
         with open(f"{root}/history.{rank}.json", "w") as f:
             json.dump(history, f)
+        dist.barrier()  # both ranks done before either tears the group down (see _extract_worker)
     finally:
         dist.destroy_process_group()
 
@@ -116,6 +117,9 @@ def _extract_worker(rank: int, world: int, init: str, models: dict, text_csv: st
             pooled, logits = extract(s.tap, s.task, "train", 16, torch.device("cpu"))
             tokens, _ = extract(s.tap, s.task, "train", 16, torch.device("cpu"), tokens=True)
             torch.save({"pooled": pooled, "logits": logits, "tokens": tokens}, f"{out}.{family}.{rank}")
+        # Both ranks done before either tears the group down: a rank that exited first once left the other
+        # aborting in gloo ("terminate called without an active exception", SIGABRT) on a clean-clone run.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
