@@ -97,8 +97,7 @@ def ray_env(p: Plan) -> None:
 
 
 def start_ray(p: Plan) -> bool:
-    """Connects to `--address` or starts a local Ray; True when this process started it."""
-    ray_env(p)
+    """Connects to `--address` or starts a local Ray (after ray_env); True when this process started it."""
     import ray  # lazy: Ray is loaded only in the processes that use it
 
     if ray.is_initialized():

@@ -15,14 +15,13 @@ import copy
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from ray.cluster_utils import AutoscalingCluster
-from raytools import kill_all
+from raytools import free_port, kill_all
 
 # Ray's fake_multi_node/example.yaml (Ray 2.60), less its node types.
 BASE_CONFIG = {
@@ -34,12 +33,6 @@ BASE_CONFIG = {
     "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [], "file_mounts": {},
     "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class IsolatedAutoscalingCluster(AutoscalingCluster):

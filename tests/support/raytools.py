@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -34,3 +35,11 @@ def kill_all(fragment: str, grace_s: float = 5.0) -> None:
         deadline = time.time() + grace_s
         while time.time() < deadline and pids_mentioning(fragment):
             time.sleep(0.2)
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on any interface (for a test's own servers)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+

@@ -23,15 +23,10 @@ from pathlib import Path
 
 import yaml
 from paths import REPO
+from raytools import free_port
 
 SOURCE = REPO / "cluster-onprem.yaml"
 SSHD = "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def missing_tools() -> list[str]:

@@ -180,7 +180,7 @@ def test_the_head_command_starts_mlflow_once_and_it_answers(tmp_path):
     first run starts a server that answers /health, the second finds it, and once the GCS it watches is gone
     (`ray down`) the server stops. The old `pgrep -f "mlflow server" || …` guard matched its own shell and
     started nothing."""
-    from autoscaling import free_port
+    from raytools import free_port
 
     path, port = REPO / "cluster-onprem.yaml", free_port()
     gcs = socket.socket()  # stands in for the head's GCS: the server lives while it answers
