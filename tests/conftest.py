@@ -1,11 +1,6 @@
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -73,37 +68,12 @@ def text_csv(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    """`mlflow server` on 127.0.0.1 and a free port, SQLite backend and served artifacts under tmp_path.
-    Stopped by SIGTERM to its parent (which stops its workers); any process left is killed."""
-    from raytools import kill_all, pids_mentioning
+    """`mlflow server` on 127.0.0.1 and a free port, SQLite backend and served artifacts under tmp_path;
+    its URL. Stopped afterwards, nothing of it left running."""
+    from mlflowserver import MlflowServer
 
-    home = tmp_path / "mlflow-server"
-    home.mkdir()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-           "--artifacts-destination", str(home / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=home,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    url = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp_path / "mlflow-server").start()
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, (home / "server.log").read_text()[-2000:]
-            time.sleep(1)
-        yield url
+        yield server.url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        finally:
-            kill_all(str(home))
-            log.close()
-        assert not pids_mentioning(str(home))
+        server.stop()

@@ -26,7 +26,7 @@ from .redact import install_log_filter
 from .resources import check_local_resources
 from .space import SearchSpace, load_space, resolve_space
 from .state import STATE_ENV, check_mlflow, check_optuna_storage, state_dir
-from .tracking import DEFAULT_EXPERIMENT, absolute_uri, credentials_to_env, sqlite_uri
+from .tracking import DEFAULT_EXPERIMENT, TrackingUnavailable, absolute_uri, credentials_to_env, sqlite_uri
 from .vocab import CACHE_DIR, RAY_DIR, STORAGE_PARTS
 
 log = logging.getLogger(__name__)
@@ -286,3 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         # From the plan, or from the checks that need the cluster (its resources), before any trial runs.
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
+    except TrackingUnavailable as e:
+        # The search's state is in Ray's storage and the Optuna study: nothing is lost but the logging.
+        print(f"error: {e}.\nThe sweep's state is kept; once the server answers, continue it with: "
+              f"{p.resume_command}", file=sys.stderr)
+        return 1

@@ -30,7 +30,7 @@ from .report import (
     trial_rows,
 )
 from .resources import bundles, describe, offer, plan_concurrency, waits_for_nodes, worker_start_timeout
-from .tracking import Tracker, run_tags, ui_command, ui_url
+from .tracking import Tracker, TrackingUnavailable, run_tags, ui_command, ui_url, unreachable
 
 # How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).
 AUTOSCALE_WAIT_S = 1800.0
@@ -67,8 +67,11 @@ def execute(p: Plan) -> int:
             export_best(p, s.tracker, s.parent, best[0], confirmed)
         return close(p, s, rows, best)
     except BaseException as e:
-        if s is not None:
+        lost = isinstance(e, Exception) and unreachable(e)
+        if s is not None and not lost:  # with MLflow gone the run stays RUNNING and --resume marks it
             _close_stopped(s, e)
+        if lost:
+            raise TrackingUnavailable(p.mlflow_uri, e) from e
         raise
     finally:
         if started_ray:
@@ -243,8 +246,7 @@ def stop_interrupted(p: Plan, s: Session) -> int:
     can be resumed. Exit code 130, as for SIGINT."""
     s.tracker.set_tags(s.parent, {"saeception.interrupted": "true"})
     s.tracker.client.set_terminated(s.parent, status="KILLED")
-    print(f"\nsweep {p.name} interrupted; continue it with: python -m saeception.sweep --resume --name {p.name} "
-          f"--storage {redact(p.storage)} (and the same flags)", flush=True)
+    print(f"\nsweep {p.name} interrupted; continue it with: {p.resume_command}", flush=True)
     return 130
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from saeception.eval.confirm import ConfirmSettings
+from saeception.store.uris import redact
 
 from .space import SearchSpace
 from .vocab import RAY_DIR, TRAIN_DIR
@@ -65,6 +66,12 @@ class Plan:
     verbose: bool = False
     lock: Any = None  # held for the driver's lifetime: a second launch of this sweep exits 2
     memory: Any = None  # sweep.memory_plan.Planner: the estimates, for the dry run
+
+    @property
+    def resume_command(self) -> str:
+        """How the user continues this sweep (printed when it stops before its end)."""
+        return (f"python -m saeception.sweep --resume --name {self.name} --storage {redact(self.storage)} "
+                "(and the same flags)")
 
     @property
     def ray_dir(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Iterable
@@ -34,6 +35,40 @@ SPLIT_TAG = "saeception.split.{}.{}"  # split name, "sha256" or "n"
 VERSIONED = ("saeception", "torch", "transformers", "datasets", "ray", "optuna", "mlflow", "numpy", "scikit-learn")
 DEFAULT_EXPERIMENT = "saeception"
 INTERRUPTED = "saeception.interrupted"  # a parent run whose driver died, reopened by --resume
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow server did not answer, after MLflow's own retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES)."""
+
+    def __init__(self, uri: str, error: BaseException):
+        super().__init__(f"the MLflow server at {redact(uri)} did not answer ({redact(root_cause(error))}) after "
+                         "MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR)")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and the exceptions it was raised from (or while handling), outermost first."""
+    seen: list[BaseException] = []
+    e: BaseException | None = error
+    while e is not None and not any(e is s for s in seen):
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+def unreachable(error: BaseException) -> bool:
+    """True when `error` comes from an MLflow server that did not answer: a refused or timed-out connection
+    under MLflow's REST client, once its retries gave up."""
+    import requests  # lazy: MLflow's HTTP client, loaded only where runs are written
+
+    return any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) for e in _chain(error))
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost exception of `error`'s chain, in one line (e.g. "[Errno 111] Connection refused")."""
+    inner = _chain(error)[-1]
+    text = str(inner).splitlines()[0] if str(inner) else ""
+    reason = re.search(r"\[Errno -?\d+\][^\"')]*", text)
+    return reason.group(0).strip() if reason else f"{type(inner).__name__}: {text}"[:200]
 
 
 def sqlite_uri(path: str | Path) -> str:

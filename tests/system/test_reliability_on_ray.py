@@ -229,3 +229,77 @@ def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
 
 
 
+
+
+@pytest.mark.ray
+@pytest.mark.mlflow_outage
+def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):
+    """9. The MLflow server is stopped right after the first cycle reached it and comes back on the same
+    port 10 s after a request met the outage: MLflow's client retries with backoff
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7, about 4 min in all), so the sweep completes; every run
+    ends FINISHED (none RUNNING) with each cycle logged once."""
+    from mlflow.tracking import MlflowClient
+    from mlflowserver import MlflowServer, Unavailable
+
+    server = MlflowServer(tmp_path / "mlflow").start()
+    storage = tmp_path / "s"
+    try:
+        proc = subprocess.Popen(sweep_cmd(storage, "--trials", "1", "--num-cpus", "2", "--mlflow-uri", server.url,
+                                          "--set", "chain.cycles=2"),
+                                env=ray_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: logged_steps(server.db, "cycle"), 300, "a first cycle in MLflow", proc)
+        server.stop()
+        # Down (its port answering 503, as a proxy in front of it does) until a request has met the outage.
+        with Unavailable(server.port) as outage:
+            wait_for(lambda: outage.requests, 300, "an MLflow request during the outage", proc)
+            time.sleep(10)
+        server.start()
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-3000:]
+        client = MlflowClient(server.url)
+        runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+        assert runs and {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
+        trials = [r for r in runs if r.data.tags.get("saeception.role") == "trial"]
+        assert len(trials) == 1
+        for r in trials:
+            assert [m.step for m in client.get_metric_history(r.info.run_id, "cycle")] == [0, 1, 2]
+    finally:
+        server.stop()
+
+
+
+@pytest.mark.ray
+@pytest.mark.mlflow_outage
+def test_mlflow_outage_longer_than_the_retries_fails_clearly_and_resume_finishes(tmp_path, ray_env):
+    """9b. An outage longer than MLflow's retries (cut to 1 here, MLFLOW_HTTP_REQUEST_MAX_RETRIES): the sweep
+    stops with a message naming the MLflow server; with the server back, `--resume` finishes it and
+    nothing is left RUNNING."""
+    from mlflow.tracking import MlflowClient
+    from mlflowserver import MlflowServer
+
+    env = {**ray_env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    server = MlflowServer(tmp_path / "mlflow").start()
+    storage = tmp_path / "s"
+    cmd = sweep_cmd(storage, "--trials", "2", "--num-cpus", "2", "--mlflow-uri", server.url, "--set", "chain.cycles=2")
+    try:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: logged_steps(server.db, "cycle"), 300, "a first cycle in MLflow", proc)
+        server.stop()
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 1, out[-3000:] + err[-3000:]
+        assert f"the MLflow server at {server.url} did not answer" in err and "--resume --name rel" in err, err[-3000:]
+        # The last word is that message, not the driver's traceback (Ray's log of each failed trial comes before).
+        assert err.rstrip().splitlines()[-2].startswith("error: the MLflow server"), err[-3000:]
+        server.start()
+        r = subprocess.run([*cmd, "--resume"], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        client = MlflowClient(server.url)
+        runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+        assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
+        trials = [r for r in runs if r.data.tags.get("saeception.role") == "trial"]
+        assert len(trials) == 2
+        for t in trials:
+            assert sorted({m.step for m in client.get_metric_history(t.info.run_id, "cycle")}) == [0, 1, 2]
+    finally:
+        server.stop()

@@ -7,7 +7,14 @@ import json
 import pytest
 
 from saeception.store.cache import CACHE_COUNTERS, CacheStats
-from saeception.sweep.tracking import EXPERIMENT_KIND, Tracker, run_tags, ui_url
+from saeception.sweep.tracking import (
+    EXPERIMENT_KIND,
+    Tracker,
+    TrackingUnavailable,
+    run_tags,
+    ui_url,
+    unreachable,
+)
 
 SPLITS = {"train": {"n": 10, "ids_sha256": "a" * 64}, "val": {"n": 3, "ids_sha256": "b" * 64},
           "test": {"n": 4, "ids_sha256": "c" * 64}}
@@ -75,3 +82,21 @@ def test_cache_counters_sit_under_a_cache_prefix():
 def test_ui_address_opens_the_model_training_view():
     # MLflow 3.17's UI ignores the experiment kind tag for its GenAI/model-training switch; the URL sets it.
     assert ui_url("http://127.0.0.1:5000/", "7") == "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+
+
+def test_an_mlflow_server_that_does_not_answer_is_told_apart_from_other_mlflow_errors(tracker, monkeypatch):
+    """The driver turns a lost server (after MLflow's retries) into one message and --resume advice; any
+    other MLflow error stays what it is."""
+    from mlflow.exceptions import MlflowException
+    from raytools import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://user:hunter2@127.0.0.1:{free_port()}"
+    with pytest.raises(MlflowException) as lost:
+        Tracker(uri).client.get_run("0" * 32)
+    assert unreachable(lost.value)
+    message = str(TrackingUnavailable(uri, lost.value))
+    assert "did not answer ([Errno 111] Connection refused)" in message and "hunter2" not in message
+    with pytest.raises(MlflowException) as missing:
+        tracker.client.get_run("0" * 32)
+    assert not unreachable(missing.value)

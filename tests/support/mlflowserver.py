@@ -1,0 +1,97 @@
+"""A real `mlflow server` on loopback for a test: SQLite backend and served artifacts under one folder,
+stoppable and restartable on the same port (an outage)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from raytools import free_port, kill_all, pids_mentioning
+
+
+class MlflowServer:
+    def __init__(self, home: Path, port: int | None = None):
+        self.home = home
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db = home / "mlflow.db"
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self, timeout_s: float = 120) -> MlflowServer:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db}",
+               "--artifacts-destination", str(self.home / "artifacts"), "--host", "127.0.0.1", "--port",
+               str(self.port), "--workers", "1"]
+        self._log = open(self.home / "server.log", "a")
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.home,
+                                      env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        deadline = time.time() + timeout_s
+        while not self.healthy():
+            assert self._proc.poll() is None and time.time() < deadline, self.log_tail()
+            time.sleep(1)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return urllib.request.urlopen(f"{self.url}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM to the server and its workers, SIGKILL to whatever is left: nothing answers on the port."""
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_all(str(self.home))
+        if self._log is not None:
+            self._log.close()
+        self._proc = self._log = None
+        assert not pids_mentioning(str(self.home))
+
+    def log_tail(self) -> str:
+        path = self.home / "server.log"
+        return path.read_text()[-2000:] if path.exists() else ""
+
+
+class Unavailable:
+    """What a proxy in front of a stopped MLflow server answers: 503 to every request, on the server's port,
+    counting them (`with Unavailable(port) as outage: ... outage.requests`)."""
+
+    def __init__(self, port: int):
+        import http.server
+        import threading
+
+        outage = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _refuse(self):
+                outage.requests += 1
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _refuse
+
+            def log_message(self, *args):
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Unavailable:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
