@@ -293,3 +293,30 @@ def test_what_shapes_the_token_ids_changes_every_key(text_csv, gpt2_dir):
         keys[name] = cycle0_keys(cfg, _env(setup(cfg), torch.device("cpu")))
     for name in ("max_length", "padding"):
         assert all(keys[name][s] != keys["base"][s] for s in ("finetune", "extract", "sae")), name
+
+
+def test_a_waiter_gives_up_on_a_build_lock_held_too_long_naming_the_key(monkeypatch):
+    """The object-store cache's cluster-wide lock: every call to the lock actor has a timeout, and a trial
+    waiting for another's build stops after WAIT_S with an error naming the key (before: it waited forever)."""
+    import ray
+    from saeception.trainables import locks
+
+    calls = []
+
+    class Held:  # the lock actor, with the key held by another trial that keeps renewing it
+        class acquire:
+            @staticmethod
+            def remote(key, owner, lease_s):
+                return False
+
+    def get(value, timeout=None):
+        calls.append(timeout)
+        return value
+
+    monkeypatch.setattr(locks, "lock_actor", lambda: Held)
+    monkeypatch.setattr(ray, "get", get)
+    monkeypatch.setattr(locks, "WAIT_S", 0.6)
+    with pytest.raises(TimeoutError, match="build lock of " + "k" * 64):
+        with locks.lease_lock("k" * 64):
+            pass
+    assert calls and all(t == locks.RPC_TIMEOUT_S for t in calls)
