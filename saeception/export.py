@@ -52,6 +52,8 @@ SAELENS_ARCHITECTURE = {"l1": "standard", "topk": "topk", "batchtopk": "jumprelu
 SAELENS_FORMAT_VERSION = "6.0.0"
 # Top-level names inside the output directory; nothing else in it is touched, even under --force.
 CARD, SAELENS_DIR, SPARSIFY_DIR, HF_DIR = "README.md", "saelens", "sparsify", "classifier"
+SAELENS_SPARSITY = "sparsity.safetensors"  # sae_lens.constants.SPARSITY_FILENAME
+SPARSITY_EPS = 1e-10  # what SAELens adds before log10 (sae_lens.training.sae_trainer._log_feature_sparsity)
 
 
 class ExportError(ValueError):
@@ -234,6 +236,10 @@ def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
     out.mkdir(parents=True)
     save_file(tensors, str(out / "sae_weights.safetensors"))
     write_json(out / "cfg.json", config)
+    if bool((sae.firing_density >= 0).all()):  # unknown (-1) for an SAE saved before saeception kept it
+        # SAELens' own file (SAELens' trainer, SAEBench, Neuronpedia): log10 of each latent's firing density.
+        save_file({"sparsity": torch.log10(sae.firing_density.float() + SPARSITY_EPS).contiguous()},
+                  str(out / SAELENS_SPARSITY))
 
 
 def write_sparsify(sae: SAE, out: Path) -> None:

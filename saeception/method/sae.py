@@ -50,6 +50,9 @@ class SAE(nn.Module):
         self.register_buffer("input_scale", torch.ones(()))
         # BatchTopK's inference threshold: a running mean of the smallest kept activation.
         self.register_buffer("threshold", torch.zeros(()))
+        # The share of its training activations each latent fires on, set at the end of train_sae (exported as
+        # SAELens' sparsity.safetensors); -1 where unknown (an SAE saved before it existed, or not trained here).
+        self.register_buffer("firing_density", torch.full((n_latents,), -1.0))
 
     def pre_activations(self, x: Tensor) -> Tensor:
         # F.linear = one addmm with the bias: under autocast its output stays bf16 (no fp32 pass over the
@@ -115,6 +118,8 @@ class SAE(nn.Module):
     def load(cls, prefix: Path, device: str | torch.device = "cpu") -> SAE:
         tensors, cfg = load_weights(prefix, device)
         sae = cls(cfg["d"], cfg["n_latents"], cfg["kind"], cfg["k"]).to(device)
+        if "firing_density" not in tensors:  # saved before the density was kept: unknown (-1)
+            tensors["firing_density"] = sae.firing_density
         expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         if found != expected:  # load_state_dict's RuntimeError was not an input error the chain recovers from
@@ -293,8 +298,9 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
             aux_on = cfg.kind != "l1" and cfg.auxk_coefficient > 0 and bool((state.since_fired >= cfg.dead_after).any())
         if i % 500 == 0 and log.isEnabledFor(logging.DEBUG):
             log.debug("sae step %d loss %.4f mse %.4f", i, loss.item(), mse.item())
-    sae.eval()
-    return sae.requires_grad_(False)
+    sae.eval().requires_grad_(False)
+    sae.firing_density.copy_(firing_density(sae, x_all))
+    return sae
 
 
 # Rows per chunk when codes are computed piecewise: about 2^28 code elements (1 GiB in fp32) per chunk,
@@ -304,6 +310,17 @@ CHUNK_ELEMENTS = 1 << 28
 
 def chunk_rows(n_latents: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(n_latents, 1))
+
+
+@torch.no_grad()
+def firing_density(sae: SAE, x: Tensor) -> Tensor:
+    """(n_latents,) the share of the rows of `x` on which each latent fires, counted a chunk of rows at a time
+    (the codes are never held whole)."""
+    fired = torch.zeros(sae.n_latents, device=x.device)
+    step = chunk_rows(sae.n_latents)
+    for i in range(0, len(x), step):
+        fired += (sae.encode(x[i:i + step]) > 0).sum(0)
+    return fired / max(len(x), 1)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 # Bump when what an entry holds changes: older entries become unreachable, never misread.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 # Facts of a run (not config keys) that a stage's result can depend on.
 ENV_FACTS = ("data", "model_source", "world_size", "precision")

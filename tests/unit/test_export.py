@@ -85,6 +85,10 @@ def test_saelens_round_trip(mlp_runs, tmp_path, kind, architecture):
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
     if kind == "topk":
         assert theirs.cfg.k == sae.k
+    # SAELens' per-latent log10 firing density, of the SAE's training activations.
+    sparsity = load_file(str(written["saelens"] / "sparsity.safetensors"))["sparsity"]
+    assert sparsity.shape == (sae.n_latents,) and (sae.firing_density >= 0).all()
+    assert torch.allclose(sparsity, torch.log10(sae.firing_density + 1e-10))
     if kind == "batchtopk":
         # The threshold must cut some positive pre-activations, or the test could not see it.
         pre = torch.relu((x / sae.input_scale - sae.b_dec) @ sae.W_enc + sae.b_enc)

@@ -122,3 +122,24 @@ def test_topk_rows_selects_exactly_the_row_top_k():
     assert torch.equal(x.gather(-1, index), values)
     values.sum().backward()  # gradient flows to exactly the selected entries
     assert torch.equal(x.grad, torch.zeros_like(x).scatter(-1, ref_index, 1.0))
+
+
+@pytest.mark.parametrize("kind", ["topk", "l1", "batchtopk"])
+def test_a_trained_sae_keeps_each_latents_firing_density_on_its_training_rows(kind, tmp_path):
+    """What SAELens' sparsity.safetensors (and SAEBench, Neuronpedia) read; saved and loaded with the SAE.
+    An SAE file written before the density was kept loads with it unknown (-1)."""
+    from safetensors.torch import load_file, save_file
+
+    from saeception.method.sae import encode_all
+
+    x = torch.randn(300, 8)
+    sae = train_sae(x, SAEConfig(kind=kind, expansion_factor=4, k=3, steps=60, batch_size=64), seed=0)
+    fired = (encode_all(sae, x) > 0).float().mean(0)
+    assert torch.equal(sae.firing_density, fired) and fired.max() > 0
+    if kind == "topk":
+        assert float(fired.sum()) <= sae.k + 1e-6  # at most k latents per row
+    sae.save(tmp_path / "sae")
+    assert torch.equal(SAE.load(tmp_path / "sae").firing_density, fired)
+    older = {k: v for k, v in load_file(str(tmp_path / "sae.safetensors")).items() if k != "firing_density"}
+    save_file(older, str(tmp_path / "sae.safetensors"))
+    assert (SAE.load(tmp_path / "sae").firing_density == -1).all()
