@@ -5,6 +5,7 @@ retraining, chain, evaluation), each field's default and help beside it (`doc`),
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +153,12 @@ class SAEConfig:
     k: int = doc(16, "active latents per example (`topk`, `batchtopk`); must be < latents")
     l1_coefficient: float = doc(3e-2, "L1 weight (`l1`); inputs are scaled so E‖x‖² = d, so it means the same on every layer")
     lr: float = doc(1e-3, "SAE learning rate (Adam)")
+    lr_warmup_steps: int = doc(0, "steps over which the SAE learning rate rises linearly from 0 to `sae.lr` (SAELens' "
+                               "`lr_warm_up_steps`); 0: none")
+    lr_decay: str = doc("none", "after the warm-up: `none` (constant `sae.lr`), `linear` or `cosine` decay to `sae.lr`/10 "
+                        "at the last step (SAELens' default end)")
+    l1_warmup_steps: int = doc(0, "steps over which the L1 weight rises linearly from 0 to `sae.l1_coefficient` "
+                               "(`l1`; SAELens' `l1_warm_up_steps`); 0: none")
     batch_size: int = doc(256, "SAE batch size")
     steps: int = doc(1500, "SAE optimiser steps (independent of the data size, so small sets still train)")
     auxk_coefficient: float = doc(1 / 32, "AuxK loss weight (`topk`, `batchtopk`); 0 turns it off")
@@ -169,6 +176,9 @@ class SAEConfig:
         _require(self.k >= 1, "sae.k", "must be >= 1")
         _require(self.l1_coefficient >= 0, "sae.l1_coefficient", "must be >= 0")
         _require(self.lr > 0, "sae.lr", "must be > 0")
+        _require(0 <= self.lr_warmup_steps <= self.steps, "sae.lr_warmup_steps", "must be between 0 and sae.steps")
+        _require(self.lr_decay in ("none", "linear", "cosine"), "sae.lr_decay", "must be one of: none, linear, cosine")
+        _require(0 <= self.l1_warmup_steps <= self.steps, "sae.l1_warmup_steps", "must be between 0 and sae.steps")
         _require(self.batch_size >= 1, "sae.batch_size", "must be >= 1")
         _require(self.steps >= 1, "sae.steps", "must be >= 1")
         _require(self.auxk_coefficient >= 0, "sae.auxk_coefficient", "must be >= 0")
@@ -178,6 +188,26 @@ class SAEConfig:
 
     def n_latents(self, width: int) -> int:
         return self.expansion_factor * width
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimiser step `step` (0-based): linear warm-up, then constant or decaying
+        to lr/10 at the last step."""
+        if step < self.lr_warmup_steps:
+            return self.lr * (step + 1) / self.lr_warmup_steps
+        if self.lr_decay == "none" or self.steps - self.lr_warmup_steps <= 1:
+            return self.lr
+        t = (step - self.lr_warmup_steps) / (self.steps - self.lr_warmup_steps - 1)  # 0 .. 1
+        shape = 1 - t if self.lr_decay == "linear" else 0.5 * (1 + math.cos(math.pi * t))
+        return self.lr * (0.1 + 0.9 * shape)
+
+    def l1_scale_at(self, step: int) -> float:
+        """The share of `l1_coefficient` applied at step `step`: linear warm-up from 0, then 1."""
+        return 1.0 if step >= self.l1_warmup_steps else (step + 1) / self.l1_warmup_steps
+
+    @property
+    def scheduled(self) -> bool:
+        """The learning rate or the L1 weight changes during training."""
+        return self.lr_warmup_steps > 0 or self.lr_decay != "none" or (self.kind == "l1" and self.l1_warmup_steps > 0)
 
     def check_width(self, width: int) -> None:
         """Checks that need the layer width; call before training."""

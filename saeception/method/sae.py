@@ -195,6 +195,7 @@ class StepState:
     index: Tensor  # (batch,) example rows of this step
     since_fired: Tensor  # (n_latents,) examples seen since each latent last fired
     loss_sum: Tensor  # () running loss, checked for NaN/inf every few steps
+    l1_scale: Tensor | None = None  # () the share of the L1 weight applied this step (sae.l1_warmup_steps)
 
 
 def sae_step(sae: SAE, opt: torch.optim.Optimizer, x_all: Tensor, state: StepState, cfg: SAEConfig,
@@ -209,7 +210,8 @@ def sae_step(sae: SAE, opt: torch.optim.Optimizer, x_all: Tensor, state: StepSta
         dead = state.since_fired >= cfg.dead_after if aux_on else None
         out = sae(x, batch_topk=cfg.kind == "batchtopk", dead=dead, auxk_k=cfg.auxk_k)
         if cfg.kind == "l1":
-            loss = out.mse + cfg.l1_coefficient * out.l1
+            l1 = cfg.l1_coefficient * out.l1
+            loss = out.mse + (l1 if state.l1_scale is None else state.l1_scale * l1)
         else:
             loss = out.mse + cfg.auxk_coefficient * out.auxk
     state.loss_sum.add_(loss.detach())
@@ -260,11 +262,12 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
     sae = init_sae(x_all, cfg, torch.Generator(device="cpu").manual_seed(seed))
     cuda = device.type == "cuda"
     # Captured only where it was checked on a GPU (graph == eager, BENCHMARKS.md): TopK in one process.
-    graphs = cuda and cfg.cuda_graphs and dist_world_size() == 1 and cfg.kind == "topk"
+    # Not with a schedule: a captured step would replay the learning rate it was captured with.
+    graphs = cuda and cfg.cuda_graphs and dist_world_size() == 1 and cfg.kind == "topk" and not cfg.scheduled
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), **({"fused": True, "capturable": graphs} if cuda else {}))
     batch = min(cfg.batch_size, n)
     state = StepState(torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(sae.n_latents, device=device),
-                      torch.zeros((), device=device))
+                      torch.zeros((), device=device), torch.ones((), device=device) if cfg.scheduled else None)
     index_gen = torch.Generator(device=device).manual_seed(seed)
 
     def step(aux_on: bool, first: bool) -> tuple[Tensor, Tensor]:
@@ -275,6 +278,10 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
     aux_on, checked = False, 0
     for i in range(cfg.steps):
         state.index.copy_(torch.randint(0, n, (batch,), generator=index_gen, device=device))
+        if cfg.scheduled:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(i)
+            state.l1_scale.fill_(cfg.l1_scale_at(i))
         if not graphs:
             loss, mse = step(aux_on, i == 0)
         elif i < 3:  # warm-up steps (real steps) on a side stream, as graph capture requires
