@@ -47,7 +47,7 @@ def test_best_trial_is_exported_and_logged_under_best(finished_trial, tmp_path):
     logged = {a.path for a in tracker.client.list_artifacts(parent, "best")}
     assert {"best/README.md", "best/saelens", "best/sparsify", "best/classifier"} <= logged
     saelens = {a.path for a in tracker.client.list_artifacts(parent, "best/saelens")}
-    assert saelens == {"best/saelens/cfg.json", "best/saelens/sae_weights.safetensors"}
+    assert saelens == {"best/saelens/cfg.json", "best/saelens/sae_weights.safetensors", "best/saelens/sparsity.safetensors"}
 
 
 def test_a_missing_checkpoint_is_reported_and_tagged(finished_trial, capsys):
