@@ -200,7 +200,9 @@ def execute_review_notebook(uri: str, sweep: str, workdir: Path, experiment: str
     old = {k: os.environ.get(k) for k in keys}
     os.environ.update(SAECEPTION_TRACKING_URI=uri, SAECEPTION_SWEEP=sweep, SAECEPTION_EXPERIMENT=experiment)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+        # startup_timeout: a kernel starting on a loaded 2-core machine took over nbclient's default 60 s once.
+        NotebookClient(nb, timeout=300, startup_timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(workdir)}}).execute()
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
