@@ -56,11 +56,14 @@ def _chain(error: BaseException) -> list[BaseException]:
 
 
 def unreachable(error: BaseException) -> bool:
-    """True when `error` comes from an MLflow server that did not answer: a refused or timed-out connection
-    under MLflow's REST client, once its retries gave up."""
+    """True when `error` comes from an MLflow server that did not answer: MLflow's REST client raised over a
+    refused or timed-out connection, once its retries gave up."""
     import requests  # lazy: MLflow's HTTP client, loaded only where runs are written
+    from mlflow.exceptions import MlflowException  # lazy: MLflow only where runs are written
 
-    return any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) for e in _chain(error))
+    chain = _chain(error)
+    return (any(isinstance(e, MlflowException) for e in chain)
+            and any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) for e in chain))
 
 
 def root_cause(error: BaseException) -> str:

@@ -3,9 +3,11 @@ stoppable and restartable on the same port (an outage)."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -66,9 +68,6 @@ class Unavailable:
     counting them (`with Unavailable(port) as outage: ... outage.requests`)."""
 
     def __init__(self, port: int):
-        import http.server
-        import threading
-
         outage = self
         self.requests = 0
 

@@ -232,12 +232,6 @@ def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
     assert parent.info.status == "KILLED"
 
 
-
-
-
-
-
-
 @pytest.mark.ray
 @pytest.mark.mlflow_outage
 def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):
@@ -272,7 +266,6 @@ def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):
             assert [m.step for m in client.get_metric_history(r.info.run_id, "cycle")] == [0, 1, 2]
     finally:
         server.stop()
-
 
 
 @pytest.mark.ray
