@@ -33,9 +33,10 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from saeception.eval.latents import render_html
 from saeception.method.sae import SAE
 from saeception.models import mlp_loader
-from saeception.models.classifiers import MLP, TapModel, load_tokenizer, model_source
+from saeception.models.classifiers import MLP, TapModel, block_list, load_tokenizer, model_source
 from saeception.store.artifacts import ChainPaths, CycleDir, load_state_strict, load_weights, write_json
 
 from .config import ConfigError, ModelConfig, flatten
@@ -46,12 +47,12 @@ FORMATS = ("saelens", "sparsify", "hf")
 # SAELens architecture per saeception kind. BatchTopK's inference rule pre * (pre > threshold) on
 # pre = relu(h) equals JumpReLU's relu(h) * (h > threshold) for every threshold >= 0 (and the
 # threshold, a running mean of kept activations, is never negative); SAELens itself saves its
-# trained BatchTopK SAEs as JumpReLU.
-SAELENS_ARCHITECTURE = {"l1": "standard", "topk": "topk", "batchtopk": "jumprelu"}
+# trained BatchTopK SAEs as JumpReLU. A JumpReLU SAE's per-latent thresholds are kept >= 0 in training.
+SAELENS_ARCHITECTURE = {"l1": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
 # The SAELens on-disk format written here; SAELens treats configs without it as pre-6.0 and renames keys.
 SAELENS_FORMAT_VERSION = "6.0.0"
 # Top-level names inside the output directory; nothing else in it is touched, even under --force.
-CARD, SAELENS_DIR, SPARSIFY_DIR, HF_DIR = "README.md", "saelens", "sparsify", "classifier"
+CARD, SAELENS_DIR, SPARSIFY_DIR, HF_DIR, BROWSER = "README.md", "saelens", "sparsify", "classifier", "latents.html"
 SAELENS_SPARSITY = "sparsity.safetensors"  # sae_lens.constants.SPARSITY_FILENAME
 SPARSITY_EPS = 1e-10  # what SAELens adds before log10 (sae_lens.training.sae_trainer._log_feature_sparsity)
 
@@ -169,6 +170,13 @@ class Target:
     pooling: str | None = None  # "last"/"first"/"mean" for text models; None for the MLP
     every_token: bool = False  # sae.tokens "all": trained on every real token, not the pooled one
     base_prefix: str | None = None  # the HF wrapper's base_model_prefix ("transformer" for GPT-2)
+    tl_hook_name: str | None = None  # the same point as a TransformerLens hook (blocks.L.hook_resid_post), where one is
+
+    @property
+    def saelens_hook(self) -> tuple[str | None, str | None]:
+        """(hook_name, model_class_name) for SAELens' metadata: the TransformerLens hook and `HookedTransformer`
+        where the tapped layer has one (SAELens' and SAEBench's default path), else the PyTorch module name."""
+        return (self.tl_hook_name, "HookedTransformer") if self.tl_hook_name else (self.hook_name, None)
 
     @property
     def base_hook_name(self) -> str | None:
@@ -192,7 +200,20 @@ def resolve_target(src: Source, model_name: str, model: nn.Module) -> Target:
         return Target(model_name, None, text)
     tap = TapModel(model, cfg["model"]["layer"], cfg["model"]["pooling"])
     return Target(model_name, tap.target_name, text, tap.pooling if text else None, text and cfg["sae"]["tokens"] == "all",
-                  getattr(model, "base_model_prefix", None) if text else None)
+                  getattr(model, "base_model_prefix", None) if text else None, tl_hook(model, tap.target) if text else None)
+
+
+# Decoder architectures whose HF block output is TransformerLens' `blocks.L.hook_resid_post` (the residual stream
+# after block L; HookedTransformer converts these from Hugging Face).
+TL_RESID_TYPES = ("gpt2", "gpt_neox", "llama")
+
+
+def tl_hook(model: nn.Module, target: nn.Module) -> str | None:
+    """`blocks.L.hook_resid_post` when the tapped module is block L of a TL_RESID_TYPES model, else None."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in TL_RESID_TYPES:
+        return None
+    blocks = list(block_list(model))
+    return f"blocks.{blocks.index(target)}.hook_resid_post" if target in blocks else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,7 +221,8 @@ def resolve_target(src: Source, model_name: str, model: nn.Module) -> Target:
 
 
 def folded_weights(sae: SAE) -> dict[str, Tensor]:
-    """W_enc (d, n), b_enc (n), W_dec (n, d) with unit rows, b_dec (d), and the inference threshold (a scalar)
+    """W_enc (d, n), b_enc (n), W_dec (n, d) with unit rows, b_dec (d), and the inference threshold (a scalar;
+    per latent for JumpReLU)
     with input_scale folded into the biases and the threshold (module docstring); in float64, so the fold
     adds no rounding beyond the final cast."""
     s = sae.input_scale.double()
@@ -217,11 +239,13 @@ def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
         "sae_lens_version": SAELENS_FORMAT_VERSION,
         "sae_lens_training_version": None,  # not trained by SAELens
         "model_name": target.model_name,
-        "hook_name": target.hook_name,
+        "hook_name": target.saelens_hook[0],
+        "model_class_name": target.saelens_hook[1],
         "hook_head_index": None,
         "dataset_path": cfg.get("data", {}).get("name"),
         "context_size": cfg.get("data", {}).get("max_length") if target.text else None,
         "saeception": {"kind": sae.kind, "cycle": src.cycle, "input_scale_folded": float(sae.input_scale),
+                       "module": target.hook_name,  # the tapped module's name in the classifier (PyTorch)
                        "codes": "input_scale x saeception's codes (the scale folded into the biases; unit decoder rows)",
                        "pooling": None if target.every_token else target.pooling, "every_token": target.every_token},
     }
@@ -233,6 +257,8 @@ def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
         config.update(k=sae.k, rescale_acts_by_decoder_norm=False)
     if sae.kind == "batchtopk":
         tensors["threshold"] = torch.full((sae.n_latents,), float(threshold), dtype=torch.float32)
+    if sae.kind == "jumprelu":
+        tensors["threshold"] = threshold.contiguous()
     out.mkdir(parents=True)
     save_file(tensors, str(out / "sae_weights.safetensors"))
     write_json(out / "cfg.json", config)
@@ -291,6 +317,20 @@ SUMMARY_KEYS = ("seed", "data.name", "model.name", "model.layer", "model.hidden_
                 "sae.tokens", "sharpen.strategy", "sharpen.top_k_pct", "aux.weight", "aux.epochs", "chain.cycles")
 
 
+def read_latents(path: Path) -> dict:
+    """A cycle's latents.json, checked for what render_html reads. Raises ExportError."""
+    try:
+        data = json.loads(path.read_text())
+        missing = [e["id"] for d in data["latents"] for e in d["top"] if str(e["id"]) not in data["examples"]]
+        fields = {"kind", "score", "score_doc", "eligible", "min_firings", "n_examples", "n_latents_total"} - set(data)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{path}: not a latent browser file written by this saeception ({type(e).__name__}: {e})") from e
+    if missing or fields:
+        raise ExportError(f"{path}: not a latent browser file written by this saeception (lacks "
+                          + (f"examples {missing[:3]}" if missing else ", ".join(sorted(fields))) + ")")
+    return data
+
+
 def model_card(src: Source, sae: SAE, target: Target, files: dict[str, str], card_extra: dict[str, str] | None = None) -> str:
     """The README.md beside the exports; files: {format: path relative to the card}."""
     cfg = src.config
@@ -322,8 +362,17 @@ def _loading(rel: dict[str, str], sae: SAE, target: Target) -> str:
     if "saelens" in rel or "sparsify" in rel:
         text.append(f"The SAE exports have `input_scale` ({float(sae.input_scale):.6g}) folded into their biases: they "
                     "read the layer's raw activations, keep saeception's unit-norm decoder rows, and give saeception's "
-                    "reconstructions with codes `input_scale` times saeception's (the same latents fire). `hook_name` is "
-                    "the module's name in the Hugging Face / PyTorch model, not a TransformerLens hook.\n")
+                    "reconstructions with codes `input_scale` times saeception's (the same latents fire).\n")
+        hook, model_class = target.saelens_hook
+        if model_class:
+            text.append(f"SAELens' `hook_name` is `{hook}`, the TransformerLens hook at the tapped module `{target.hook_name}` "
+                        "(the residual stream after that block), so `sae_lens.HookedSAETransformer` splices it in by name; "
+                        f"the PyTorch module is `metadata.saeception.module`." + (
+                            " The SAE was trained on one pooled token per example; in TransformerLens it runs on every "
+                            "token." if not target.every_token else "") + "\n")
+        elif target.hook_name:
+            text.append(f"SAELens' `hook_name` is the PyTorch module name `{target.hook_name}` (no TransformerLens hook "
+                        "for this model).\n")
     if "saelens" in rel:
         arch = SAELENS_ARCHITECTURE[sae.kind]
         note = " (BatchTopK's inference threshold as a per-latent JumpReLU threshold)" if sae.kind == "batchtopk" else ""
@@ -336,6 +385,9 @@ def _loading(rel: dict[str, str], sae: SAE, target: Target) -> str:
                     "top_acts, top_indices, _ = sae.encode(acts); recon = sae.decode(top_acts, top_indices)\n```\n")
     elif sae.kind != "topk":
         text.append(f"No sparsify export: sparsify holds TopK SAEs only, and this one is `{sae.kind}`.\n")
+    if "browser" in rel:
+        text.append(f"`{rel['browser']}` — the latent browser: a static page (open it in a browser, offline) with the "
+                    "top latents' top-activating test examples, firing density, firings per class, CSI and U.\n")
     if "hf" in rel and not target.text:
         text.append(f"`{rel['hf']}/` — the MLP classifier (safetensors + config.json; `mlp.py` loads it with torch only):"
                     f"\n\n```python\nimport sys; sys.path.insert(0, \"{rel['hf']}\")\nfrom mlp import load_mlp\n"
@@ -375,7 +427,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, formats: list[str] | No
     Every input is checked before anything is written (ExportError otherwise); the files are built in a
     staging directory inside out_dir and moved into place at the end, so a failed build leaves no partial
     files. An out_dir that is not empty is refused unless `force`, which replaces only the names this
-    export writes (README.md, saelens/, sparsify/, classifier/)."""
+    export writes (README.md, latents.html, saelens/, sparsify/, classifier/). The latent browser
+    (latents.html) comes with every export of a cycle that has its data (latents.json)."""
     src = resolve_source(run_dir, cycle)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -405,6 +458,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, formats: list[str] | No
         if "hf" in chosen:
             write_hf(model, src, target, stage / HF_DIR)
             written["hf"] = out / HF_DIR
+        if src.cycle_dir.latents.exists():
+            (stage / BROWSER).write_text(render_html(read_latents(src.cycle_dir.latents),
+                                                     f"Latents of {target.model_name}, cycle {src.cycle}"))
+            written["browser"] = out / BROWSER
         card = model_card(src, sae, target, {k: v.relative_to(out).as_posix() for k, v in written.items()}, card_extra)
         (stage / CARD).write_text(card)
         written["card"] = out / CARD

@@ -16,11 +16,14 @@ from saeception.config.loading import (
     to_flat_dict,
 )
 from saeception.config.schema import (
+    BROWSER_SCORES,
     MATCHED_STRATEGIES,
     MODEL_DTYPES,
+    SAE_KINDS,
     SHARPEN_STRATEGIES,
     TRAIN_STRATEGIES,
     AuxConfig,
+    BrowserConfig,
     ChainConfig,
     Config,
     ConfigError,
@@ -34,6 +37,6 @@ from saeception.config.schema import (
 )
 
 __all__ = ["KeyDoc", "build_config", "config_keys", "flatten", "key_docs", "keys_table", "keys_text", "load_config",
-           "parse_override", "read_yaml", "to_dict", "to_flat_dict", "MATCHED_STRATEGIES", "MODEL_DTYPES",
-           "SHARPEN_STRATEGIES", "TRAIN_STRATEGIES", "AuxConfig", "ChainConfig", "Config", "ConfigError", "DataConfig",
+           "parse_override", "read_yaml", "to_dict", "to_flat_dict", "BROWSER_SCORES", "MATCHED_STRATEGIES",
+           "MODEL_DTYPES", "SAE_KINDS", "SHARPEN_STRATEGIES", "TRAIN_STRATEGIES", "AuxConfig", "BrowserConfig", "ChainConfig", "Config", "ConfigError", "DataConfig",
            "EvalConfig", "FinetuneConfig", "ModelConfig", "SAEConfig", "SharpenConfig", "TrainConfig"]

@@ -1,5 +1,5 @@
 """The config schema: one dataclass per concern (data, model, training, fine-tuning, SAE, sharpening, aux
-retraining, chain, evaluation), each field's default and help beside it (`doc`), invalid values rejected in
+retraining, chain, evaluation, latent browser), each field's default and help beside it (`doc`), invalid values rejected in
 `__post_init__` with a message naming the key. Reading YAML and --set into it: saeception.config.loading."""
 
 from __future__ import annotations
@@ -145,25 +145,40 @@ class FinetuneConfig:
         _require(self.weight_decay >= 0, "finetune.weight_decay", "must be >= 0")
 
 
+SAE_KINDS = ("l1", "topk", "batchtopk", "jumprelu")
+
+
 @dataclass
 class SAEConfig:
     kind: str = doc("topk", "`l1` (ReLU + L1), `topk` (+ AuxK dead-latent loss), `batchtopk` (top k·B per batch in "
-                    "training, a learned threshold at inference)")
+                    "training, a learned threshold at inference), `jumprelu` (a learned threshold per latent, an L0 "
+                    "penalty; SAELens' training)")
     expansion_factor: int = doc(4, "latents = factor × layer width")
     k: int = doc(16, "active latents per example (`topk`, `batchtopk`); must be < latents")
     l1_coefficient: float = doc(3e-2, "L1 weight (`l1`); inputs are scaled so E‖x‖² = d, so it means the same on every layer")
-    lr: float = doc(1e-3, "SAE learning rate (Adam)")
+    l0_coefficient: float = doc(0.03, "L0 weight (`jumprelu`): the reconstruction error one active latent is worth, in "
+                                "the units of `sae.l1_coefficient` (SAELens' `l0_coefficient` / width); with `sae.lr` "
+                                "3e-3 it kept a planted dictionary's sparsity (BENCHMARKS.md 15)")
+    jumprelu_init_threshold: float = doc(0.01, "each latent's threshold at initialisation (`jumprelu`; SAELens' "
+                                         "`jumprelu_init_threshold`), in units where E‖x‖² = d")
+    jumprelu_bandwidth: float = doc(0.05, "width of the straight-through estimator's window around each threshold "
+                                    "(`jumprelu`; SAELens' `jumprelu_bandwidth`)")
+    lr: float = doc(1e-3, "SAE learning rate (Adam); a `jumprelu` SAE's thresholds move about this much per step, and "
+                    "at 1500 steps it needed 3e-3 (BENCHMARKS.md 15)")
     lr_warmup_steps: int = doc(0, "steps over which the SAE learning rate rises linearly from 0 to `sae.lr` (SAELens' "
                                "`lr_warm_up_steps`); 0: none")
     lr_decay: str = doc("none", "after the warm-up: `none` (constant `sae.lr`), `linear` or `cosine` decay to `sae.lr`/10 "
                         "at the last step (SAELens' default end)")
-    l1_warmup_steps: int = doc(0, "steps over which the L1 weight rises linearly from 0 to `sae.l1_coefficient` "
-                               "(`l1`; SAELens' `l1_warm_up_steps`); 0: none")
+    l1_warmup_steps: int = doc(0, "steps over which the sparsity weight rises linearly from 0 to `sae.l1_coefficient` "
+                               "(`l1`) or `sae.l0_coefficient` (`jumprelu`) (SAELens' `l1_warm_up_steps`, "
+                               "`l0_warm_up_steps`); 0: none")
     batch_size: int = doc(256, "SAE batch size")
     steps: int = doc(1500, "SAE optimiser steps (independent of the data size, so small sets still train)")
-    auxk_coefficient: float = doc(1 / 32, "AuxK loss weight (`topk`, `batchtopk`); 0 turns it off")
+    auxk_coefficient: float = doc(1 / 32, "AuxK loss weight (`topk`, `batchtopk`, `jumprelu`); 0 turns it off")
     auxk_k: int = doc(64, "latents the AuxK loss reconstructs the residual from")
     dead_after: int = doc(5000, "a latent is dead once it has not fired on this many consecutive training examples")
+    resample_every: int = doc(0, "every this many steps, resample the dead latents toward the training rows the SAE "
+                              "reconstructs worst (Anthropic's resampling); 0: never")
     tokens: str = doc("pooled", "train the SAE on the pooled token per example (`pooled`, what sharpening uses) or on "
                       "`all` real tokens")
     cuda_graphs: bool = doc(True, "on CUDA, for `topk` SAEs in one process (the case checked on a GPU), capture the "
@@ -171,10 +186,13 @@ class SAEConfig:
                             "the same step eagerly")
 
     def __post_init__(self) -> None:
-        _require(self.kind in ("l1", "topk", "batchtopk"), "sae.kind", "must be one of: l1, topk, batchtopk")
+        _require(self.kind in SAE_KINDS, "sae.kind", f"must be one of: {', '.join(SAE_KINDS)}")
         _require(self.expansion_factor >= 1, "sae.expansion_factor", "must be an integer >= 1")
         _require(self.k >= 1, "sae.k", "must be >= 1")
         _require(self.l1_coefficient >= 0, "sae.l1_coefficient", "must be >= 0")
+        _require(self.l0_coefficient >= 0, "sae.l0_coefficient", "must be >= 0")
+        _require(self.jumprelu_init_threshold >= 0, "sae.jumprelu_init_threshold", "must be >= 0")
+        _require(self.jumprelu_bandwidth > 0, "sae.jumprelu_bandwidth", "must be > 0")
         _require(self.lr > 0, "sae.lr", "must be > 0")
         _require(0 <= self.lr_warmup_steps <= self.steps, "sae.lr_warmup_steps", "must be between 0 and sae.steps")
         _require(self.lr_decay in ("none", "linear", "cosine"), "sae.lr_decay", "must be one of: none, linear, cosine")
@@ -184,6 +202,7 @@ class SAEConfig:
         _require(self.auxk_coefficient >= 0, "sae.auxk_coefficient", "must be >= 0")
         _require(self.auxk_k >= 1, "sae.auxk_k", "must be >= 1")
         _require(self.dead_after >= 1, "sae.dead_after", "must be >= 1")
+        _require(self.resample_every >= 0, "sae.resample_every", "must be >= 0 (0: never)")
         _require(self.tokens in ("pooled", "all"), "sae.tokens", "must be one of: pooled, all")
 
     def n_latents(self, width: int) -> int:
@@ -207,7 +226,8 @@ class SAEConfig:
     @property
     def scheduled(self) -> bool:
         """The learning rate or the L1 weight changes during training."""
-        return self.lr_warmup_steps > 0 or self.lr_decay != "none" or (self.kind == "l1" and self.l1_warmup_steps > 0)
+        return (self.lr_warmup_steps > 0 or self.lr_decay != "none"
+                or (self.kind in ("l1", "jumprelu") and self.l1_warmup_steps > 0))
 
     def check_width(self, width: int) -> None:
         """Checks that need the layer width; call before training."""
@@ -281,6 +301,29 @@ class EvalConfig:
         _require(self.backend in ("auto", "torch", "sklearn"), "eval.backend", "must be one of: auto, torch, sklearn")
 
 
+# The latent browser's scores and what each measures (saeception.eval.latents computes them).
+BROWSER_SCORES = {
+    "csi": "class selectivity index on the test split",
+    "u": "uncertainty coefficient of the firing indicator about the label, on the test split",
+    "density": "share of test examples the latent fires on",
+    "max": "largest activation on the test split",
+}
+
+
+@dataclass
+class BrowserConfig:
+    latents: int = doc(32, "latents the latent browser shows (each cycle's `latents.json`, `latents.html` in exports); "
+                       "0: none")
+    examples: int = doc(8, "top-activating test examples shown per latent")
+    score: str = doc("csi", "what picks and orders the latents: " + ", ".join(f"`{k}` ({v})" for k, v in BROWSER_SCORES.items())
+                     + "; over latents firing on at least `eval.min_firings` test examples")
+
+    def __post_init__(self) -> None:
+        _require(self.latents >= 0, "browser.latents", "must be >= 0 (0: none)")
+        _require(self.examples >= 1, "browser.examples", "must be >= 1")
+        _require(self.score in BROWSER_SCORES, "browser.score", f"must be one of: {', '.join(BROWSER_SCORES)}")
+
+
 @dataclass
 class Config:
     seed: int = doc(0, "seeds model init, training, SAEs and probes (each stage draws from its own generator)")
@@ -294,6 +337,7 @@ class Config:
     aux: AuxConfig = doc(factory=AuxConfig)
     chain: ChainConfig = doc(factory=ChainConfig)
     eval: EvalConfig = doc(factory=EvalConfig)
+    browser: BrowserConfig = doc(factory=BrowserConfig)
 
     def __post_init__(self) -> None:
         _require(0 <= self.seed < 2**31, "seed", f"must be in [0, 2^31 - 1], got {self.seed}")

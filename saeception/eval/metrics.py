@@ -193,3 +193,22 @@ def cosine(h: Tensor, targets: Tensor, center: Tensor | None = None) -> float:
     if center is not None:
         h, targets = h - center.double(), targets - center.double()
     return float(torch.nn.functional.cosine_similarity(h, targets, dim=-1).mean())
+
+
+def fidelity_metrics(clean: Tensor, spliced: Tensor, ablated: Tensor, labels: Tensor) -> dict[str, float]:
+    """Spliced-in fidelity from logits (N, C) of the same examples: the model as it is (`clean`), with the
+    tapped layer's output replaced by the SAE's reconstruction (`spliced`) and by zero (`ablated`).
+    spliced_task_accuracy, task_accuracy_drop (clean − spliced accuracy), spliced_ce, ablated_ce (mean
+    cross-entropy with the labels), spliced_kl (mean KL(clean ‖ spliced) of the class distributions) and
+    loss_recovered = (ablated_ce − spliced_ce) / (ablated_ce − clean_ce), SAEBench's loss recovered: 1 when
+    splicing costs nothing, 0 when it is as bad as zero-ablation; NaN when zero-ablation costs nothing."""
+    clean, spliced, ablated, labels = clean.double(), spliced.double(), ablated.double(), labels.long()
+    ce = {name: float(torch.nn.functional.cross_entropy(x, labels)) for name, x in
+          (("clean", clean), ("spliced", spliced), ("ablated", ablated))}
+    log_p, log_q = clean.log_softmax(-1), spliced.log_softmax(-1)
+    kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    accuracy = {name: float((x.argmax(-1) == labels).double().mean()) for name, x in (("clean", clean), ("spliced", spliced))}
+    gap = ce["ablated"] - ce["clean"]
+    return {"spliced_task_accuracy": accuracy["spliced"], "task_accuracy_drop": accuracy["clean"] - accuracy["spliced"],
+            "spliced_ce": ce["spliced"], "ablated_ce": ce["ablated"], "spliced_kl": kl,
+            "loss_recovered": (ce["ablated"] - ce["spliced"]) / gap if abs(gap) > 1e-12 else float("nan")}

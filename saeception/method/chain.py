@@ -30,8 +30,9 @@ from saeception.config import Config, to_dict
 from saeception.data.tasks import TaskData, load_task
 from saeception.eval import metrics as M
 from saeception.eval.evaluate import evaluate
+from saeception.eval.latents import example_ids, latent_summary
 from saeception.method.errors import CorruptCycleError
-from saeception.method.sae import SAE, train_sae
+from saeception.method.sae import SAE, encode_all, train_sae
 from saeception.method.sharpen import build_targets, encoded_class_means, is_noop, needs_class_means
 from saeception.method.stages import ConfigView, Stage, model_fingerprint, stage_key, stage_rng
 from saeception.method.train import extract, finetune, retrain
@@ -121,6 +122,7 @@ class Setup:
     task: TaskData
     tap: TapModel
     model_source: str  # saeception.method.stages.model_fingerprint of the loaded model
+    tokenizer: Any = None  # text models: turns the latent browser's token ids back into text
 
 
 def setup(cfg: Config) -> Setup:
@@ -135,7 +137,7 @@ def setup(cfg: Config) -> Setup:
     cfg.sae.check_width(tap.width())
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     source = "mlp" if cfg.model.name == "mlp" else model_source(cfg.model.name)
-    return Setup(task, tap, model_fingerprint(source, commit))
+    return Setup(task, tap, model_fingerprint(source, commit), tokenizer)
 
 
 @dataclass
@@ -149,6 +151,7 @@ class ChainContext:
     cache: StageCache | None
     env: dict[str, str]
     keys: dict[str, str] = field(default_factory=dict)  # cycle 0's stage keys, filled as stages run
+    tokenizer: Any = None  # Setup.tokenizer
 
 
 def _env(s: Setup, device: torch.device) -> dict[str, str]:
@@ -345,13 +348,36 @@ def evaluate_cycle(r: ChainContext, cycle: int, sae: SAE, extracted: dict[str, t
     return broadcast_object(do_stage(r, EVALUATE, cycle, build) if is_main() else None)
 
 
-def write_cycle(r: ChainContext, paths: ChainPaths, cycle: int, history: list[dict], sae: SAE) -> CycleDir:
-    """Rank 0 writes the cycle's model, SAE and metrics (sealed by a manifest) and results.json."""
+def example_contents(task: TaskData, tokenizer: Any, ids: list[int], max_chars: int = 600) -> dict[str, Any]:
+    """{id: what the test example is}: its text (decoded, at most `max_chars`) or its feature vector."""
+    split = task.split("test")
+    if task.kind == "text":
+        return {str(i): tokenizer.decode(split.inputs[i], skip_special_tokens=True)[:max_chars] for i in ids}
+    return {str(i): [round(float(v), 4) for v in split.inputs[i]] for i in ids}
+
+
+def browse_latents(r: ChainContext, sae: SAE, extracted: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The latent browser's data (saeception.eval.latents) for this cycle's SAE on the test split, with the
+    examples it shows."""
+    b = r.cfg.browser
+    codes = encode_all(sae, extracted["test.acts"].to(r.device).float())
+    summary = latent_summary(codes, r.task.test.labels.to(codes.device), r.task.n_classes, b.latents, b.examples,
+                             b.score, r.cfg.eval.min_firings)
+    summary.update(kind=r.task.kind, examples=example_contents(r.task, r.tokenizer, example_ids(summary)))
+    return summary
+
+
+def write_cycle(r: ChainContext, paths: ChainPaths, cycle: int, history: list[dict], sae: SAE,
+                extracted: dict[str, torch.Tensor]) -> CycleDir:
+    """Rank 0 writes the cycle's model, SAE, metrics and latent browser data (sealed by a manifest) and
+    results.json."""
     files = paths.cycle(cycle)
     state = full_state(r.tap.model)  # every rank: a sharded model's weights are gathered together
     if is_main():
         save_weights(files.model, state, {"name": r.cfg.model.name})
         sae.save(files.sae)
+        if r.cfg.browser.latents:
+            write_json(files.latents, browse_latents(r, sae, extracted))
         # Written last: a cycle directory with metrics.json is complete.
         write_json(files.metrics, {"cycles": history})
         files.seal()
@@ -396,7 +422,7 @@ def reopen(cfg: Config, state: ChainState, device: torch.device | None = None) -
     device = device or resolve_device(cfg.device)
     s = setup(cfg)
     _place(s, cfg, device)
-    r = ChainContext(cfg, s.task, s.tap, device, None, _env(s, device))
+    r = ChainContext(cfg, s.task, s.tap, device, None, _env(s, device), tokenizer=s.tokenizer)
     _restore(r, state)
     return r, extract_all(r, state.history[-1]["cycle"])
 
@@ -434,7 +460,7 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
     device = device or resolve_device(cfg.device)
     s = prepared or setup(cfg)
     _place(s, cfg, device)
-    r = ChainContext(cfg, s.task, s.tap, device, cache, _env(s, device))
+    r = ChainContext(cfg, s.task, s.tap, device, cache, _env(s, device), tokenizer=s.tokenizer)
     r.keys[INIT.name] = stage_key(INIT, cfg, r.env, {})
     history, sae = _restore(r, resume_from)
     start = history[-1]["cycle"] + 1 if history else 0
@@ -454,7 +480,7 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
             metrics.update(retrained.metrics(extracted["train.acts"].float()))
         metrics["cycle_seconds"] = time.perf_counter() - t0
         history.append(_jsonable(metrics))
-        files = write_cycle(r, paths, cycle, history, sae)
+        files = write_cycle(r, paths, cycle, history, sae, extracted)
         if on_cycle is not None:
             on_cycle(cycle, metrics, files.path)
         sae = sae.to(device)

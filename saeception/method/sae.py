@@ -1,8 +1,14 @@
-"""Sparse autoencoders: L1 ReLU, TopK (with the AuxK dead-latent loss) and BatchTopK.
+"""Sparse autoencoders: L1 ReLU, TopK (with the AuxK dead-latent loss), BatchTopK and JumpReLU.
 
 Inputs are divided by one scalar (`input_scale`, set so that E||x||^2 = d on the training set) so
 that `l1_coefficient` and learning rates mean the same thing on every layer; `decode` undoes it, so
 codes decode back into the layer's own units. Decoder rows are kept at unit norm.
+
+JumpReLU (Rajamanoharan et al. 2024, as SAELens trains it): a latent fires where its pre-activation exceeds
+its own learned threshold; the threshold learns through a straight-through estimator with a rectangle
+kernel of width `sae.jumprelu_bandwidth`, and the sparsity penalty is the L0 norm (`sae.l0_coefficient`),
+differentiated the same way. Optionally (`sae.resample_every`) dead latents are resampled as Anthropic
+did (April 2023 update): toward inputs the SAE reconstructs worst.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class ForwardOutput:
     x_hat: Tensor  # (B, d) reconstruction in the layer's units
     mse: Tensor  # () sum of squared errors per example / d, in scaled units (E||x||^2 = d)
     l1: Tensor  # () mean L1 norm of the codes (the l1 kind's penalty)
+    l0: Tensor  # () mean active latents per example (jumprelu: differentiable in its threshold, the kind's penalty)
     auxk: Tensor  # () AuxK loss (0 when no latent is dead or `dead` was not given)
 
 
@@ -48,17 +55,24 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(torch.empty(n_latents, d))
         self.b_dec = nn.Parameter(torch.zeros(d))
         self.register_buffer("input_scale", torch.ones(()))
-        # BatchTopK's inference threshold: a running mean of the smallest kept activation.
-        self.register_buffer("threshold", torch.zeros(()))
+        if kind == "jumprelu":  # one learned threshold per latent (set by init_sae)
+            self.threshold = nn.Parameter(torch.zeros(n_latents))
+        else:  # BatchTopK's inference threshold: a running mean of the smallest kept activation.
+            self.register_buffer("threshold", torch.zeros(()))
+        self.bandwidth = JUMPRELU_BANDWIDTH  # the straight-through kernel's width (jumprelu; set by init_sae)
         # The share of its training activations each latent fires on, set at the end of train_sae (exported as
         # SAELens' sparsity.safetensors); -1 where unknown (an SAE saved before it existed, or not trained here).
         self.register_buffer("firing_density", torch.full((n_latents,), -1.0))
 
-    def pre_activations(self, x: Tensor) -> Tensor:
+    def linear(self, x: Tensor) -> Tensor:
+        """The encoder's affine map, before any nonlinearity."""
         # F.linear = one addmm with the bias: under autocast its output stays bf16 (no fp32 pass over the
         # (B, n_latents) pre-activations just to add the bias).
         x = x / self.input_scale
-        return torch.relu(F.linear(x - self.b_dec, self.W_enc.t(), self.b_enc))
+        return F.linear(x - self.b_dec, self.W_enc.t(), self.b_enc)
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        return torch.relu(self.linear(x))
 
     def activate(self, pre: Tensor, batch_topk: bool = False) -> Tensor:
         """Pre-activations -> codes. batch_topk: BatchTopK's training rule (top k·B over the batch)."""
@@ -84,13 +98,21 @@ class SAE(nn.Module):
     def forward(self, x: Tensor, batch_topk: bool = False, dead: Tensor | None = None, auxk_k: int = 64) -> ForwardOutput:
         """One pass with every output and loss term: the training step and inference share it.
         dead: (n_latents,) bool mask of dead latents, to compute the AuxK term."""
-        pre = self.pre_activations(x)
-        codes = self.activate(pre, batch_topk)
+        if self.kind == "jumprelu":
+            # The jump sees the raw affine output (as SAELens'): a ReLU first would pile every negative
+            # pre-activation at 0, inside the estimator's window around a small threshold.
+            raw = self.linear(x)
+            pre, codes = torch.relu(raw), JumpReLU.apply(raw, self.threshold.to(raw.dtype), self.bandwidth)
+            l0 = Step.apply(raw, self.threshold.to(raw.dtype), self.bandwidth).float().sum(-1).mean()
+        else:
+            pre = self.pre_activations(x)
+            codes = self.activate(pre, batch_topk)
+            l0 = (codes > 0).float().sum(-1).mean()
         x_hat = self.decode(codes)
         residual = (x.float() - x_hat) / self.input_scale
         mse = residual.pow(2).sum(-1).mean() / self.d
         auxk = auxk_loss(self, pre, residual.detach(), dead, auxk_k) if dead is not None else mse.new_zeros(())
-        return ForwardOutput(pre, codes, x_hat, mse, codes.float().sum(-1).mean(), auxk)
+        return ForwardOutput(pre, codes, x_hat, mse, codes.float().sum(-1).mean(), l0, auxk)
 
     def decoder_directions(self) -> Tensor:
         """(n_latents, d) unit-norm decoder rows."""
@@ -129,6 +151,46 @@ class SAE(nn.Module):
                              + ", ".join(f"{k} {found.get(k, 'missing')} != {expected.get(k, 'unexpected')}" for k in wrong[:3]))
         sae.load_state_dict(tensors)
         return sae.eval().requires_grad_(False)
+
+
+JUMPRELU_BANDWIDTH = 0.05  # SAELens' default, in the same units (inputs scaled so E||x||^2 = d)
+
+
+def rectangle(x: Tensor) -> Tensor:
+    return ((x > -0.5) & (x < 0.5)).to(x)
+
+
+class JumpReLU(torch.autograd.Function):
+    """x · 1[x > θ]. Gradient to x through the kept entries; to θ the straight-through estimate
+    -(θ/ε)·rect((x-θ)/ε) (the pseudo-derivative of the jump, Rajamanoharan et al. 2024)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(x, threshold)
+        ctx.bandwidth = bandwidth
+        return x * (x > threshold)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        x, threshold = ctx.saved_tensors
+        ste = threshold / ctx.bandwidth * rectangle((x - threshold) / ctx.bandwidth) * grad
+        return (x > threshold) * grad, -ste.reshape(-1, x.shape[-1]).sum(0), None
+
+
+class Step(torch.autograd.Function):
+    """1[x > θ], with the straight-through gradient -(1/ε)·rect((x-θ)/ε) to θ only (the L0 penalty)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(x, threshold)
+        ctx.bandwidth = bandwidth
+        return (x > threshold).to(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
+        x, threshold = ctx.saved_tensors
+        ste = rectangle((x - threshold) / ctx.bandwidth) * grad / ctx.bandwidth
+        return None, -ste.reshape(-1, x.shape[-1]).sum(0), None
 
 
 @torch.no_grad()
@@ -184,8 +246,51 @@ def init_sae(x_all: Tensor, cfg: SAEConfig, gen: torch.Generator) -> SAE:
     sae.normalize_decoder()
     sae.W_enc.copy_(sae.W_dec.t())
     sae.b_dec.copy_(geometric_median(sample / sae.input_scale))
-    sae.threshold.zero_()
+    sae.threshold.fill_(cfg.jumprelu_init_threshold if cfg.kind == "jumprelu" else 0.0)
+    sae.bandwidth = cfg.jumprelu_bandwidth
     return sae
+
+
+@torch.no_grad()
+def resample_dead(sae: SAE, opt: torch.optim.Optimizer, x_all: Tensor, dead: Tensor, gen: torch.Generator,
+                  init_threshold: float = 0.0, sample: int = 8192) -> int:
+    """Anthropic's resampling of dead latents (April 2023 update): on a sample of the training rows, each
+    dead latent takes the direction of one row (drawn without replacement, with probability proportional to
+    its squared reconstruction error), after b_dec: that unit vector as its decoder row, the mean alive
+    encoder norm along it (0.2 × for L1, as Anthropic) as its encoder column, encoder bias 0 (a JumpReLU
+    threshold back to its init), and
+    Adam's moments for those entries reset. Identical on every rank (one generator, one sample; under
+    torch.distributed rank 0's result is broadcast). Returns the number resampled."""
+    index = dead.nonzero().squeeze(-1)
+    if len(index) == 0:
+        return 0
+    rows = x_all[torch.randperm(len(x_all), generator=gen)[:sample].to(x_all.device)]
+    scaled = rows / sae.input_scale
+    error = (scaled - sae.decode(sae.encode(rows)) / sae.input_scale).float().pow(2).sum(-1)
+    weights = error.double().cpu() + 1e-12  # every row stays drawable when the SAE reconstructs all exactly
+    chosen = torch.multinomial(weights, len(index), replacement=len(index) > len(rows), generator=gen)
+    direction = scaled[chosen.to(rows.device)] - sae.b_dec
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    alive = ~dead
+    encoder_norm = sae.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else sae.W_enc.new_ones(())
+    sae.W_dec[index] = direction.to(sae.W_dec.dtype)
+    # Anthropic's 0.2 is for L1 SAEs; where latents compete for selection (TopK, BatchTopK, a JumpReLU threshold)
+    # a latent at a fifth of the alive norm is never selected and stays dead (63 of 64 did, on a planted dictionary).
+    gain = 0.2 if sae.kind == "l1" else 1.0
+    sae.W_enc[:, index] = (direction.t() * gain * encoder_norm).to(sae.W_enc.dtype)
+    sae.b_enc[index] = 0
+    touched = [(sae.W_dec, (index,)), (sae.W_enc, (slice(None), index)), (sae.b_enc, (index,))]
+    if sae.kind == "jumprelu":
+        sae.threshold[index] = init_threshold
+        touched.append((sae.threshold, (index,)))
+    for param, where in touched:
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in opt.state.get(param, {}):
+                opt.state[param][key][where] = 0
+    if dist_world_size() > 1:
+        for param, _ in touched:
+            dist.broadcast(param.data, 0)
+    return len(index)
 
 
 @dataclass
@@ -214,6 +319,9 @@ def sae_step(sae: SAE, opt: torch.optim.Optimizer, x_all: Tensor, state: StepSta
             loss = out.mse + (l1 if state.l1_scale is None else state.l1_scale * l1)
         else:
             loss = out.mse + cfg.auxk_coefficient * out.auxk
+            if cfg.kind == "jumprelu":
+                l0 = cfg.l0_coefficient * out.l0
+                loss = loss + (l0 if state.l1_scale is None else state.l1_scale * l0)
     state.loss_sum.add_(loss.detach())
     opt.zero_grad(set_to_none=False)
     loss.backward()
@@ -225,6 +333,8 @@ def sae_step(sae: SAE, opt: torch.optim.Optimizer, x_all: Tensor, state: StepSta
     opt.step()
     sae.normalize_decoder()
     with torch.no_grad():
+        if cfg.kind == "jumprelu":  # kept >= 0 by projection (a clamp in the graph would stop its gradient at 0)
+            sae.threshold.clamp_(min=0)
         fired = (out.codes.detach() > 0).any(0).float()
         if cfg.kind == "batchtopk":
             z = out.codes.detach()
@@ -263,7 +373,9 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
     cuda = device.type == "cuda"
     # Captured only where it was checked on a GPU (graph == eager, BENCHMARKS.md): TopK in one process.
     # Not with a schedule: a captured step would replay the learning rate it was captured with.
-    graphs = cuda and cfg.cuda_graphs and dist_world_size() == 1 and cfg.kind == "topk" and not cfg.scheduled
+    # Nor with resampling, which rewrites parameters and optimiser state between steps (not checked on a GPU).
+    graphs = (cuda and cfg.cuda_graphs and dist_world_size() == 1 and cfg.kind == "topk" and not cfg.scheduled
+              and cfg.resample_every == 0)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), **({"fused": True, "capturable": graphs} if cuda else {}))
     batch = min(cfg.batch_size, n)
     state = StepState(torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(sae.n_latents, device=device),
@@ -276,6 +388,7 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
     captured: dict[bool, tuple[torch.cuda.CUDAGraph, tuple[Tensor, Tensor]]] = {}
     side = torch.cuda.Stream() if graphs else None
     aux_on, checked = False, 0
+    resample_gen = torch.Generator().manual_seed(seed)
     for i in range(cfg.steps):
         state.index.copy_(torch.randint(0, n, (batch,), generator=index_gen, device=device))
         if cfg.scheduled:
@@ -303,6 +416,11 @@ def train_sae(activations: Tensor, cfg: SAEConfig | None = None, seed: int = 0,
                 raise DivergedError(f"SAE loss became {value} between steps {checked} and {i} (sae.lr {cfg.lr})")
             checked = i + 1
             aux_on = cfg.kind != "l1" and cfg.auxk_coefficient > 0 and bool((state.since_fired >= cfg.dead_after).any())
+        if cfg.resample_every and (i + 1) % cfg.resample_every == 0 and i + 1 < cfg.steps:
+            dead = state.since_fired >= cfg.dead_after
+            n_dead = resample_dead(sae, opt, x_all, dead, resample_gen, cfg.jumprelu_init_threshold)
+            state.since_fired.masked_fill_(dead, 0)
+            log.debug("sae step %d: resampled %d dead latents", i, n_dead)
         if i % 500 == 0 and log.isEnabledFor(logging.DEBUG):
             log.debug("sae step %d loss %.4f mse %.4f", i, loss.item(), mse.item())
     sae.eval().requires_grad_(False)

@@ -36,6 +36,11 @@ class CycleDir:
         return self.path / "metrics.json"
 
     @property
+    def latents(self) -> Path:
+        """The latent browser's data (saeception.eval.latents; absent with browser.latents 0 or before it existed)."""
+        return self.path / "latents.json"
+
+    @property
     def manifest(self) -> Path:
         """Size and SHA-256 of every other file; written last, so its presence marks a complete cycle."""
         return self.path / MANIFEST

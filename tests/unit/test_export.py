@@ -1,6 +1,7 @@
 """Export round trips through the real libraries: SAELens and sparsify load the exported SAE and give
 saeception's codes and reconstructions; Hugging Face loads the classifier and gives its logits."""
 
+import html
 import importlib.util
 import json
 import os
@@ -15,7 +16,7 @@ import torch
 from paths import REPO
 from safetensors.torch import load_file
 
-from saeception.config import ModelConfig, build_config
+from saeception.config import SAE_KINDS, ModelConfig, build_config
 from saeception.export import ExportError, build_classifier, export_run, main
 from saeception.method.chain import run_chain
 from saeception.method.sae import SAE
@@ -31,7 +32,7 @@ FAST = {"device": "cpu", "finetune.epochs": 1, "sae.steps": 100, "sae.batch_size
 def mlp_runs(tmp_path_factory) -> dict[str, Path]:
     """One MLP run per SAE kind; the TopK run has two cycles (for the cycle choice)."""
     runs = {}
-    for kind in ("topk", "l1", "batchtopk"):
+    for kind in SAE_KINDS:
         root = tmp_path_factory.mktemp(f"run_{kind}")
         run_chain(build_config({**FAST, "sae.kind": kind, "chain.cycles": 1 if kind == "topk" else 0}), root)
         runs[kind] = root
@@ -65,7 +66,8 @@ def ours(run: Path, cycle: int) -> SAE:
     return SAE.load(ChainPaths(run).cycle(cycle).sae)
 
 
-@pytest.mark.parametrize("kind,architecture", [("topk", "TopKSAE"), ("l1", "StandardSAE"), ("batchtopk", "JumpReLUSAE")])
+@pytest.mark.parametrize("kind,architecture", [("topk", "TopKSAE"), ("l1", "StandardSAE"), ("batchtopk", "JumpReLUSAE"),
+                                               ("jumprelu", "JumpReLUSAE")])
 def test_saelens_round_trip(mlp_runs, tmp_path, kind, architecture):
     sae_lens = pytest.importorskip("sae_lens", reason="sae-lens not installed (pip install saeception[export])")
     written = export_run(mlp_runs[kind], tmp_path / "out", formats=["saelens"])
@@ -89,10 +91,12 @@ def test_saelens_round_trip(mlp_runs, tmp_path, kind, architecture):
     sparsity = load_file(str(written["saelens"] / "sparsity.safetensors"))["sparsity"]
     assert sparsity.shape == (sae.n_latents,) and (sae.firing_density >= 0).all()
     assert torch.allclose(sparsity, torch.log10(sae.firing_density + 1e-10))
-    if kind == "batchtopk":
+    if kind in ("batchtopk", "jumprelu"):
         # The threshold must cut some positive pre-activations, or the test could not see it.
         pre = torch.relu((x / sae.input_scale - sae.b_dec) @ sae.W_enc + sae.b_enc)
         assert ((pre > 0) & (pre <= sae.threshold)).any()
+    if kind == "jumprelu":  # one learned threshold per latent, folded with the scale
+        assert torch.allclose(theirs.threshold, sae.threshold * sae.input_scale) and sae.threshold.std() > 0
 
 
 def test_sparsify_round_trip(mlp_runs, tmp_path):
@@ -117,7 +121,7 @@ def test_sparsify_refuses_non_topk(mlp_runs, tmp_path):
         export_run(mlp_runs["l1"], tmp_path / "out", formats=["sparsify"])
     assert not (tmp_path / "out").exists()
     written = export_run(mlp_runs["l1"], tmp_path / "out")  # the default skips it, and the card says why
-    assert set(written) == {"saelens", "hf", "card"}
+    assert set(written) == {"saelens", "hf", "browser", "card"}
     assert "No sparsify export" in written["card"].read_text()
 
 
@@ -141,9 +145,10 @@ def test_gpt2_export(gpt2_run, gpt2_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     written = export_run(gpt2_run, tmp_path / "out")
-    assert set(written) == {"saelens", "sparsify", "hf", "card"}
+    assert set(written) == {"saelens", "sparsify", "hf", "browser", "card"}
     cfg = json.loads((written["saelens"] / "cfg.json").read_text())
-    assert cfg["metadata"]["hook_name"] == "transformer.h.1" and cfg["metadata"]["saeception"]["pooling"] == "last"
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post" and cfg["metadata"]["saeception"]["pooling"] == "last"
+    assert cfg["metadata"]["saeception"]["module"] == "transformer.h.1"
     # sparsify loads the base model (AutoModel: GPT2Model), whose layer is `h.1`, not the wrapper's name.
     assert written["sparsify"].name == "h.1"
     from transformers import AutoModel
@@ -248,9 +253,93 @@ def test_cli_as_a_user_runs_it(mlp_runs, tmp_path):
            "--format", "saelens", "--format", "hf"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "classifier", "saelens"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "classifier", "latents.html", "saelens"]
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     assert again.returncode == 2 and again.stderr.startswith("error: --out:") and len(again.stderr.splitlines()) == 1
     (tmp_path / "out" / "mine.txt").write_text("kept")
     assert main([*cmd[3:], "--force"]) == 0
     assert (tmp_path / "out" / "mine.txt").read_text() == "kept"  # --force replaces only what the export writes
+
+
+def chromium_dom(page: Path, tmp_path: Path) -> str:
+    """The page's DOM after a real headless browser (Debian's chromium) loaded it from disk, offline; and a
+    screenshot it painted."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (apt-get install chromium; .ci/run installs it)")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = subprocess.run([*flags, f"--screenshot={tmp_path / 'page.png'}", "--window-size=1000,800", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.returncode == 0 and (tmp_path / "page.png").stat().st_size > 10_000, shot.stderr[-2000:]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout
+
+
+@pytest.mark.parametrize("which", ["mlp", "gpt2"])
+def test_the_latent_browser_opens_in_a_real_browser_and_shows_the_latents(which, mlp_runs, gpt2_run, tmp_path):
+    """best/latents.html (any export of a cycle): the top latents by the chosen score, each with its top-activating
+    test examples (digits as images, texts as text), found in the DOM chromium built from the file."""
+    run = mlp_runs["topk"] if which == "mlp" else gpt2_run
+    cycle_dir = ChainPaths(run).cycle(1 if which == "mlp" else 0)
+    summary = json.loads(cycle_dir.latents.read_text())
+    written = export_run(run, tmp_path / "out", formats=["saelens"])
+    assert "latents.html" in written["card"].read_text()
+    dom = chromium_dom(written["browser"], tmp_path)
+    shown = [int(x) for x in re.findall(r'<section class="latent" id="latent-\d+" data-latent="(\d+)"', dom)]
+    assert shown == [d["latent"] for d in summary["latents"]] and 0 < len(shown) <= 32
+    assert all(d["firings"] >= 5 for d in summary["latents"])  # eval.min_firings
+    scores = [d["score"] for d in summary["latents"]]
+    assert scores == sorted(scores, reverse=True)  # by CSI, the default browser.score
+    examples = dom.count('<li class="example"')
+    assert examples == sum(len(d["top"]) for d in summary["latents"]) and examples > len(shown)
+    if which == "mlp":
+        assert dom.count('<img class="image"') == examples  # each 8 x 8 digit drawn
+    else:
+        first = summary["latents"][0]["top"][0]["id"]
+        text = summary["examples"][str(first)]
+        assert text and html.escape(text) in dom  # the example's own text
+
+
+def test_saelens_splices_the_gpt2_sae_into_transformer_lens_by_its_hook_name(gpt2_run, tmp_path):
+    """SAELens' hook_name is TransformerLens' `blocks.1.hook_resid_post` (model_class_name HookedTransformer):
+    HookedSAETransformer, built offline from the exported classifier's GPT-2 weights, runs the exported SAE there,
+    on the activations saeception's tap reads, giving saeception's reconstructions."""
+    sae_lens = pytest.importorskip("sae_lens", reason="sae-lens not installed (pip install saeception[export])")
+    from types import SimpleNamespace
+
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    written = export_run(gpt2_run, tmp_path / "out", formats=["saelens", "hf"])
+    theirs = sae_lens.SAE.load_from_disk(written["saelens"], device="cpu")
+    meta = theirs.cfg.metadata
+    assert (meta.hook_name, meta.model_class_name) == ("blocks.1.hook_resid_post", "HookedTransformer")
+    assert meta.saeception["module"] == "transformer.h.1"
+    hf = AutoModelForSequenceClassification.from_pretrained(written["hf"]).eval()
+    c = hf.config
+    cfg = HookedTransformerConfig(d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head,
+                                  d_mlp=c.n_inner or 4 * c.n_embd, n_layers=c.n_layer, n_ctx=c.n_positions,
+                                  eps=c.layer_norm_epsilon, d_vocab=c.vocab_size, act_fn=c.activation_function,
+                                  normalization_type="LN", original_architecture="GPT2LMHeadModel")
+    tl = sae_lens.HookedSAETransformer(cfg)
+    lm = SimpleNamespace(transformer=hf.transformer, lm_head=SimpleNamespace(weight=hf.transformer.wte.weight))
+    tl.load_state_dict(convert_gpt2_weights(lm, cfg), strict=False)
+    tl.eval()
+    ids = AutoTokenizer.from_pretrained(written["hf"])("apple banana the cherry violin", return_tensors="pt")["input_ids"]
+    seen = {}
+    handle = hf.get_submodule(meta.saeception["module"]).register_forward_hook(lambda m, i, o: seen.update(h=o[0] if isinstance(o, tuple) else o))
+    ours_sae = ours(gpt2_run, 0)
+    with torch.no_grad():
+        hf(ids)
+        handle.remove()
+        h = seen["h"][0]  # (T, d): what saeception's tap reads, every token
+        plain = tl(ids)
+        spliced, cache = tl.run_with_cache_with_saes(ids, saes=[theirs])
+    hook = meta.hook_name
+    assert rel(cache[f"{hook}.hook_sae_input"][0], h) < 1e-4
+    recon = ours_sae.decode(ours_sae.encode(h))
+    assert rel(cache[f"{hook}.hook_sae_recons"][0], recon) < 1e-4
+    assert not torch.allclose(spliced, plain)  # the reconstruction replaced the layer downstream

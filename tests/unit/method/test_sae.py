@@ -2,9 +2,19 @@ import pytest
 import torch
 from planted import mean_max_cosine, planted
 
-from saeception.config import ConfigError, SAEConfig
+from saeception.config import SAE_KINDS, ConfigError, SAEConfig
 from saeception.method.errors import DivergedError
-from saeception.method.sae import SAE, auxk_loss, decode_topk, geometric_median, topk_rows, train_sae
+from saeception.method.sae import (
+    SAE,
+    JumpReLU,
+    Step,
+    auxk_loss,
+    decode_topk,
+    geometric_median,
+    resample_dead,
+    topk_rows,
+    train_sae,
+)
 
 
 def test_topk_recovers_planted_dictionary():
@@ -14,7 +24,7 @@ def test_topk_recovers_planted_dictionary():
     assert mmcs >= 0.9, f"mean max cosine {mmcs:.3f}"
 
 
-@pytest.mark.parametrize("kind", ["l1", "topk", "batchtopk"])
+@pytest.mark.parametrize("kind", SAE_KINDS)
 def test_every_kind_trains_and_reconstructs(kind):
     x, _ = planted(n=2048)
     sae = train_sae(x, SAEConfig(kind=kind, expansion_factor=2, k=4, steps=300))
@@ -28,6 +38,9 @@ def test_every_kind_trains_and_reconstructs(kind):
     if kind == "batchtopk":
         assert sae.threshold > 0
         assert (z > 0).sum(1).float().mean() < 12
+    if kind == "jumprelu":  # one threshold per latent, each learned from the init, never negative
+        assert sae.threshold.shape == (sae.n_latents,) and (sae.threshold >= 0).all()
+        assert sae.threshold.std() > 0 and sae.threshold.mean() > 2 * SAEConfig().jumprelu_init_threshold
 
 
 def test_input_scale_makes_codes_decode_in_layer_units():
@@ -116,7 +129,7 @@ def test_topk_rows_selects_exactly_the_row_top_k():
     assert torch.equal(x.grad, torch.zeros_like(x).scatter(-1, ref_index, 1.0))
 
 
-@pytest.mark.parametrize("kind", ["topk", "l1", "batchtopk"])
+@pytest.mark.parametrize("kind", SAE_KINDS)
 def test_a_trained_sae_keeps_each_latents_firing_density_on_its_training_rows(kind, tmp_path):
     """What SAELens' sparsity.safetensors (and SAEBench, Neuronpedia) read; saved and loaded with the SAE.
     An SAE file written before the density was kept loads with it unknown (-1)."""
@@ -178,3 +191,87 @@ def test_training_follows_its_schedule_and_recovers_a_planted_dictionary(kind, e
     if kind == "l1":  # held in a float32 tensor on the device
         assert list(scales) == pytest.approx([cfg.l1_scale_at(i) for i in range(cfg.steps)], rel=1e-6)
     assert mean_max_cosine(atoms, sae) >= recovered
+
+
+def test_jumprelu_gradients_are_the_straight_through_estimates():
+    """Rajamanoharan et al. 2024 (and SAELens' JumpReLU): d/dx of x·1[x>θ] is 1[x>θ]; d/dθ is -(θ/ε)·rect((x-θ)/ε),
+    and for the L0 step -(1/ε)·rect((x-θ)/ε), summed over the batch; a plain mask would give θ no gradient."""
+    x = torch.tensor([[0.30, 0.52, 0.10], [0.49, 0.70, -0.2]], requires_grad=True)
+    theta = torch.tensor([0.5, 0.5, 0.1], requires_grad=True)
+    eps = 0.05
+    out = JumpReLU.apply(x, theta, eps)
+    assert torch.equal(out.detach(), torch.tensor([[0.0, 0.52, 0.0], [0.0, 0.70, 0.0]]))
+    out.sum().backward()
+    window = ((x.detach() - theta.detach()).abs() < eps / 2).float()  # 0.52 and 0.49 near 0.5; 0.10 at 0.1
+    assert torch.equal(x.grad, (x.detach() > theta.detach()).float())
+    assert torch.allclose(theta.grad, -(theta.detach() / eps * window).sum(0))
+    theta.grad = None
+    Step.apply(x, theta, eps).sum().backward()
+    assert torch.allclose(theta.grad, -(window / eps).sum(0))
+
+
+def test_jumprelu_recovers_a_planted_dictionary_at_about_its_sparsity():
+    """The thresholds learn (through the estimator) to cut the planted codes to about their 4 atoms per row
+    (bench/sae_kinds.py, BENCHMARKS.md, for the coefficient and learning rate)."""
+    x, atoms = planted()
+    sae = train_sae(x, SAEConfig(kind="jumprelu", expansion_factor=4, l0_coefficient=0.03, lr=3e-3))
+    l0 = float((sae.encode(x) > 0).sum(1).float().mean())
+    assert 2 <= l0 <= 8, f"L0 {l0:.1f}"
+    assert mean_max_cosine(atoms, sae) >= 0.85
+
+
+@pytest.mark.parametrize("kind,gain", [("l1", 0.2), ("topk", 1.0)])
+def test_resampling_points_dead_latents_at_the_worst_reconstructed_rows(kind, gain):
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    sae = SAE(6, 10, kind, 2)
+    torch.nn.init.normal_(sae.W_enc)
+    sae.W_dec.data = torch.randn(10, 6)
+    sae.normalize_decoder()
+    opt = torch.optim.Adam(sae.parameters())
+    sae(x).mse.backward()
+    opt.step()
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    dead = torch.zeros(10, dtype=torch.bool)
+    dead[[1, 7]] = True
+    # Two rows the SAE cannot reconstruct at all: they hold nearly all the error mass, so the two dead latents
+    # take them, one each (rows are drawn without replacement).
+    x[[5, 9]] = 1000 * torch.randn(2, 6)
+    assert resample_dead(sae, opt, x, dead, torch.Generator().manual_seed(0)) == 2
+    directions = (x[[5, 9]] - sae.b_dec) / (x[[5, 9]] - sae.b_dec).norm(dim=-1, keepdim=True)
+    found = sae.W_dec[[1, 7]]
+    assert torch.allclose(found, directions, atol=1e-6) or torch.allclose(found, directions.flip(0), atol=1e-6)
+    alive_norm = before["W_enc"][:, ~dead].norm(dim=0).mean()
+    assert torch.allclose(sae.W_enc[:, [1, 7]].norm(dim=0), gain * alive_norm.expand(2))
+    assert (sae.b_enc[[1, 7]] == 0).all()
+    for name in ("W_enc", "W_dec", "b_enc"):  # the live latents are untouched
+        keep = (slice(None), ~dead) if name == "W_enc" else (~dead,)
+        assert torch.equal(getattr(sae, name)[keep], before[name][keep])
+    for param, where in ((sae.W_dec, (dead,)), (sae.W_enc, (slice(None), dead))):
+        assert (opt.state[param]["exp_avg"][where] == 0).all() and (opt.state[param]["exp_avg_sq"][where] == 0).all()
+        assert (opt.state[param]["exp_avg"] != 0).any()
+    assert resample_dead(sae, opt, x, torch.zeros(10, dtype=torch.bool), torch.Generator()) == 0
+
+
+@pytest.mark.parametrize("kind", ["l1", "topk"])
+def test_resampling_revives_latents_that_start_dead(kind, monkeypatch):
+    """Half the latents start with an encoder bias no input overcomes (and TopK has no AuxK here): only
+    resampling brings them back, and with them more of the planted atoms (bench/sae_kinds.py, BENCHMARKS.md 15
+    for the default, off)."""
+    from saeception.method import sae as sae_module
+
+    init = sae_module.init_sae
+
+    def half_dead(x_all, cfg, gen):
+        sae = init(x_all, cfg, gen)
+        sae.b_enc.data[sae.n_latents // 2:] = -1e3
+        return sae
+
+    monkeypatch.setattr(sae_module, "init_sae", half_dead)
+    x, atoms = planted()
+    found = {}
+    for every in (0, 100):
+        sae = train_sae(x, SAEConfig(kind=kind, expansion_factor=4, k=4, auxk_coefficient=0, steps=800, resample_every=every))
+        found[every] = int((sae.firing_density == 0).sum()), mean_max_cosine(atoms, sae)
+    assert found[0][0] >= sae.n_latents // 2 and found[100][0] < sae.n_latents // 8, found
+    assert found[100][1] >= found[0][1] + 0.05, found

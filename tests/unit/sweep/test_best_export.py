@@ -45,7 +45,7 @@ def test_best_trial_is_exported_and_logged_under_best(finished_trial, tmp_path):
     assert "## What was searched" in card and "`sae.k`: 4" in card and "`val_sae_u` = 0.5000" in card
     assert results["splits"]["test"]["ids_sha256"] in card  # the split hashes, from the trial run's tags
     logged = {a.path for a in tracker.client.list_artifacts(parent, "best")}
-    assert {"best/README.md", "best/saelens", "best/sparsify", "best/classifier"} <= logged
+    assert {"best/README.md", "best/latents.html", "best/saelens", "best/sparsify", "best/classifier"} <= logged
     saelens = {a.path for a in tracker.client.list_artifacts(parent, "best/saelens")}
     assert saelens == {"best/saelens/cfg.json", "best/saelens/sae_weights.safetensors", "best/saelens/sparsity.safetensors"}
 
