@@ -43,8 +43,10 @@ ARM_DOC = {
     "prototype": "target = the class mean of h (no SAE)",
     "nosharpen": "sharpen.top_k_pct = 100: the SAE reconstruction",
 }
-# Metrics summarised by default (the method's claim: more monosemantic, accuracy kept).
-SUMMARY_METRICS = ("task_accuracy", "sae_u", "sae_csi", "probe_accuracy", "k_sparse_probe_accuracy_k1", "aux_cosine")
+# Metrics summarised by default (the method's claim: more monosemantic, accuracy kept, the SAE still faithful
+# when spliced in).
+SUMMARY_METRICS = ("task_accuracy", "sae_u", "sae_csi", "probe_accuracy", "k_sparse_probe_accuracy_k1", "loss_recovered",
+                   "aux_cosine")
 # Per arm, what its targets kept (reported beside the metrics, never compared).
 KEPT_METRICS = ("sharpen_kept_fraction", "sharpen_kept_active", "sharpen_empty_fraction")
 # The direction in which a metric is better; metrics not here get no verdict (l0, aux_* are descriptions
@@ -55,6 +57,8 @@ METRIC_MODES = {
     "sae_csi": "max", "sae_u": "max", "sae_csi_all": "max", "sae_u_all": "max", "base_csi": "max", "base_u": "max",
     "ari": "max", "silhouette": "max", "davies_bouldin": "min", "calinski_harabasz": "max",
     "explained_variance": "max", "dead_pct": "min",
+    "spliced_task_accuracy": "max", "task_accuracy_drop": "min", "spliced_ce": "min", "spliced_kl": "min",
+    "loss_recovered": "max",
 }
 # Equivalence margins: a difference inside ±margin is no difference that matters. task_accuracy's is a
 # choice (half a point); the others are about twice the SAE-seed spread measured on the default chain

@@ -27,6 +27,7 @@ METRIC_NAMES = (
     "sae_csi", "sae_u", "base_csi", "base_u", "sae_csi_all", "sae_u_all", "sae_scored_latents",
     "ari", "silhouette", "davies_bouldin", "calinski_harabasz",
     "l0", "dead_pct", "explained_variance",
+    *M.FIDELITY_METRICS,  # computed by the chain (a model forward on every rank), not by evaluate()
     *AUX_METRICS,
 )
 # Computed on the train split during retraining (cycle >= 1): no val_ twin.

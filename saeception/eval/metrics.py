@@ -195,6 +195,10 @@ def cosine(h: Tensor, targets: Tensor, center: Tensor | None = None) -> float:
     return float(torch.nn.functional.cosine_similarity(h, targets, dim=-1).mean())
 
 
+# fidelity_metrics' names, in its order.
+FIDELITY_METRICS = ("spliced_task_accuracy", "task_accuracy_drop", "spliced_ce", "ablated_ce", "spliced_kl", "loss_recovered")
+
+
 def fidelity_metrics(clean: Tensor, spliced: Tensor, ablated: Tensor, labels: Tensor) -> dict[str, float]:
     """Spliced-in fidelity from logits (N, C) of the same examples: the model as it is (`clean`), with the
     tapped layer's output replaced by the SAE's reconstruction (`spliced`) and by zero (`ablated`).

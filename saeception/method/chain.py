@@ -36,7 +36,7 @@ from saeception.method.sae import SAE, encode_all, train_sae
 from saeception.method.sharpen import build_targets, encoded_class_means, is_noop, needs_class_means
 from saeception.method.stages import ConfigView, Stage, model_fingerprint, stage_key, stage_rng
 from saeception.method.train import extract, finetune, retrain
-from saeception.models.classifiers import TapModel, build_model, load_tokenizer, model_source
+from saeception.models.classifiers import TapModel, build_model, load_tokenizer, model_source, splice
 from saeception.parallel.accel import precision
 from saeception.parallel.distributed import (
     barrier,
@@ -335,8 +335,33 @@ def train_cycle_sae(r: ChainContext, cycle: int, extracted: dict[str, torch.Tens
     return do_stage(r, SAE_STAGE, cycle, build, lambda v, d: v.save(d / "sae"), lambda d: SAE.load(d / "sae"))
 
 
+def splice_fidelity(r: ChainContext, sae: SAE, extracted: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Spliced-in fidelity on test and val (M.fidelity_metrics): the model run again with the target layer's
+    output replaced by the SAE's reconstruction, and by zero, where the SAE reads it (classifiers.splice:
+    every token for an all-token SAE or the MLP's layer, else the pooled value). Every rank runs the forwards
+    (a sharded model needs them all) and gets the same numbers."""
+    sae = sae.to(r.device)
+    how = None if not r.tap.is_text or r.cfg.sae.tokens == "all" else r.tap.pooling
+
+    def reconstruct(x: torch.Tensor) -> torch.Tensor:
+        return sae.decode(sae.encode(x.float())).to(x.dtype)
+
+    out = {}
+    for split, prefix in (("test", ""), ("val", "val_")):
+        logits = {}
+        for name, replace in (("spliced", reconstruct), ("ablated", torch.zeros_like)):
+            def edit(batch: dict[str, torch.Tensor], replace=replace) -> Callable[[torch.Tensor], torch.Tensor]:
+                return lambda h: splice(h, batch.get("attention_mask"), replace, how)
+
+            logits[name] = extract(r.tap, r.task, split, r.cfg.finetune.batch_size, r.device, edit=edit)[1]
+        row = M.fidelity_metrics(extracted[f"{split}.logits"], logits["spliced"], logits["ablated"], r.task.split(split).labels)
+        out.update({prefix + k: v for k, v in row.items()})
+    return out
+
+
 def evaluate_cycle(r: ChainContext, cycle: int, sae: SAE, extracted: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The metric set, computed on the chain's device (rank 0 computes it; every rank gets the same dict)."""
+    """The metric set, computed on the chain's device (rank 0 computes it; every rank gets the same dict),
+    and the spliced-in fidelity (every rank)."""
 
     def build(view: ConfigView, seed: int) -> dict[str, Any]:
         # On the chain's device: the probes and cluster metrics run where the codes are (eval.backend).
@@ -345,7 +370,8 @@ def evaluate_cycle(r: ChainContext, cycle: int, sae: SAE, extracted: dict[str, t
         labels = {s: r.task.split(s).labels for s in SPLITS}
         return evaluate(sae.to(r.device), acts, logits, labels, r.task.n_classes, view.eval, seed)
 
-    return broadcast_object(do_stage(r, EVALUATE, cycle, build) if is_main() else None)
+    fidelity = splice_fidelity(r, sae, extracted)
+    return {**broadcast_object(do_stage(r, EVALUATE, cycle, build) if is_main() else None), **fidelity}
 
 
 def example_contents(task: TaskData, tokenizer: Any, ids: list[int], max_chars: int = 600) -> dict[str, Any]:

@@ -8,6 +8,7 @@ gathers every rank's rows back into one tensor ordered by example id.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -107,15 +108,18 @@ def retrain(tap: TapModel, task: TaskData, targets: Tensor, cfg: AuxConfig, devi
 
 @torch.no_grad()
 def extract(tap: TapModel, task: TaskData, split: str, batch_size: int, device: torch.device,
-            tokens: bool = False) -> tuple[Tensor, Tensor]:
+            tokens: bool = False, edit: Callable[[dict[str, Tensor]], Callable[[Tensor], Tensor]] | None = None
+            ) -> tuple[Tensor, Tensor]:
     """Pooled target-layer activations (N, d) and logits (N, C) for a split, row i = example id i.
     With tokens=True the first tensor instead holds every real token's activation once, ordered by
-    (example id, position) whatever the world size (DDP shards repeat a few examples: dropped here)."""
+    (example id, position) whatever the world size (DDP shards repeat a few examples: dropped here).
+    edit(batch): the replacement of the target layer's output in that batch's forward (TapModel.editing),
+    e.g. the SAE spliced in; the activations returned are then the replaced ones."""
     tap.eval()
     ids, hs, logits_all, positions = [], [], [], []
     for batch in loader(task, split, batch_size, shuffle=False, distributed=is_distributed(), pin_memory=device.type == "cuda"):
         batch = _to(batch, device)
-        with autocast(device):
+        with autocast(device), tap.editing(edit(batch) if edit else None):
             if tokens:
                 hs.append(tap.tokens(batch).float())
             else:

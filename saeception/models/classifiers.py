@@ -9,8 +9,10 @@ depend on how much padding its batch has; the model's head and the tap use the t
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +61,23 @@ def pool(hidden: Tensor, attention_mask: Tensor, how: str) -> Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
 
 
+def splice(hidden: Tensor, attention_mask: Tensor | None, replace: Callable[[Tensor], Tensor], how: str | None) -> Tensor:
+    """The target layer's output with what the SAE reads replaced by `replace(that)`: every row/token when
+    `how` is None (the MLP's layer, or an SAE trained on every token), else the pooled value only, by adding
+    replace(p) - p to the tokens p pools (the last or first real token; every real token for "mean"), so the
+    pooled value becomes replace(p) exactly. Tokens the pool does not read are untouched."""
+    if how is None:
+        return replace(hidden)
+    pooled = pool(hidden, attention_mask, how)
+    delta = (replace(pooled) - pooled).to(hidden.dtype)
+    if how == "mean":
+        moved = attention_mask.to(hidden.dtype)
+    else:  # one-hot at the pooled token: that row of the identity, picked by pool itself
+        eye = torch.eye(hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
+        moved = pool(eye.expand(hidden.shape[0], -1, -1), attention_mask, how)
+    return hidden + moved.unsqueeze(-1) * delta.unsqueeze(1)
+
+
 def block_list(model: nn.Module) -> nn.ModuleList:
     """The transformer's list of blocks: the ModuleList whose length is the config's layer count."""
     n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
@@ -102,14 +121,29 @@ class TapModel(nn.Module):
             pooling = "first" if model_type in _ENCODER_TYPES else "last"
         self.pooling = pooling
         self._captured: Tensor | None = None
+        self._edit: Callable[[Tensor], Tensor] | None = None  # set by `editing`: replaces the target's output
         # Models that take position ids get them from the mask (real tokens count 0, 1, 2, ...), so left
         # padding does not shift positions (GPT-2's absolute embeddings, rotary models).
         self._position_ids = self.is_text and "position_ids" in inspect.signature(model.forward).parameters
         self.target.register_forward_hook(self._hook)
 
-    def _hook(self, module: nn.Module, inputs, output) -> None:
+    def _hook(self, module: nn.Module, inputs, output):
         # No detach: h must stay in the graph for the auxiliary loss to have a gradient.
-        self._captured = output[0] if isinstance(output, tuple) else output
+        h = output[0] if isinstance(output, tuple) else output
+        if self._edit is None:
+            self._captured = h
+            return None
+        self._captured = h = self._edit(h)
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+    @contextlib.contextmanager
+    def editing(self, edit: Callable[[Tensor], Tensor] | None):
+        """Within: the target layer's output is replaced by edit(output) in the forward (None: unchanged)."""
+        self._edit = edit
+        try:
+            yield self
+        finally:
+            self._edit = None
 
     def _text_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         mask = batch["attention_mask"]

@@ -1,4 +1,6 @@
+import math
 
+import pytest
 import torch
 from helpers import per_latent_reference as brute_force
 from sklearn.metrics import f1_score
@@ -91,3 +93,22 @@ def test_a_latent_that_fires_once_does_not_move_the_per_latent_means():
     assert more["csi"] == base["csi"] and more["u"] == base["u"] and more["n"] == base["n"] == 12
     assert more["csi_all"] != base["csi_all"] and more["u_all"] != base["u_all"]
     assert M.csi_per_latent(once, labels)[0] == 1.0
+
+
+def test_fidelity_metrics_span_zero_ablation_to_a_perfect_splice():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (50,))
+    clean = torch.randn(50, 3) + 4 * torch.nn.functional.one_hot(labels, 3)
+    ablated = torch.zeros(50, 3)
+    perfect = M.fidelity_metrics(clean, clean, ablated, labels)
+    assert set(perfect) == set(M.FIDELITY_METRICS)
+    assert perfect["loss_recovered"] == pytest.approx(1.0) and perfect["spliced_kl"] == pytest.approx(0.0, abs=1e-12)
+    assert perfect["task_accuracy_drop"] == 0.0
+    assert M.fidelity_metrics(clean, ablated, ablated, labels)["loss_recovered"] == pytest.approx(0.0, abs=1e-12)
+    half = M.fidelity_metrics(clean, clean / 2, ablated, labels)
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(ablated.double(), labels) - ce(clean.double() / 2, labels)) / (ce(ablated.double(), labels) - ce(clean.double(), labels))
+    assert half["loss_recovered"] == pytest.approx(float(expected)) and 0 < half["loss_recovered"] < 1
+    p, q = clean.double().softmax(-1), (clean.double() / 2).softmax(-1)
+    assert half["spliced_kl"] == pytest.approx(float((p * (p / q).log()).sum(-1).mean()))
+    assert math.isnan(M.fidelity_metrics(clean, ablated, clean, labels)["loss_recovered"])  # ablation costs nothing

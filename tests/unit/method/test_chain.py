@@ -46,6 +46,34 @@ def test_chain_reports_every_metric_and_resumes(tmp_path):
     assert again[1]["aux_cosine"] == pytest.approx(history[1]["aux_cosine"], abs=1e-6)
 
 
+def test_spliced_fidelity_is_the_model_run_on_the_sae_reconstruction(tmp_path):
+    """The MLP taps its last hidden layer, so splicing the SAE in gives head(reconstruction): computed here by
+    hand from the cycle's files and compared with what the chain logged."""
+    from saeception.data.tasks import load_task
+    from saeception.eval.metrics import FIDELITY_METRICS
+    from saeception.export import build_classifier
+    from saeception.method.sae import SAE
+    from saeception.models.classifiers import TapModel
+    from saeception.store.artifacts import load_weights
+
+    cfg = tiny(chain__cycles=0)
+    paths = ChainPaths(tmp_path)
+    m = run_chain(cfg, paths)[0]
+    assert all(name in m and f"val_{name}" in m for name in FIDELITY_METRICS)
+    model = build_classifier("mlp", load_weights(paths.cycle(0).model)[0]).eval()
+    sae = SAE.load(paths.cycle(0).sae)
+    test = load_task(cfg.data).test
+    with torch.no_grad():
+        logits, h = TapModel(model, cfg.model.layer)({"features": test.inputs})
+        spliced = model.head(sae.decode(sae.encode(h)))
+        ce = torch.nn.functional.cross_entropy
+        assert m["spliced_ce"] == pytest.approx(float(ce(spliced.double(), test.labels)), rel=1e-4)
+        assert m["ablated_ce"] == pytest.approx(float(ce(model.head(torch.zeros_like(h)).double(), test.labels)), rel=1e-4)
+    assert m["spliced_task_accuracy"] == pytest.approx(float((spliced.argmax(-1) == test.labels).double().mean()))
+    assert m["spliced_kl"] > 0 and m["loss_recovered"] < 1.2 and m["ablated_ce"] > m["spliced_ce"]
+    assert m["task_accuracy_drop"] == pytest.approx(m["task_accuracy"] - m["spliced_task_accuracy"])
+
+
 @pytest.mark.parametrize("strategy", ["per_example", "random", "random_direction"])
 def test_other_strategies_run(tmp_path, strategy):
     history = run_chain(tiny(chain__cycles=1, sharpen__strategy=strategy), tmp_path)
@@ -63,6 +91,8 @@ def test_text_chain_offline(tmp_path, request, text_csv, family):
     assert len(history) == 2
     assert 0 <= history[1]["task_accuracy"] <= 1
     assert history[1]["l0"] <= 4 + 1e-9
+    # Spliced in at the pooled token (gpt2) or at every token (bert, sae.tokens all): the model's output moves.
+    assert history[1]["spliced_kl"] > 0 and history[1]["ablated_ce"] > 0 and 0 <= history[1]["spliced_task_accuracy"] <= 1
 
 
 def test_retraining_changes_target_layer_weights(tmp_path):

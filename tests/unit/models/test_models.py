@@ -4,7 +4,7 @@ import torch
 from saeception.config import ModelConfig
 from saeception.data.tasks import collate
 from saeception.method.train import aux_loss
-from saeception.models.classifiers import MLP, TapModel, build_model, load_tokenizer, pool
+from saeception.models.classifiers import MLP, TapModel, build_model, load_tokenizer, pool, splice
 
 
 def test_pool_last_is_last_real_token_under_both_paddings():
@@ -155,3 +155,41 @@ def test_model_dtype_loads_the_weights_in_it(neox_dir):
     cfg = ModelConfig(name=str(neox_dir), dtype="bfloat16")
     model = build_model(cfg, 3)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("how", ["last", "first", "mean"])
+def test_splice_replaces_exactly_what_the_pool_reads(how):
+    """The SAE sees the pooled value: after the splice the pool reads replace(pooled) exactly, and for last/first
+    every other token is untouched; with no pooling every row is replaced."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 4, 3)
+    mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])  # padding on both sides: the pool must find the real tokens
+
+    def replace(x):
+        return 2 * x + 1
+
+    out = splice(hidden, mask, replace, how)
+    assert torch.allclose(pool(out, mask, how), replace(pool(hidden, mask, how)), atol=1e-6)
+    changed = (out != hidden).any(-1)
+    if how == "mean":
+        assert torch.equal(changed, mask.bool())
+    else:
+        assert changed.sum(1).tolist() == [1, 1]
+    assert torch.equal(splice(hidden, None, replace, None), replace(hidden))
+
+
+def test_an_edit_of_the_target_layer_runs_through_the_rest_of_the_model(gpt2_dir):
+    cfg = ModelConfig(name=str(gpt2_dir), layer=0)
+    tok = load_tokenizer(cfg)
+    tap = TapModel(build_model(cfg, 3, pad_token_id=tok.pad_token_id).eval(), cfg.layer)
+    batch = collate([(tok("apple engine the drum")["input_ids"], 0, 0), (tok("pear")["input_ids"], 1, 1)],
+                    tok.pad_token_id, "right")
+    with torch.no_grad():
+        clean, h = tap(batch)
+        with tap.editing(lambda x: x):
+            same, _ = tap(batch)
+        with tap.editing(lambda x: splice(x, batch["attention_mask"], torch.zeros_like, "last")):
+            edited, h_edited = tap(batch)
+        again, _ = tap(batch)  # the edit ends with its block
+    assert torch.equal(same, clean) and torch.equal(again, clean)
+    assert not torch.allclose(edited, clean) and torch.equal(h_edited, torch.zeros_like(h))
