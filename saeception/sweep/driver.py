@@ -19,6 +19,7 @@ from ..config import to_dict
 from .best import export_best, log_best_dataset
 from .confirmation import confirm
 from .identity import identity, write_identity
+from .leaks import sweeper_callback
 from .orphans import close_orphans
 from .plan import Plan
 from .report import (
@@ -226,7 +227,7 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
             storage=storage, study_name=p.name, constraints=p.space.constraints)
         scheduler = asha(p, metric, mode) if search.scheduler == "asha" else None
         run_config = tune.RunConfig(name=p.name, storage_path=p.ray_dir,
-                                    callbacks=[progress_callback(p, search.trials, s.tracker, s.parent)],
+                                    callbacks=[progress_callback(p, search.trials, s.tracker, s.parent), sweeper_callback()],
                                     verbose=1 if p.verbose else 0)
         # Wrapped here (not by Tune) so that a resumed sweep can grow its budget (SweepSearch).
         search_alg = SweepSearch(ConcurrencyLimiter(searcher, max_concurrent=s.concurrency), p.name)

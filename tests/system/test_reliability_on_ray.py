@@ -213,6 +213,46 @@ def test_asha_stopped_trials_are_pruned_and_free_their_workers(tmp_path, ray_env
 
 
 @pytest.mark.ray
+@pytest.mark.asha
+def test_a_placement_group_whose_creator_actor_died_is_found_and_removed(ray_env):
+    """What made the ASHA test's later trials wait: a Train controller (an actor) killed with its worker group's
+    placement group not yet handed to Train's cleaner leaves the group CREATED for as long as the driver's job
+    lives. The driver's sweeper (saeception.sweep.leaks) removes exactly those: a driver's own groups (Tune's)
+    and a live actor's stay."""
+    import ray
+    from ray.util import placement_group_table
+    from ray.util.placement_group import placement_group
+
+    from saeception.sweep.leaks import orphaned_placement_groups, remove_orphaned_placement_groups
+
+    os.environ.update({k: ray_env[k] for k in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED")})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        @ray.remote(num_cpus=0)
+        class Controller:
+            def make(self) -> str:
+                pg = placement_group([{"CPU": 0.5}])
+                ray.get(pg.ready())
+                return pg.id.hex()
+
+        drivers = placement_group([{"CPU": 0.5}])
+        ray.get(drivers.ready())
+        dead, alive = Controller.remote(), Controller.remote()
+        dead_pg, alive_pg = ray.get([dead.make.remote(), alive.make.remote()])
+        assert orphaned_placement_groups() == []
+        ray.kill(dead)
+        wait_for(lambda: orphaned_placement_groups() == [dead_pg], 30, "the killed actor's group to be orphaned")
+        assert placement_group_table()[dead_pg]["state"] == "CREATED"  # Ray keeps it while the job lives
+        assert remove_orphaned_placement_groups() == 1
+        wait_for(lambda: placement_group_table()[dead_pg]["state"] == "REMOVED", 30, "the group to be removed")
+        states = placement_group_table()
+        assert states[alive_pg]["state"] == states[drivers.id.hex()]["state"] == "CREATED"
+        assert orphaned_placement_groups() == [] and remove_orphaned_placement_groups() == 0
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
 @pytest.mark.interrupt
 def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
     """8. Ctrl-C (SIGINT) ends the sweep with exit code 130, the parent run KILLED, no report."""
