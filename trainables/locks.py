@@ -11,6 +11,7 @@ key. Passed to the core's cache as its `lock` (`saeception.store.cache.open_cach
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -20,6 +21,8 @@ LEASE_S = 60.0  # a builder's lock lapses this long after its process stops rene
 RPC_TIMEOUT_S = 60.0  # one call to the lock actor
 WAIT_S = 6 * 3600.0  # the longest a trial waits for another's build of one stage
 HEAD = "node:__internal_head__"  # the resource Ray gives the head node only
+
+log = logging.getLogger(__name__)
 
 
 class _Locks:
@@ -55,8 +58,18 @@ def lease_lock(key: str) -> Iterator[None]:
     stop = threading.Event()
 
     def renew() -> None:
+        # A failed renewal is told and retried at the next tick (the lease has 4 ticks' slack): one lost call to
+        # the lock actor must not end the renewals and let the lease lapse while this build goes on.
         while not stop.wait(LEASE_S / 4):
-            ray.get(locks.acquire.remote(key, owner, LEASE_S), timeout=RPC_TIMEOUT_S)
+            try:
+                kept = ray.get(locks.acquire.remote(key, owner, LEASE_S), timeout=RPC_TIMEOUT_S)
+            except Exception as e:  # noqa: BLE001 - told and retried; the build itself is unaffected
+                log.warning("stage cache: renewing the build lock of %s failed (%s: %s); retrying in %.0f s",
+                            key, type(e).__name__, e, LEASE_S / 4)
+                continue
+            if not kept:
+                log.warning("stage cache: the build lock of %s lapsed and another trial holds it; both may build "
+                            "the entry (the first to finish writes it)", key)
 
     renewer = threading.Thread(target=renew, daemon=True, name=f"cache-lease-{key[:8]}")
     renewer.start()

@@ -320,3 +320,39 @@ def test_a_waiter_gives_up_on_a_build_lock_held_too_long_naming_the_key(monkeypa
         with locks.lease_lock("k" * 64):
             pass
     assert calls and all(t == locks.RPC_TIMEOUT_S for t in calls)
+
+
+def test_the_lease_renewer_survives_a_failed_renewal(monkeypatch, caplog):
+    """While a trial builds, a thread renews its lease every LEASE_S / 4; one renewal that fails (the lock actor
+    timed out) is logged and retried, not the end of the renewals (before: the thread died, the lease lapsed
+    and a second trial could start the same build)."""
+    import threading
+
+    import ray
+    from saeception.trainables import locks
+
+    renewals, done = [], threading.Event()
+
+    class Actor:
+        class acquire:
+            @staticmethod
+            def remote(key, owner, lease_s):
+                renewals.append(owner)
+                if len(renewals) == 2:
+                    raise ray.exceptions.GetTimeoutError("the lock actor did not answer")
+                if len(renewals) >= 4:
+                    done.set()
+                return True
+
+        class release:
+            @staticmethod
+            def remote(key, owner):
+                return None
+
+    monkeypatch.setattr(locks, "lock_actor", lambda: Actor)
+    monkeypatch.setattr(ray, "get", lambda value, timeout=None: value)
+    monkeypatch.setattr(locks, "LEASE_S", 0.2)
+    with caplog.at_level("WARNING", logger=locks.__name__):
+        with locks.lease_lock("k" * 64):
+            assert done.wait(10), f"renewals stopped after {len(renewals)} calls"
+    assert "renewing the build lock of " + "k" * 64 + " failed (GetTimeoutError" in caplog.text
