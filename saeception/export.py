@@ -241,6 +241,8 @@ def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
         "model_name": target.model_name,
         "hook_name": target.saelens_hook[0],
         "model_class_name": target.saelens_hook[1],
+        # TransformerLens' default weight processing centres the residual stream, which the SAE never saw.
+        "model_from_pretrained_kwargs": {"center_writing_weights": False} if target.tl_hook_name else None,
         "hook_head_index": None,
         "dataset_path": cfg.get("data", {}).get("name"),
         "context_size": cfg.get("data", {}).get("max_length") if target.text else None,
@@ -367,7 +369,10 @@ def _loading(rel: dict[str, str], sae: SAE, target: Target) -> str:
         if model_class:
             text.append(f"SAELens' `hook_name` is `{hook}`, the TransformerLens hook at the tapped module `{target.hook_name}` "
                         "(the residual stream after that block), so `sae_lens.HookedSAETransformer` splices it in by name; "
-                        f"the PyTorch module is `metadata.saeception.module`." + (
+                        f"the PyTorch module is `metadata.saeception.module`. It reads the activations of *this* "
+                        "classifier's weights (fine-tuned, and retrained after cycle 0), not the base model's that "
+                        "`model_name` names: load them into TransformerLens (`hf_model=`) with "
+                        "`center_writing_weights=False` (`metadata.model_from_pretrained_kwargs`)." + (
                             " The SAE was trained on one pooled token per example; in TransformerLens it runs on every "
                             "token." if not target.every_token else "") + "\n")
         elif target.hook_name:

@@ -55,19 +55,21 @@ def lease_lock(key: str) -> Iterator[None]:
             raise TimeoutError(f"stage cache: waited {WAIT_S:.0f} s for the build lock of {key} (another trial "
                                "is building it and renewing its lease)")
         time.sleep(0.5)
-    stop = threading.Event()
+    stop, lost = threading.Event(), threading.Event()
 
     def renew() -> None:
         # A failed renewal is told and retried at the next tick (the lease has 4 ticks' slack): one lost call to
         # the lock actor must not end the renewals and let the lease lapse while this build goes on.
         while not stop.wait(LEASE_S / 4):
             try:
-                kept = ray.get(locks.acquire.remote(key, owner, LEASE_S), timeout=RPC_TIMEOUT_S)
+                # A renewal waits at most one tick: a renewal that waited the full RPC timeout would outlast the lease.
+                kept = ray.get(locks.acquire.remote(key, owner, LEASE_S), timeout=min(RPC_TIMEOUT_S, LEASE_S / 4))
             except Exception as e:  # noqa: BLE001 - told and retried; the build itself is unaffected
                 log.warning("stage cache: renewing the build lock of %s failed (%s: %s); retrying in %.0f s",
                             key, type(e).__name__, e, LEASE_S / 4)
                 continue
-            if not kept:
+            if not kept and not lost.is_set():
+                lost.set()
                 log.warning("stage cache: the build lock of %s lapsed and another trial holds it; both may build "
                             "the entry (the first to finish writes it)", key)
 

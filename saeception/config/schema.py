@@ -151,8 +151,9 @@ SAE_KINDS = ("l1", "topk", "batchtopk", "jumprelu")
 @dataclass
 class SAEConfig:
     kind: str = doc("topk", "`l1` (ReLU + L1), `topk` (+ AuxK dead-latent loss), `batchtopk` (top k·B per batch in "
-                    "training, a learned threshold at inference), `jumprelu` (a learned threshold per latent, an L0 "
-                    "penalty; SAELens' training)")
+                    "training, a learned threshold at inference), `jumprelu` (a learned threshold per latent and an L0 "
+                    "penalty through the straight-through estimator, as SAELens trains it; unlike SAELens, with AuxK "
+                    "unless `sae.auxk_coefficient` is 0)")
     expansion_factor: int = doc(4, "latents = factor × layer width")
     k: int = doc(16, "active latents per example (`topk`, `batchtopk`); must be < latents")
     l1_coefficient: float = doc(3e-2, "L1 weight (`l1`); inputs are scaled so E‖x‖² = d, so it means the same on every layer")

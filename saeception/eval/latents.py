@@ -72,6 +72,7 @@ def _png(gray: list[list[int]]) -> bytes:
 
 def _features(values: list[float]) -> str:
     """A feature vector as an image when it is square (8 x 8 digits: ink dark), else its first values."""
+    values = [v if math.isfinite(v) else 0.0 for v in values]
     side = math.isqrt(len(values))
     if side > 1 and side * side == len(values):
         lo, hi = min(values), max(values)
@@ -104,13 +105,17 @@ def render_html(summary: dict[str, Any], title: str) -> str:
     """The latent browser page for a latent_summary (with its `kind` and `examples`)."""
     esc = html.escape
     latents = summary["latents"]
-    head = (f"<p>{len(latents)} of the {summary['eligible']} latents (of {summary['n_latents_total']}) that fire on at "
-            f"least {summary['min_firings']} of the {summary['n_examples']} test examples, ordered by "
+    head = (f"<p>{len(latents)} of the {int(summary['eligible'])} latents (of {int(summary['n_latents_total'])}) that fire "
+            f"on at least {int(summary['min_firings'])} of the {int(summary['n_examples'])} test examples, ordered by "
             f"<b>{esc(summary['score'])}</b> ({esc(summary['score_doc'])}). Per latent: its firing density, CSI, U, "
             "firings per class (bars, by class index), and its top-activating test examples (activation, label).</p>")
-    nav = "<nav>" + "".join(f'<a href="#latent-{d["latent"]}">{d["latent"]}</a>' for d in latents) + "</nav>"
+    nav = "<nav>" + "".join(f'<a href="#latent-{int(d["latent"])}">{int(d["latent"])}</a>' for d in latents) + "</nav>"
     sections = []
     for d in latents:
+        # Numbers as numbers: a hand-edited file cannot put markup into the page through them.
+        d = {**d, "latent": int(d["latent"]), "firings": int(d["firings"]),
+             "class_firings": [int(n) for n in d["class_firings"]],
+             "top": [{"id": int(e["id"]), "activation": float(e["activation"]), "label": int(e["label"])} for e in d["top"]]}
         stats = "".join(f"<th>{k}</th><td>{v}</td>" for k, v in (
             (esc(summary["score"]) + " (rank)", f"{d['score']:.4g}"), ("density", f"{d['density']:.4f}"),
             ("firings", d["firings"]), ("CSI", f"{d['csi']:.3f}"), ("U", f"{d['u']:.3f}"), ("max", f"{d['max']:.4g}")))

@@ -344,7 +344,9 @@ def splice_fidelity(r: ChainContext, sae: SAE, extracted: dict[str, torch.Tensor
     how = None if not r.tap.is_text or r.cfg.sae.tokens == "all" else r.tap.pooling
 
     def reconstruct(x: torch.Tensor) -> torch.Tensor:
-        return sae.decode(sae.encode(x.float())).to(x.dtype)
+        # In fp32 as the evaluation encodes (extract's bf16 autocast would change which latents TopK keeps).
+        with torch.autocast(x.device.type, enabled=False):
+            return sae.decode(sae.encode(x.float())).to(x.dtype)
 
     out = {}
     for split, prefix in (("test", ""), ("val", "val_")):

@@ -7,7 +7,8 @@ codes decode back into the layer's own units. Decoder rows are kept at unit norm
 JumpReLU (Rajamanoharan et al. 2024, as SAELens trains it): a latent fires where its pre-activation exceeds
 its own learned threshold; the threshold learns through a straight-through estimator with a rectangle
 kernel of width `sae.jumprelu_bandwidth`, and the sparsity penalty is the L0 norm (`sae.l0_coefficient`),
-differentiated the same way. Optionally (`sae.resample_every`) dead latents are resampled as Anthropic
+differentiated the same way (the threshold itself is the parameter, kept >= 0, as SAELens 6 has it; AuxK also
+applies, which SAELens' JumpReLU does not do). Optionally (`sae.resample_every`) dead latents are resampled as Anthropic
 did (April 2023 update): toward inputs the SAE reconstructs worst.
 """
 

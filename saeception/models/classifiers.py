@@ -68,14 +68,15 @@ def splice(hidden: Tensor, attention_mask: Tensor | None, replace: Callable[[Ten
     pooled value becomes replace(p) exactly. Tokens the pool does not read are untouched."""
     if how is None:
         return replace(hidden)
-    pooled = pool(hidden, attention_mask, how)
-    delta = (replace(pooled) - pooled).to(hidden.dtype)
+    pooled = pool(hidden, attention_mask, how).float()
+    delta = replace(pooled).float() - pooled
     if how == "mean":
-        moved = attention_mask.to(hidden.dtype)
+        moved = attention_mask.float()
     else:  # one-hot at the pooled token: that row of the identity, picked by pool itself
-        eye = torch.eye(hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
+        eye = torch.eye(hidden.shape[1], device=hidden.device)
         moved = pool(eye.expand(hidden.shape[0], -1, -1), attention_mask, how)
-    return hidden + moved.unsqueeze(-1) * delta.unsqueeze(1)
+    # Summed in fp32 and rounded once to the model's dtype.
+    return (hidden.float() + moved.unsqueeze(-1) * delta.unsqueeze(1)).to(hidden.dtype)
 
 
 def block_list(model: nn.Module) -> nn.ModuleList:

@@ -16,21 +16,24 @@ from __future__ import annotations
 import time
 
 SWEEP_EVERY_S = 5.0  # how often the driver's callback looks, at most
+MAX_FAILURES = 3  # failed looks in a row (e.g. a Ray whose private table reader changed) before it stops looking
 
 
 def orphaned_placement_groups() -> list[str]:
-    """Hex ids of the placement groups that are not removed, not detached, and whose creator was an actor
-    that is now dead (placement groups a driver created, such as Tune's own per-trial groups, never are)."""
+    """Hex ids of this job's placement groups that are not removed, not detached, and whose creator was an
+    actor that is now dead (placement groups a driver created, such as Tune's own per-trial groups, never are;
+    another job's, on a shared cluster, are never touched)."""
     import ray  # lazy: Ray is loaded only in the processes that use it
     from ray._private.state import state  # lazy: as above; private, the one reader of a creator actor
     from ray.core.generated import gcs_pb2  # lazy: as above
 
     nil = ray.ActorID.nil().binary()
+    job = bytes.fromhex(ray.get_runtime_context().get_job_id())
     out = []
     for raw in state._connect_and_get_accessor().get_placement_group_table():
         pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        by_actor = pg.creator_actor_id not in (b"", nil)
-        if pg.state != gcs_pb2.PlacementGroupTableData.REMOVED and not pg.is_detached and by_actor and pg.creator_actor_dead:
+        ours = pg.creator_job_id == job and pg.creator_actor_id not in (b"", nil)
+        if ours and pg.creator_actor_dead and not pg.is_detached and pg.state != gcs_pb2.PlacementGroupTableData.REMOVED:
             out.append(pg.placement_group_id.hex())
     return out
 
@@ -58,10 +61,20 @@ def sweeper_callback():
         def __init__(self):
             self.last = 0.0
             self.removed = 0
+            self.failures = 0  # in a row; the sweeper turns itself off after MAX_FAILURES
 
         def _sweep(self) -> None:
+            if self.failures >= MAX_FAILURES:
+                return
             self.last = time.monotonic()
-            self.removed += remove_orphaned_placement_groups()
+            try:
+                self.removed += remove_orphaned_placement_groups()
+                self.failures = 0
+            except Exception as e:  # noqa: BLE001 - a helper's failure is told; it must not end the sweep
+                self.failures += 1
+                off = self.failures >= MAX_FAILURES
+                print(f"warning: looking for placement groups of dead Train controllers failed ({type(e).__name__}: "
+                      f"{e})" + ("; not looking again in this sweep" if off else ""), flush=True)
 
         def on_step_begin(self, iteration, trials, **info):
             if time.monotonic() - self.last >= SWEEP_EVERY_S:

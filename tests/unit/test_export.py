@@ -318,6 +318,7 @@ def test_saelens_splices_the_gpt2_sae_into_transformer_lens_by_its_hook_name(gpt
     meta = theirs.cfg.metadata
     assert (meta.hook_name, meta.model_class_name) == ("blocks.1.hook_resid_post", "HookedTransformer")
     assert meta.saeception["module"] == "transformer.h.1"
+    assert meta.model_from_pretrained_kwargs == {"center_writing_weights": False}  # TL's centring moves the residual
     hf = AutoModelForSequenceClassification.from_pretrained(written["hf"]).eval()
     c = hf.config
     cfg = HookedTransformerConfig(d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head,

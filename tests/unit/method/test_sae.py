@@ -220,24 +220,28 @@ def test_jumprelu_recovers_a_planted_dictionary_at_about_its_sparsity():
     assert mean_max_cosine(atoms, sae) >= 0.85
 
 
-@pytest.mark.parametrize("kind,gain", [("l1", 0.2), ("topk", 1.0)])
+@pytest.mark.parametrize("kind,gain", [("l1", 0.2), ("topk", 1.0), ("jumprelu", 1.0)])
 def test_resampling_points_dead_latents_at_the_worst_reconstructed_rows(kind, gain):
     torch.manual_seed(0)
     x = torch.randn(64, 6)
     sae = SAE(6, 10, kind, 2)
+    if kind == "jumprelu":
+        sae.threshold.data.fill_(0.05)
     torch.nn.init.normal_(sae.W_enc)
     sae.W_dec.data = torch.randn(10, 6)
     sae.normalize_decoder()
     opt = torch.optim.Adam(sae.parameters())
     sae(x).mse.backward()
     opt.step()
+    if kind == "jumprelu":  # the thresholds got no gradient here (nothing in the estimator's window): give them moments
+        opt.state[sae.threshold]["exp_avg"].fill_(1.0)
     before = {k: v.clone() for k, v in sae.state_dict().items()}
     dead = torch.zeros(10, dtype=torch.bool)
     dead[[1, 7]] = True
     # Two rows the SAE cannot reconstruct at all: they hold nearly all the error mass, so the two dead latents
     # take them, one each (rows are drawn without replacement).
     x[[5, 9]] = 1000 * torch.randn(2, 6)
-    assert resample_dead(sae, opt, x, dead, torch.Generator().manual_seed(0)) == 2
+    assert resample_dead(sae, opt, x, dead, torch.Generator().manual_seed(0), init_threshold=0.01) == 2
     directions = (x[[5, 9]] - sae.b_dec) / (x[[5, 9]] - sae.b_dec).norm(dim=-1, keepdim=True)
     found = sae.W_dec[[1, 7]]
     assert torch.allclose(found, directions, atol=1e-6) or torch.allclose(found, directions.flip(0), atol=1e-6)
@@ -247,7 +251,11 @@ def test_resampling_points_dead_latents_at_the_worst_reconstructed_rows(kind, ga
     for name in ("W_enc", "W_dec", "b_enc"):  # the live latents are untouched
         keep = (slice(None), ~dead) if name == "W_enc" else (~dead,)
         assert torch.equal(getattr(sae, name)[keep], before[name][keep])
-    for param, where in ((sae.W_dec, (dead,)), (sae.W_enc, (slice(None), dead))):
+    touched = [(sae.W_dec, (dead,)), (sae.W_enc, (slice(None), dead))]
+    if kind == "jumprelu":  # a dead latent's threshold starts again from the init, its Adam moments with it
+        assert torch.allclose(sae.threshold[dead], torch.full((2,), 0.01)) and (sae.threshold[~dead] == 0.05).all()
+        touched.append((sae.threshold, (dead,)))
+    for param, where in touched:
         assert (opt.state[param]["exp_avg"][where] == 0).all() and (opt.state[param]["exp_avg_sq"][where] == 0).all()
         assert (opt.state[param]["exp_avg"] != 0).any()
     assert resample_dead(sae, opt, x, torch.zeros(10, dtype=torch.bool), torch.Generator()) == 0

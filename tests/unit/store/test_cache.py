@@ -349,10 +349,18 @@ def test_the_lease_renewer_survives_a_failed_renewal(monkeypatch, caplog):
             def remote(key, owner):
                 return None
 
+    timeouts = []
+
+    def get(value, timeout=None):
+        timeouts.append(timeout)
+        return value
+
     monkeypatch.setattr(locks, "lock_actor", lambda: Actor)
-    monkeypatch.setattr(ray, "get", lambda value, timeout=None: value)
+    monkeypatch.setattr(ray, "get", get)
     monkeypatch.setattr(locks, "LEASE_S", 0.2)
     with caplog.at_level("WARNING", logger=locks.__name__):
         with locks.lease_lock("k" * 64):
             assert done.wait(10), f"renewals stopped after {len(renewals)} calls"
     assert "renewing the build lock of " + "k" * 64 + " failed (GetTimeoutError" in caplog.text
+    # A renewal waits one tick at most: one that waited the whole RPC timeout (60 s) would outlast the lease.
+    assert max(timeouts[1:-1]) <= locks.LEASE_S / 4
