@@ -222,9 +222,8 @@ def tl_hook(model: nn.Module, target: nn.Module) -> str | None:
 
 def folded_weights(sae: SAE) -> dict[str, Tensor]:
     """W_enc (d, n), b_enc (n), W_dec (n, d) with unit rows, b_dec (d), and the inference threshold (a scalar;
-    per latent for JumpReLU)
-    with input_scale folded into the biases and the threshold (module docstring); in float64, so the fold
-    adds no rounding beyond the final cast."""
+    per latent for JumpReLU) with input_scale folded into the biases and the threshold (module docstring); in
+    float64, so the fold adds no rounding beyond the final cast."""
     s = sae.input_scale.double()
     return {"W_enc": sae.W_enc.float().contiguous(), "b_enc": (sae.b_enc.double() * s).float().contiguous(),
             "W_dec": sae.W_dec.float().contiguous(), "b_dec": (sae.b_dec.double() * s).float().contiguous(),
@@ -257,10 +256,8 @@ def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
     if sae.kind == "topk":
         # rescale_acts_by_decoder_norm stays off: TopK selects on the pre-activations themselves.
         config.update(k=sae.k, rescale_acts_by_decoder_norm=False)
-    if sae.kind == "batchtopk":
-        tensors["threshold"] = torch.full((sae.n_latents,), float(threshold), dtype=torch.float32)
-    if sae.kind == "jumprelu":
-        tensors["threshold"] = threshold.contiguous()
+    if SAELENS_ARCHITECTURE[sae.kind] == "jumprelu":  # per latent: BatchTopK's one threshold for every latent
+        tensors["threshold"] = threshold.expand(sae.n_latents).contiguous()
     out.mkdir(parents=True)
     save_file(tensors, str(out / "sae_weights.safetensors"))
     write_json(out / "cfg.json", config)

@@ -55,9 +55,10 @@ def lease_lock(key: str) -> Iterator[None]:
             raise TimeoutError(f"stage cache: waited {WAIT_S:.0f} s for the build lock of {key} (another trial "
                                "is building it and renewing its lease)")
         time.sleep(0.5)
-    stop, lost = threading.Event(), threading.Event()
+    stop = threading.Event()
 
     def renew() -> None:
+        told = False  # that the lease was lost (said once)
         # A failed renewal is told and retried at the next tick (the lease has 4 ticks' slack): one lost call to
         # the lock actor must not end the renewals and let the lease lapse while this build goes on.
         while not stop.wait(LEASE_S / 4):
@@ -68,8 +69,8 @@ def lease_lock(key: str) -> Iterator[None]:
                 log.warning("stage cache: renewing the build lock of %s failed (%s: %s); retrying in %.0f s",
                             key, type(e).__name__, e, LEASE_S / 4)
                 continue
-            if not kept and not lost.is_set():
-                lost.set()
+            if not kept and not told:
+                told = True
                 log.warning("stage cache: the build lock of %s lapsed and another trial holds it; both may build "
                             "the entry (the first to finish writes it)", key)
 

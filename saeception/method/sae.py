@@ -43,7 +43,7 @@ class ForwardOutput:
     x_hat: Tensor  # (B, d) reconstruction in the layer's units
     mse: Tensor  # () sum of squared errors per example / d, in scaled units (E||x||^2 = d)
     l1: Tensor  # () mean L1 norm of the codes (the l1 kind's penalty)
-    l0: Tensor  # () mean active latents per example (jumprelu: differentiable in its threshold, the kind's penalty)
+    l0: Tensor  # () the jumprelu kind's penalty, its mean L0 (differentiable in the thresholds); 0 for other kinds
     auxk: Tensor  # () AuxK loss (0 when no latent is dead or `dead` was not given)
 
 
@@ -60,7 +60,8 @@ class SAE(nn.Module):
             self.threshold = nn.Parameter(torch.zeros(n_latents))
         else:  # BatchTopK's inference threshold: a running mean of the smallest kept activation.
             self.register_buffer("threshold", torch.zeros(()))
-        self.bandwidth = JUMPRELU_BANDWIDTH  # the straight-through kernel's width (jumprelu; set by init_sae)
+        # The straight-through kernel's width (jumprelu): the config's default; init_sae sets the run's.
+        self.bandwidth = SAEConfig().jumprelu_bandwidth
         # The share of its training activations each latent fires on, set at the end of train_sae (exported as
         # SAELens' sparsity.safetensors); -1 where unknown (an SAE saved before it existed, or not trained here).
         self.register_buffer("firing_density", torch.full((n_latents,), -1.0))
@@ -103,12 +104,13 @@ class SAE(nn.Module):
             # The jump sees the raw affine output (as SAELens'): a ReLU first would pile every negative
             # pre-activation at 0, inside the estimator's window around a small threshold.
             raw = self.linear(x)
-            pre, codes = torch.relu(raw), JumpReLU.apply(raw, self.threshold.to(raw.dtype), self.bandwidth)
-            l0 = Step.apply(raw, self.threshold.to(raw.dtype), self.bandwidth).float().sum(-1).mean()
+            theta = self.threshold.to(raw.dtype)
+            pre, codes = torch.relu(raw), JumpReLU.apply(raw, theta, self.bandwidth)
+            l0 = Step.apply(raw, theta, self.bandwidth).float().sum(-1).mean()
         else:
             pre = self.pre_activations(x)
             codes = self.activate(pre, batch_topk)
-            l0 = (codes > 0).float().sum(-1).mean()
+            l0 = pre.new_zeros((), dtype=torch.float32)  # no L0 penalty: nothing computed on the hot path
         x_hat = self.decode(codes)
         residual = (x.float() - x_hat) / self.input_scale
         mse = residual.pow(2).sum(-1).mean() / self.d
@@ -152,9 +154,6 @@ class SAE(nn.Module):
                              + ", ".join(f"{k} {found.get(k, 'missing')} != {expected.get(k, 'unexpected')}" for k in wrong[:3]))
         sae.load_state_dict(tensors)
         return sae.eval().requires_grad_(False)
-
-
-JUMPRELU_BANDWIDTH = 0.05  # SAELens' default, in the same units (inputs scaled so E||x||^2 = d)
 
 
 def rectangle(x: Tensor) -> Tensor:
@@ -259,8 +258,7 @@ def resample_dead(sae: SAE, opt: torch.optim.Optimizer, x_all: Tensor, dead: Ten
     dead latent takes the direction of one row (drawn without replacement, with probability proportional to
     its squared reconstruction error), after b_dec: that unit vector as its decoder row, the mean alive
     encoder norm along it (0.2 × for L1, as Anthropic) as its encoder column, encoder bias 0 (a JumpReLU
-    threshold back to its init), and
-    Adam's moments for those entries reset. Identical on every rank (one generator, one sample; under
+    threshold back to its init), and Adam's moments for those entries reset. Identical on every rank (one generator, one sample; under
     torch.distributed rank 0's result is broadcast). Returns the number resampled."""
     index = dead.nonzero().squeeze(-1)
     if len(index) == 0:

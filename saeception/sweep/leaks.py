@@ -4,9 +4,9 @@ Each trial's Train controller (an actor) creates its worker group's placement gr
 non-detached placement group only once both its creator actor and its creator job are dead, and the job
 is the sweep's driver, alive to the end; so when a trial is stopped (ASHA) or killed before Train's own
 PlacementGroupCleaner has the group, or that cleaner dies first, the group's CPUs/GPUs stay reserved for
-the rest of the sweep and a later trial's workers wait for them until Train's start timeout fails it
-(seen in the ASHA test of tests/system/test_reliability_on_ray.py; docs/development.md). A placement group whose creator actor is
-dead has no owner left to use or remove it: the driver removes it.
+the rest of the sweep and a later trial's workers wait for them until Train's start timeout fails it (seen
+in the ASHA test of tests/system/test_reliability_on_ray.py; docs/development.md). A placement group whose
+creator actor is dead has no owner left to use or remove it: the driver removes it.
 
 Only the GCS's placement group table records the creator actor (the state API shows the job alone), read
 here through Ray's private accessor, as `ray.util.placement_group_table()` reads it (checked on Ray 2.60)."""

@@ -295,26 +295,33 @@ def test_what_shapes_the_token_ids_changes_every_key(text_csv, gpt2_dir):
         assert all(keys[name][s] != keys["base"][s] for s in ("finetune", "extract", "sae")), name
 
 
-def test_a_waiter_gives_up_on_a_build_lock_held_too_long_naming_the_key(monkeypatch):
-    """The object-store cache's cluster-wide lock: every call to the lock actor has a timeout, and a trial
-    waiting for another's build stops after WAIT_S with an error naming the key (before: it waited forever)."""
+def fake_lock_actor(monkeypatch, acquire) -> list:
+    """The cluster-wide lock's actor replaced by one whose acquire is `acquire(key, owner, lease_s)` (release does
+    nothing), and ray.get by one that passes the value through; returns the timeouts ray.get was given."""
+    from types import SimpleNamespace
+
     import ray
     from saeception.trainables import locks
 
-    calls = []
-
-    class Held:  # the lock actor, with the key held by another trial that keeps renewing it
-        class acquire:
-            @staticmethod
-            def remote(key, owner, lease_s):
-                return False
+    timeouts = []
 
     def get(value, timeout=None):
-        calls.append(timeout)
+        timeouts.append(timeout)
         return value
 
-    monkeypatch.setattr(locks, "lock_actor", lambda: Held)
+    actor = SimpleNamespace(acquire=SimpleNamespace(remote=acquire), release=SimpleNamespace(remote=lambda key, owner: None))
+    monkeypatch.setattr(locks, "lock_actor", lambda: actor)
     monkeypatch.setattr(ray, "get", get)
+    return timeouts
+
+
+def test_a_waiter_gives_up_on_a_build_lock_held_too_long_naming_the_key(monkeypatch):
+    """The object-store cache's cluster-wide lock: every call to the lock actor has a timeout, and a trial
+    waiting for another's build stops after WAIT_S with an error naming the key (before: it waited forever)."""
+    from saeception.trainables import locks
+
+    # The key is held by another trial that keeps renewing it.
+    calls = fake_lock_actor(monkeypatch, lambda key, owner, lease_s: False)
     monkeypatch.setattr(locks, "WAIT_S", 0.6)
     with pytest.raises(TimeoutError, match="build lock of " + "k" * 64):
         with locks.lease_lock("k" * 64):
@@ -333,30 +340,15 @@ def test_the_lease_renewer_survives_a_failed_renewal(monkeypatch, caplog):
 
     renewals, done = [], threading.Event()
 
-    class Actor:
-        class acquire:
-            @staticmethod
-            def remote(key, owner, lease_s):
-                renewals.append(owner)
-                if len(renewals) == 2:
-                    raise ray.exceptions.GetTimeoutError("the lock actor did not answer")
-                if len(renewals) >= 4:
-                    done.set()
-                return True
+    def acquire(key, owner, lease_s):
+        renewals.append(owner)
+        if len(renewals) == 2:
+            raise ray.exceptions.GetTimeoutError("the lock actor did not answer")
+        if len(renewals) >= 4:
+            done.set()
+        return True
 
-        class release:
-            @staticmethod
-            def remote(key, owner):
-                return None
-
-    timeouts = []
-
-    def get(value, timeout=None):
-        timeouts.append(timeout)
-        return value
-
-    monkeypatch.setattr(locks, "lock_actor", lambda: Actor)
-    monkeypatch.setattr(ray, "get", get)
+    timeouts = fake_lock_actor(monkeypatch, acquire)
     monkeypatch.setattr(locks, "LEASE_S", 0.2)
     with caplog.at_level("WARNING", logger=locks.__name__):
         with locks.lease_lock("k" * 64):
