@@ -1,5 +1,6 @@
 """Two gloo processes must compute what one process computes."""
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -24,24 +25,38 @@ def _tap(task):
     return TapModel(MLP(task.input_dim, [32, 16], task.n_classes), -1).eval()
 
 
-def _worker(rank: int, world: int, init: str, out: str) -> None:
+def _digits(rank: int, world: int, out: str) -> None:
+    codes, labels = _inputs()
+    shard = slice(rank, None, world)
+    means = class_means(codes[shard], labels[shard], 4)
+    task = load_task(DataConfig(name="digits", max_examples=200))
+    acts, logits = extract(_tap(task), task, "train", 32, torch.device("cpu"))
+    sae = train_sae(acts, SAEConfig(kind="topk", expansion_factor=2, k=4, steps=30), seed=0)
+    torch.save({"means": means, "acts": acts, "logits": logits, "W_dec": sae.W_dec.detach()}, f"{out}.{rank}")
+
+
+def _worker(rank: int, world: int, init: str, out: str, gpt2_dir: str, text_csv: str) -> None:
+    """Both tests' work in one process group: a spawned process spends seconds importing, more than the work."""
+    torch.set_num_threads(1)  # two ranks of two threads each oversubscribe 2 cores
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        codes, labels = _inputs()
-        shard = slice(rank, None, world)
-        means = class_means(codes[shard], labels[shard], 4)
-        task = load_task(DataConfig(name="digits", max_examples=200))
-        acts, logits = extract(_tap(task), task, "train", 32, torch.device("cpu"))
-        sae = train_sae(acts, SAEConfig(kind="topk", expansion_factor=2, k=4, steps=30), seed=0)
-        torch.save({"means": means, "acts": acts, "logits": logits, "W_dec": sae.W_dec.detach()}, f"{out}.{rank}")
+        _digits(rank, world, f"{out}/digits")
+        _text_extraction(rank, f"{out}/text", gpt2_dir, text_csv)
+        dist.barrier()  # both ranks done before either tears the group down
     finally:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_match_one(tmp_path):
-    init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_worker, args=(2, init, str(tmp_path / "out")), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"out.{r}", weights_only=True) for r in range(2)]
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, gpt2_dir, text_csv):
+    """What each of two gloo ranks computed, spawned once for the tests below."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, f"file://{tmp / 'rendezvous'}", str(tmp), str(gpt2_dir), str(text_csv)), nprocs=2, join=True)
+    return tmp
+
+
+def test_two_gloo_processes_match_one(out):
+    ranks = [torch.load(out / f"digits.{r}", weights_only=True) for r in range(2)]
 
     codes, labels = _inputs()
     single_means = class_means(codes, labels, 4)
@@ -76,27 +91,21 @@ def _text(gpt2_dir, text_csv):
     return TapModel(build_model(cfg, task.n_classes, pad_token_id=tok.pad_token_id).eval(), cfg.layer), task
 
 
-def _text_worker(rank: int, world: int, init: str, out: str, gpt2_dir: str, text_csv: str) -> None:
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        tap, task = _text(gpt2_dir, text_csv)
-        acts, logits = extract(tap, task, "train", 16, torch.device("cpu"))
-        tokens, _ = extract(tap, task, "train", 16, torch.device("cpu"), tokens=True)
-        torch.save({"acts": acts, "logits": logits, "tokens": tokens}, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _text_extraction(rank: int, out: str, gpt2_dir: str, text_csv: str) -> None:
+    tap, task = _text(gpt2_dir, text_csv)
+    acts, logits = extract(tap, task, "train", 16, torch.device("cpu"))
+    tokens, _ = extract(tap, task, "train", 16, torch.device("cpu"), tokens=True)
+    torch.save({"acts": acts, "logits": logits, "tokens": tokens}, f"{out}.{rank}")
 
 
-def test_text_extraction_under_two_processes_is_row_aligned(tmp_path, gpt2_dir, text_csv):
+def test_text_extraction_under_two_processes_is_row_aligned(out, gpt2_dir, text_csv):
     """Length-grouped text batches are sharded across ranks; rows still come back in example-id order."""
-    init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_text_worker, args=(2, init, str(tmp_path / "out"), str(gpt2_dir), str(text_csv)), nprocs=2, join=True)
     tap, task = _text(gpt2_dir, text_csv)
     single_acts, single_logits = extract(tap, task, "train", 16, torch.device("cpu"))
     single_tokens, _ = extract(tap, task, "train", 16, torch.device("cpu"), tokens=True)
     assert len(task.train) % 16 != 0 or (len(task.train) // 16) % 2 == 1, "shards must need padding for this test"
     for r in range(2):
-        got = torch.load(tmp_path / f"out.{r}", weights_only=True)
+        got = torch.load(out / f"text.{r}", weights_only=True)
         assert torch.allclose(got["acts"], single_acts, atol=1e-5)
         assert torch.allclose(got["logits"], single_logits, atol=1e-5)
         # sae.tokens: all — every real token exactly once (the shards' padding repeats are dropped), in
