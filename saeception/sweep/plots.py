@@ -100,6 +100,9 @@ def optuna_plots(study, metrics: list[str], modes: list[str], out_dir: Path) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message=".*computes the importances of params to achieve low `target` values.*")
+        # matplotlib's note on the axis of a param every trial drew the same value for (a small sweep): noise in
+        # the user's terminal, and the axis is drawn anyway.
+        warnings.filterwarnings("ignore", message="Attempting to set identical low and high [xy]lims")
         for i, metric in enumerate(metrics):
             target = _target(i, None) if multi else None
             files.append(_save_axes(ovm.plot_optimization_history(study, target=target, target_name=metric),
