@@ -7,13 +7,6 @@ from saeception.store.cache import ObjectStageCache
 # ---- Object stores: the same contract through the pointer-last, blob-per-build layout -------------
 
 
-
-
-
-
-
-
-
 def _object_builder(uri: str, key: str, scratch: str) -> str:
     from saeception.trainables.locks import lease_lock
 

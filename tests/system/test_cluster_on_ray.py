@@ -103,8 +103,6 @@ def test_the_cache_lock_actor_lives_on_the_head(tmp_path):
     assert r.returncode == 0 and r.stdout.split()[-2:] == ["True", "True"], r.stdout[-2000:] + r.stderr[-3000:]
 
 
-
-
 @pytest.mark.ray
 @pytest.mark.autoscaling
 def test_sweep_fills_an_autoscaling_cluster(tmp_path):
@@ -163,7 +161,5 @@ def test_sweep_fills_an_autoscaling_cluster(tmp_path):
     # The fake provider names the nodes it adds f…f00001, f…f00002, … (the head is f…f00000).
     nodes = {t.data.tags["saeception.worker_node"] for t in trials}
     assert all(n.startswith("f" * 51) and n[51:].isdigit() and int(n[51:]) > 0 for n in nodes), nodes
-
-
 
 

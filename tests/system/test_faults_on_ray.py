@@ -1,6 +1,6 @@
-"""Faults, each really done: stored files crafted or damaged, a cache that cannot be written, a NaN on
-one DDP rank, a sweep driver SIGKILLed right after a trial started. Run one group alone with its marker
-(`storage_faults`, `security`, `divergence`, `orphans`)."""
+"""Faults on Ray, each really done: a sweep whose stage cache holds a file in an entry's place, a sweep driver
+SIGKILLed right after a trial started. Run one alone with its marker (`storage_faults`, `orphans`); the
+Ray-free faults are tests/unit/sweep/test_faults.py."""
 
 from __future__ import annotations
 
@@ -18,24 +18,6 @@ from paths import REPO
 from paths import TINY as TINY_SPACE
 
 from saeception.store.cache import StageCache
-
-# ---- stored files are input -----------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ---- DDP: one rank's NaN stops every rank at the same check -----------------------------------------
-
 
 # ---- Ray: a sweep with a file in a cache entry's place; a driver SIGKILLed after a trial started ----
 

@@ -1,5 +1,6 @@
-"""A sweep's state belongs to it: resource planning, stored identity, the one-driver lock, where its
-databases live, and credentials kept out of everything it prints or stores. No Ray cluster here."""
+"""A real sweep's state belongs to it: a resumed sweep grows only what it may (--trials, --confirm-seeds), a
+second sweep under the same storage keeps its own files, and credentials stay out of everything it prints or
+stores. (The Ray-free half of these checks is tests/unit/sweep/test_sweep_state.py.)"""
 
 import json
 import subprocess
@@ -9,31 +10,8 @@ from pathlib import Path
 import pytest
 from paths import REPO, TINY
 
-# --- resources -------------------------------------------------------------------------------------
-
-# --- redaction -------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-# --- identity, resume and the lock -----------------------------------------------------------------
-
-# --- where the state lives, and unreachable stores -------------------------------------------------
-
-
-
-
-
-
-
-
-
 # --- a real sweep with credentials in a URI --------------------------------------------------------
+
 
 @pytest.fixture
 def moto_endpoint():

@@ -87,7 +87,6 @@ def test_targets_belong_to_their_examples_after_shuffling():
     assert not torch.equal(first["ids"], torch.arange(50))
 
 
-
 def test_targets_computed_a_chunk_of_rows_at_a_time_equal_the_whole_split_at_once(monkeypatch):
     """Sharpening works per row once the class means are known: chunking the split (what keeps a
     98,304-latent SAE's codes of a whole split out of memory) changes no target and no kept fraction."""

@@ -195,7 +195,6 @@ def test_readonly_cache_never_writes(tmp_path, readonly):
 # ---- Object stores: the same contract through the pointer-last, blob-per-build layout -------------
 
 
-
 def test_object_store_cache_hits_and_matches_uncached(tmp_path):
     """memory:// is fsspec's in-process object store: no rename, no flock, as on S3/GCS."""
     from saeception.store.cache import open_cache

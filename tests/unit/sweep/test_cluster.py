@@ -18,8 +18,6 @@ from paths import REPO
 CLUSTER_FILES = sorted(REPO.glob("cluster*.yaml"))
 
 
-
-
 @pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
 def test_cluster_file_validates(path):
     config = yaml.safe_load(path.read_text())
@@ -131,10 +129,6 @@ def test_both_variants_ship():
     names = {p.name for p in CLUSTER_FILES}
     assert {"cluster.yaml", "cluster-onprem.yaml"} <= names
     assert yaml.safe_load((REPO / "cluster-onprem.yaml").read_text())["provider"]["type"] == "local"
-
-
-
-
 
 
 def test_readme_cluster_command_uses_the_tested_flags():

@@ -31,8 +31,6 @@ def _tree(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]]
     return out
 
 
-
-
 # ---- stored files are input -----------------------------------------------------------------------
 
 
@@ -231,10 +229,6 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_check(tmp_path):
         assert "nan" in ranks[1][stage] and "on another rank" in ranks[0][stage], ranks
     assert all(r["seconds"] < 15 for r in ranks), ranks
     assert re.search(r"loss became", ranks[0]["sae"])
-
-
-
-
 
 
 @pytest.mark.storage_faults

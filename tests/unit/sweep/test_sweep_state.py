@@ -64,7 +64,6 @@ def test_impossible_requests_name_the_flag(kw, flag):
         _fit(groups, **kw)
 
 
-
 @pytest.mark.parametrize("argv,flag", [
     (["--cpus-per-worker", "3", "--num-cpus", "2"], "--cpus-per-worker: no node type"),
     (["--workers-per-trial", "3", "--num-cpus", "2"], "--workers-per-trial: a trial needs 3 workers"),
@@ -137,7 +136,6 @@ def test_optuna_storage_pickles_without_its_password(tmp_path):
     CredentialSafeRDBStorage._live_urls.pop(redact(secret_url))
     with pytest.raises(RuntimeError, match="needs its credentials"):
         pickle.loads(blob)
-
 
 
 def test_a_failure_reason_quoting_a_uri_is_tagged_without_its_password(tmp_path):
@@ -440,10 +438,6 @@ def test_identity_file_is_json_with_the_settings(tmp_path):
 # --- a real sweep with credentials in a URI --------------------------------------------------------
 
 KEY, SECRET = "AKIASAECEPTIONTEST", "sEcReT-k3y-never-printed"
-
-
-
-
 
 
 def test_the_local_rays_token_is_made_private(tmp_path, monkeypatch):
