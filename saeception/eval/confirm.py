@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from saeception.config import MATCHED_STRATEGIES, ConfigError, build_config
 from saeception.method.chain import ChainState, run_chain, sae_seed_spread
 from saeception.method.errors import DivergedError
@@ -280,6 +282,38 @@ def decide(mean_gain: float, ci: tuple[float, float], p_holm: float, margin: flo
     return "inconclusive"
 
 
+# How far seeds_to_decide looks: past this many seeds a comparison is called out of reach ("> 200").
+SEEDS_TO_DECIDE_MAX = 200
+
+
+def seeds_to_decide(mean: float, sd: float, n: int, margin: float | None, alpha: float, family: int,
+                    most: int = SEEDS_TO_DECIDE_MAX) -> float:
+    """A planning aid for an inconclusive comparison, not a test: the fewest seeds (more than the `n` run) at
+    which the verdict would be decided *if the mean paired difference and its sd stayed as observed*: the 95%
+    t interval inside ±margin (`equivalent`), or the paired t-test below alpha/family (`better`/`worse`;
+    Bonferroni's bound over the Holm family, which Holm's p never exceeds, so the count is never too small
+    for that). Every difference equal (sd 0): the exact sign test's bound. inf when neither happens by `most`
+    seeds; nan when the spread is unknown (< 2 seeds)."""
+    from scipy import stats  # lazy: scipy only for the statistics
+
+    if n < 2 or math.isnan(sd) or math.isnan(mean):
+        return math.nan
+    ks = np.arange(n + 1, most + 1)
+    if ks.size == 0:
+        return math.inf
+    level = alpha / max(family, 1)
+    if sd == 0:
+        if margin is not None and abs(mean) <= margin:
+            return float(ks[0])
+        ok = (abs(mean) > 0) & (2.0 * 0.5 ** ks <= level)
+    else:
+        se = sd / np.sqrt(ks)
+        equivalent = (abs(mean) + stats.t.ppf(0.975, ks - 1) * se <= margin) if margin is not None else np.zeros(ks.size, bool)
+        different = abs(mean) / se >= stats.t.ppf(1 - level / 2, ks - 1)
+        ok = equivalent | different
+    return float(ks[np.argmax(ok)]) if ok.any() else math.inf
+
+
 def summarize(results: dict[str, dict[int, dict[int, dict[str, float]]]], metrics: tuple[str, ...] = SUMMARY_METRICS,
               settings: ConfirmSettings | None = None, modes: dict[str, str] | None = None,
               failed: dict[str, dict[int, str]] | None = None,
@@ -343,6 +377,10 @@ def summarize(results: dict[str, dict[int, dict[int, dict[str, float]]]], metric
             r[f"p_holm_{c}"] = p
             r[f"verdict_{c}"] = decide(gain if not math.isnan(gain) else 0.0, oriented, p, r["margin"], settings.alpha,
                                        r[f"diverged_{c}"])
+            # Only for a comparison more seeds can decide: a diverged method arm keeps it from better/equivalent.
+            undecided = r[f"verdict_{c}"] == "inconclusive" and not r[f"diverged_{c}"]
+            r[f"seeds_to_decide_{c}"] = seeds_to_decide(r[f"diff_{c}_mean"], r[f"diff_{c}_sd"], r[f"n_{c}"], r["margin"],
+                                                        settings.alpha, len(family)) if undecided else math.nan
     return rows
 
 
@@ -385,6 +423,15 @@ def verdict_line(rows: list[dict[str, Any]], headline: tuple[str, ...], controls
     return "; ".join(parts) if parts else "no verdict: no comparison finished"
 
 
+def seeds_line(rows: list[dict[str, Any]], headline: tuple[str, ...], controls: tuple[str, ...]) -> str | None:
+    """For the headline metrics' inconclusive comparisons at the last cycle: the seeds that would decide each at
+    the observed mean and spread (seeds_to_decide), e.g. "task_accuracy vs aux0: 23"; None when none is."""
+    by_metric = {r["metric"]: r for r in last_cycle(rows)}
+    parts = [f"{m} vs {c}: {_seeds(v)}" for m in headline if (r := by_metric.get(m))
+             for c in controls if not math.isnan(v := r.get(f"seeds_to_decide_{c}", math.nan))]
+    return "; ".join(parts) or None
+
+
 # --------------------------------------------------------------------------------------------------
 # Tables
 
@@ -393,6 +440,12 @@ def _f(v: Any, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _seeds(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"> {SEEDS_TO_DECIDE_MAX}" if math.isinf(v) else str(int(v))
 
 
 def _p(v: Any) -> str:
@@ -423,14 +476,15 @@ def arms_table(rows: list[dict[str, Any]], arms: tuple[str, ...]) -> str:
 
 def comparison_table(rows: list[dict[str, Any]], controls: tuple[str, ...], last_cycle_only: bool = True) -> str:
     """Per metric and control: best − control with its 95% interval, wins/ties/losses in the metric's
-    direction, the t-test, the sign test and Holm's p, the margin, the SAE-seed sd and the verdict."""
+    direction, the t-test, the sign test and Holm's p, the margin, the SAE-seed sd, the verdict and, where
+    it is inconclusive, how many seeds would decide it at the observed mean and spread (seeds_to_decide)."""
     if last_cycle_only:
         rows = last_cycle(rows)
     elif any(r["cycle"] > 0 for r in rows):
         rows = [r for r in rows if r["cycle"] > 0]  # every arm shares cycle 0: nothing to compare there
     head = ("| cycle | metric | control | best − control [95% CI] | wins/ties/losses | p (t) | p (sign) | p (Holm) "
-            "| margin | SAE-seed sd | verdict |")
-    lines = [head, "|" + "---|" * 11]
+            "| margin | SAE-seed sd | verdict | seeds to decide |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         if r["metric"] in KEPT_METRICS:
             continue
@@ -442,14 +496,17 @@ def comparison_table(rows: list[dict[str, Any]], controls: tuple[str, ...], last
             lines.append(f"| {r['cycle']} | {r['metric']} | {c} | {_f(r[f'diff_{c}_mean'])} [{_f(lo)}, {_f(hi)}] | "
                          f"{r[f'wins_{c}']}/{r[f'ties_{c}']}/{r[f'losses_{c}']}{div} | {_p(r[f'p_{c}'])} | "
                          f"{_p(r[f'p_sign_{c}'])} | {_p(r.get(f'p_holm_{c}'))} | {_f(r['margin'])} | "
-                         f"{_f(r['sae_seed_sd'])} | {r.get(f'verdict_{c}', '-')} |")
+                         f"{_f(r['sae_seed_sd'])} | {r.get(f'verdict_{c}', '-')} | {_seeds(r.get(f'seeds_to_decide_{c}'))} |")
     return "\n".join(lines)
 
 
 def format_table(rows: list[dict[str, Any]], settings: ConfirmSettings | None = None, headline: tuple[str, ...] = (),
                  last_cycle_only: bool = True) -> str:
-    """The confirmation as Markdown: the verdict line, the arms, the comparisons."""
+    """The confirmation as Markdown: the verdict line, the seeds that would decide what is inconclusive, the arms,
+    the comparisons."""
     settings = settings or ConfirmSettings()
-    return "\n\n".join([f"**Verdict:** {verdict_line(rows, headline, settings.controls)}",
-                        arms_table(rows, settings.arms),
-                        comparison_table(rows, settings.controls, last_cycle_only)])
+    parts = [f"**Verdict:** {verdict_line(rows, headline, settings.controls)}"]
+    if more := seeds_line(rows, headline, settings.controls):
+        parts.append(f"**Seeds to decide** (if the mean differences and their spread stay as observed; "
+                     f"`--resume --confirm-seeds N` runs only the missing seeds): {more}")
+    return "\n\n".join([*parts, arms_table(rows, settings.arms), comparison_table(rows, settings.controls, last_cycle_only)])

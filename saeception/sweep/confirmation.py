@@ -18,6 +18,7 @@ from typing import Any
 
 from saeception.eval.confirm import (
     KEPT_METRICS,
+    SEEDS_TO_DECIDE_MAX,
     SUMMARY_METRICS,
     ConfirmSettings,
     confirm_seeds,
@@ -155,6 +156,8 @@ def _write(p: Plan, tracker, parent: str, rows, settings, headline, line: str) -
                           f"confirm_p_sign_{c}_{r['metric']}": r[f"p_sign_{c}"]})
             if f"p_holm_{c}" in r:
                 stats[f"confirm_p_holm_{c}_{r['metric']}"] = r[f"p_holm_{c}"]
+                if math.isfinite(r.get(f"seeds_to_decide_{c}", math.nan)):
+                    stats[f"confirm_seeds_to_decide_{c}_{r['metric']}"] = r[f"seeds_to_decide_{c}"]
                 tags[f"{VERDICT_TAG}.{c}.{r['metric']}"] = r[f"verdict_{c}"]
         tracker.log_metrics(parent, stats, step=r["cycle"])
     tracker.set_tags(parent, tags)
@@ -175,6 +178,13 @@ def _jsonable(rows):
 CONFIRMATION_TABLE = "confirmation_table.json"
 
 
+def _seeds_cell(v: float) -> int | str | None:
+    """seeds_to_decide for the MLflow table: a count, "> 200" past the search's end, None where it does not apply."""
+    if math.isnan(v):
+        return None
+    return f"> {SEEDS_TO_DECIDE_MAX}" if math.isinf(v) else int(v)
+
+
 def table_rows(rows: list[dict[str, Any]], settings=None) -> list[dict[str, Any]]:
     """summarize()'s rows with readable, fixed columns: one row per (cycle, metric, control) with the arm
     means, the paired difference and its interval, wins/ties/losses, the p-values and the verdict."""
@@ -189,6 +199,7 @@ def table_rows(rows: list[dict[str, Any]], settings=None) -> list[dict[str, Any]
                    "best mean": r["best_mean"], "control mean": r[f"{c}_mean"], "best - control": r[f"diff_{c}_mean"],
                    "ci low": lo, "ci high": hi, "wins/ties/losses": f"{r[f'wins_{c}']}/{r[f'ties_{c}']}/{r[f'losses_{c}']}",
                    "p (t)": r[f"p_{c}"], "p (sign)": r[f"p_sign_{c}"], "p (Holm)": r.get(f"p_holm_{c}"),
-                   "margin": r["margin"], "SAE-seed sd": r["sae_seed_sd"], "verdict": r.get(f"verdict_{c}")}
+                   "margin": r["margin"], "SAE-seed sd": r["sae_seed_sd"], "verdict": r.get(f"verdict_{c}"),
+                   "seeds to decide": _seeds_cell(r.get(f"seeds_to_decide_{c}", math.nan))}
             out.append({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()})
     return out

@@ -19,6 +19,7 @@ from saeception.eval.confirm import (
     paired_test,
     parse_settings,
     run_arms,
+    seeds_to_decide,
     sign_test,
     summarize,
     t_interval,
@@ -180,6 +181,49 @@ def test_a_verdict_line_and_table_that_decide():
     table = format_table(rows, settings, ("sae_u", "task_accuracy"))
     assert table.startswith(f"**Verdict:** {line}") and "| sae_u | aux0 |" in table and "| better |" in table
     assert "| best | the configuration the sweep chose | 6/6 |" in table
+
+
+def _verdict_at(k: int, mean: float, sd: float, margin: float) -> str:
+    """The verdict of one comparison (a family of one) whose k paired differences have exactly this mean and sd."""
+    z = [i - (k - 1) / 2 for i in range(k)]
+    scale = math.sqrt(sum(x * x for x in z) / (k - 1))
+    diffs = [mean + sd * x / scale for x in z]
+    settings = ConfirmSettings(controls=("aux0",), margins={"sae_u": margin})
+    (row,) = summarize(_results({"best": [0.5 + d for d in diffs], "aux0": [0.5] * k}), ("sae_u",), settings)
+    assert row["diff_aux0_mean"] == pytest.approx(mean) and row["diff_aux0_sd"] == pytest.approx(sd)
+    return row["verdict_aux0"]
+
+
+@pytest.mark.parametrize("mean, sd, margin", [(0.002, 0.006, 0.005),   # decided as equivalent
+                                               (0.02, 0.03, 0.005),    # decided as better
+                                               (-0.004, 0.01, 0.005)])  # worse, before the interval fits the margin
+def test_seeds_to_decide_is_the_first_seed_count_whose_verdict_is_decided(mean, sd, margin):
+    """At the returned count the same mean and sd give a decided verdict; one seed fewer, still inconclusive:
+    the count is what summarize itself would need, not a separate formula that could drift from it."""
+    assert _verdict_at(4, mean, sd, margin) == "inconclusive"
+    k = seeds_to_decide(mean, sd, 4, margin, 0.05, 1)
+    assert 4 < k < math.inf
+    assert _verdict_at(int(k), mean, sd, margin) != "inconclusive"
+    assert int(k) - 1 == 4 or _verdict_at(int(k) - 1, mean, sd, margin) == "inconclusive"
+
+
+def test_seeds_to_decide_in_rows_tables_and_its_limits():
+    # Out of reach: a mean difference at the margin with a wide spread; unknown with one seed; not for a decided row.
+    assert seeds_to_decide(0.005, 0.05, 3, 0.005, 0.05, 20) == math.inf
+    assert math.isnan(seeds_to_decide(0.01, math.nan, 1, 0.005, 0.05, 1))
+    assert seeds_to_decide(0.0, 0.0, 3, 0.005, 0.05, 1) == 4  # every difference 0: inside any margin
+    settings = ConfirmSettings(controls=("aux0", "random"))
+    res = _results({"best": [0.60, 0.62, 0.61, 0.64], "aux0": [0.50, 0.52, 0.52, 0.53], "random": [0.61, 0.6, 0.66, 0.6]})
+    (row,) = summarize(res, ("sae_u",), settings)
+    assert row["verdict_aux0"] == "better" and math.isnan(row["seeds_to_decide_aux0"])
+    assert row["verdict_random"] == "inconclusive" and 4 < row["seeds_to_decide_random"]
+    table = format_table([row], settings, ("sae_u",))
+    expected = "> 200" if math.isinf(row["seeds_to_decide_random"]) else str(int(row["seeds_to_decide_random"]))
+    assert "**Seeds to decide**" in table and f"sae_u vs random: {expected}" in table
+    assert table.splitlines()[-2].endswith("| better | - |") and table.splitlines()[-1].endswith(f"| inconclusive | {expected} |")
+    decided = summarize(_results({"best": [0.60, 0.62, 0.61, 0.64], "aux0": [0.50, 0.52, 0.52, 0.53]}), ("sae_u",),
+                        ConfirmSettings(controls=("aux0",)))
+    assert "Seeds to decide" not in format_table(decided, ConfirmSettings(controls=("aux0",)), ("sae_u",))
 
 
 def test_a_diverged_method_arm_counts_against_the_method():
