@@ -427,7 +427,7 @@ def seeds_line(rows: list[dict[str, Any]], headline: tuple[str, ...], controls: 
     """For the headline metrics' inconclusive comparisons at the last cycle: the seeds that would decide each at
     the observed mean and spread (seeds_to_decide), e.g. "task_accuracy vs aux0: 23"; None when none is."""
     by_metric = {r["metric"]: r for r in last_cycle(rows)}
-    parts = [f"{m} vs {c}: {_seeds(v)}" for m in headline if (r := by_metric.get(m))
+    parts = [f"{m} vs {c}: {seeds_text(v)}" for m in headline if (r := by_metric.get(m))
              for c in controls if not math.isnan(v := r.get(f"seeds_to_decide_{c}", math.nan))]
     return "; ".join(parts) or None
 
@@ -442,7 +442,8 @@ def _f(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _seeds(v: Any) -> str:
+def seeds_text(v: Any) -> str:
+    """seeds_to_decide as the tables write it: the count, "> 200" past the search's end, "-" where it does not apply."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"> {SEEDS_TO_DECIDE_MAX}" if math.isinf(v) else str(int(v))
@@ -496,7 +497,7 @@ def comparison_table(rows: list[dict[str, Any]], controls: tuple[str, ...], last
             lines.append(f"| {r['cycle']} | {r['metric']} | {c} | {_f(r[f'diff_{c}_mean'])} [{_f(lo)}, {_f(hi)}] | "
                          f"{r[f'wins_{c}']}/{r[f'ties_{c}']}/{r[f'losses_{c}']}{div} | {_p(r[f'p_{c}'])} | "
                          f"{_p(r[f'p_sign_{c}'])} | {_p(r.get(f'p_holm_{c}'))} | {_f(r['margin'])} | "
-                         f"{_f(r['sae_seed_sd'])} | {r.get(f'verdict_{c}', '-')} | {_seeds(r.get(f'seeds_to_decide_{c}'))} |")
+                         f"{_f(r['sae_seed_sd'])} | {r.get(f'verdict_{c}', '-')} | {seeds_text(r.get(f'seeds_to_decide_{c}'))} |")
     return "\n".join(lines)
 
 

@@ -18,11 +18,11 @@ from typing import Any
 
 from saeception.eval.confirm import (
     KEPT_METRICS,
-    SEEDS_TO_DECIDE_MAX,
     SUMMARY_METRICS,
     ConfirmSettings,
     confirm_seeds,
     format_table,
+    seeds_text,
     summarize,
     verdict_line,
 )
@@ -179,10 +179,10 @@ CONFIRMATION_TABLE = "confirmation_table.json"
 
 
 def _seeds_cell(v: float) -> int | str | None:
-    """seeds_to_decide for the MLflow table: a count, "> 200" past the search's end, None where it does not apply."""
+    """seeds_to_decide for the MLflow table: a count, the tables' text past the search's end, None where it does not apply."""
     if math.isnan(v):
         return None
-    return f"> {SEEDS_TO_DECIDE_MAX}" if math.isinf(v) else int(v)
+    return int(v) if math.isfinite(v) else seeds_text(v)
 
 
 def table_rows(rows: list[dict[str, Any]], settings=None) -> list[dict[str, Any]]:
