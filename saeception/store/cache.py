@@ -245,7 +245,9 @@ class ObjectStageCache(StageCache):
         self.readonly = readonly
         self.stats = CacheStats()
         self._lock = lock or self._process_lock
-        self.scratch = Path(scratch or tempfile.mkdtemp(prefix="saeception-cache-"))
+        # Without a scratch folder of the caller's, one of its own, removed with this object (or at exit).
+        self._own_scratch = None if scratch else tempfile.TemporaryDirectory(prefix="saeception-cache-")
+        self.scratch = Path(scratch or self._own_scratch.name)
         if not readonly:
             self.fs.create_dir(self.base, recursive=True)
 
@@ -356,8 +358,9 @@ class ObjectStageCache(StageCache):
 def open_cache(root: str | Path, readonly: bool = False, scratch: str | Path | None = None,
                lock: KeyLock | None = None) -> StageCache:
     """The stage cache at `root`: a local/NFS directory (or file:// URI), or an object-store URI (whose
-    entries are downloaded under `scratch`, a fresh temporary directory if None). `lock`: the per-key
-    build lock (default: a file lock for directories, a process-local lock for object stores)."""
+    entries are downloaded under `scratch`; if None, under a temporary directory of the cache's own,
+    removed with the cache object). `lock`: the per-key build lock (default: a file lock for directories,
+    a process-local lock for object stores)."""
     root = str(root)
     if is_uri(root):
         return ObjectStageCache(root, readonly, scratch, lock)

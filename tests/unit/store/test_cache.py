@@ -236,6 +236,27 @@ def test_object_store_entry_is_invisible_until_its_pointer_and_corruption_is_reb
     assert cache._read_pointer(key) is None
 
 
+def test_object_store_cache_removes_the_scratch_folder_it_made(tmp_path):
+    """A cache opened without a scratch folder downloads into one of its own and removes it when it goes
+    (unit and cluster test runs left a /tmp/saeception-cache-* folder each); a caller's folder stays."""
+    import gc
+
+    from saeception.store.cache import open_cache
+
+    cache = open_cache(f"memory://bucket-{tmp_path.name}/own")
+    cache.publish("abcdef0123456789", lambda d: (d / "x.json").write_text("{}"), 1.0)
+    own = cache.scratch
+    assert cache.lookup("abcdef0123456789") is not None and any(own.iterdir())
+    del cache
+    gc.collect()
+    assert not own.exists()
+    mine = ObjectStageCache(f"memory://bucket-{tmp_path.name}/own", scratch=tmp_path / "mine")
+    assert mine.lookup("abcdef0123456789") is not None
+    del mine
+    gc.collect()
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_object_store_readonly_never_writes(tmp_path):
     uri = f"memory://bucket-{tmp_path.name}/ro"
     cache = ObjectStageCache(uri, readonly=True)
