@@ -227,7 +227,7 @@ def test_asha_stopped_trials_are_pruned_and_free_their_workers(tmp_path, ray_env
         states = [t.state for t in study.trials]
         if (len(states) == 6 and set(states) <= ended) or attempt == 2:
             break
-        # Seen in 2 CI runs, never here in ~20 runs (docs/development.md, "The ASHA flake"): trials after a stopped
+        # Seen in 2 CI runs, not reproduced here (docs/development.md, "The ASHA flake"): trials after a stopped
         # one FAILED. The sweep runs once more; the first run's errors reach the log as a warning, since pytest
         # shows warnings of passing tests too. A leak that happens every time still fails the second run.
         warnings.warn(f"ASHA sweep, first run: trials {[s.name for s in states]}; running it again\n"
