@@ -34,6 +34,10 @@ from .tracking import FAILURE
 from .vocab import KEY_TAG, SAE_SEED_PREFIX, TRAIN_RUN_TAG, VERDICT_TAG
 
 
+class ConfirmationInterrupted(Exception):
+    """Ctrl-C during the confirmation: nothing is judged or exported; `--resume` runs the seeds that did not finish."""
+
+
 def confirm_key(values: dict[str, Any], settings) -> str:
     """What a confirmation is of: the winner's values and the settings (controls, margins, SAE seeds, alpha)."""
     payload = {"values": {k: values[k] for k in sorted(values)}, "settings": settings.to_dict()}
@@ -66,6 +70,11 @@ def _gather(tracker, parent: str, key: str, arms: tuple[str, ...], seeds: list[i
     return results, failed, train_runs, best_runs
 
 
+def _unfinished(seeds: list[int], arms: tuple[str, ...], results, failed) -> list[int]:
+    """The seeds with an arm that neither finished nor failed: not run yet, or stopped mid-run."""
+    return [s for s in seeds if not all(s in results[a] or s in failed[a] for a in arms)]
+
+
 def _spread(tracker, best_runs: dict[int, str], results, seed: int, metrics: tuple[str, ...]) -> list[dict[str, float]]:
     """The first seed's SAE-seed runs at the last cycle: its own SAE's metrics and the extra SAEs'."""
     run_id = best_runs.get(seed)
@@ -96,10 +105,10 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
     # The test-split twins of the objectives: the winner was selected on val_*, so val_* cannot confirm it.
     metrics = tuple(dict.fromkeys((*SUMMARY_METRICS, *(m.removeprefix("val_") for m in p.space.metrics), *KEPT_METRICS)))
     results, failed, train_runs, _ = _gather(tracker, parent, key, settings.arms, seeds, metrics)
-    done = {s for s in seeds if all(s in results[a] or s in failed[a] for a in settings.arms)}
-    missing = [s for s in seeds if s not in done]
+    missing = _unfinished(seeds, settings.arms, results, failed)
+    done = len(seeds) - len(missing)
     print(f"\nconfirming the best config on seeds {seeds} with controls {', '.join(settings.controls)}"
-          + (f" ({len(done)} seeds already confirmed for this winner)" if done else ""), flush=True)
+          + (f" ({done} seeds already confirmed for this winner)" if done else ""), flush=True)
     if missing:
         # A fresh Tune experiment and fresh Train run names per attempt: nothing is restored from an attempt
         # for another winner or another seed set (the MLflow runs of an arm are reused by key).
@@ -115,6 +124,16 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
                            run_config=tune.RunConfig(name=name, storage_path=p.ray_dir, verbose=0))
         tuner.fit()
     results, failed, train_runs, best_runs = _gather(tracker, parent, key, settings.arms, seeds, metrics)
+    if stopped := _unfinished(missing, settings.arms, results, failed):
+        # Ctrl-C: Tune stops its trials (TERMINATED, as if they had ended) and returns; the arms those trials had
+        # not closed are still RUNNING. Nothing is judged on part of the seeds: they are KILLED, and a resumed
+        # sweep runs those seeds again, reusing their runs by key.
+        for run in tracker.children(parent):
+            tags = run.data.tags
+            if (tags.get(KEY_TAG) == key and int(tags.get("saeception.seed", -1)) in stopped
+                    and run.info.status == "RUNNING"):
+                tracker.client.set_terminated(run.info.run_id, status="KILLED")
+        raise ConfirmationInterrupted(f"the confirmation stopped before seeds {stopped} finished")
     if not results["best"]:
         print("confirmation failed: the best arm finished on no seed; see the confirm runs in MLflow", flush=True)
         tracker.set_tags(parent, {VERDICT_TAG: "no verdict: the best arm finished on no seed"})

@@ -17,13 +17,14 @@ from saeception.store.uris import redact
 
 from ..config import to_dict
 from .best import export_best, log_best_dataset
-from .confirmation import confirm
+from .confirmation import ConfirmationInterrupted, confirm
 from .identity import identity, write_identity
 from .leaks import sweeper_callback
 from .orphans import close_orphans
 from .plan import Plan
 from .report import (
     best_trials,
+    fit_interrupted,
     log_cache_totals,
     log_sweep_plots,
     print_summary,
@@ -62,8 +63,11 @@ def execute(p: Plan) -> int:
         report(p, s, rows, best)
         confirmed = None
         if best and p.confirm.seeds > 0:
-            confirmed = confirm(p, s.tracker, s.parent, s.spec, {**p.space.fixed, **best[0]["config"]}, s.concurrency,
-                                s.trial_resources)
+            try:
+                confirmed = confirm(p, s.tracker, s.parent, s.spec, {**p.space.fixed, **best[0]["config"]},
+                                    s.concurrency, s.trial_resources)
+            except ConfirmationInterrupted:
+                return stop_interrupted(p, s)
         if best:
             export_best(p, s.tracker, s.parent, best[0], confirmed)
         return close(p, s, rows, best)
@@ -237,14 +241,12 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
           f"{p.resources.workers_per_trial} worker(s) per trial; storage {redact(p.storage)}", flush=True)
     results = tuner.fit()
     rows = trial_rows(results, p.space)
-    ended = results.num_terminated + results.num_errors
-    interrupted = len(results) < search.trials or ended < len(results)
-    return rows, best_trials(rows, p.space), interrupted
+    return rows, best_trials(rows, p.space), fit_interrupted(results, search.trials)
 
 
 def stop_interrupted(p: Plan, s: Session) -> int:
-    """An interrupted search (Ctrl-C): no report, no confirmation; the parent run is KILLED, the sweep
-    can be resumed. Exit code 130, as for SIGINT."""
+    """An interrupted search or confirmation (Ctrl-C): no verdict and no export (and, for a search, no
+    report); the parent run is KILLED, the sweep can be resumed. Exit code 130, as for SIGINT."""
     s.tracker.set_tags(s.parent, {"saeception.interrupted": "true"})
     s.tracker.client.set_terminated(s.parent, status="KILLED")
     print(f"\nsweep {p.name} interrupted; continue it with: {p.resume_command}", flush=True)

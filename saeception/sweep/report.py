@@ -109,6 +109,13 @@ def best_trials(rows: list[dict[str, Any]], space: SearchSpace) -> list[dict[str
     return sorted(pareto_front(usable, space.metrics, space.modes), key=lambda r: -sign * r[m])
 
 
+def fit_interrupted(results, expected: int) -> bool:
+    """Whether a Tune run returned before its `expected` trials all ended. On Ctrl-C `tuner.fit()` returns
+    instead of raising, with the trials it stopped TERMINATED as if they had ended: only trials it never
+    started, or never got to stop, show the interruption (the confirmation checks its MLflow runs instead)."""
+    return len(results) < expected or results.num_terminated + results.num_errors < len(results)
+
+
 def trial_rows(results, space: SearchSpace) -> list[dict[str, Any]]:
 
     rows = []

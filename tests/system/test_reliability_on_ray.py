@@ -307,6 +307,50 @@ def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
     assert parent.info.status == "KILLED"
 
 
+def runs_with_role(db: Path, role: str) -> list[str]:
+    """Run ids tagged saeception.role = `role`, read straight from MLflow's SQLite store."""
+    if not db.exists():
+        return []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        try:
+            rows = con.execute("select run_uuid from tags where key = 'saeception.role' and value = ?", (role,))
+            return [r for (r,) in rows.fetchall()]
+        except sqlite3.OperationalError:
+            return []
+
+
+@pytest.mark.ray
+@pytest.mark.interrupt
+def test_ctrl_c_during_the_confirmation_judges_nothing_and_resume_confirms(tmp_path, ray_env):
+    """8b. Ctrl-C while the confirmation runs: exit 130, no verdict, no export, the parent run and the arms
+    that did not finish KILLED (it used to judge whatever had finished, export the winner and exit 0);
+    `--resume` runs the missing seeds and judges them all."""
+    from mlflow.tracking import MlflowClient
+
+    storage = tmp_path / "s"
+    cmd = sweep_cmd(storage, "--trials", "1", "--num-cpus", "2", "--confirm-seeds", "2")
+    proc = subprocess.Popen(cmd, env=ray_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: runs_with_role(storage / "mlflow.db", "confirm"), 300, "a confirmation run", proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted" in out and "Verdict" not in out and "confirmation failed" not in out, out[-3000:]
+    assert not (storage / "rel" / "confirmation.md").exists() and not (storage / "rel" / "best").exists()
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    parent = next(x for x in runs if x.data.tags.get("saeception.role") == "sweep")
+    arms = [x for x in runs if x.data.tags.get("saeception.role") in ("confirm", "control")]
+    assert parent.info.status == "KILLED" and arms and all(x.info.status == "KILLED" for x in arms), \
+        [(x.data.tags.get("saeception.role"), x.info.status) for x in [parent, *arms]]
+
+    r = subprocess.run([*cmd, "--resume"], env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "Verdict" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+    assert (storage / "rel" / "confirmation.md").exists() and (storage / "rel" / "best").exists()
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    arms = [x for x in runs if x.data.tags.get("saeception.role") in ("confirm", "control")]
+    assert len(arms) == 2 * 5 and all(x.info.status == "FINISHED" for x in arms)
+
+
 @pytest.mark.ray
 @pytest.mark.mlflow_outage
 def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):

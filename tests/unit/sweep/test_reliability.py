@@ -58,3 +58,19 @@ def test_security_defaults():
         assert "pickle.load" not in text and "import pickle" not in text, path
         assert "torch.load(" not in text or "weights_only=True" in text, path
         assert "0.0.0.0" not in text, path
+
+
+def test_a_tune_run_that_ended_before_its_trials_did_is_interrupted():
+    """On Ctrl-C, `tuner.fit()` returns instead of raising: what the driver checks after the search's Tune run
+    to stop with exit 130 rather than report on what had finished."""
+    from saeception.sweep.report import fit_interrupted
+
+    class Grid(list):
+        def __init__(self, n: int, terminated: int, errors: int = 0):
+            super().__init__(range(n))
+            self.num_terminated, self.num_errors = terminated, errors
+
+    assert not fit_interrupted(Grid(2, 2), 2)
+    assert not fit_interrupted(Grid(3, 2, 1), 3)  # an errored trial ended too
+    assert fit_interrupted(Grid(2, 1), 2)  # one still running or pending when Tune stopped
+    assert fit_interrupted(Grid(1, 1), 2)  # the searcher never got to the second
