@@ -241,7 +241,8 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
           f"{p.resources.workers_per_trial} worker(s) per trial; storage {redact(p.storage)}", flush=True)
     results = tuner.fit()
     rows = trial_rows(results, p.space)
-    return rows, best_trials(rows, p.space), fit_interrupted(results, search.trials)
+    interrupted = fit_interrupted(results, search.trials, scheduled=search.scheduler != "none")
+    return rows, best_trials(rows, p.space), interrupted
 
 
 def stop_interrupted(p: Plan, s: Session) -> int:

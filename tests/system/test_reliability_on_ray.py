@@ -94,6 +94,18 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def runs_with_role(db: Path, role: str) -> list[str]:
+    """Run ids tagged saeception.role = `role`, read straight from MLflow's SQLite store."""
+    if not db.exists():
+        return []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        try:
+            rows = con.execute("select run_uuid from tags where key = 'saeception.role' and value = ?", (role,))
+            return [r for (r,) in rows.fetchall()]
+        except sqlite3.OperationalError:
+            return []
+
+
 def mlflow_children(storage: Path):
     from mlflow.tracking import MlflowClient
 
@@ -290,11 +302,15 @@ def test_a_placement_group_whose_creator_actor_died_is_found_and_removed(ray_env
 @pytest.mark.ray
 @pytest.mark.interrupt
 def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
-    """8. Ctrl-C (SIGINT) ends the sweep with exit code 130, the parent run KILLED, no report."""
+    """8. Ctrl-C (SIGINT) ends the sweep with exit code 130, the parent run KILLED, no report. Both trials run
+    at once, so Tune has stopped every trial of the search when it returns, each TERMINATED as if it had ended
+    (which the driver used to take for a finished search, and report)."""
     storage = tmp_path / "s"
-    proc = subprocess.Popen(sweep_cmd(storage, "--trials", "3", "--num-cpus", "2"), env=ray_env, cwd=REPO,
+    proc = subprocess.Popen(sweep_cmd(storage, "--trials", "2", "--num-cpus", "2", "--max-concurrent", "2",
+                                      "--cpus-per-worker", "0.5"), env=ray_env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: logged_steps(storage / "mlflow.db", "cycle"), 300, "a first cycle", proc)
+    wait_for(lambda: len(runs_with_role(storage / "mlflow.db", "trial")) == 2
+             and logged_steps(storage / "mlflow.db", "cycle"), 300, "both trials and a first cycle", proc)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, out[-3000:]
@@ -305,18 +321,6 @@ def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
     runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
     parent = [x for x in runs if x.data.tags.get("saeception.role") == "sweep"][0]
     assert parent.info.status == "KILLED"
-
-
-def runs_with_role(db: Path, role: str) -> list[str]:
-    """Run ids tagged saeception.role = `role`, read straight from MLflow's SQLite store."""
-    if not db.exists():
-        return []
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-        try:
-            rows = con.execute("select run_uuid from tags where key = 'saeception.role' and value = ?", (role,))
-            return [r for (r,) in rows.fetchall()]
-        except sqlite3.OperationalError:
-            return []
 
 
 @pytest.mark.ray

@@ -61,16 +61,30 @@ def test_security_defaults():
 
 
 def test_a_tune_run_that_ended_before_its_trials_did_is_interrupted():
-    """On Ctrl-C, `tuner.fit()` returns instead of raising: what the driver checks after the search's Tune run
-    to stop with exit 130 rather than report on what had finished."""
+    """On Ctrl-C, `tuner.fit()` returns instead of raising, the trials it stopped TERMINATED as if they had
+    ended: what the driver checks after the search's Tune run to stop with exit 130 rather than report on
+    what had finished."""
+    from types import SimpleNamespace
+
     from saeception.sweep.report import fit_interrupted
+    from saeception.sweep.vocab import FINAL_CYCLE
+
+    def done(cycle: int = 1, final: int = 1):
+        return SimpleNamespace(error=None, metrics={"cycle": cycle, FINAL_CYCLE: final})
 
     class Grid(list):
-        def __init__(self, n: int, terminated: int, errors: int = 0):
-            super().__init__(range(n))
-            self.num_terminated, self.num_errors = terminated, errors
+        def __init__(self, results, running: int = 0):
+            super().__init__(results)
+            self.num_errors = sum(r.error is not None for r in results)
+            self.num_terminated = len(results) - self.num_errors - running
 
-    assert not fit_interrupted(Grid(2, 2), 2)
-    assert not fit_interrupted(Grid(3, 2, 1), 3)  # an errored trial ended too
-    assert fit_interrupted(Grid(2, 1), 2)  # one still running or pending when Tune stopped
-    assert fit_interrupted(Grid(1, 1), 2)  # the searcher never got to the second
+    failed = SimpleNamespace(error=RuntimeError("x"), metrics=None)
+    assert not fit_interrupted(Grid([done(), done()]), 2)
+    assert not fit_interrupted(Grid([done(), failed]), 2)  # an errored trial ended too
+    assert fit_interrupted(Grid([done(), done()], running=1), 2)  # one still running or pending
+    assert fit_interrupted(Grid([done()]), 2)  # the searcher never got to the second
+    # Every trial started and stopped by Tune (TERMINATED) before its last cycle or its first report: without a
+    # scheduler only Ctrl-C does that; with one, a trial may have been stopped early.
+    stopped, silent = done(cycle=0), SimpleNamespace(error=None, metrics=None)
+    assert fit_interrupted(Grid([done(), stopped]), 2) and fit_interrupted(Grid([done(), silent]), 2)
+    assert not fit_interrupted(Grid([done(), stopped]), 2, scheduled=True)
