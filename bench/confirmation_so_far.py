@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from saeception.eval.confirm import KEPT_METRICS, SUMMARY_METRICS, ConfirmSettings, format_table, summarize
+from saeception.sweep.confirmation import by_cycle
 from saeception.sweep.tracking import Tracker
 from saeception.sweep.vocab import KEY_TAG, SAE_SEED_PREFIX
 
@@ -47,11 +48,7 @@ def main() -> None:
         arm, seed = tags.get("saeception.arm"), int(tags["saeception.seed"])
         if tags[KEY_TAG] != key or arm not in results:
             continue
-        per_cycle: dict[int, dict[str, float]] = {}
-        for m, steps in tracker.histories(run.info.run_id, metrics).items():
-            for step, value in steps.items():
-                per_cycle.setdefault(step, {})[m] = value
-        results[arm][seed] = per_cycle
+        results[arm][seed] = by_cycle(tracker, run.info.run_id, metrics)
         if arm == "best":
             spread_runs[seed] = run.info.run_id
     last = int(identity["fixed"].get("chain.cycles", 1))
@@ -59,11 +56,7 @@ def main() -> None:
     results = {a: {s: results[a][s] for s in complete} for a in settings.arms}
     spread = []
     if complete and complete[0] in spread_runs:
-        extra = tracker.histories(spread_runs[complete[0]], [SAE_SEED_PREFIX + m for m in metrics])
-        by_step: dict[int, dict[str, float]] = {}
-        for m, steps in extra.items():
-            for step, value in steps.items():
-                by_step.setdefault(step, {})[m.removeprefix(SAE_SEED_PREFIX)] = value
+        by_step = by_cycle(tracker, spread_runs[complete[0]], metrics, prefix=SAE_SEED_PREFIX)
         if by_step:
             spread = [results["best"][complete[0]][last], *(by_step[j] for j in sorted(by_step))]
     rows = summarize(results, metrics, settings, modes, {}, spread)

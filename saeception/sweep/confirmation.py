@@ -58,16 +58,21 @@ def _gather(tracker, parent: str, key: str, arms: tuple[str, ...], seeds: list[i
             continue
         train_runs[(arm, seed)] = tags.get(TRAIN_RUN_TAG, "")
         if run.info.status == "FINISHED":
-            per_cycle: dict[int, dict[str, float]] = {}
-            for m, steps in tracker.histories(run.info.run_id, metrics).items():
-                for step, value in steps.items():
-                    per_cycle.setdefault(step, {})[m] = value
-            results[arm][seed] = per_cycle
+            results[arm][seed] = by_cycle(tracker, run.info.run_id, metrics)
             if arm == "best":
                 best_runs[seed] = run.info.run_id
         elif run.info.status == "FAILED" and tags.get(FAILURE):
             failed[arm][seed] = tags[FAILURE]
     return results, failed, train_runs, best_runs
+
+
+def by_cycle(tracker, run_id: str, metrics, prefix: str = "") -> dict[int, dict[str, float]]:
+    """{step: {metric: value}} of a run's `metrics` (logged under `prefix` + metric), from MLflow."""
+    out: dict[int, dict[str, float]] = {}
+    for m, steps in tracker.histories(run_id, [prefix + m for m in metrics]).items():
+        for step, value in steps.items():
+            out.setdefault(step, {})[m.removeprefix(prefix)] = value
+    return out
 
 
 def _unfinished(seeds: list[int], arms: tuple[str, ...], results, failed) -> list[int]:
@@ -82,10 +87,7 @@ def _spread(tracker, best_runs: dict[int, str], results, seed: int, metrics: tup
         return []
     own = results["best"][seed]
     last = max(own) if own else 0
-    extra: dict[int, dict[str, float]] = {}
-    for m, steps in tracker.histories(run_id, [SAE_SEED_PREFIX + m for m in metrics]).items():
-        for step, value in steps.items():
-            extra.setdefault(step, {})[m.removeprefix(SAE_SEED_PREFIX)] = value
+    extra = by_cycle(tracker, run_id, metrics, prefix=SAE_SEED_PREFIX)
     return [own.get(last, {}), *(extra[j] for j in sorted(extra))] if extra else []
 
 
