@@ -113,11 +113,13 @@ def fit_interrupted(results, expected: int, scheduled: bool = False) -> bool:
     """Whether a Tune run returned before its `expected` trials all ended. On Ctrl-C `tuner.fit()` returns
     instead of raising, with the trials it stopped TERMINATED as if they had ended; so a trial it never
     started shows the interruption, and, without a scheduler (`scheduled` False), so does a trial that ended
-    before its last cycle or before its first report: nothing else stops one. (With a scheduler such a trial
-    may have been stopped early; the confirmation checks its MLflow runs instead.)"""
+    before its last cycle or before Tune had any cycle of it (its first report may be in MLflow already: the
+    relay logs before it forwards): nothing else stops one. (With a scheduler such a trial may have been
+    stopped early; the confirmation checks its MLflow runs instead.)"""
     if len(results) < expected or results.num_terminated + results.num_errors < len(results):
         return True
-    return not scheduled and any(r.error is None and (r.metrics is None or stopped_early(r.metrics)) for r in results)
+    return not scheduled and any(r.error is None and (not r.metrics or "cycle" not in r.metrics
+                                                      or stopped_early(r.metrics)) for r in results)
 
 
 def trial_rows(results, space: SearchSpace) -> list[dict[str, Any]]:

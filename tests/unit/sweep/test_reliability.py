@@ -87,4 +87,7 @@ def test_a_tune_run_that_ended_before_its_trials_did_is_interrupted():
     # scheduler only Ctrl-C does that; with one, a trial may have been stopped early.
     stopped, silent = done(cycle=0), SimpleNamespace(error=None, metrics=None)
     assert fit_interrupted(Grid([done(), stopped]), 2) and fit_interrupted(Grid([done(), silent]), 2)
+    # Seen in a full suite run: both trials had logged cycle 0 to MLflow, but Tune had no cycle of either.
+    unreported = SimpleNamespace(error=None, metrics={"trial_id": "t", "done": False})
+    assert fit_interrupted(Grid([unreported, unreported]), 2)
     assert not fit_interrupted(Grid([done(), stopped]), 2, scheduled=True)
