@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 from saeception.eval.confirm import KEPT_METRICS, SUMMARY_METRICS, ConfirmSettings, format_table, summarize
-from saeception.sweep.confirmation import by_cycle
+from saeception.sweep.confirmation import by_cycle, spread_of
 from saeception.sweep.tracking import Tracker
-from saeception.sweep.vocab import KEY_TAG, SAE_SEED_PREFIX
+from saeception.sweep.vocab import KEY_TAG
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     parent = next(r for r in tracker.client.search_runs([exp.experiment_id])
                   if r.data.tags.get("saeception.role") == "sweep" and r.info.run_name == args.name)
     arms_runs = [r for r in tracker.children(parent.info.run_id) if r.data.tags.get(KEY_TAG)]
-    key = Counter(r.data.tags[KEY_TAG] for r in arms_runs).most_common(1)[0][0]  # the latest winner's
+    key = Counter(r.data.tags[KEY_TAG] for r in arms_runs).most_common(1)[0][0]  # the key with the most arm runs
     results: dict[str, dict[int, dict[int, dict[str, float]]]] = {a: {} for a in settings.arms}
     spread_runs = {}
     for run in arms_runs:
@@ -54,11 +54,7 @@ def main() -> None:
     last = int(identity["fixed"].get("chain.cycles", 1))
     complete = sorted(s for s in results["best"] if all(last in results[a].get(s, {}) for a in settings.arms))
     results = {a: {s: results[a][s] for s in complete} for a in settings.arms}
-    spread = []
-    if complete and complete[0] in spread_runs:
-        by_step = by_cycle(tracker, spread_runs[complete[0]], metrics, prefix=SAE_SEED_PREFIX)
-        if by_step:
-            spread = [results["best"][complete[0]][last], *(by_step[j] for j in sorted(by_step))]
+    spread = spread_of(tracker, spread_runs, results, complete[0], metrics) if complete else []
     rows = summarize(results, metrics, settings, modes, {}, spread)
     headline = tuple(dict.fromkeys((*modes, "task_accuracy")))
     print(f"confirmation {key} of sweep {args.name}: seeds complete in every arm: {complete} "

@@ -80,7 +80,7 @@ def _unfinished(seeds: list[int], arms: tuple[str, ...], results, failed) -> lis
     return [s for s in seeds if not all(s in results[a] or s in failed[a] for a in arms)]
 
 
-def _spread(tracker, best_runs: dict[int, str], results, seed: int, metrics: tuple[str, ...]) -> list[dict[str, float]]:
+def spread_of(tracker, best_runs: dict[int, str], results, seed: int, metrics: tuple[str, ...]) -> list[dict[str, float]]:
     """The first seed's SAE-seed runs at the last cycle: its own SAE's metrics and the extra SAEs'."""
     run_id = best_runs.get(seed)
     if run_id is None:
@@ -140,7 +140,7 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
         print("confirmation failed: the best arm finished on no seed; see the confirm runs in MLflow", flush=True)
         tracker.set_tags(parent, {VERDICT_TAG: "no verdict: the best arm finished on no seed"})
         return None
-    spread = _spread(tracker, best_runs, results, seeds[0], metrics)
+    spread = spread_of(tracker, best_runs, results, seeds[0], metrics)
     modes = {o.metric.removeprefix("val_"): o.mode for o in p.space.objectives}
     rows = summarize(results, metrics, settings, modes, failed, spread)
     headline = tuple(dict.fromkeys((*(m.removeprefix("val_") for m in p.space.metrics), "task_accuracy")))

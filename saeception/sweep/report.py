@@ -118,8 +118,8 @@ def fit_interrupted(results, expected: int, scheduled: bool = False) -> bool:
     stopped early; the confirmation checks its MLflow runs instead.)"""
     if len(results) < expected or results.num_terminated + results.num_errors < len(results):
         return True
-    return not scheduled and any(r.error is None and (not r.metrics or "cycle" not in r.metrics
-                                                      or stopped_early(r.metrics)) for r in results)
+    return not scheduled and any(r.error is None and ("cycle" not in (r.metrics or {}) or stopped_early(r.metrics))
+                                 for r in results)
 
 
 def trial_rows(results, space: SearchSpace) -> list[dict[str, Any]]:
