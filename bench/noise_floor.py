@@ -7,8 +7,8 @@ train `--sae-seeds` SAEs on its last cycle's activations (the same model; only t
 differs) and evaluate each as the cycle is evaluated. Prints (1) per metric the SAE-seed sd (pooled over
 chain seeds: the root of the mean variance), the number the confirmation's equivalence margins come from
 (DEFAULT_MARGINS ~ 2 x this sd); (2) test-split sae_u / sae_csi over latents firing on >= m examples, for
-m in 1, 2, 5, 10, 20, with the count of such latents and the SAE-seed sd at each m (what eval.min_firings'
-default comes from).
+m in 1, 2, 5, 10, 20, with the count of such latents and the SAE-seed sd at each m (what
+eval.min_firing_rate's default comes from: m of the test split's n examples is the rate m / n).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def main() -> None:
             rows.append(evaluate_cycle(r, cycle, sae, extracted))
             codes = encode_all(sae, extracted["test.acts"].float())
             for mf in MIN_FIRINGS:
-                mono[mf].append(M.monosemanticity(codes, r.task.test.labels, mf))
+                labels = r.task.test.labels
+                mono[mf].append(M.monosemanticity(codes, labels, mf / len(labels)))  # min_firings_for: exactly mf
         for m in METRICS:
             variances[m].append(_sd([x[m] for x in rows]) ** 2)
         for mf in MIN_FIRINGS:

@@ -15,6 +15,13 @@ import yaml
 
 from saeception.config.schema import Config, ConfigError
 
+# Keys that are gone, with what replaced them: a config or space naming one fails (as any unknown key does)
+# with this hint instead of the list of every key.
+REMOVED_KEYS = {
+    "eval.min_firings": "removed: the threshold is now a share of the split's examples, `eval.min_firing_rate` "
+                        "(ceil(rate × n) of n examples; its default 0.0125 is 5 of 360)",
+}
+
 
 def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
@@ -60,6 +67,8 @@ def key_docs() -> list[KeyDoc]:
 
 
 def _show_default(v: Any) -> str:
+    if v is None:
+        return "`null`"
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, str):
@@ -78,7 +87,7 @@ def _short_type(t: Any) -> str:
         return " or ".join(_short_type(a) for a in typing.get_args(t))
     if origin is list:
         return f"list of {_short_type(typing.get_args(t)[0])}"
-    return getattr(t, "__name__", str(t))
+    return "null" if t is type(None) else getattr(t, "__name__", str(t))
 
 
 def keys_table() -> str:
@@ -104,7 +113,8 @@ def _type_name(t: Any) -> str:
     if origin is list:
         inner = typing.get_args(t)[0]
         return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(inner, _type_name(inner))
-    return {int: "an integer", float: "a finite number", str: "a string", bool: "true/false"}.get(t, str(t))
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true/false",
+            type(None): "null"}.get(t, str(t))
 
 
 def _coerce(key: str, value: Any, t: Any) -> Any:
@@ -121,7 +131,10 @@ def _coerce(key: str, value: Any, t: Any) -> Any:
             raise ConfigError(f"{key}: must be {_type_name(t)}, got {value!r}")
         (inner,) = typing.get_args(t)
         return [_coerce(key, v, inner) for v in value]
-    if t is bool:
+    if t is type(None):
+        if value is None:
+            return None
+    elif t is bool:
         if isinstance(value, bool):
             return value
     elif t is int:
@@ -163,7 +176,8 @@ def build_config(values: dict[str, Any]) -> Config:
     top: dict[str, Any] = {}
     for key, value in flatten(values).items():
         if key not in keys:
-            raise ConfigError(f"{key}: unknown config key (known: {', '.join(sorted(keys))})")
+            raise ConfigError(f"{key}: {REMOVED_KEYS[key]}" if key in REMOVED_KEYS
+                              else f"{key}: unknown config key (known: {', '.join(sorted(keys))})")
         coerced = _coerce(key, value, keys[key])
         section, _, sub = key.partition(".")
         if sub:

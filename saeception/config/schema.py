@@ -43,7 +43,12 @@ class DataConfig:
     test_fraction: float = doc(0.2, "size of a carved test split (fraction of all examples)")
     max_examples: int = doc(0, "cap per split (stratified subsample seeded by `data.split_seed`; 0 = none)")
     split_seed: int = doc(0, "seeds the carving of missing splits and the `max_examples` subsample; no trial or "
-                          "confirmation seed changes it, so every run of a sweep sees the same splits")
+                          "confirmation seed changes it, so every run of a sweep sees the same validation split (and the same train and "
+                          "test splits unless `data.test_draw` is set)")
+    test_draw: int | None = doc(None, "None: the test split as `data.split_seed` carves it; an int: the test split is "
+                                "drawn afresh, with this seed, from the train and test examples together, stratified, "
+                                "the same size, the val split untouched (the confirmation gives each seed its own draw "
+                                "so its intervals include the test examples' sampling error)")
     max_length: int = doc(128, "tokenizer truncation; batches are padded to their longest member only")
     padding_side: str = doc("right", "`right` or `left`; pooling reads the last real token either way")
     delimiter: str = doc("", "CSV separator (empty: `,` for .csv, tab for .tsv)")
@@ -63,6 +68,8 @@ class DataConfig:
                  "val_fraction + test_fraction must be < 1")
         _require(self.max_examples >= 0, "data.max_examples", "must be >= 0 (0 = no cap)")
         _require(self.split_seed >= 0, "data.split_seed", "must be >= 0")
+        _require(self.test_draw is None or (isinstance(self.test_draw, int) and not isinstance(self.test_draw, bool)
+                                            and self.test_draw >= 0), "data.test_draw", "must be null or an integer >= 0")
         names = {"data.train_split": self.train_split, "data.val_split": self.val_split, "data.test_split": self.test_split}
         _require(len(set(names.values())) == 3, "data.val_split",
                  f"train, val and test must name three different source splits (got {', '.join(f'{k}={v!r}' for k, v in names.items())})")
@@ -288,9 +295,11 @@ class ChainConfig:
 class EvalConfig:
     cluster_max_examples: int = doc(2000, "cap (seeded subsample) for the O(N²) silhouette")
     probe_max_iter: int = doc(500, "logistic-probe iterations")
-    min_firings: int = doc(5, "per-latent metrics (`sae_csi`, `sae_u`, `base_*`) average over latents that fire on at "
-                           "least this many examples of the split (a latent firing once has CSI 1: BENCHMARKS.md, "
-                           "\"Rare latents\"); the all-alive means stay as `*_all`")
+    min_firing_rate: float = doc(0.0125, "per-latent metrics (`sae_csi`, `sae_u`, `base_*`) average over latents that "
+                                 "fire on at least this share of the split's examples: ceil(rate × n) of its n examples, at "
+                                 "least 1 (5 of 360 by default; a latent firing once has CSI 1: BENCHMARKS.md, \"Rare "
+                                 "latents\"), in (0, 1); how many were scored is `sae_scored_latents`, the all-alive means "
+                                 "stay as `*_all`")
     backend: str = doc("auto", "where probes and cluster metrics run: `torch` (on the codes' device), `sklearn` "
                        "(scikit-learn on the CPU, the reference definitions), `auto` (torch on CUDA; on the CPU the one "
                        "measured faster, BENCHMARKS.md)")
@@ -298,7 +307,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _require(self.cluster_max_examples >= 10, "eval.cluster_max_examples", "must be >= 10")
         _require(self.probe_max_iter >= 1, "eval.probe_max_iter", "must be >= 1")
-        _require(self.min_firings >= 1, "eval.min_firings", "must be >= 1")
+        _require(0 < self.min_firing_rate < 1, "eval.min_firing_rate", "must be in (0, 1), a share of the split's examples")
         _require(self.backend in ("auto", "torch", "sklearn"), "eval.backend", "must be one of: auto, torch, sklearn")
 
 
@@ -317,7 +326,7 @@ class BrowserConfig:
                        "0: none")
     examples: int = doc(8, "top-activating test examples shown per latent")
     score: str = doc("csi", "what picks and orders the latents: " + ", ".join(f"`{k}` ({v})" for k, v in BROWSER_SCORES.items())
-                     + "; over latents firing on at least `eval.min_firings` test examples")
+                     + "; over latents firing on at least `eval.min_firing_rate` of the test examples")
 
     def __post_init__(self) -> None:
         _require(self.latents >= 0, "browser.latents", "must be >= 0 (0: none)")

@@ -209,12 +209,13 @@ def _take(inputs: Any, idx: np.ndarray) -> Any:
     return [inputs[i] for i in idx]
 
 
-def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _stratified(labels: np.ndarray, fraction: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held) sorted indices; `fraction` of the examples held (an int: exactly that many)."""
     from sklearn.model_selection import train_test_split  # lazy: scikit-learn only for eval.backend sklearn
 
     idx = np.arange(len(labels))
     counts = np.unique(labels, return_counts=True)[1]
-    held = math.ceil(fraction * len(labels))
+    held = fraction if isinstance(fraction, int) else math.ceil(fraction * len(labels))
     # scikit-learn stratifies only with >= 2 examples per class and >= one per class on each side.
     ok = counts.min() >= 2 and min(held, len(labels) - held) >= len(counts)
     keep, held_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels if ok else None)
@@ -237,9 +238,23 @@ def _complete(split: str, x: Any, y: np.ndarray, ids: np.ndarray, cfg: DataConfi
     return x, normalise_labels(y), ids
 
 
+def _concat(a: Any, b: Any) -> Any:
+    return np.concatenate([a, b]) if isinstance(a, np.ndarray) else [*a, *b]
+
+
+def _draw_test(train: Raw, test: Raw, seed: int) -> tuple[Raw, Raw]:
+    """(train, test) redrawn from train and test together: a stratified test split of the old test's
+    size seeded by `seed`, the rest train. The val split takes no part, so a test split never holds
+    an example the validation metrics (model selection) were computed on."""
+    inputs, labels, ids = (_concat(a, b) for a, b in zip(train, test))
+    keep, held = _stratified(labels, int(len(test[1])), seed)
+    return (_take(inputs, keep), labels[keep], ids[keep]), (_take(inputs, held), labels[held], ids[held])
+
+
 def make_splits(raw: dict[str, tuple[Any, np.ndarray]], cfg: DataConfig) -> dict[str, Raw]:
     """Fills missing val/test splits from train with stratified splits seeded by `cfg.split_seed`
-    (never by a trial's seed) and caps sizes; every example keeps its source id "<split>:<row>".
+    (never by a trial's seed), redraws the test split from train and test with `cfg.test_draw` when
+    it is set, and caps sizes; every example keeps its source id "<split>:<row>".
     Raises ConfigError for data a run cannot use (the rules: saeception.data.checks)."""
     out: dict[str, Raw] = {}
     for name, (x, y) in raw.items():
@@ -256,6 +271,8 @@ def make_splits(raw: dict[str, tuple[Any, np.ndarray]], cfg: DataConfig) -> dict
         out[s] = (_take(inputs, held), labels[held], ids[held])
         inputs, labels, ids = _take(inputs, keep), labels[keep], ids[keep]
     out["train"] = (inputs, labels, ids)
+    if cfg.test_draw is not None:
+        out["train"], out["test"] = _draw_test(out["train"], out["test"], cfg.test_draw)
     if cfg.max_examples:
         for s in SPLITS:
             x, y, i = out[s]

@@ -69,7 +69,7 @@ def evaluate(sae: SAE, acts: dict[str, Tensor], logits: dict[str, Tensor], label
         z, x, y = codes[split], acts[split], labels[split]
         row = M.task_metrics(logits[split].to(device), y, n_classes)
         row.update({name: score(split) for name, score in scorers.items()})
-        sae_m, base_m = M.monosemanticity(z, y, cfg.min_firings), M.monosemanticity(x, y, cfg.min_firings)
+        sae_m, base_m = M.monosemanticity(z, y, cfg.min_firing_rate), M.monosemanticity(x, y, cfg.min_firing_rate)
         row.update(sae_csi=sae_m["csi"], sae_u=sae_m["u"], base_csi=base_m["csi"], base_u=base_m["u"],
                    sae_csi_all=sae_m["csi_all"], sae_u_all=sae_m["u_all"], sae_scored_latents=sae_m["n"])
         row.update(M.cluster_metrics(z, y, n_classes, cfg.cluster_max_examples, seed, backend))

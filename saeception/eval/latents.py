@@ -15,21 +15,22 @@ import torch
 from torch import Tensor
 
 from saeception.config import BROWSER_SCORES as SCORES
-from saeception.eval.metrics import csi_per_latent, u_per_latent
+from saeception.eval.metrics import csi_per_latent, min_firings_for, u_per_latent
 
 
 @torch.no_grad()
 def latent_summary(codes: Tensor, labels: Tensor, n_classes: int, n_latents: int = 32, n_examples: int = 8,
-                   score: str = "csi", min_firings: int = 5) -> dict[str, Any]:
+                   score: str = "csi", min_firing_rate: float = 0.0) -> dict[str, Any]:
     """codes (N, n_latents) of the test split (row = example id), labels (N,). The `n_latents` latents firing
-    on at least `min_firings` examples with the highest `score`, each with its density, firing count, CSI, U,
-    largest activation, firings per class and its `n_examples` top-activating examples (id, activation,
-    label; only examples it fires on). JSON-ready."""
+    on at least min_firings_for(N, min_firing_rate) examples (recorded as `min_firings`) with the highest
+    `score`, each with its density, firing count, CSI, U, largest activation, firings per class and its
+    `n_examples` top-activating examples (id, activation, label; only examples it fires on). JSON-ready."""
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     n = len(labels)
     fires = codes > 0
     firings = fires.sum(0)
+    min_firings = min_firings_for(n, min_firing_rate)
     eligible = firings >= min_firings
     csi, u = csi_per_latent(codes, labels, n_classes), u_per_latent(codes, labels, n_classes)
     peak = codes.max(0).values.double() if n else torch.zeros(codes.shape[1], dtype=torch.float64)
@@ -46,9 +47,9 @@ def latent_summary(codes: Tensor, labels: Tensor, n_classes: int, n_latents: int
         latents.append({"latent": latent, "score": float(values[latent]), "firings": int(firings[latent]),
                         "density": float(firings[latent]) / max(n, 1), "csi": float(csi[latent]), "u": float(u[latent]),
                         "max": float(peak[latent]), "class_firings": per_class[:, j].tolist(), "top": top})
-    return {"score": score, "score_doc": SCORES[score], "min_firings": min_firings, "n_examples": n,
-            "n_classes": n_classes, "eligible": int(eligible.sum()), "n_latents_total": int(codes.shape[1]),
-            "latents": latents}
+    return {"score": score, "score_doc": SCORES[score], "min_firing_rate": min_firing_rate, "min_firings": min_firings,
+            "n_examples": n, "n_classes": n_classes, "eligible": int(eligible.sum()),
+            "n_latents_total": int(codes.shape[1]), "latents": latents}
 
 
 def example_ids(summary: dict[str, Any]) -> list[int]:
@@ -105,8 +106,10 @@ def render_html(summary: dict[str, Any], title: str) -> str:
     """The latent browser page for a latent_summary (with its `kind` and `examples`)."""
     esc = html.escape
     latents = summary["latents"]
+    # Files written before eval.min_firing_rate hold only the count.
+    rate = f" (a share of {float(summary['min_firing_rate']):g}, rounded up)" if "min_firing_rate" in summary else ""
     head = (f"<p>{len(latents)} of the {int(summary['eligible'])} latents (of {int(summary['n_latents_total'])}) that fire "
-            f"on at least {int(summary['min_firings'])} of the {int(summary['n_examples'])} test examples, ordered by "
+            f"on at least {int(summary['min_firings'])} of the {int(summary['n_examples'])} test examples{rate}, ordered by "
             f"<b>{esc(summary['score'])}</b> ({esc(summary['score_doc'])}). Per latent: its firing density, CSI, U, "
             "firings per class (bars, by class index), and its top-activating test examples (activation, label).</p>")
     nav = "<nav>" + "".join(f'<a href="#latent-{int(d["latent"])}">{int(d["latent"])}</a>' for d in latents) + "</nav>"

@@ -4,11 +4,13 @@ Definitions (docs/metrics.md repeats them):
 - CSI_i = (mu_max - mu_other) / (|mu_max| + |mu_other|), mu_max the largest class mean of latent i,
   mu_other its mean over the examples outside that class; 0 when both are 0.
 - U_i = I(1[z_i > 0]; y) / H(y), both in nats; 0 for a latent that never or always fires.
-- monosemanticity averages both over latents that fire (z > 0) on at least eval.min_firings examples of
-  the evaluated set (the `*_all` twins: at least once).
+- monosemanticity averages both over latents that fire (z > 0) on at least min_firings_for(n,
+  eval.min_firing_rate) of the n examples of the evaluated set (the `*_all` twins: at least once).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -78,13 +80,23 @@ def _u(codes: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     return torch.where(constant, torch.zeros_like(mi), (mi / h_y).clamp_min(0))
 
 
-def monosemanticity(codes: Tensor, labels: Tensor, min_firings: int = 1) -> dict[str, float]:
-    """Mean CSI and U over the latents that fire (z > 0) on at least `min_firings` examples (`csi`, `u`,
-    and their count `n`), and over every latent that fires at least once (`csi_all`, `u_all`). A latent
-    firing on one example has CSI 1 and U near 0 whatever it encodes: min_firings keeps such latents from
-    driving the mean. codes (N, n_latents), labels (N,)."""
+def min_firings_for(n: int, rate: float) -> int:
+    """The firing count a latent needs on a set of `n` examples to be scored: ceil(rate * n), at least 1.
+    rate in [0, 1) (eval.min_firing_rate; 0: every latent that fires). Doubling the set doubles both a
+    latent's firings and the share it must reach, so which latents count does not depend on the set's size."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"min_firing_rate must be in [0, 1), got {rate}")
+    # Rounded first: 0.07 * 100 is 7.000000000000001 in floating point, and its ceil is 8.
+    return max(1, math.ceil(round(rate * n, 9)))
+
+
+def monosemanticity(codes: Tensor, labels: Tensor, min_firing_rate: float = 0.0) -> dict[str, float]:
+    """Mean CSI and U over the latents that fire (z > 0) on at least min_firings_for(N, min_firing_rate)
+    examples (`csi`, `u`, and their count `n`), and over every latent that fires at least once (`csi_all`,
+    `u_all`). A latent firing on one example has CSI 1 and U near 0 whatever it encodes: the threshold keeps
+    such latents from driving the mean. codes (N, n_latents), labels (N,)."""
     firings = (codes > 0).sum(0)
-    scored, alive = firings >= min_firings, firings > 0
+    scored, alive = firings >= min_firings_for(len(labels), min_firing_rate), firings > 0
     out = {"csi": 0.0, "u": 0.0, "n": float(scored.sum()), "csi_all": 0.0, "u_all": 0.0}
     if not alive.any():
         return out

@@ -390,7 +390,7 @@ def browse_latents(r: ChainContext, sae: SAE, extracted: dict[str, torch.Tensor]
     b = r.cfg.browser
     codes = encode_all(sae, extracted["test.acts"].to(r.device).float())
     summary = latent_summary(codes, r.task.test.labels.to(codes.device), r.task.n_classes, b.latents, b.examples,
-                             b.score, r.cfg.eval.min_firings)
+                             b.score, r.cfg.eval.min_firing_rate)
     summary.update(kind=r.task.kind, examples=example_contents(r.task, r.tokenizer, example_ids(summary)))
     return summary
 

@@ -39,7 +39,7 @@ from saeception.eval.confirm import ConfirmSettings, parse_settings
 from saeception.eval.evaluate import VAL_METRIC_NAMES
 from saeception.method.sharpen import is_noop
 
-from ..config import Config, ConfigError, build_config, config_keys, flatten, read_yaml
+from ..config import REMOVED_KEYS, Config, ConfigError, build_config, config_keys, flatten, read_yaml
 
 TOP_KEYS = ("name", "description", "fixed", "params", "objectives", "constraints", "confirm")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
@@ -162,7 +162,8 @@ def _number(where: str, v: Any) -> float:
 def _param(key: str, spec: Any, known: dict[str, Any], earlier: dict[str, Param]) -> Param:
     where = f"params.{key}"
     if key not in known:
-        raise ConfigError(f"{where}: unknown config key (see `python -m saeception.run --keys` or docs/config.md for keys)")
+        raise ConfigError(f"{where}: {REMOVED_KEYS[key]}" if key in REMOVED_KEYS else
+                          f"{where}: unknown config key (see `python -m saeception.run --keys` or docs/config.md for keys)")
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: must be a mapping like {{type: float, low: 0.1, high: 1}} or {{choices: [...]}}")
     for k in spec:

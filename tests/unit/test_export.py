@@ -17,6 +17,7 @@ from paths import REPO
 from safetensors.torch import load_file
 
 from saeception.config import SAE_KINDS, ModelConfig, build_config
+from saeception.eval.metrics import min_firings_for
 from saeception.export import ExportError, build_classifier, export_run, main
 from saeception.method.chain import run_chain
 from saeception.method.sae import SAE
@@ -289,7 +290,8 @@ def test_the_latent_browser_opens_in_a_real_browser_and_shows_the_latents(which,
     dom = chromium_dom(written["browser"], tmp_path)
     shown = [int(x) for x in re.findall(r'<section class="latent" id="latent-\d+" data-latent="(\d+)"', dom)]
     assert shown == [d["latent"] for d in summary["latents"]] and 0 < len(shown) <= 32
-    assert all(d["firings"] >= 5 for d in summary["latents"])  # eval.min_firings
+    assert summary["min_firings"] == min_firings_for(summary["n_examples"], summary["min_firing_rate"])
+    assert all(d["firings"] >= summary["min_firings"] for d in summary["latents"])
     scores = [d["score"] for d in summary["latents"]]
     assert scores == sorted(scores, reverse=True)  # by CSI, the default browser.score
     examples = dom.count('<li class="example"')

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from saeception.config import Config, ConfigError, build_config, config_keys, load_config
+from saeception.sweep.space import parse_space
 
 INVALID = [
     ({"sae.kind": "relu"}, "sae.kind"),
@@ -32,6 +33,10 @@ INVALID = [
     ({"finetune.epochs": -1}, "finetune.epochs"),
     ({"device": "tpu"}, "device"),
     ({"seed": "zero"}, "seed"),
+    ({"eval.min_firing_rate": 0}, "eval.min_firing_rate"),
+    ({"eval.min_firing_rate": 1}, "eval.min_firing_rate"),
+    ({"eval.min_firing_rate": -0.1}, "eval.min_firing_rate"),
+    ({"eval.min_firings": 5}, "eval.min_firings"),
     ({"sae.bogus": 1}, "sae.bogus"),
     ({"nonsense": 1}, "nonsense"),
 ]
@@ -43,6 +48,25 @@ def test_every_invalid_value_names_its_key(values, key):
     with pytest.raises(ConfigError) as e:
         build_config(values)
     assert str(e.value).startswith(f"{key}:")
+
+
+@pytest.mark.bad_input
+def test_a_config_or_space_naming_the_removed_min_firings_fails_and_points_to_the_rate(tmp_path):
+    """eval.min_firings (an absolute count) became eval.min_firing_rate (a share of the split): an old config or
+    space fails by the old key's name, with the new key in the message, not the list of every key."""
+    p = tmp_path / "old.yaml"
+    p.write_text("eval:\n  min_firings: 5\n")
+    for load in (lambda: load_config(p), lambda: load_config(None, ["eval.min_firings=5"])):
+        with pytest.raises(ConfigError) as e:
+            load()
+        assert str(e.value).startswith("eval.min_firings: removed") and "eval.min_firing_rate" in str(e.value)
+        assert "known:" not in str(e.value)
+    for space, where in (({"fixed": {"eval.min_firings": 5}, "params": {"sae.k": {"choices": [4, 8]}}}, "fixed"),
+                         ({"params": {"eval.min_firings": {"type": "int", "low": 1, "high": 9}}}, "params")):
+        with pytest.raises(ConfigError) as e:
+            parse_space(space)
+        assert str(e.value).startswith(f"{where}.eval.min_firings: removed") and "eval.min_firing_rate" in str(e.value)
+    assert build_config({"eval.min_firing_rate": 0.05}).eval.min_firing_rate == 0.05
 
 
 def test_k_must_be_below_latent_count():

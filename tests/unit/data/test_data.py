@@ -1,4 +1,4 @@
-"""Data: splits fixed by data.split_seed, split identity, labels, batching."""
+"""Data: splits fixed by data.split_seed, test splits redrawn by data.test_draw, split identity, labels, batching."""
 
 import json
 
@@ -38,6 +38,81 @@ def test_two_splits_may_not_name_the_same_source_split():
         DataConfig(val_split="train")
     with pytest.raises(ConfigError, match="data.val_split"):
         build_config({"data.test_split": "validation"})
+
+
+def digits_task(**over):
+    """The digits task (no cap) and the digits themselves, to check every example against its source id."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return load_task(DataConfig(name="digits", **over)), (d.data / 16.0).astype("float32"), d.target
+
+
+def rows(split) -> list[int]:
+    return [int(i.removeprefix("all:")) for i in split.source_ids]
+
+
+def test_without_a_test_draw_the_test_split_is_the_split_seed_carve():
+    from sklearn.model_selection import train_test_split
+
+    task, _, y = digits_task(test_draw=None)
+    assert task.splits_identity() == load_task(DataConfig(name="digits")).splits_identity()
+    # The test split carved first from all examples (test_fraction, split_seed, stratified), as before test_draw.
+    rest, test = train_test_split(range(len(y)), test_size=0.2, random_state=0, stratify=y)
+    assert rows(task.test) == sorted(test)
+    assert sorted(rows(task.train) + rows(task.val)) == sorted(rest)
+
+
+def test_each_test_draw_redraws_the_test_split_from_train_and_test_leaving_val_alone():
+    import numpy as np
+
+    carved, x, y = digits_task()
+    draws = {seed: digits_task(test_draw=seed)[0] for seed in (0, 1)}
+    pool = set(carved.train.source_ids) | set(carved.test.source_ids)
+    tests = {"carved": set(carved.test.source_ids)} | {seed: set(t.test.source_ids) for seed, t in draws.items()}
+    assert len({frozenset(t) for t in tests.values()}) == 3  # every draw its own test split, none the carve
+    counts = np.bincount(y[rows(carved.test)], minlength=10)
+    for seed, task in draws.items():
+        assert len(task.test) == len(carved.test) and len(task.train) == len(carved.train), seed
+        # Stratified: each class as many test examples as in the carve, give or take the rounding of one.
+        assert np.abs(np.bincount(y[rows(task.test)], minlength=10) - counts).max() <= 1, seed
+        # Val as the carve left it, example for example; train and test share out the same examples.
+        assert task.val.source_ids == carved.val.source_ids and torch.equal(task.val.inputs, carved.val.inputs)
+        assert set(task.train.source_ids) | set(task.test.source_ids) == pool
+        assert not set(task.train.source_ids) & set(task.test.source_ids)
+        assert not set(task.val.source_ids) & set(task.test.source_ids)
+        assert task.splits_identity()["val"] == carved.splits_identity()["val"]
+        assert task.splits_identity()["test"] != carved.splits_identity()["test"]
+        for s in ("train", "test"):  # every example still carries its own inputs and label
+            split = task.split(s)
+            assert torch.equal(split.inputs, torch.as_tensor(x[rows(split)])) and split.labels.tolist() == y[rows(split)].tolist()
+
+
+def test_the_same_test_draw_gives_the_same_splits():
+    a, b = (digits_task(test_draw=3)[0] for _ in range(2))
+    assert a.splits_identity() == b.splits_identity()
+    assert all(a.split(s).source_ids == b.split(s).source_ids for s in ("train", "val", "test"))
+    assert a.fingerprint == b.fingerprint
+    capped = load_task(DataConfig(name="digits", test_draw=3, max_examples=100))  # the cap comes after the draw
+    assert len(capped.test) == 100 and set(capped.test.source_ids) <= set(a.test.source_ids)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("value", [-1, True, "one", 1.5])
+def test_test_draw_must_be_null_or_an_integer_at_least_0(value):
+    with pytest.raises(ConfigError, match=r"^data\.test_draw:"):
+        DataConfig(test_draw=value)
+    with pytest.raises(ConfigError, match=r"^data\.test_draw:"):
+        build_config({"data.test_draw": value})
+
+
+def test_test_draw_reads_null_and_integers_from_yaml_and_round_trips():
+    from saeception.config import load_config, to_flat_dict
+
+    assert load_config(None, ["data.test_draw=null"]).data.test_draw is None
+    cfg = load_config(None, ["data.test_draw=0"])
+    assert cfg.data.test_draw == 0 and build_config(to_flat_dict(cfg)).data.test_draw == 0
+    assert build_config(to_flat_dict(build_config({}))).data.test_draw is None
 
 
 def test_split_identity_hashes_the_sorted_source_ids():

@@ -82,17 +82,53 @@ def test_wide_codes_give_the_same_metrics_in_blocks(monkeypatch):
 
 
 def test_a_latent_that_fires_once_does_not_move_the_per_latent_means():
-    """A latent firing on one example has CSI 1 and U ~ 0 whatever it encodes; with min_firings it is left
-    out of the means (and counted apart), while the *_all means still see it."""
+    """A latent firing on one example has CSI 1 and U ~ 0 whatever it encodes; with eval.min_firing_rate it
+    is left out of the means (and counted apart), while the *_all means still see it."""
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(200) % 4
     codes = torch.rand(200, 12, generator=g) * (torch.rand(200, 12, generator=g) < 0.4)
     once = torch.zeros(200, 1)
     once[7, 0] = 3.0
-    base, more = M.monosemanticity(codes, labels, 5), M.monosemanticity(torch.cat([codes, once], 1), labels, 5)
+    base, more = M.monosemanticity(codes, labels, 0.025), M.monosemanticity(torch.cat([codes, once], 1), labels, 0.025)
     assert more["csi"] == base["csi"] and more["u"] == base["u"] and more["n"] == base["n"] == 12
     assert more["csi_all"] != base["csi_all"] and more["u_all"] != base["u_all"]
     assert M.csi_per_latent(once, labels)[0] == 1.0
+
+
+def test_which_latents_are_scored_does_not_depend_on_the_split_size():
+    """The same examples twice over: every mean, and which latents are scored, stay as they were. With an
+    absolute count (eval.min_firings, before) the latents firing on 3 or 4 of 200 examples were left out, and
+    counted at 6 or 8 of 400."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 4
+    codes = torch.rand(200, 40, generator=g) * (torch.rand(200, 40, generator=g) < 0.3)
+    for j, firing in enumerate((1, 2, 3, 4, 5, 6, 9)):  # rare latents on both sides of ceil(0.025 * 200) = 5
+        codes[:, j] = 0
+        codes[torch.randperm(200, generator=g)[:firing], j] = 1.0 + j
+    once, twice = M.monosemanticity(codes, labels, 0.025), M.monosemanticity(codes.repeat(2, 1), labels.repeat(2), 0.025)
+    assert once["n"] == twice["n"] == 40 - 4
+    for k in ("csi", "u", "csi_all", "u_all"):
+        assert twice[k] == pytest.approx(once[k], rel=1e-12, abs=1e-12), k
+
+
+@pytest.mark.parametrize("n,rate,expected", [
+    (360, 0.0125, 5),  # the default: ceil(4.5)
+    (400, 0.0125, 5),  # exactly 5: not 6
+    (100, 0.07, 7),  # 0.07 * 100 is 7.000000000000001 in floating point: still 7
+    (10_000, 0.0125, 125),
+    (30, 0.0125, 1),  # ceil(0.375)
+    (10, 0.0, 1),  # 0: every latent that fires
+    (0, 0.5, 1),  # at least 1, even on an empty set
+    (7, 0.5, 4),
+])
+def test_the_threshold_is_the_rate_of_the_split_rounded_up_and_at_least_one(n, rate, expected):
+    assert M.min_firings_for(n, rate) == expected
+
+
+def test_the_threshold_rejects_a_rate_outside_zero_to_one():
+    for rate in (-0.1, 1.0, 2.0):
+        with pytest.raises(ValueError, match="min_firing_rate"):
+            M.min_firings_for(100, rate)
 
 
 def test_fidelity_metrics_span_zero_ablation_to_a_perfect_splice():

@@ -315,6 +315,19 @@ def test_what_shapes_the_token_ids_changes_every_key(text_csv, gpt2_dir):
         assert all(keys[name][s] != keys["base"][s] for s in ("finetune", "extract", "sae")), name
 
 
+def test_each_test_draw_has_its_own_cycle0_entries():
+    """The data env fact is the data as split: a test split drawn with another data.test_draw (the train split
+    changes with it) gives every cycle-0 key anew, so no draw is served another draw's model or activations."""
+    from saeception.method.chain import _env, setup
+
+    keys = {}
+    for draw in (None, 0, 1):
+        cfg = build_config({**TINY, "data.test_draw": draw})
+        keys[draw] = cycle0_keys(cfg, _env(setup(cfg), torch.device("cpu")))
+    for stage in ("init", "finetune", "extract", "sae"):
+        assert len({k[stage] for k in keys.values()}) == 3, stage
+
+
 def fake_lock_actor(monkeypatch, acquire) -> list:
     """The cluster-wide lock's actor replaced by one whose acquire is `acquire(key, owner, lease_s)` (release does
     nothing), and ray.get by one that passes the value through; returns the timeouts ray.get was given."""
