@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from saeception.eval.confirm import KEPT_METRICS, SUMMARY_METRICS, ConfirmSettings, format_table, summarize
-from saeception.sweep.confirmation import by_cycle, spread_of
+from saeception.sweep.confirmation import arm_results, headline_of
 from saeception.sweep.tracking import Tracker
 from saeception.sweep.vocab import KEY_TAG
 
@@ -42,23 +42,21 @@ def main() -> None:
     arms_runs = [r for r in tracker.children(parent.info.run_id) if r.data.tags.get(KEY_TAG)]
     key = Counter(r.data.tags[KEY_TAG] for r in arms_runs).most_common(1)[0][0]  # the key with the most arm runs
     results: dict[str, dict[int, dict[int, dict[str, float]]]] = {a: {} for a in settings.arms}
-    spread_runs = {}
+    groups: dict[tuple[str, int], list[dict[str, float]]] = {}
     for run in arms_runs:
         tags = run.data.tags
         arm, seed = tags.get("saeception.arm"), int(tags["saeception.seed"])
         if tags[KEY_TAG] != key or arm not in results:
             continue
-        results[arm][seed] = by_cycle(tracker, run.info.run_id, metrics)
-        if arm == "best":
-            spread_runs[seed] = run.info.run_id
+        results[arm][seed], groups[(arm, seed)] = arm_results(tracker, run.info.run_id, metrics)
     last = int(identity["fixed"].get("chain.cycles", 1))
     complete = sorted(s for s in results["best"] if all(last in results[a].get(s, {}) for a in settings.arms))
     results = {a: {s: results[a][s] for s in complete} for a in settings.arms}
-    spread = spread_of(tracker, spread_runs, results, complete[0], metrics) if complete else []
-    rows = summarize(results, metrics, settings, modes, {}, spread)
-    headline = tuple(dict.fromkeys((*modes, "task_accuracy")))
+    spread = [g for (a, s), g in groups.items() if s in complete and g]
+    headline = headline_of(list(objectives))
+    rows = summarize(results, metrics, settings, modes, {}, spread, headline)
     print(f"confirmation {key} of sweep {args.name}: seeds complete in every arm: {complete} "
-          f"(SAE-seed spread from seed {complete[0] if spread else '-'})\n")
+          f"(SAE-seed spread from {len(spread)} arm runs)\n")
     print(format_table(rows, settings, headline))
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from saeception.config import build_config, to_flat_dict
-from saeception.eval.confirm import arm_values, run_arms
+from saeception.eval.confirm import run_arms, seed_values
 from saeception.eval.evaluate import VAL_METRIC_NAMES
 from saeception.method.chain import ChainState, run_chain
 from saeception.method.errors import CorruptCycleError, DivergedError
@@ -230,15 +230,15 @@ def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
             def on_diverged(arm: str, reason: str, seed=seed) -> None:
                 _rank0_report(rank, {DIVERGED: reason}, None, run_key=arm_run_key(key, arm, seed))
 
-            def on_spread(spread: list[dict], seed=seed) -> None:
+            def on_spread(arm: str, spread: list[dict], seed=seed) -> None:
                 if rank == 0:
-                    ray.train.report({SPREAD: json.dumps(spread), RUN_KEY: arm_run_key(key, "best", seed)})
+                    ray.train.report({SPREAD: json.dumps(spread), RUN_KEY: arm_run_key(key, arm, seed)})
                 else:
                     ray.train.report({})
 
             run_arms(loop_config["values"], seed, work / f"seed{seed}", on_cycle=on_cycle, device=device, cache=cache,
-                     arms=arms, sae_seeds=int(loop_config.get("sae_seeds", 0)) if export else 0,
-                     on_diverged=on_diverged, on_spread=on_spread)
+                     arms=arms, sae_seeds=int(loop_config.get("sae_seeds", 0)), on_diverged=on_diverged,
+                     on_spread=on_spread)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -341,7 +341,7 @@ def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     run_ids: dict[str, str] = {}
     for seed in seeds:
         for arm in arms:
-            values = {**arm_values(spec.fixed, arm), "seed": seed}
+            values = seed_values(spec.fixed, arm, seed)
             run_key = arm_run_key(key, arm, seed)
             run_ids[run_key] = tracker.child_run(
                 spec.parent_run_id, run_key, role="confirm" if arm == "best" else "control", name=run_key,

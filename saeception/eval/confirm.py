@@ -14,9 +14,11 @@ Cycle 0 does not read any aux or sharpening setting, so for each seed the contro
 cycle 0 is computed once instead of once per arm.
 
 The comparison (`summarize`) gives, per metric and control, the paired mean difference best − control
-with a 95% t interval, the exact sign test beside the t-test, a Holm correction over the family
-(verdict metrics × controls at the last cycle), wins/ties/losses in the metric's direction and a verdict
-(`better`, `worse`, `equivalent` within the metric's margin, `inconclusive`); `verdict_line` says it in one.
+and, at the last cycle, its anytime-valid confidence sequence at alpha / family (the family: the headline
+metrics × the controls), so the verdict stays valid however often seeds are added and the study judged
+again; the variance never below the SAE-seed noise the arms carry; and a verdict that says the effect's size
+beside its sign (`better`, `better, negligible`, `equivalent`, `worse, negligible`, `worse`,
+`inconclusive`); `verdict_line` says it in one. docs/evidence.md has the rules.
 """
 
 from __future__ import annotations
@@ -28,11 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from saeception.config import MATCHED_STRATEGIES, ConfigError, build_config
 from saeception.method.chain import ChainState, run_chain, sae_seed_spread
 from saeception.method.errors import DivergedError
+from saeception.method.sharpen import is_noop
 from saeception.store.artifacts import ChainPaths
 
 ARMS = ("best", "aux0", "random", "prototype", "nosharpen")
@@ -50,7 +51,10 @@ ARM_DOC = {
 SUMMARY_METRICS = ("task_accuracy", "sae_u", "sae_csi", "probe_accuracy", "k_sparse_probe_accuracy_k1", "loss_recovered",
                    "aux_cosine")
 # Per arm, what its targets kept (reported beside the metrics, never compared).
-KEPT_METRICS = ("sharpen_kept_fraction", "sharpen_kept_active", "sharpen_empty_fraction")
+# sae_scored_latents: how many latents the per-latent metrics (sae_u, sae_csi) averaged over; arms that score
+# different latent sets compare different things, so the count stands beside them.
+KEPT_METRICS = ("sharpen_kept_fraction", "sharpen_kept_active", "sharpen_empty_fraction", "sae_scored_latents")
+KEPT_HEADS = ("kept L1 fraction", "kept active latents", "empty codes", "scored latents")
 # The direction in which a metric is better; metrics not here get no verdict (l0, aux_* are descriptions
 # or, like aux_cosine, differ between arms by construction).
 METRIC_MODES = {
@@ -67,7 +71,6 @@ METRIC_MODES = {
 # (BENCHMARKS.md, "Noise floor"): a smaller effect is one a retrained SAE would give by chance.
 DEFAULT_MARGINS = {"task_accuracy": 0.005, "sae_u": 0.007, "sae_csi": 0.015, "probe_accuracy": 0.02,
                    "k_sparse_probe_accuracy_k1": 0.015}
-VERDICTS = ("better", "worse", "equivalent", "inconclusive")
 
 
 @dataclass
@@ -75,9 +78,11 @@ class ConfirmSettings:
     """The confirmation's settings: the `confirm:` section of a search space (and --confirm-controls)."""
 
     controls: tuple[str, ...] = CONTROLS  # which control arms run next to `best`
-    alpha: float = 0.05  # family-wise error rate of the Holm-corrected tests
+    alpha: float = 0.05  # family-wise error rate over the headline metrics x controls, at any number of seeds
     margins: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGINS))  # per metric, test-split name
-    sae_seeds: int = 3  # extra SAEs on the first seed's last cycle: the SAE-seed noise floor (0: none)
+    # extra SAEs on every arm's last cycle of every seed: the arm's numbers are the mean over its 1 + sae_seeds SAEs,
+    # and their spread is the SAE-seed sd (0: one SAE per arm, no noise floor)
+    sae_seeds: int = 2
 
     def __post_init__(self) -> None:
         self.controls = tuple(self.controls)
@@ -122,7 +127,8 @@ def parse_settings(raw: Any, where: str = "confirm") -> ConfirmSettings:
     alpha = raw.get("alpha", 0.05)
     return ConfirmSettings(controls=tuple(controls), alpha=float(alpha) if isinstance(alpha, int | float) and not
                            isinstance(alpha, bool) else alpha,
-                           margins={**DEFAULT_MARGINS, **margins}, sae_seeds=raw.get("sae_seeds", 3))
+                           margins={**DEFAULT_MARGINS, **margins},
+                           sae_seeds=raw.get("sae_seeds", ConfirmSettings.sae_seeds))
 
 
 def with_controls(settings: ConfirmSettings, controls: str | None) -> ConfirmSettings:
@@ -150,6 +156,31 @@ def arm_values(values: dict[str, Any], arm: str) -> dict[str, Any]:
     raise ValueError(f"unknown arm {arm!r}")
 
 
+def degenerate_controls(values: dict[str, Any], controls: tuple[str, ...], width: int | None) -> dict[str, str]:
+    """The controls whose targets would equal the winner's, each with why: a control whose config is the
+    winner's (its strategy, or aux.weight 0, is the control's), and `random`/`nosharpen` when the winner keeps
+    every active latent (top_k_pct 100, or per_example keeping >= sae.k of a TopK code; `width`, the tapped
+    layer's width, None when unknown: that case is then not checked). Such a comparison could only tie."""
+    best = build_config(values)
+    out: dict[str, str] = {}
+    keeps_all = best.sharpen.strategy in MATCHED_STRATEGIES and (
+        best.sharpen.top_k_pct >= 100 or (width is not None and is_noop(
+            best.sharpen.strategy, best.sae.kind, best.sae.k, best.sae.n_latents(width), best.sharpen.top_k_pct)))
+    for c in controls:
+        if build_config(arm_values(values, c)) == best:
+            out[c] = f"its config is the winner's ({ARM_DOC[c]})"
+        elif c in ("random", "nosharpen") and keeps_all:
+            out[c] = (f"the winner keeps every active latent (sharpen.strategy {best.sharpen.strategy}, top_k_pct "
+                      f"{best.sharpen.top_k_pct:g}, sae.k {best.sae.k}), so its targets equal this control's")
+    return out
+
+
+def seed_values(values: dict[str, Any], arm: str, seed: int) -> dict[str, Any]:
+    """The config values of `arm` on confirmation seed `seed`: the seed, and a test split drawn for that seed
+    (data.test_draw; val untouched), so the seeds' spread holds the test examples' sampling error too."""
+    return {**arm_values(values, arm), "seed": seed, "data.test_draw": seed}
+
+
 def confirm_seeds(base_seed: int, n: int) -> list[int]:
     """Fresh seeds: the sweep selected its winner on base_seed, so re-using it would carry the winner's curse."""
     return [base_seed + 1 + i for i in range(n)]
@@ -159,11 +190,12 @@ def run_arms(values: dict[str, Any], seed: int, root: Path,
              on_cycle: Callable[[str, int, dict, Path], None] | None = None,
              device=None, cache=None, arms: tuple[str, ...] = ARMS, sae_seeds: int = 0,
              on_diverged: Callable[[str, str], None] | None = None,
-             on_spread: Callable[[list[dict]], None] | None = None) -> dict[str, list[dict]]:
+             on_spread: Callable[[str, list[dict]], None] | None = None) -> dict[str, list[dict]]:
     """Runs every arm for one seed; controls start from the best arm's cycle 0. Returns the histories of
     the arms that finished. An arm whose chain diverges is reported (on_diverged(arm, reason)) and the
     others still run; when `best` diverges in cycle 0 there is no cycle 0 to share and no control runs.
-    sae_seeds > 0: after `best`, that many more SAEs on its last cycle (on_spread(their metrics))."""
+    sae_seeds > 0: after each arm, that many more SAEs on its last cycle (on_spread(arm, their metrics)):
+    the arm's numbers are then the mean over its SAEs (average_saes), their spread the SAE-seed noise."""
     histories = {}
     cycle0: dict[int, ChainState] = {}
     last: dict[int, ChainState] = {}
@@ -174,21 +206,21 @@ def run_arms(values: dict[str, Any], seed: int, root: Path,
         last[0] = state
 
     for arm in arms:
-        cfg = build_config({**arm_values(values, arm), "seed": seed})
+        cfg = build_config(seed_values(values, arm, seed))
         callback = (lambda c, m, d, arm=arm: on_cycle(arm, c, m, d)) if on_cycle else None
         try:
             if arm == "best":
                 histories[arm] = run_chain(cfg, ChainPaths(root / arm), on_cycle=callback, device=device,
                                            on_state=keep_states, cache=cache)
-                if sae_seeds > 0:
-                    spread = sae_seed_spread(cfg, last[0].copy(), sae_seeds, device)
-                    if on_spread is not None:
-                        on_spread(spread)
             elif 0 not in cycle0:
                 raise DivergedError("the best arm diverged in cycle 0, which every control shares")
             else:
                 histories[arm] = run_chain(cfg, ChainPaths(root / arm), on_cycle=callback, device=device,
-                                           resume_from=cycle0[0].copy())
+                                           resume_from=cycle0[0].copy(), on_state=keep_states)
+            if sae_seeds > 0:
+                spread = sae_seed_spread(cfg, last[0].copy(), sae_seeds, device)
+                if on_spread is not None:
+                    on_spread(arm, spread)
         except DivergedError as e:
             if on_diverged is None:
                 raise
@@ -210,8 +242,8 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
 
 
 def paired_test(a: list[float], b: list[float]) -> float:
-    """Two-sided paired t-test p-value of a vs b over seeds; nan when it is undefined (< 2 pairs, or every
-    difference equal, where the t statistic has no spread to divide by: never a p of 0)."""
+    """Two-sided paired t-test p-value of a vs b over seeds, descriptive (the verdict rests on the confidence
+    sequence); nan when it is undefined (< 2 pairs, or every difference equal: never a p of 0)."""
     from scipy import stats  # lazy: scipy only for the statistics
 
     if len(a) < 2:
@@ -223,7 +255,7 @@ def paired_test(a: list[float], b: list[float]) -> float:
 
 
 def sign_test(gains: list[float]) -> float:
-    """Exact two-sided sign test over the non-zero paired differences (1.0 when all are zero)."""
+    """Exact two-sided sign test over the non-zero paired differences (1.0 when all are zero); descriptive."""
     from scipy import stats  # lazy: scipy only for the statistics
 
     pos, neg = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
@@ -233,7 +265,7 @@ def sign_test(gains: list[float]) -> float:
 
 
 def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float]:
-    """The t-based confidence interval of the mean difference (nan with < 2 pairs)."""
+    """The fixed-n t confidence interval of the mean difference (nan with < 2 pairs); descriptive only."""
     from scipy import stats  # lazy: scipy only for the statistics
 
     n = len(diffs)
@@ -242,18 +274,6 @@ def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float]:
     mean, sd = _mean_sd(diffs)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return mean - half, mean + half
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm-adjusted p-values (step-down, monotone); nan entries stay nan and do not count in the family."""
-    order = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
-    m = len(order)
-    out = [math.nan] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p))
-        out[i] = running
-    return out
 
 
 def base_metric(metric: str) -> str:
@@ -266,20 +286,71 @@ def metric_mode(metric: str, modes: dict[str, str] | None = None) -> str | None:
     return modes.get(metric) or modes.get(base_metric(metric)) or METRIC_MODES.get(base_metric(metric))
 
 
-def decide(mean_gain: float, ci: tuple[float, float], p_holm: float, margin: float | None, alpha: float,
-           diverged_method: int) -> str:
-    """The verdict of one comparison, from the method's side (gain = the difference in the metric's
-    direction): `better`/`worse` when the Holm-adjusted p is below alpha; else `equivalent` when the 95%
-    interval lies inside ±margin; else `inconclusive`. A seed whose method arm diverged counts against the
-    method: the verdict can then be `worse` or `inconclusive`, never `better` or `equivalent`."""
-    if not math.isnan(p_holm) and p_holm < alpha and mean_gain != 0:
-        if mean_gain < 0:
-            return "worse"
-        return "inconclusive" if diverged_method else "better"
+# --------------------------------------------------------------------------------------------------
+# The decision: an anytime-valid confidence sequence per comparison (docs/evidence.md, "How a verdict is made")
+
+# The mixture's prior variance of the standardised effect (mean / sd): 1 is the unit-information choice; the
+# intervals are then 1.7x a fixed-n t interval's width at 10 seeds and 1.6x at 20 (BENCHMARKS.md §16).
+MIXTURE_G = 1.0
+# No verdict on fewer paired seeds than this, whatever the interval says.
+MIN_SEEDS = 3
+# The only verdicts summarize gives, from the method's side.
+VERDICTS = ("better", "better, negligible", "equivalent", "worse, negligible", "worse", "inconclusive")
+
+
+def mixture_e_value(n: int, mean: float, ss: float, g: float = MIXTURE_G) -> float:
+    """The scale-invariant Gaussian-mixture e-value against "the mean paired difference is 0" after n
+    differences with this mean and sum of squared deviations ss (Lai 1976; the safe t-test's statistic): the
+    Bayes factor with a N(0, g) prior on the standardised effect and the right-Haar prior on the scale,
+    a test martingale over seeds, so P(it ever reaches 1/alpha | no difference) <= alpha (Ville)."""
+    if n < 2 or ss <= 0:
+        return 1.0
+    c, m = 1.0 + n * g, n * mean * mean
+    return math.exp(-0.5 * math.log(c) + 0.5 * n * (math.log(ss + m) - math.log(ss + m / c)))
+
+
+def cs_half_width(n: int, ss: float, alpha: float, g: float = MIXTURE_G) -> float:
+    """Half-width of the time-uniform (1 - alpha) confidence sequence for a mean from n Gaussian observations of
+    unknown variance whose sum of squared deviations is ss: the means mu where mixture_e_value of (mean - mu)
+    stays below 1/alpha. It holds at every n at once, so judging after every added seed keeps alpha. inf where
+    the set is unbounded (n < 2, ss = 0, or too few seeds for this alpha)."""
+    if n < 2 or ss <= 0:
+        return math.inf
+    c = 1.0 + n * g
+    r = math.exp((math.log(c) - 2.0 * math.log(alpha)) / n)
+    if r >= c:
+        return math.inf
+    return math.sqrt((r - 1.0) / (1.0 - r / c) * ss / n)
+
+
+def decide(ci: tuple[float, float], margin: float | None, n: int, diverged_method: int = 0) -> str:
+    """The verdict of one comparison from its confidence sequence `ci`, oriented in the metric's direction
+    (positive = the method gains), over n paired seeds:
+    - `better` / `worse`: the interval excludes 0 and is not inside ±margin (a difference that may matter);
+    - `better, negligible` / `worse, negligible`: it excludes 0 but lies inside ±margin;
+    - `equivalent`: it holds 0 and lies inside ±margin (a metric without a margin is never equivalent);
+    - `inconclusive`: it holds 0 and reaches past the margin, it is unbounded, or n < MIN_SEEDS.
+    A seed whose method arm diverged counts against the method: with any, the verdict cannot be better
+    (negligible or not) or equivalent; diverged on every seed (>= MIN_SEEDS of them, no pair left): `worse`."""
+    if n == 0 and diverged_method >= MIN_SEEDS:
+        return "worse"
     lo, hi = ci
-    if margin is not None and not diverged_method and not math.isnan(lo) and -margin <= lo and hi <= margin:
-        return "equivalent"
-    return "inconclusive"
+    if n < MIN_SEEDS or math.isnan(lo) or math.isinf(lo) or math.isinf(hi):
+        return "inconclusive"
+    inside = margin is not None and -margin <= lo and hi <= margin
+    if lo > 0:
+        verdict = "better, negligible" if inside else "better"
+    elif hi < 0:
+        verdict = "worse, negligible" if inside else "worse"
+    else:
+        verdict = "equivalent" if inside else "inconclusive"
+    if diverged_method and verdict in ("better", "better, negligible", "equivalent"):
+        return "inconclusive"
+    return verdict
+
+
+def is_decided(verdict: str | None) -> bool:
+    return verdict is not None and verdict != "inconclusive"
 
 
 # How far seeds_to_decide looks: past this many seeds a comparison is called out of reach ("> 200").
@@ -287,47 +358,72 @@ SEEDS_TO_DECIDE_MAX = 200
 
 
 def seeds_to_decide(mean: float, sd: float, n: int, margin: float | None, alpha: float, family: int,
-                    most: int = SEEDS_TO_DECIDE_MAX) -> float:
+                    floor: float = 0.0, most: int = SEEDS_TO_DECIDE_MAX) -> float:
     """A planning aid for an inconclusive comparison, not a test: the fewest seeds (more than the `n` run) at
-    which the verdict would be decided *if the mean paired difference and its sd stayed as observed*: the 95%
-    t interval inside ±margin (`equivalent`), or the paired t-test below alpha/family (`better`/`worse`;
-    Bonferroni's bound over the Holm family, which Holm's p never exceeds, so the count is never too small
-    for that). Every difference equal (sd 0): the exact sign test's bound. inf when neither happens by `most`
-    seeds; nan when the spread is unknown (< 2 seeds)."""
-    from scipy import stats  # lazy: scipy only for the statistics
-
+    which `decide` would give a verdict *if the mean paired difference and its sd stayed as observed*, under
+    the same rule (the confidence sequence at alpha / family, the sd never below `floor`). inf when none by
+    `most` seeds; nan when the spread is unknown (< 2 seeds) or nil (every difference equal, no floor)."""
     if n < 2 or math.isnan(sd) or math.isnan(mean):
         return math.nan
-    ks = np.arange(n + 1, most + 1)
-    if ks.size == 0:
-        return math.inf
+    s = max(sd, floor)
+    if s <= 0:
+        return math.nan
     level = alpha / max(family, 1)
-    if sd == 0:
-        if margin is not None and abs(mean) <= margin:
-            return float(ks[0])
-        ok = (abs(mean) > 0) & (2.0 * 0.5 ** ks <= level)
-    else:
-        se = sd / np.sqrt(ks)
-        equivalent = (abs(mean) + stats.t.ppf(0.975, ks - 1) * se <= margin) if margin is not None else np.zeros(ks.size, bool)
-        different = abs(mean) / se >= stats.t.ppf(1 - level / 2, ks - 1)
-        ok = equivalent | different
-    return float(ks[np.argmax(ok)]) if ok.any() else math.inf
+    for k in range(max(n + 1, MIN_SEEDS), most + 1):
+        h = cs_half_width(k, (k - 1) * s * s, level)
+        if is_decided(decide((mean - h, mean + h), margin, k)):
+            return float(k)
+    return math.inf
+
+
+# The headline metrics of a script's summarize: the default space's objective and task accuracy.
+DEFAULT_HEADLINE = ("sae_u", "task_accuracy")
+
+
+def pooled_sd(groups: list[list[float]]) -> tuple[float, int]:
+    """The pooled within-group sd (each group: the values of the SAEs trained on one arm's activations of one
+    seed) and its degrees of freedom; nan, 0 with no group of 2 or more."""
+    dof = sum(len(g) - 1 for g in groups if len(g) > 1)
+    if dof == 0:
+        return math.nan, 0
+    ss = sum(sum((x - sum(g) / len(g)) ** 2 for x in g) for g in groups if len(g) > 1)
+    return math.sqrt(ss / dof), dof
+
+
+def average_saes(own: dict[str, Any], extra: list[dict[str, Any]]) -> dict[str, Any]:
+    """An arm's last-cycle metrics as the mean over its own SAE and the extra SAEs trained on the same
+    activations (every metric the extra runs carry; the model's own numbers are equal in all of them)."""
+    out = dict(own)
+    for k, v in own.items():
+        vals = [v, *(m.get(k) for m in extra)]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vals):
+            out[k] = sum(vals) / len(vals)
+    return out
 
 
 def summarize(results: dict[str, dict[int, dict[int, dict[str, float]]]], metrics: tuple[str, ...] = SUMMARY_METRICS,
               settings: ConfirmSettings | None = None, modes: dict[str, str] | None = None,
               failed: dict[str, dict[int, str]] | None = None,
-              spread: list[dict[str, float]] | None = None) -> list[dict[str, Any]]:
-    """results[arm][seed][cycle] = metrics of the arms that finished; failed[arm][seed] = why an arm did
-    not; spread: the last cycle's metrics of the SAE-seed runs (the first seed's own SAE and its extra
-    ones). One row per (cycle, metric): n, mean and sd per arm, the SAE-seed sd, and per control the
-    paired difference best − control (mean, sd, 95% interval, wins/ties/losses in the metric's direction,
-    t and sign p, Holm p, verdict). Holm's family: metrics with a direction × controls, at the last cycle."""
+              spread: list[list[dict[str, float]]] | list[dict[str, float]] | None = None,
+              headline: tuple[str, ...] = DEFAULT_HEADLINE) -> list[dict[str, Any]]:
+    """results[arm][seed][cycle] = metrics of the arms that finished (at the last cycle, the mean over the
+    arm's SAEs when confirm.sae_seeds > 0); failed[arm][seed] = why an arm did not; spread: the SAE-seed
+    groups, each the last cycle's metrics of the SAEs trained on one arm's activations of one seed (a flat
+    list is one group). One row per (cycle, metric): n, mean and sd per arm, the pooled SAE-seed sd, and per
+    control the paired difference best − control (mean, sd, wins/ties/losses in the metric's direction,
+    the descriptive t and sign p) and, at the last cycle, its anytime-valid confidence sequence `ci_<control>`
+    at alpha / family, the family-adjusted anytime p `p_family_<control>`, the verdict and, when it is
+    inconclusive, the seeds that would decide it. The family is `headline` × the controls, whatever
+    `metrics` holds; other metrics are judged at the same level, outside the family's guarantee."""
     settings = settings or ConfirmSettings()
     failed = failed or {}
+    groups = [spread] if spread and isinstance(spread[0], dict) else list(spread or [])
     arms = settings.arms
     seeds = sorted(set().union(*(set(results.get(a, {})) | set(failed.get(a, {})) for a in arms)))
     cycles = sorted({c for a in arms for s in results.get(a, {}).values() for c in s})
+    family = len(headline) * len(settings.controls)
+    level = settings.alpha / family
+    n_saes = 1 + settings.sae_seeds
     rows: list[dict[str, Any]] = []
     for cycle in cycles:
         for metric in metrics:
@@ -339,15 +435,18 @@ def summarize(results: dict[str, dict[int, dict[int, dict[str, float]]]], metric
                 continue
             mode = metric_mode(metric, modes)
             row: dict[str, Any] = {"cycle": cycle, "metric": metric, "mode": mode, "n_seeds": len(seeds),
-                                   "margin": settings.margins.get(base_metric(metric)) if mode else None}
+                                   "margin": settings.margins.get(base_metric(metric)) if mode else None,
+                                   "headline": metric in headline}
             for a in arms:
                 vals = [v for s in seeds if (v := value(a, s)) is not None]
                 row[f"{a}_n"] = len(vals)
                 row[f"{a}_mean"], row[f"{a}_sd"] = _mean_sd(vals)
-            noise = [float(m[metric]) for m in spread or [] if isinstance(m.get(metric), (int, float))
-                     and not math.isnan(m[metric])]
-            row["sae_seed_sd"] = _mean_sd(noise)[1] if len(noise) > 1 else math.nan
-            row["sae_seed_n"] = len(noise)
+            noise = [[float(m[metric]) for m in g if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
+                     for g in groups]
+            row["sae_seed_sd"], row["sae_seed_dof"] = pooled_sd(noise)
+            # The paired difference's variance holds the two arms' SAE noise, each averaged over n_saes SAEs.
+            floor = math.sqrt(2.0 / n_saes) * row["sae_seed_sd"] if row["sae_seed_dof"] else 0.0
+            row["sd_floor"] = floor
             method_failed = set(failed.get("best", {}))
             for c in settings.controls:
                 pairs = [(b, x) for s in seeds if (b := value("best", s)) is not None and (x := value(c, s)) is not None]
@@ -358,8 +457,7 @@ def summarize(results: dict[str, dict[int, dict[int, dict[str, float]]]], metric
                 sign = -1.0 if mode == "min" else 1.0
                 gains = [sign * d for d in diffs]
                 mean, sd = _mean_sd(diffs)
-                lo, hi = t_interval(diffs)
-                row.update({f"diff_{c}_mean": mean, f"diff_{c}_sd": sd, f"ci_{c}": (lo, hi), f"n_{c}": len(pairs),
+                row.update({f"diff_{c}_mean": mean, f"diff_{c}_sd": sd, f"n_{c}": len(pairs),
                             f"wins_{c}": sum(g > 0 for g in gains), f"ties_{c}": sum(g == 0 for g in gains),
                             f"losses_{c}": sum(g < 0 for g in gains) + diverged, f"diverged_{c}": diverged,
                             f"p_{c}": paired_test([b for b, _ in pairs], [x for _, x in pairs]),
@@ -367,21 +465,45 @@ def summarize(results: dict[str, dict[int, dict[int, dict[str, float]]]], metric
             rows.append(row)
     if rows:
         last = max(r["cycle"] for r in rows)
-        family = [(r, c) for r in rows if r["cycle"] == last and r["mode"] for c in settings.controls if f"n_{c}" in r]
-        # The t-test where it is defined, the sign test where it is not (every difference equal).
-        raw = [r[f"p_{c}"] if not math.isnan(r[f"p_{c}"]) else r[f"p_sign_{c}"] for r, c in family]
-        for (r, c), p in zip(family, holm(raw)):
-            gain = (-1.0 if r["mode"] == "min" else 1.0) * r[f"diff_{c}_mean"] if r[f"n_{c}"] else math.nan
-            lo, hi = r[f"ci_{c}"]
-            oriented = (lo, hi) if r["mode"] != "min" else (-hi, -lo)
-            r[f"p_holm_{c}"] = p
-            r[f"verdict_{c}"] = decide(gain if not math.isnan(gain) else 0.0, oriented, p, r["margin"], settings.alpha,
-                                       r[f"diverged_{c}"])
-            # Only for a comparison more seeds can decide: a diverged method arm keeps it from better/equivalent.
-            undecided = r[f"verdict_{c}"] == "inconclusive" and not r[f"diverged_{c}"]
-            r[f"seeds_to_decide_{c}"] = seeds_to_decide(r[f"diff_{c}_mean"], r[f"diff_{c}_sd"], r[f"n_{c}"], r["margin"],
-                                                        settings.alpha, len(family)) if undecided else math.nan
+        for r in rows:
+            if r["cycle"] != last or not r["mode"]:
+                continue
+            for c in settings.controls:
+                if f"n_{c}" not in r:
+                    continue
+                _judge(r, c, level, family, settings.alpha)
     return rows
+
+
+def _judge(r: dict[str, Any], c: str, level: float, family: int, alpha: float) -> None:
+    """The confidence sequence, anytime p, verdict, why and seeds to decide of row r's comparison with control c."""
+    n, mean, sd, floor = r[f"n_{c}"], r[f"diff_{c}_mean"], r[f"diff_{c}_sd"], r["sd_floor"]
+    ss = (n - 1) * max(sd if not math.isnan(sd) else 0.0, floor) ** 2 if n > 1 else 0.0
+    h = cs_half_width(n, ss, level)
+    r[f"ci_{c}"] = (mean - h, mean + h) if n else (math.nan, math.nan)
+    r[f"p_family_{c}"] = min(1.0, family / mixture_e_value(n, mean, ss)) if n > 1 and ss > 0 else math.nan
+    lo, hi = r[f"ci_{c}"]
+    oriented = (lo, hi) if r["mode"] != "min" else (-hi, -lo)
+    diverged = r[f"diverged_{c}"]
+    verdict = decide(oriented, r["margin"], n, diverged)
+    r[f"verdict_{c}"] = verdict
+    if verdict == "worse" and n == 0:
+        why = "the method diverged on every seed"
+    elif n < MIN_SEEDS:
+        why = f"{n} paired seeds (a verdict needs {MIN_SEEDS})"
+    elif ss <= 0:
+        why = "no spread: every difference equal and no SAE-seed floor"
+    elif math.isinf(h):
+        why = f"{n} seeds are too few for an interval at level {level:.4g}"
+    elif diverged and verdict == "inconclusive":
+        why = f"the method diverged on {diverged} seed(s)"
+    else:
+        why = ""
+    r[f"why_{c}"] = why
+    # Only for a comparison more seeds can decide: a diverged method arm keeps it from better/equivalent.
+    undecided = verdict == "inconclusive" and not diverged
+    r[f"seeds_to_decide_{c}"] = (seeds_to_decide(mean, sd, n, r["margin"], alpha, family, floor) if undecided
+                                 else math.nan)
 
 
 def last_cycle(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -393,7 +515,8 @@ def last_cycle(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def verdict_line(rows: list[dict[str, Any]], headline: tuple[str, ...], controls: tuple[str, ...]) -> str:
     """One sentence over the headline metrics at the last cycle, e.g. "sae_u: better than all 4 controls;
-    task_accuracy: equivalent to all 4 controls (costs no accuracy)"."""
+    task_accuracy: equivalent to all 4 controls (costs no accuracy)"; an inconclusive comparison says why when
+    the data could not decide it at all (too few seeds, no spread)."""
     parts = []
     by_metric = {r["metric"]: r for r in last_cycle(rows)}
     for metric in headline:
@@ -406,19 +529,27 @@ def verdict_line(rows: list[dict[str, Any]], headline: tuple[str, ...], controls
         groups: dict[str, list[str]] = {}
         for c, v in verdicts.items():
             groups.setdefault(v, []).append(c)
-        words = {"better": "better than", "worse": "worse than", "equivalent": "equivalent to", "inconclusive": "inconclusive vs"}
+        words = {"better": "better than", "better, negligible": "better (negligibly, inside the margin) than",
+                 "worse": "worse than", "worse, negligible": "worse (negligibly, inside the margin) than",
+                 "equivalent": "equivalent to", "inconclusive": "inconclusive vs"}
         if len(groups) == 1 and len(verdicts) > 1:
             (v,) = groups
             text = f"{metric}: {words[v]} all {len(verdicts)} controls"
         else:
             text = f"{metric}: " + "; ".join(f"{words[v]} {', '.join(cs)}" for v, cs in groups.items())
+        whys = sorted({r[f"why_{c}"] for c in groups.get("inconclusive", []) if r.get(f"why_{c}")})
+        if whys:
+            text += f" [{'; '.join(whys)}]"
         if base_metric(metric) == "task_accuracy":
+            # "costs accuracy" only for a loss that may exceed the margin, never for a negligible one.
             if "worse" in groups:
                 text += " (costs accuracy)"
-            elif set(groups) <= {"better", "equivalent"}:
-                text += " (costs no accuracy)"
-            else:
+            elif "inconclusive" in groups:
                 text += " (accuracy cost not settled)"
+            elif "worse, negligible" in groups:
+                text += " (a loss inside the margin: no accuracy cost that matters)"
+            else:
+                text += " (costs no accuracy)"
         parts.append(text)
     return "; ".join(parts) if parts else "no verdict: no comparison finished"
 
@@ -456,12 +587,12 @@ def _p(v: Any) -> str:
 
 
 def arms_table(rows: list[dict[str, Any]], arms: tuple[str, ...]) -> str:
-    """Per arm at the last cycle: finished seeds, what its targets kept, and each metric's mean ± sd."""
+    """Per arm at the last cycle: finished seeds, what its targets kept, how many latents its per-latent
+    metrics scored, and each metric's mean ± sd."""
     rows = last_cycle(rows)
     metrics = [r for r in rows if r["metric"] not in KEPT_METRICS]
     kept = {r["metric"]: r for r in rows if r["metric"] in KEPT_METRICS}
-    head = ["arm", "what it is", "seeds", "kept L1 fraction", "kept active latents", "empty codes",
-            *(r["metric"] for r in metrics)]
+    head = ["arm", "what it is", "seeds", *KEPT_HEADS, *(r["metric"] for r in metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in arms:
         n = max((r.get(f"{a}_n", 0) for r in rows), default=0)
@@ -469,35 +600,37 @@ def arms_table(rows: list[dict[str, Any]], arms: tuple[str, ...]) -> str:
         cells = [a, ARM_DOC[a], f"{n}/{total}"]
         for k in KEPT_METRICS:
             r = kept.get(k)
-            cells.append(f"{_f(r[f'{a}_mean'], 3)} ± {_f(r[f'{a}_sd'], 3)}" if r and r.get(f"{a}_n") else "-")
+            digits = 1 if k == "sae_scored_latents" else 3
+            cells.append(f"{_f(r[f'{a}_mean'], digits)} ± {_f(r[f'{a}_sd'], digits)}" if r and r.get(f"{a}_n") else "-")
         cells += [f"{_f(r[f'{a}_mean'])} ± {_f(r[f'{a}_sd'])}" for r in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def comparison_table(rows: list[dict[str, Any]], controls: tuple[str, ...], last_cycle_only: bool = True) -> str:
-    """Per metric and control: best − control with its 95% interval, wins/ties/losses in the metric's
-    direction, the t-test, the sign test and Holm's p, the margin, the SAE-seed sd, the verdict and, where
-    it is inconclusive, how many seeds would decide it at the observed mean and spread (seeds_to_decide)."""
+    """Per metric and control: best − control with its anytime-valid interval (the one the verdict rests on),
+    wins/ties/losses in the metric's direction, the family-adjusted anytime p, the margin, the SAE-seed sd,
+    the verdict and, where it is inconclusive, how many seeds would decide it at the observed mean and spread."""
     if last_cycle_only:
         rows = last_cycle(rows)
     elif any(r["cycle"] > 0 for r in rows):
         rows = [r for r in rows if r["cycle"] > 0]  # every arm shares cycle 0: nothing to compare there
-    head = ("| cycle | metric | control | best − control [95% CI] | wins/ties/losses | p (t) | p (sign) | p (Holm) "
-            "| margin | SAE-seed sd | verdict | seeds to decide |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| cycle | metric | control | best − control [interval] | w/t/l | p (family) | margin | SAE sd "
+            "| verdict | seeds to decide |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         if r["metric"] in KEPT_METRICS:
             continue
         for c in controls:
             if f"n_{c}" not in r:
                 continue
-            lo, hi = r[f"ci_{c}"]
+            lo, hi = r.get(f"ci_{c}", (math.nan, math.nan))
             div = f" (+{r[f'diverged_{c}']} diverged)" if r[f"diverged_{c}"] else ""
-            lines.append(f"| {r['cycle']} | {r['metric']} | {c} | {_f(r[f'diff_{c}_mean'])} [{_f(lo)}, {_f(hi)}] | "
-                         f"{r[f'wins_{c}']}/{r[f'ties_{c}']}/{r[f'losses_{c}']}{div} | {_p(r[f'p_{c}'])} | "
-                         f"{_p(r[f'p_sign_{c}'])} | {_p(r.get(f'p_holm_{c}'))} | {_f(r['margin'])} | "
-                         f"{_f(r['sae_seed_sd'])} | {r.get(f'verdict_{c}', '-')} | {seeds_text(r.get(f'seeds_to_decide_{c}'))} |")
+            interval = f" [{_f(lo)}, {_f(hi)}]" if f"ci_{c}" in r else ""
+            lines.append(f"| {r['cycle']} | {r['metric']} | {c} | {_f(r[f'diff_{c}_mean'])}{interval} | "
+                         f"{r[f'wins_{c}']}/{r[f'ties_{c}']}/{r[f'losses_{c}']}{div} | {_p(r.get(f'p_family_{c}'))} | "
+                         f"{_f(r['margin'])} | {_f(r['sae_seed_sd'])} | {r.get(f'verdict_{c}', '-')} | "
+                         f"{seeds_text(r.get(f'seeds_to_decide_{c}'))} |")
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from saeception.eval.confirm import ARM_DOC, arm_values
+from saeception.eval.confirm import ARM_DOC, seed_values
 from saeception.store.artifacts import ChainPaths, write_json
 from saeception.store.uris import redact
 
@@ -79,9 +79,9 @@ def _confirmation_md(p: Plan) -> str | None:
 
     arms = "; ".join(f"`{a}`: {ARM_DOC[a]}" for a in p.confirm.settings.controls)
     return (f"The best config (`best`) and its controls ({arms}) on {p.confirm.seeds} fresh seeds: mean ± sd per "
-            "arm, and per control the paired difference best − control with its 95% t interval, wins/ties/losses in "
-            "the metric's direction, the t-test, the exact sign test and the Holm-corrected p, the equivalence margin, "
-            "the SAE-seed spread and the verdict (docs/evidence.md in the saeception repository). Test split unless `val_`.\n\n"
+            "arm, and per control the paired difference best − control with its anytime-valid interval, wins/ties/"
+            "losses in the metric's direction, the family-adjusted anytime p, the equivalence margin, the SAE-seed "
+            "spread and the verdict (docs/evidence.md in the saeception repository). Test split unless `val_`.\n\n"
             + f.read_text())
 
 
@@ -122,7 +122,7 @@ def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmati
                 key = f"{arm}-seed{seed}"
                 arm_extra = {"Confirmation arm": f"Arm `{arm}` of the confirmation, seed {seed}: {ARM_DOC[arm]}.", **extra}
                 uri = checkpoint_uri(p.train_dir, confirmation["train_runs"][arm], arm_checkpoint(arm, seed))
-                _export_one(p, tracker, parent, uri, {**arm_values(values, arm), "seed": seed},
+                _export_one(p, tracker, parent, uri, seed_values(values, arm, seed),
                             arm_run_key(confirmation["key"], arm, seed), out / ARMS_DIR / key, arm_extra)
     except Exception as e:  # noqa: BLE001 - any export failure is reported and tagged; the sweep's results stand
         what = redact(str(e) if isinstance(e, ExportError | FileNotFoundError) else f"{type(e).__name__}: {e}")

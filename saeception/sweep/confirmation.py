@@ -20,7 +20,9 @@ from saeception.eval.confirm import (
     KEPT_METRICS,
     SUMMARY_METRICS,
     ConfirmSettings,
+    average_saes,
     confirm_seeds,
+    degenerate_controls,
     format_table,
     seeds_text,
     summarize,
@@ -38,6 +40,12 @@ class ConfirmationInterrupted(Exception):
     """Ctrl-C during the confirmation: nothing is judged or exported; `--resume` runs the seeds that did not finish."""
 
 
+def headline_of(objectives: list[str]) -> tuple[str, ...]:
+    """The confirmation's headline metrics, its verdicts' family with the controls: the space's objectives as
+    test-split metrics, then task_accuracy (declared by the space, not by what is printed)."""
+    return tuple(dict.fromkeys((*(m.removeprefix("val_") for m in objectives), "task_accuracy")))
+
+
 def confirm_key(values: dict[str, Any], settings) -> str:
     """What a confirmation is of: the winner's values and the settings (controls, margins, SAE seeds, alpha)."""
     payload = {"values": {k: values[k] for k in sorted(values)}, "settings": settings.to_dict()}
@@ -45,12 +53,12 @@ def confirm_key(values: dict[str, Any], settings) -> str:
 
 
 def _gather(tracker, parent: str, key: str, arms: tuple[str, ...], seeds: list[int], metrics: tuple[str, ...]):
-    """(results[arm][seed][cycle] of FINISHED runs, failed[arm][seed] = reason of FAILED ones, the train
-    run of each arm of each seed, the best runs by seed)."""
+    """(results[arm][seed][cycle] of FINISHED runs (the last cycle averaged over the arm's SAEs), failed[arm][seed]
+    = reason of FAILED ones, the train run of each arm of each seed, the SAE-seed groups)."""
     results: dict[str, dict[int, dict[int, dict[str, float]]]] = {a: {} for a in arms}
     failed: dict[str, dict[int, str]] = {a: {} for a in arms}
     train_runs: dict[tuple[str, int], str] = {}
-    best_runs: dict[int, str] = {}
+    groups: list[list[dict[str, float]]] = []
     for run in tracker.children(parent):
         tags = run.data.tags
         arm, seed = tags.get("saeception.arm"), int(tags.get("saeception.seed", -1))
@@ -58,12 +66,12 @@ def _gather(tracker, parent: str, key: str, arms: tuple[str, ...], seeds: list[i
             continue
         train_runs[(arm, seed)] = tags.get(TRAIN_RUN_TAG, "")
         if run.info.status == "FINISHED":
-            results[arm][seed] = by_cycle(tracker, run.info.run_id, metrics)
-            if arm == "best":
-                best_runs[seed] = run.info.run_id
+            results[arm][seed], group = arm_results(tracker, run.info.run_id, metrics)
+            if group:
+                groups.append(group)
         elif run.info.status == "FAILED" and tags.get(FAILURE):
             failed[arm][seed] = tags[FAILURE]
-    return results, failed, train_runs, best_runs
+    return results, failed, train_runs, groups
 
 
 def by_cycle(tracker, run_id: str, metrics, prefix: str = "") -> dict[int, dict[str, float]]:
@@ -75,20 +83,33 @@ def by_cycle(tracker, run_id: str, metrics, prefix: str = "") -> dict[int, dict[
     return out
 
 
+def arm_results(tracker, run_id: str, metrics) -> tuple[dict[int, dict[str, float]], list[dict[str, float]]]:
+    """One confirmation arm run's metrics by cycle, its last cycle the mean over the arm's SAEs, and the SAE-seed
+    group (the last cycle's metrics of its own SAE and of each extra one; empty without extra SAEs)."""
+    own = by_cycle(tracker, run_id, metrics)
+    extra = by_cycle(tracker, run_id, metrics, prefix=SAE_SEED_PREFIX)
+    if not own or not extra:
+        return own, []
+    last = max(own)
+    more = [extra[j] for j in sorted(extra)]
+    group = [own[last], *more]
+    own[last] = average_saes(own[last], more)
+    return own, group
+
+
 def _unfinished(seeds: list[int], arms: tuple[str, ...], results, failed) -> list[int]:
     """The seeds with an arm that neither finished nor failed: not run yet, or stopped mid-run."""
     return [s for s in seeds if not all(s in results[a] or s in failed[a] for a in arms)]
 
 
-def spread_of(tracker, best_runs: dict[int, str], results, seed: int, metrics: tuple[str, ...]) -> list[dict[str, float]]:
-    """The first seed's SAE-seed runs at the last cycle: its own SAE's metrics and the extra SAEs'."""
-    run_id = best_runs.get(seed)
-    if run_id is None:
-        return []
-    own = results["best"][seed]
-    last = max(own) if own else 0
-    extra = by_cycle(tracker, run_id, metrics, prefix=SAE_SEED_PREFIX)
-    return [own.get(last, {}), *(extra[j] for j in sorted(extra))] if extra else []
+def _layer_width(values: dict[str, Any]) -> int | None:
+    """The tapped layer's width for the winner's config, as the validation pass reads it (None: not readable now)."""
+    from ..validate import Checker  # lazy: the validation pass loads torch and the model code
+
+    cfg = build_config(values)
+    checker = Checker()
+    facts = checker.data(cfg.data)
+    return checker.width(cfg.model, cfg.data.name, facts) if facts is not None else None
 
 
 def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurrency: int,
@@ -102,10 +123,21 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
     from ..trainables.chain_trainable import confirm_trial  # lazy: the trainables import Ray at load
 
     settings = p.confirm.settings
+    skipped = degenerate_controls(values, settings.controls, _layer_width(values))
+    for c, why in skipped.items():
+        print(f"confirmation: control {c} skipped: {why}", flush=True)
+    if skipped:
+        kept = tuple(c for c in settings.controls if c not in skipped)
+        if not kept:
+            line = "no verdict: every control's targets would equal the winner's"
+            print(f"confirmation refused: {line.removeprefix('no verdict: ')}", flush=True)
+            tracker.set_tags(parent, {VERDICT_TAG: line})
+            return None
+        settings = dataclasses.replace(settings, controls=kept)
     seeds = confirm_seeds(build_config(values).seed, p.confirm.seeds)
     key = confirm_key(values, settings)
     # The test-split twins of the objectives: the winner was selected on val_*, so val_* cannot confirm it.
-    metrics = tuple(dict.fromkeys((*SUMMARY_METRICS, *(m.removeprefix("val_") for m in p.space.metrics), *KEPT_METRICS)))
+    metrics = tuple(dict.fromkeys((*SUMMARY_METRICS, *headline_of(p.space.metrics), *KEPT_METRICS)))
     results, failed, train_runs, _ = _gather(tracker, parent, key, settings.arms, seeds, metrics)
     missing = _unfinished(seeds, settings.arms, results, failed)
     done = len(seeds) - len(missing)
@@ -125,7 +157,7 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
                            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
                            run_config=tune.RunConfig(name=name, storage_path=p.ray_dir, verbose=0))
         tuner.fit()
-    results, failed, train_runs, best_runs = _gather(tracker, parent, key, settings.arms, seeds, metrics)
+    results, failed, train_runs, groups = _gather(tracker, parent, key, settings.arms, seeds, metrics)
     if stopped := _unfinished(missing, settings.arms, results, failed):
         # Ctrl-C: Tune stops its trials (TERMINATED, as if they had ended) and returns; the arms those trials had
         # not closed are still RUNNING. Nothing is judged on part of the seeds: they are KILLED, and a resumed
@@ -140,10 +172,9 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
         print("confirmation failed: the best arm finished on no seed; see the confirm runs in MLflow", flush=True)
         tracker.set_tags(parent, {VERDICT_TAG: "no verdict: the best arm finished on no seed"})
         return None
-    spread = spread_of(tracker, best_runs, results, seeds[0], metrics)
     modes = {o.metric.removeprefix("val_"): o.mode for o in p.space.objectives}
-    rows = summarize(results, metrics, settings, modes, failed, spread)
-    headline = tuple(dict.fromkeys((*(m.removeprefix("val_") for m in p.space.metrics), "task_accuracy")))
+    headline = headline_of(p.space.metrics)
+    rows = summarize(results, metrics, settings, modes, failed, groups, headline)
     line = verdict_line(rows, headline, settings.controls)
     _write(p, tracker, parent, rows, settings, headline, line)
     n_arm = ", ".join(f"{a} {len(results[a])}/{len(seeds)}" + (f" ({len(failed[a])} diverged)" if failed[a] else "")
@@ -171,12 +202,12 @@ def _write(p: Plan, tracker, parent: str, rows, settings, headline, line: str) -
         for c in settings.controls:
             if f"n_{c}" not in r:
                 continue
-            lo, hi = r[f"ci_{c}"]
-            stats.update({f"confirm_diff_{c}_{r['metric']}": r[f"diff_{c}_mean"], f"confirm_ci_low_{c}_{r['metric']}": lo,
-                          f"confirm_ci_high_{c}_{r['metric']}": hi, f"confirm_p_{c}_{r['metric']}": r[f"p_{c}"],
+            stats.update({f"confirm_diff_{c}_{r['metric']}": r[f"diff_{c}_mean"], f"confirm_p_{c}_{r['metric']}": r[f"p_{c}"],
                           f"confirm_p_sign_{c}_{r['metric']}": r[f"p_sign_{c}"]})
-            if f"p_holm_{c}" in r:
-                stats[f"confirm_p_holm_{c}_{r['metric']}"] = r[f"p_holm_{c}"]
+            if f"verdict_{c}" in r:
+                lo, hi = r[f"ci_{c}"]
+                stats.update({f"confirm_ci_low_{c}_{r['metric']}": lo, f"confirm_ci_high_{c}_{r['metric']}": hi,
+                              f"confirm_p_family_{c}_{r['metric']}": r[f"p_family_{c}"]})
                 if math.isfinite(r.get(f"seeds_to_decide_{c}", math.nan)):
                     stats[f"confirm_seeds_to_decide_{c}_{r['metric']}"] = r[f"seeds_to_decide_{c}"]
                 tags[f"{VERDICT_TAG}.{c}.{r['metric']}"] = r[f"verdict_{c}"]
@@ -215,12 +246,14 @@ def table_rows(rows: list[dict[str, Any]], settings=None) -> list[dict[str, Any]
         for c in settings.controls:
             if f"n_{c}" not in r:
                 continue
-            lo, hi = r[f"ci_{c}"]
+            lo, hi = r.get(f"ci_{c}", (math.nan, math.nan))
             row = {"cycle": r["cycle"], "metric": r["metric"], "control": c, "seeds": r[f"n_{c}"],
                    "best mean": r["best_mean"], "control mean": r[f"{c}_mean"], "best - control": r[f"diff_{c}_mean"],
-                   "ci low": lo, "ci high": hi, "wins/ties/losses": f"{r[f'wins_{c}']}/{r[f'ties_{c}']}/{r[f'losses_{c}']}",
-                   "p (t)": r[f"p_{c}"], "p (sign)": r[f"p_sign_{c}"], "p (Holm)": r.get(f"p_holm_{c}"),
+                   "interval low": lo, "interval high": hi,
+                   "wins/ties/losses": f"{r[f'wins_{c}']}/{r[f'ties_{c}']}/{r[f'losses_{c}']}",
+                   "p (t)": r[f"p_{c}"], "p (sign)": r[f"p_sign_{c}"], "p (family, anytime)": r.get(f"p_family_{c}"),
                    "margin": r["margin"], "SAE-seed sd": r["sae_seed_sd"], "verdict": r.get(f"verdict_{c}"),
+                   "why": r.get(f"why_{c}") or None,
                    "seeds to decide": _seeds_cell(r.get(f"seeds_to_decide_{c}", math.nan))}
-            out.append({k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()})
+            out.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
     return out

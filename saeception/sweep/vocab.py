@@ -21,7 +21,7 @@ HISTORY = "_saeception_history"  # JSON list of every cycle's metrics so far
 RUN_KEY = "_saeception_run"  # which MLflow run (confirmation trials hold several)
 TAGS = "_saeception_tags"  # JSON dict of tags for that run
 SPLITS = "_saeception_splits"  # JSON {"data": data config, "splits": results.json's split identities}
-SPREAD = "_saeception_sae_seeds"  # JSON list of the extra SAEs' metrics (confirmation, first seed's best arm)
+SPREAD = "_saeception_sae_seeds"  # JSON list of the extra SAEs' metrics (confirmation, one arm of one seed)
 # Fields Tune sees.
 DIVERGED = "saeception_diverged"  # the chain's loss became NaN/inf: the reason
 FINAL_CYCLE = "final_cycle"  # the trial's last cycle (chain.cycles): a result before it is not a finished trial
@@ -30,7 +30,7 @@ FINAL_CYCLE = "final_cycle"  # the trial's last cycle (chain.cycles): a result b
 STOPPED_AT = "saeception.stopped_at_cycle"  # a scheduler stopped the trial after this cycle (the driver closes it)
 KEY_TAG = "saeception.confirm_key"  # which confirmation (winner + settings) a confirm/control run belongs to
 TRAIN_RUN_TAG = "saeception.train_run"  # the Train run holding a confirmation arm's checkpoints
-SAE_SEED_PREFIX = "sae_seed/"  # the SAE-seed runs' metrics on the first seed's best run, step = SAE seed 1..n
+SAE_SEED_PREFIX = "sae_seed/"  # the extra SAEs' metrics on each confirmation arm's run, step = SAE seed 1..n
 VERDICT_TAG = "saeception.verdict"  # the verdict line; .<control>.<metric> the verdicts
 
 # The Optuna trial's user attribute naming its Tune trial.

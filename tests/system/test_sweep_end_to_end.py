@@ -54,11 +54,18 @@ def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
     runs = client.search_runs([exp.experiment_id])
     roles = [x.data.tags.get("saeception.role") for x in runs]
     assert roles.count("confirm") == 3 and roles.count("control") == 12  # 3 seeds x (chosen config + 4 controls)
-    # Every trial, confirmation and control run saw the same splits (data.split_seed, not the run's seed).
-    split_tags = [{k: v for k, v in x.data.tags.items() if k.startswith("saeception.split.")}
+    # Every trial, confirmation and control run saw the same validation split (data.split_seed, not the run's
+    # seed); the trials share their test split, and each confirmation seed draws its own, shared by its arms.
+    split_tags = [({k: v for k, v in x.data.tags.items() if k.startswith("saeception.split.")},
+                   x.data.tags.get("saeception.role"), x.data.tags.get("saeception.seed"))
                   for x in runs if x.data.tags.get("saeception.role") in ("trial", "confirm", "control")]
-    assert len(split_tags) == 17 and sum(k.endswith(".sha256") for k in split_tags[0]) == 3
-    assert all(t == split_tags[0] for t in split_tags)
+    assert len(split_tags) == 17 and sum(k.endswith(".sha256") for k in split_tags[0][0]) == 3
+    assert len({t["saeception.split.val.sha256"] for t, _, _ in split_tags}) == 1
+    test_hash = {(role == "trial", seed if role != "trial" else None): set() for _, role, seed in split_tags}
+    for t, role, seed in split_tags:
+        test_hash[(role == "trial", seed if role != "trial" else None)].add(t["saeception.split.test.sha256"])
+    assert all(len(h) == 1 for h in test_hash.values()) and len(test_hash) == 4  # the trials + 3 seeds
+    assert len(set().union(*test_hash.values())) == 4
     parents = [x for x in runs if x.data.tags.get("saeception.role") == "sweep"]
     children = [x for x in runs if x.data.tags.get("saeception.role") == "trial"]
     assert len(parents) == 1 and len(children) == 2
@@ -108,7 +115,7 @@ def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
     assert {"confirmation.md", "confirmation.json", "confirmation.png", "best_config.yaml", "confirmation_table.json",
             "best"} <= artifacts
     parent = client.get_run(parent.info.run_id)
-    assert "confirm_best_sae_u_mean" in parent.data.metrics and "confirm_p_holm_random_sae_u" in parent.data.metrics
+    assert "confirm_best_sae_u_mean" in parent.data.metrics and "confirm_p_family_random_sae_u" in parent.data.metrics
     assert {"confirm_ci_low_prototype_sae_u", "confirm_nosharpen_sharpen_kept_fraction_mean",
             "confirm_random_sharpen_kept_active_mean", "confirm_sae_seed_sd_sae_u"} <= set(parent.data.metrics)
     assert parent.data.tags["saeception.verdict.random.sae_u"] in ("better", "worse", "equivalent", "inconclusive")
