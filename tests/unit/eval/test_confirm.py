@@ -1,4 +1,4 @@
-"""The confirmation: matched controls, statistics that cannot print a p of 0, Holm, verdicts, per-arm
+"""The confirmation: matched controls, statistics that cannot print a p of 0, anytime-valid verdicts, per-arm
 failures and the SAE-seed noise floor."""
 
 import math

@@ -294,7 +294,7 @@ def _lease_until_lost(monkeypatch, tamper) -> tuple[list[str], float]:
     try:
         time.sleep(0.15)
         tamper(lease)
-        deadline = time.time() + 5
+        deadline = time.time() + 60  # generous: a starved machine only delays the renew thread
         while not told and time.time() < deadline:
             time.sleep(0.02)
     finally:
@@ -333,17 +333,22 @@ def test_one_failed_renewal_is_retried_and_the_lease_kept(monkeypatch):
                 raise OSError("PUT: connection reset")
             write()
         lease.write = flaky
+        return calls
 
     from saeception.sweep import identity
 
-    monkeypatch.setattr(identity, "LEASE_S", 0.3)
+    # A lease of 6 s renewed every 2 s: the retry 0.05 s after the failed renewal has seconds of slack, so a
+    # starved machine cannot make it lapse (a 0.3 s lease and a fixed 0.8 s sleep could).
+    monkeypatch.setattr(identity, "LEASE_S", 6.0)
     monkeypatch.setattr(identity, "RETRY_S", 0.05)
     told: list[str] = []
     lease = identity._hold_lease(f"memory://leases/{time.time_ns()}", "s", settle_s=0, on_lost=told.append)
     try:
-        one_failure(lease)
-        time.sleep(0.8)
-        assert told == [] and lease.read()["owner"] == lease.owner
+        calls = one_failure(lease)
+        deadline = time.time() + 60
+        while len(calls) < 2 and time.time() < deadline:  # the failed renewal and its retry
+            time.sleep(0.05)
+        assert len(calls) >= 2 and told == [] and lease.read()["owner"] == lease.owner
     finally:
         lease.release()
 
@@ -455,3 +460,35 @@ def test_the_local_rays_token_is_made_private(tmp_path, monkeypatch):
     loose.chmod(0o644)
     private_token(loose)
     assert stat.S_IMODE(loose.stat().st_mode) == 0o600 and loose.read_text() == "t" * 64
+
+
+def _token_at_once(path: str, barrier, out) -> None:
+    from saeception.sweep.driver import private_token
+
+    barrier.wait()
+    try:
+        out.put(private_token(Path(path)).read_text())
+    except Exception as e:  # noqa: BLE001 - handed to the test, which fails with it
+        out.put(f"{type(e).__name__}: {e}")
+
+
+def test_two_sweeps_starting_at_once_on_a_fresh_home_share_one_token(tmp_path, monkeypatch):
+    """The token was made with exists() then an O_EXCL open: the second of two sweeps starting together on a
+    fresh HOME raised FileExistsError. Now all get the one complete token, every time (20 fresh homes, 4
+    processes released together by a barrier)."""
+    import multiprocessing as mp
+
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    ctx = mp.get_context("fork")
+    for i in range(20):
+        home = tmp_path / f"home{i}" / ".ray" / "auth_token"
+        barrier, out = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_token_at_once, args=(str(home), barrier, out)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        tokens = [out.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        assert len(set(tokens)) == 1 and len(tokens[0]) >= 32, tokens
+        assert [f.name for f in home.parent.iterdir()] == ["auth_token"]  # no temporary file left
