@@ -1,6 +1,6 @@
 """The SAE-seed noise floor and the rare-latent effect, on the offline default chain.
 
-    python bench/noise_floor.py [--chain-seeds 3] [--sae-seeds 5] [--set KEY=VALUE ...]
+    python bench/noise_floor.py [--chain-seeds 3] [--sae-seeds 5] [--set KEY=VALUE ...] [--config PATH]
 
 For each chain seed: run the default space's base chain (digits + MLP, cycles 0..2, aux.center true), then
 train `--sae-seeds` SAEs on its last cycle's activations (the same model; only the SAE stage's seed
@@ -19,7 +19,7 @@ import tempfile
 
 import torch
 
-from saeception.config import build_config, parse_override
+from saeception.config import build_config, flatten, parse_override, read_yaml
 from saeception.eval import metrics as M
 from saeception.method.chain import ChainState, evaluate_cycle, reopen, resampled_sae, run_chain
 from saeception.method.sae import encode_all
@@ -39,8 +39,10 @@ def main() -> None:
     ap.add_argument("--chain-seeds", type=int, default=3)
     ap.add_argument("--sae-seeds", type=int, default=5)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--config", help="a run config (e.g. configs/bbc_minilm.yaml) instead of the default space's fixed values")
+    ap.add_argument("--per-arm", type=int, default=3, help="SAEs averaged per arm (1 + confirm.sae_seeds) for the 'after' column")
     args = ap.parse_args()
-    fixed = load_space(resolve_space("default")).fixed
+    fixed = flatten(read_yaml(args.config)) if args.config else load_space(resolve_space("default")).fixed
     variances = {m: [] for m in METRICS}
     by_m = {mf: {"u": [], "csi": [], "n": [], "u_var": [], "csi_var": []} for mf in MIN_FIRINGS}
     for chain_seed in range(1, args.chain_seeds + 1):
@@ -69,10 +71,12 @@ def main() -> None:
         print(f"chain seed {chain_seed}: " + ", ".join(f"{m} {sum(x[m] for x in rows) / len(rows):.4f}" for m in METRICS),
               flush=True)
     print(f"\nSAE-seed sd at the last cycle (test split; {args.sae_seeds} SAEs x {args.chain_seeds} chain seeds, pooled):\n")
-    print("| metric | SAE-seed sd | 2 x sd |\n|---|---|---|")
+    k = args.per_arm
+    print(f"| metric | SAE-seed sd (one SAE per arm) | 2 x sd | sd of an arm's mean over {k} SAEs (sd / sqrt({k})) |\n"
+          "|---|---|---|---|")
     for m in METRICS:
         sd = math.sqrt(sum(variances[m]) / len(variances[m]))
-        print(f"| {m} | {sd:.4f} | {2 * sd:.4f} |")
+        print(f"| {m} | {sd:.4f} | {2 * sd:.4f} | {sd / math.sqrt(k):.4f} |")
     print("\nper-latent means over latents firing on >= m test examples (mean over every SAE):\n")
     print("| m | latents counted | sae_u | SAE-seed sd of sae_u | sae_csi | SAE-seed sd of sae_csi |\n|---|---|---|---|---|---|")
     for mf in MIN_FIRINGS:

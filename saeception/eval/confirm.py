@@ -396,7 +396,8 @@ def average_saes(own: dict[str, Any], extra: list[dict[str, Any]]) -> dict[str, 
     out = dict(own)
     for k, v in own.items():
         vals = [v, *(m.get(k) for m in extra)]
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vals):
+        if (all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vals)
+                and len(set(vals)) > 1):  # equal values (the model's own numbers) stay exactly as they are
             out[k] = sum(vals) / len(vals)
     return out
 

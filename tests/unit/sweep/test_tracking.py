@@ -100,3 +100,21 @@ def test_an_mlflow_server_that_does_not_answer_is_told_apart_from_other_mlflow_e
     with pytest.raises(MlflowException) as missing:
         tracker.client.get_run("0" * 32)
     assert not unreachable(missing.value)
+
+
+def test_a_confirmation_arm_is_the_mean_over_its_saes_and_gives_its_sae_seed_group():
+    """An arm run logs its own SAE's metrics per cycle and each extra SAE's last-cycle metrics under sae_seed/ at
+    steps 1..n: the sweep judges the arm on the mean over its SAEs and pools their spread."""
+    from saeception.sweep.confirmation import arm_results
+
+    class Histories:
+        def histories(self, run_id, keys):
+            logged = {"sae_u": {0: 0.40, 1: 0.50}, "task_accuracy": {0: 0.9, 1: 0.95}, "sharpen_kept_fraction": {1: 0.3},
+                      "sae_seed/sae_u": {1: 0.56, 2: 0.53}, "sae_seed/task_accuracy": {1: 0.95, 2: 0.95}}
+            return {k: logged[k] for k in keys if k in logged}
+
+    by_cycle, group = arm_results(Histories(), "run", ("sae_u", "task_accuracy", "sharpen_kept_fraction"))
+    assert by_cycle[0] == {"sae_u": 0.40, "task_accuracy": 0.9}  # earlier cycles as logged
+    assert by_cycle[1]["sae_u"] == pytest.approx((0.50 + 0.56 + 0.53) / 3)
+    assert by_cycle[1]["task_accuracy"] == 0.95 and by_cycle[1]["sharpen_kept_fraction"] == 0.3
+    assert [g["sae_u"] for g in group] == [0.50, 0.56, 0.53]
