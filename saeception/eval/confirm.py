@@ -380,14 +380,22 @@ def seeds_to_decide(mean: float, sd: float, n: int, margin: float | None, alpha:
 DEFAULT_HEADLINE = ("sae_u", "task_accuracy")
 
 
+def _ss(xs: list[float]) -> float:
+    """Sum of squared deviations; exactly 0 when the values are equal up to rounding (a float mean of equal
+    values can sit 1e-17 off them, and a spread that small must not pass for one)."""
+    if len(xs) < 2 or max(xs) - min(xs) <= 1e-12 * max(1.0, max(abs(x) for x in xs)):
+        return 0.0
+    mean = sum(xs) / len(xs)
+    return sum((x - mean) ** 2 for x in xs)
+
+
 def pooled_sd(groups: list[list[float]]) -> tuple[float, int]:
     """The pooled within-group sd (each group: the values of the SAEs trained on one arm's activations of one
     seed) and its degrees of freedom; nan, 0 with no group of 2 or more."""
     dof = sum(len(g) - 1 for g in groups if len(g) > 1)
     if dof == 0:
         return math.nan, 0
-    ss = sum(sum((x - sum(g) / len(g)) ** 2 for x in g) for g in groups if len(g) > 1)
-    return math.sqrt(ss / dof), dof
+    return math.sqrt(sum(_ss(g) for g in groups) / dof), dof
 
 
 def average_saes(own: dict[str, Any], extra: list[dict[str, Any]]) -> dict[str, Any]:
@@ -457,7 +465,8 @@ def summarize(results: dict[str, dict[int, dict[int, dict[str, float]]]], metric
                 diffs = [b - x for b, x in pairs]
                 sign = -1.0 if mode == "min" else 1.0
                 gains = [sign * d for d in diffs]
-                mean, sd = _mean_sd(diffs)
+                mean = _mean_sd(diffs)[0]
+                sd = math.sqrt(_ss(diffs) / (len(diffs) - 1)) if len(diffs) > 1 else math.nan  # no spread: exactly 0
                 row.update({f"diff_{c}_mean": mean, f"diff_{c}_sd": sd, f"n_{c}": len(pairs),
                             f"wins_{c}": sum(g > 0 for g in gains), f"ties_{c}": sum(g == 0 for g in gains),
                             f"losses_{c}": sum(g < 0 for g in gains) + diverged, f"diverged_{c}": diverged,

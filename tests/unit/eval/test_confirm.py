@@ -216,6 +216,12 @@ def test_no_spread_never_decides():
     assert row["verdict_aux0"] == "inconclusive" and "no spread" in row["why_aux0"]
     line = verdict_line([row], ("task_accuracy",), ("aux0",))
     assert "costs no accuracy" not in line and "no spread" in line
+    # Equal values whose float mean sits 1e-17 off them are no spread either, in the differences and in the
+    # SAE-seed groups (a model metric the SAEs do not touch): no floor is made of rounding.
+    groups = [[{"task_accuracy": 0.1}] * 3 for _ in range(4)]
+    row = _row([0.1 + 0.2] * 20, [0.2] * 20, "task_accuracy", spread=groups)
+    assert row["sd_floor"] == 0 and row["diff_aux0_sd"] == 0
+    assert row["verdict_aux0"] == "inconclusive" and "no spread" in row["why_aux0"]
     # With a measured SAE-seed floor the variance is never below the arms' SAE noise: a finite interval.
     groups = [[{"sae_u": 0.5}, {"sae_u": 0.51}, {"sae_u": 0.49}] for _ in range(3)]
     row = _row([0.5] * 10, [0.5] * 10, spread=groups)
