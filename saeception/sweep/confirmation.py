@@ -69,9 +69,17 @@ def _gather(tracker, parent: str, key: str, arms: tuple[str, ...], seeds: list[i
             results[arm][seed], group = arm_results(tracker, run.info.run_id, metrics)
             if group:
                 groups.append(group)
-        elif run.info.status == "FAILED" and tags.get(FAILURE):
+        elif run.info.status == "FAILED" and is_divergence(tags.get(FAILURE, "")):
             failed[arm][seed] = tags[FAILURE]
+        # Any other FAILED arm (its trial or Train controller died: Ctrl-C, a lost node) did not finish: it is
+        # neither a result nor a divergence that counts against the method, and --resume runs it again.
     return results, failed, train_runs, groups
+
+
+def is_divergence(failure: str) -> bool:
+    """Whether an arm's failure is its chain diverging (a result of the method, counted against it), not its
+    trial or Train controller dying (an interruption, run again)."""
+    return failure.startswith("DivergedError")
 
 
 def by_cycle(tracker, run_id: str, metrics, prefix: str = "") -> dict[int, dict[str, float]]:
@@ -162,10 +170,12 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
         # Ctrl-C: Tune stops its trials (TERMINATED, as if they had ended) and returns; the arms those trials had
         # not closed are still RUNNING. Nothing is judged on part of the seeds: they are KILLED, and a resumed
         # sweep runs those seeds again, reusing their runs by key.
+        # An arm closed FAILED by its trial as the trial was stopped (its controller died with it) is stopped too.
         for run in tracker.children(parent):
             tags = run.data.tags
             if (tags.get(KEY_TAG) == key and int(tags.get("saeception.seed", -1)) in stopped
-                    and run.info.status == "RUNNING"):
+                    and (run.info.status == "RUNNING"
+                         or (run.info.status == "FAILED" and not is_divergence(tags.get(FAILURE, ""))))):
                 tracker.client.set_terminated(run.info.run_id, status="KILLED")
         raise ConfirmationInterrupted(f"the confirmation stopped before seeds {stopped} finished")
     if not results["best"]:

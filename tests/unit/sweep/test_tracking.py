@@ -118,3 +118,29 @@ def test_a_confirmation_arm_is_the_mean_over_its_saes_and_gives_its_sae_seed_gro
     assert by_cycle[1]["sae_u"] == pytest.approx((0.50 + 0.56 + 0.53) / 3)
     assert by_cycle[1]["task_accuracy"] == 0.95 and by_cycle[1]["sharpen_kept_fraction"] == 0.3
     assert [g["sae_u"] for g in group] == [0.50, 0.56, 0.53]
+
+
+def test_only_a_diverged_arm_counts_against_the_method_a_stopped_one_runs_again():
+    """An arm its trial closed FAILED as the trial was stopped (Ctrl-C: 'ActorDiedError: ... owner has died',
+    seen in CI) was read as a divergence, a loss for the method; it did not finish, and --resume runs it."""
+    from types import SimpleNamespace as NS
+
+    from saeception.sweep.confirmation import _gather, _unfinished
+    from saeception.sweep.tracking import FAILURE
+    from saeception.sweep.vocab import KEY_TAG
+
+    def run(arm, seed, status, failure=None):
+        tags = {"saeception.arm": arm, "saeception.seed": str(seed), KEY_TAG: "k", **({FAILURE: failure} if failure else {})}
+        return NS(data=NS(tags=tags), info=NS(status=status, run_id=f"{arm}{seed}"))
+
+    class Store:
+        def children(self, parent):
+            return [run("best", 1, "FAILED", "DivergedError: loss is nan"), run("aux0", 1, "FINISHED"),
+                    run("best", 2, "FAILED", "ActorDiedError: The actor died unexpectedly"), run("aux0", 2, "FINISHED")]
+
+        def histories(self, run_id, keys):
+            return {"sae_u": {1: 0.5}} if "sae_u" in keys else {}
+
+    results, failed, _, _ = _gather(Store(), "parent", "k", ("best", "aux0"), [1, 2], ("sae_u",))
+    assert failed["best"] == {1: "DivergedError: loss is nan"}
+    assert _unfinished([1, 2], ("best", "aux0"), results, failed) == [2]
