@@ -248,8 +248,7 @@ def paired_test(a: list[float], b: list[float]) -> float:
 
     if len(a) < 2:
         return math.nan
-    diffs = [x - y for x, y in zip(a, b)]
-    if max(diffs) - min(diffs) <= 1e-12 * max(1.0, max(abs(d) for d in diffs)):
+    if _ss([x - y for x, y in zip(a, b)]) == 0:  # every difference equal: the t statistic is undefined
         return math.nan
     return float(stats.ttest_rel(a, b).pvalue)
 
