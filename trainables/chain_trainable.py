@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from saeception.config import build_config, to_flat_dict
@@ -48,6 +49,7 @@ from saeception.sweep.vocab import (
     SPREAD,
     STOPPED_AT,
     TAGS,
+    TRAIN_CONTROLLER,
     TRAIN_RUN_TAG,
     arm_checkpoint,
     arm_run_key,
@@ -110,6 +112,8 @@ class MlflowRelay(TuneReportCallback):
         counters = {k: v for k, v in first.items() if k in CACHE_COUNTERS}
         if counters:  # cumulative per trial: the last value is the trial's total
             self._tracker.log_metrics(run_id, counters, step=int(first.get("cycle", 0)))
+        # Which controller this trial's is: the driver kills one that outlives its trial (sweep/leaks.py).
+        first[TRAIN_CONTROLLER] = ray.get_runtime_context().get_actor_id()
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
@@ -299,9 +303,11 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
 
 
 def _close(tracker, run_id: str, failed: str | None = None) -> None:
-    """Ends the trial's run, unless a scheduler stopped the trial: the driver closes that one (KILLED,
-    saeception.stopped_at_cycle), and the trial's actor going away must not overwrite it."""
-    if STOPPED_AT not in tracker.client.get_run(run_id).data.tags:
+    """Ends the trial's run, unless the driver closed it: a trial a scheduler stopped (KILLED,
+    saeception.stopped_at_cycle; the tag may come before the status) or a confirmation arm a Ctrl-C stopped
+    (KILLED). The trial's actor going away (its controller's death raised here) must not overwrite that."""
+    run = tracker.client.get_run(run_id)
+    if STOPPED_AT not in run.data.tags and run.info.status != "KILLED":
         tracker.finish(run_id, failed=failed)
 
 

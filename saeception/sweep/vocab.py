@@ -25,6 +25,7 @@ SPREAD = "_saeception_sae_seeds"  # JSON list of the extra SAEs' metrics (confir
 # Fields Tune sees.
 DIVERGED = "saeception_diverged"  # the chain's loss became NaN/inf: the reason
 FINAL_CYCLE = "final_cycle"  # the trial's last cycle (chain.cycles): a result before it is not a finished trial
+TRAIN_CONTROLLER = "saeception_train_controller"  # the trial's Ray Train controller (actor id): the driver's leak sweeper
 
 # MLflow tags and metric prefixes.
 STOPPED_AT = "saeception.stopped_at_cycle"  # a scheduler stopped the trial after this cycle (the driver closes it)

@@ -52,6 +52,19 @@ def tune_cycles(experiment: Path) -> set[int]:
     return cycles
 
 
+def reported_controllers(experiment: Path) -> dict[str, set[str]]:
+    """Each Tune trial's reported Train controller ids (the driver's leak sweeper watches them), by trial directory."""
+    import json
+
+    from saeception.sweep.vocab import TRAIN_CONTROLLER
+
+    out = {}
+    for f in experiment.glob("*/result.json"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        out[f.parent.name] = {row[TRAIN_CONTROLLER] for row in rows if row.get(TRAIN_CONTROLLER)}
+    return out
+
+
 def trial_errors(experiment: Path) -> dict[str, str]:
     """Each errored Tune trial's error.txt (its last 2,000 characters), by trial directory."""
     return {f.parent.name: f.read_text(errors="replace")[-2000:] for f in experiment.glob("*/error.txt")}
@@ -72,12 +85,18 @@ def ray_log_lines(ray_tmp: str) -> list[str]:
 
 
 def failure_report(storage: Path, r: subprocess.CompletedProcess, ray_tmp: str) -> str:
-    """What a failed sweep test prints: each errored trial's Ray error, the sweep's last output lines and what
-    Ray's own logs said of placement groups and worker-group starts."""
-    errors = "\n".join(f"--- {trial}:\n{text}" for trial, text in trial_errors(storage / "ray" / "rel").items())
-    return (f"trial errors:\n{errors or '(none)'}\n--- sweep stdout (end):\n{r.stdout[-3000:]}\n"
-            f"--- stderr (end):\n{r.stderr[-2000:]}\n--- Ray's logs (last 40 matching lines):\n"
-            + "\n".join(ray_log_lines(ray_tmp)[-40:]))
+    """What a failed sweep test prints, the evidence first (CI's log keeps a long message's head and tail and
+    cuts its middle): what Ray's own logs said of placement groups and worker-group starts, the sweep's lines
+    on controllers it killed or groups it removed, each errored trial's error (its last lines), and the sweep's
+    last output lines."""
+    def last(text: str, n: int) -> str:
+        return "\n".join(line[:300] for line in text.strip().splitlines()[-n:])
+
+    sweeper = [line for line in r.stdout.splitlines() if line.startswith(("killed Ray Train", "removed placement"))]
+    errors = "\n".join(f"--- {trial[:60]}:\n{last(text, 3)}" for trial, text in trial_errors(storage / "ray" / "rel").items())
+    return ("--- Ray's logs (last 30 matching lines):\n" + "\n".join(x[:300] for x in ray_log_lines(ray_tmp)[-30:])
+            + f"\n--- the sweeper's lines:\n{chr(10).join(sweeper) or '(none)'}\n--- trial errors:\n{errors or '(none)'}"
+            f"\n--- sweep stdout (end):\n{last(r.stdout, 15)}\n--- stderr (end):\n{last(r.stderr, 10)}")
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
@@ -244,6 +263,9 @@ def test_asha_stopped_trials_are_pruned_and_free_their_workers(tmp_path, ray_env
     assert len(states) == 6 and set(states) <= ended, (
         f"{[s.name for s in states]}\n{failure_report(storage, r, ray_env['RAY_TMPDIR'])}")
     assert pruned, "ASHA stopped no trial: the test needs at least one"
+    # Every trial named its one controller to the driver, which kills one that outlives its trial.
+    controllers = reported_controllers(storage / "ray" / "rel")
+    assert len(controllers) == 6 and all(len(c) == 1 for c in controllers.values()), controllers
     client, children = mlflow_children(storage)
     stopped = [c for c in children if "saeception.stopped_at_cycle" in c.data.tags]
     assert len(stopped) == len(pruned) and all(c.info.status == "KILLED" for c in stopped)
@@ -258,13 +280,23 @@ def test_asha_stopped_trials_are_pruned_and_free_their_workers(tmp_path, ray_env
 def test_a_placement_group_whose_creator_actor_died_is_found_and_removed(ray_env, monkeypatch):
     """What made the ASHA test's later trials wait: a Train controller (an actor) killed with its worker group's
     placement group not yet handed to Train's cleaner leaves the group CREATED for as long as the driver's job
-    lives. The driver's sweeper (saeception.sweep.leaks) removes exactly those: a driver's own groups (Tune's)
-    and a live actor's stay."""
+    lives; and a controller whose trial Tune has ended can stay alive (its owner, the trial's actor, is given up
+    to 600 s to exit), holding its group. The driver's sweeper (saeception.sweep.leaks) kills a controller that
+    outlived its trial by GRACE_S and removes the groups whose creator is dead: a driver's own groups (Tune's),
+    a live actor's and a controller still within its grace stay."""
+    import time
+
     import ray
     from ray.util import placement_group_table
     from ray.util.placement_group import placement_group
 
-    from saeception.sweep.leaks import orphaned_placement_groups, remove_orphaned_placement_groups
+    from saeception.sweep.leaks import (
+        GRACE_S,
+        controller_alive,
+        kill_outlived_controllers,
+        orphaned_placement_groups,
+        remove_orphaned_placement_groups,
+    )
 
     for k in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED"):  # restored after the test
         monkeypatch.setenv(k, ray_env[k])
@@ -273,22 +305,36 @@ def test_a_placement_group_whose_creator_actor_died_is_found_and_removed(ray_env
         @ray.remote(num_cpus=0)
         class Controller:
             def make(self) -> str:
-                pg = placement_group([{"CPU": 0.5}])
+                pg = placement_group([{"CPU": 0.25}])
                 ray.get(pg.ready())
                 return pg.id.hex()
 
-        drivers = placement_group([{"CPU": 0.5}])
+            def actor_id(self) -> str:
+                return ray.get_runtime_context().get_actor_id()
+
+        drivers = placement_group([{"CPU": 0.25}])
         ray.get(drivers.ready())
-        dead, alive = Controller.remote(), Controller.remote()
-        dead_pg, alive_pg = ray.get([dead.make.remote(), alive.make.remote()])
+        dead, alive, outlived, recent = (Controller.remote() for _ in range(4))
+        dead_pg, alive_pg, outlived_pg, recent_pg = ray.get([a.make.remote() for a in (dead, alive, outlived, recent)])
         assert orphaned_placement_groups() == []
         ray.kill(dead)
         wait_for(lambda: orphaned_placement_groups() == [dead_pg], 30, "the killed actor's group to be orphaned")
         assert placement_group_table()[dead_pg]["state"] == "CREATED"  # Ray keeps it while the job lives
         assert remove_orphaned_placement_groups() == 1
         wait_for(lambda: placement_group_table()[dead_pg]["state"] == "REMOVED", 30, "the group to be removed")
+
+        # Controllers whose trials Tune ended: one GRACE_S + 1 s ago, one 1 s ago.
+        outlived_id, recent_id = ray.get([outlived.actor_id.remote(), recent.actor_id.remote()])
+        now = time.monotonic()
+        ended = {outlived_id: now - GRACE_S - 1, recent_id: now - 1}
+        assert kill_outlived_controllers(ended, now) == [outlived_id] and ended == {recent_id: now - 1}
+        wait_for(lambda: not controller_alive(outlived_id), 30, "the outlived controller to die")
+        wait_for(lambda: orphaned_placement_groups() == [outlived_pg], 30, "its group to be orphaned")
+        assert remove_orphaned_placement_groups() == 1
+        wait_for(lambda: placement_group_table()[outlived_pg]["state"] == "REMOVED", 30, "its group to be removed")
         states = placement_group_table()
-        assert states[alive_pg]["state"] == states[drivers.id.hex()]["state"] == "CREATED"
+        assert all(states[g]["state"] == "CREATED" for g in (alive_pg, recent_pg, drivers.id.hex()))
+        assert controller_alive(recent_id) and ray.get(alive.actor_id.remote())
         assert orphaned_placement_groups() == [] and remove_orphaned_placement_groups() == 0
     finally:
         ray.shutdown()
@@ -342,8 +388,11 @@ def test_ctrl_c_during_the_confirmation_judges_nothing_and_resume_confirms(tmp_p
     runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
     parent = next(x for x in runs if x.data.tags.get("saeception.role") == "sweep")
     arms = [x for x in runs if x.data.tags.get("saeception.role") in ("confirm", "control")]
-    assert parent.info.status == "KILLED" and arms and all(x.info.status == "KILLED" for x in arms), \
-        [(x.data.tags.get("saeception.role"), x.info.status) for x in [parent, *arms]]
+    # An arm that finished before the signal landed stays FINISHED (--resume does not run it again); none is
+    # left RUNNING or FAILED, and at least one was stopped (the signal landed during the confirmation).
+    statuses = sorted(x.info.status for x in arms)
+    assert parent.info.status == "KILLED" and "KILLED" in statuses and set(statuses) <= {"KILLED", "FINISHED"}, \
+        (parent.info.status, statuses)
 
     r = subprocess.run([*cmd, "--resume"], env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and "Verdict" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]

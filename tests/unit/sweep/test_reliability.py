@@ -91,3 +91,24 @@ def test_a_tune_run_that_ended_before_its_trials_did_is_interrupted():
     unreported = SimpleNamespace(error=None, metrics={"trial_id": "t", "done": False})
     assert fit_interrupted(Grid([unreported, unreported]), 2)
     assert not fit_interrupted(Grid([done(), stopped]), 2, scheduled=True)
+
+
+def test_a_run_the_driver_closed_is_not_overwritten_by_its_dying_trial(tmp_path):
+    """8b. Ctrl-C during the confirmation: the driver closes the arms that did not finish KILLED, and the trial's
+    actor, dying after, used to close them again FAILED (its controller's death raised in `_fit`), which the
+    Ctrl-C test saw in CI. A run the driver closed (KILLED, or tagged stopped by a scheduler) keeps its status;
+    any other is closed FAILED or FINISHED."""
+    from saeception.sweep.tracking import Tracker
+    from saeception.sweep.vocab import STOPPED_AT
+    from trainables.chain_trainable import _close
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = tracker.sweep_run("e", "s", reuse=False)
+    killed, stopped, running, done = (tracker.child_run(parent, k, role="control", name=k) for k in "abcd")
+    tracker.client.set_terminated(killed, status="KILLED")
+    tracker.set_tags(stopped, {STOPPED_AT: "1"})  # the driver tags first and closes after
+    for run in (killed, stopped, running):
+        _close(tracker, run, failed="ActorDiedError: the actor died unexpectedly")
+    _close(tracker, done)
+    status = {r: tracker.client.get_run(r).info.status for r in (killed, stopped, running, done)}
+    assert status == {killed: "KILLED", stopped: "RUNNING", running: "FAILED", done: "FINISHED"}
