@@ -73,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
                    "an object-store URI (s3://, gs://, any fsspec URI) (default: <storage>/cache)")
     p.add_argument("--no-cache", action="store_true", help="recompute every stage (no stage cache)")
     p.add_argument("--cache-readonly", action="store_true", help="use --cache entries but never write (a shared cycle 0)")
+    p.add_argument("--no-plots", action="store_true", help="skip Optuna's views of the study (PNGs on the parent run, "
+                   "a few seconds after the search; optuna-dashboard and the notebooks read the study itself)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial, e.g. --set chain.cycles=1 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved base config, the first sampled trial configs, "
@@ -168,7 +170,7 @@ def plan(args: argparse.Namespace) -> Plan:
     cache_dir = _cache_dir(args, storage)
     optuna_uri = args.optuna_storage or sqlite_uri(local_dir / "optuna.db")
     planned = Plan(space, name, storage, local_dir, mlflow_uri, optuna_uri, search, resources, confirmation, cache_dir,
-                   args.cache_readonly, experiment, args.verbose, memory=memory)
+                   args.cache_readonly, experiment, args.verbose, memory=memory, plots=not args.no_plots)
     if dry_run:  # starts and writes nothing
         return planned
     _check_writable(local_dir, "--storage" if local_dir == Path(storage) else STATE_ENV)

@@ -245,8 +245,13 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
                                     verbose=1 if p.verbose else 0)
         # Wrapped here (not by Tune) so that a resumed sweep can grow its budget (SweepSearch).
         search_alg = SweepSearch(ConcurrencyLimiter(searcher, max_concurrent=s.concurrency), p.name)
+        # reuse_actors: a trial that ended is followed by the next one in its actor (a new actor and the
+        # trial function's imports cost ~4 s per trial here, BENCHMARKS.md 4). Each trial still gets its own
+        # Tune session, Train controller and report queue; a stopped trial whose thread is still in `fit` is
+        # not reused (Tune's reset waits 2 s for it, then stops that actor).
         tuner = tune.Tuner(trainable, run_config=run_config,
-                           tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=search.trials))
+                           tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=search.trials,
+                                                       reuse_actors=True))
     print(f"sweep {p.name}: {search.trials} trials, up to {s.concurrency} at once, "
           f"{p.resources.workers_per_trial} worker(s) per trial; storage {redact(p.storage)}", flush=True)
     results = tuner.fit()

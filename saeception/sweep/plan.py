@@ -66,6 +66,7 @@ class Plan:
     verbose: bool = False
     lock: Any = None  # held for the driver's lifetime: a second launch of this sweep exits 2
     memory: Any = None  # sweep.memory_plan.Planner: the estimates, for the dry run
+    plots: bool = True  # Optuna's views of the study on the parent run (--no-plots)
 
     @property
     def resume_command(self) -> str:

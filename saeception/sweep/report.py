@@ -178,6 +178,9 @@ def log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[
     import optuna  # lazy: Optuna only where the study is opened
 
 
+    if not p.plots:
+        tracker.set_tags(parent, {"saeception.plots_skipped": "--no-plots"})
+        return
     study = optuna.load_study(study_name=p.name, storage=p.optuna_uri)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:

@@ -37,7 +37,7 @@ def test_sweep_on_a_simulated_two_node_cluster(tmp_path):
     storage = tmp_path / "shared"
     try:
         r = subprocess.run([sys.executable, "-c", SIMULATED_CLUSTER, "--space", str(TINY), "--trials", "2",
-                            "--storage", str(storage), "--confirm-seeds", "0", "--max-concurrent", "2"],
+                            "--storage", str(storage), "--confirm-seeds", "0", "--max-concurrent", "2", "--no-plots"],
                            env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     finally:

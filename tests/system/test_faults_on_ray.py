@@ -24,7 +24,7 @@ from saeception.store.cache import StageCache
 
 def _sweep_cmd(storage: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "saeception.sweep", "--space", str(TINY_SPACE), "--storage", str(storage),
-            "--name", "flt", "--confirm-seeds", "0", "--num-cpus", "2", *extra]
+            "--name", "flt", "--confirm-seeds", "0", "--num-cpus", "2", "--no-plots", *extra]
 
 
 def _env(ray_env: dict, **extra: str) -> dict:

@@ -29,7 +29,7 @@ def test_a_one_trial_fsdp_sweep_on_two_workers(tmp_path, ray_env, neox_dir, text
     storage = tmp_path / "sweep"
     r = subprocess.run([sys.executable, "-m", "saeception.sweep", "--space", str(space), "--trials", "1",
                         "--storage", str(storage), "--num-cpus", "2", "--workers-per-trial", "2", "--cpus-per-worker", "0.5",
-                        "--confirm-seeds", "0", "--no-cache", "--set", "train.strategy=fsdp"],
+                        "--confirm-seeds", "0", "--no-cache", "--no-plots", "--set", "train.strategy=fsdp"],
                        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "1 done, 0 stopped early, 0 running, 0 failed of 1" in r.stdout

@@ -18,7 +18,7 @@ from raytools import kill_all
 
 def sweep_cmd(storage: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--storage", str(storage),
-            "--name", "rel", "--confirm-seeds", "0", *extra]
+            "--name", "rel", "--confirm-seeds", "0", "--no-plots", *extra]
 
 
 def logged_steps(db: Path, key: str) -> dict[str, list[int]]:

@@ -54,7 +54,7 @@ def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, mo
     cwd = tmp_path / "cwd"  # like Ray's job directory: nothing of the sweep may land there
     cwd.mkdir()
     cmd = [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--trials", "1", "--num-cpus", "2",
-           "--storage", str(storage), "--cache", cache, "--mlflow-uri", mlflow_uri, "--confirm-seeds", "0", "--name", "creds"]
+           "--storage", str(storage), "--cache", cache, "--mlflow-uri", mlflow_uri, "--confirm-seeds", "0", "--name", "creds", "--no-plots"]
     dry = subprocess.run([*cmd, "--dry-run"], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
     r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
@@ -94,7 +94,7 @@ def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
 
     storage = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "saeception.sweep", "--space", str(TINY), "--num-cpus", "2", "--storage", str(storage),
-           "--confirm-controls", "aux0", "--name", "grow"]
+           "--confirm-controls", "aux0", "--name", "grow", "--no-plots"]
     first = subprocess.run([*cmd, "--trials", "1", "--confirm-seeds", "1"], env=ray_env, cwd=REPO, capture_output=True,
                            text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

@@ -246,3 +246,24 @@ def test_mlflow_credentials_in_the_uri_are_refused_for_a_cluster(tmp_path, capsy
                  "--mlflow-uri", "http://alice:hunter2-pw@127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert "--mlflow-uri:" in err and "secrets.env" in err and "hunter2-pw" not in err
+
+
+def test_no_plots_skips_optuna_s_views_and_says_so_on_the_parent_run(tmp_path):
+    """--no-plots: no Optuna view is drawn (nor the study opened) and the parent run's saeception.plots_skipped
+    tag says why; without it the views are drawn (tests/system/test_sweep_end_to_end.py checks them)."""
+    from saeception.sweep.report import log_sweep_plots
+
+    argv = ["--space", TINY, "--storage", str(tmp_path / "s")]
+    assert sweep.plan(sweep.parser().parse_args(argv)).plots
+    p = sweep.plan(sweep.parser().parse_args([*argv, "--no-plots"]))
+    tags = {}
+
+    class Tracker:
+        def set_tags(self, run, t):
+            tags.update(t)
+
+        def log_artifact(self, run, path):
+            raise AssertionError(f"a view was drawn: {path}")
+
+    log_sweep_plots(p, Tracker(), "parent", [], [])
+    assert not p.plots and tags == {"saeception.plots_skipped": "--no-plots"}
