@@ -13,15 +13,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_sweep(args: list[str], storage: Path) -> float:
-    """Runs `python -m saeception.sweep` as a user would; returns its wall time in seconds."""
+def run_sweep(args: list[str], storage: Path, cwd: Path = REPO) -> float:
+    """Runs `python -m saeception.sweep` as a user would, from `cwd` (whose `saeception` it imports: `-m` puts
+    the working directory first on sys.path); returns its wall time in seconds."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
            "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
     try:
         r = subprocess.run([sys.executable, "-m", "saeception.sweep", "--storage", str(storage), *args], env=env,
-                           cwd=REPO, capture_output=True, text=True)
+                           cwd=cwd, capture_output=True, text=True)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     wall = time.perf_counter() - t0

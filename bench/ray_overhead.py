@@ -1,15 +1,28 @@
-"""Benchmark 4: Ray overhead per trial on this machine, for 1 and 2 DDP workers per trial.
+"""Benchmark 4: Ray overhead per trial on this machine, phase by phase, side by side with another commit.
 
-    python bench/ray_overhead.py
+    python bench/ray_overhead.py [--baseline REV] [--rounds N] [--workers 1,2]
 
-Per trial: seconds from the trial function's start to the moment its worker starts the chain
-("start overhead": trial driver, Train controller, worker group, process group), and from the worker's
-last report to the TorchTrainer returning ("end overhead"). A tiny chain keeps the work itself small.
+Each round runs the same 3-trial sweep of the tests' tiny space (one trial at a time, no cache, no confirmation)
+with this checkout's code and, with --baseline, with commit REV's (a `git worktree` under /tmp, run from its
+directory so that its `saeception` and `trainables` are the ones imported), alternating, so that both see the
+machine in the same state. Per trial, from the wall-clock tags each run leaves on its MLflow runs:
+
+- actor: the previous trial's TorchTrainer returning -> this trial's function starting (Tune ending the
+  trial, the searcher's next config, a new trial actor or a reused one); none for the first trial;
+- before fit: the trial function -> `TorchTrainer.fit()` (MLflow child run, params, the trainer);
+- Train start: `fit()` -> the worker loop's first line (controller, worker group, process group);
+- worker set-up: the worker loop's first line -> the chain's start;
+- Train end: the worker's last report -> `fit()` returning;
+- fixed cost: their sum, what a trial costs besides its chain;
+and per sweep the Optuna views (`timing/plots_*` on the parent run; absent before they were timed).
+Medians over the trials (and rounds) are printed.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -18,44 +31,72 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import REPO, run_sweep, trial_runs  # noqa: E402
 
 SPACE = REPO / "tests" / "support" / "spaces" / "tiny.yaml"  # the tests' tiny space (tests/support/paths.py TINY)
+PHASES = ("actor", "before_fit", "train_start", "worker_setup", "train_end", "fixed")
 
 
-def measure(workers: int, trials: int = 3) -> dict[str, float]:
+def measure(code: Path, workers: int, trials: int = 3) -> dict[str, list[float]]:
+    """One sweep with the code under `code`; each phase's seconds per trial, and the sweep's wall time."""
     storage = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     cpus = "1" if workers == 1 else "0.5"
-    wall = run_sweep(["--space", str(SPACE), "--trials", str(trials), "--num-cpus", "2", "--workers-per-trial",
-                      str(workers), "--cpus-per-worker", cpus, "--confirm-seeds", "0", "--no-cache", "--name", f"oh{workers}"],
-                     storage)
-    client, _, runs = trial_runs(storage)
-    start, end, work, parts = [], [], [], {"driver": [], "train": [], "worker": []}
-    for r in runs:
-        tags = r.data.tags
-        t_trial, t_worker = float(tags["timing/trial_started_at"]), float(tags["timing/worker_started_at"])
-        t_fit, t_entered = float(tags["timing/trainer_started_at"]), float(tags["timing/worker_entered_at"])
-        parts["driver"].append(t_fit - t_trial)  # trial function: MLflow child run, params, TorchTrainer
-        parts["train"].append(t_entered - t_fit)  # Train controller, worker group, process group
-        parts["worker"].append(t_worker - t_entered)  # worker loop: imports, config, cache
-        t_done = float(tags["timing/trainer_finished_at"])
+    wall = run_sweep(["--space", str(SPACE), "--trials", str(trials), "--num-cpus", "2", "--max-concurrent", "1",
+                      "--workers-per-trial", str(workers), "--cpus-per-worker", cpus, "--confirm-seeds", "0",
+                      "--no-cache", "--name", f"oh{workers}"], storage, cwd=code)
+    client, parent, runs = trial_runs(storage)
+    out: dict[str, list[float]] = {k: [] for k in (*PHASES, "plots", "wall")}
+    out["wall"].append(wall)
+    ptags = parent.data.tags
+    if "timing/plots_started_at" in ptags:
+        out["plots"].append(float(ptags["timing/plots_finished_at"]) - float(ptags["timing/plots_started_at"]))
+    previous_end = None
+    for r in sorted(runs, key=lambda r: float(r.data.tags["timing/trial_started_at"])):
+        t = {k.removeprefix("timing/"): float(v) for k, v in r.data.tags.items() if k.startswith("timing/")}
         last_report = max(m.timestamp for m in client.get_metric_history(r.info.run_id, "cycle")) / 1000
-        start.append(t_worker - t_trial)
-        end.append(t_done - last_report)
-        work.append(last_report - t_worker)
-    return {"workers": workers, "trials": len(runs), "start_s": statistics.median(start), "end_s": statistics.median(end),
-            "work_s": statistics.median(work), "sweep_wall_s": wall,
-            **{f"{k}_s": statistics.median(v) for k, v in parts.items()}}
+        phases = {"before_fit": t["trainer_started_at"] - t["trial_started_at"],
+                  "train_start": t["worker_entered_at"] - t["trainer_started_at"],
+                  "worker_setup": t["worker_started_at"] - t["worker_entered_at"],
+                  "train_end": t["trainer_finished_at"] - last_report}
+        if previous_end is not None:
+            phases["actor"] = t["trial_started_at"] - previous_end
+            out["actor"].append(phases["actor"])
+        previous_end = t["trainer_finished_at"]
+        for k in ("before_fit", "train_start", "worker_setup", "train_end"):
+            out[k].append(phases[k])
+        if "actor" in phases:
+            out["fixed"].append(sum(phases.values()))
+    return out
+
+
+def worktree(rev: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=REPO, check=True, capture_output=True)
+    return path
 
 
 def main() -> None:
-    rows = [measure(1), measure(2)]
-    print("workers  trials  start overhead (median s)  end overhead (median s)  chain work (s)  sweep wall (s)")
-    for r in rows:
-        print(f"{r['workers']:>7}  {r['trials']:>6}  {r['start_s']:>25.1f}  {r['end_s']:>23.1f}  {r['work_s']:>14.1f}  {r['sweep_wall_s']:>14.1f}")
-    print("start overhead split (medians): trial function before fit / Train start to the worker loop / worker loop set-up")
-    for r in rows:
-        print(f"{r['workers']} worker(s): {r['driver_s']:.1f} s / {r['train_s']:.1f} s / {r['worker_s']:.1f} s")
-    for r in rows:
-        total = r["start_s"] + r["end_s"]
-        print(f"{r['workers']} worker(s): {total:.1f} s of Ray overhead per trial (goal: <= 10 s): {'met' if total <= 10 else 'not met'}")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", metavar="REV", help="a commit to measure side by side (e.g. HEAD~3)")
+    ap.add_argument("--rounds", type=int, default=1, help="sweeps per code and worker count (default: 1)")
+    ap.add_argument("--workers", default="1,2", help="workers per trial to measure, comma-separated (default: 1,2)")
+    args = ap.parse_args()
+    codes = {"this checkout": REPO}
+    base = worktree(args.baseline) if args.baseline else None
+    if base:
+        codes[f"baseline {args.baseline}"] = base
+    try:
+        for workers in (int(w) for w in args.workers.split(",")):
+            merged = {name: {k: [] for k in (*PHASES, "plots", "wall")} for name in codes}
+            for _ in range(args.rounds):
+                for name, code in codes.items():  # alternating: both see the machine in the same state
+                    for k, v in measure(code, workers).items():
+                        merged[name][k] += v
+            print(f"\n{workers} worker(s) per trial, 3 trials one at a time, {args.rounds} round(s); medians in s")
+            print(f"{'code':<24}" + "".join(f"{k:>13}" for k in (*PHASES, "plots", "sweep wall")))
+            for name, m in merged.items():
+                print(f"{name:<24}" + "".join(f"{statistics.median(m[k]):>13.1f}" if m[k] else f"{'-':>13}"
+                                              for k in (*PHASES, "plots", "wall")))
+    finally:
+        if base:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, check=False)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from saeception.store.uris import redact
 from .plan import Plan
 from .plots import optuna_plots
 from .space import SearchSpace
-from .tracking import TRIAL_ID
+from .tracking import TIMING, TRIAL_ID
 from .vocab import STOPPED_AT, stopped_early
 
 log = logging.getLogger(__name__)
@@ -181,12 +181,14 @@ def log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[
     if not p.plots:
         tracker.set_tags(parent, {"saeception.plots_skipped": "--no-plots"})
         return
+    started = time.time()
     study = optuna.load_study(study_name=p.name, storage=p.optuna_uri)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         tracker.set_tags(parent, {"saeception.plots_skipped": "no complete trial"})
         return
     files, skipped = optuna_plots(study, p.space.metrics, p.space.modes, p.sweep_dir)
+    tracker.set_tags(parent, {f"{TIMING}plots_started_at": f"{started:.3f}", f"{TIMING}plots_finished_at": f"{time.time():.3f}"})
     for view, why in skipped.items():
         log.warning("%s skipped: %s", view, why)
         tracker.set_tags(parent, {f"saeception.plot_skipped.{view}": why})

@@ -221,3 +221,19 @@ def test_the_token_step_writes_a_file_only_its_owner_reads(tmp_path):
     subprocess.run(["bash", "-c", step], env=env, check=True, capture_output=True, timeout=120)
     token = tmp_path / ".ray" / "auth_token"
     assert token.stat().st_size > 0 and stat.S_IMODE(token.stat().st_mode) == 0o600
+
+
+def test_ray_down_keeps_the_head_s_databases_as_docs_cluster_md_says():
+    """`ray down` on AWS must not delete the MLflow runs and Optuna studies: they live on the head's root
+    volume (/var/lib/saeception), so cluster.yaml stops nodes instead of terminating them (Ray's AWS provider
+    then reuses the stopped head at the next `ray up`), and its head is not a spot instance (AWS cannot stop
+    one). docs/cluster.md's "What survives `ray down`" table covers both cluster files."""
+    aws = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    assert aws["provider"]["type"] == "aws" and aws["provider"]["cache_stopped_nodes"] is True
+    head = aws["available_node_types"][aws["head_node_type"]]["node_config"]
+    assert "InstanceMarketOptions" not in head, "a spot head is terminated by `ray down`"
+    stores = " ".join(_commands(aws, "head_start_ray_commands")) + " ".join(aws["docker"]["run_options"])
+    assert "sqlite:////var/lib/saeception/" in stores and "SAECEPTION_STATE_DIR=/var/lib/saeception/" in stores
+    doc = (REPO / "docs" / "cluster.md").read_text()
+    table = doc[doc.index("**What survives `ray down`.**"):doc.index("**Security: what is protected, and how.**")]
+    assert all(f"`{p.name}`" in table for p in CLUSTER_FILES) and "cache_stopped_nodes: true" in table
