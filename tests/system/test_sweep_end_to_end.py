@@ -131,6 +131,8 @@ def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
     # Optuna's own views of the study.
     assert {"optimization_history_val_sae_u.png", "parallel_coordinates.png", "slice_val_sae_u.png",
             "importance_val_sae_u.png"} <= artifacts
+    plots = {k: float(v) for k, v in parent.data.tags.items() if k.startswith("timing/plots_")}
+    assert plots["timing/plots_finished_at"] >= plots["timing/plots_started_at"]
     check_through_rest(mlflow_server, parent.info.run_id, [c.info.run_id for c in children])
     check_best_export(client, parent.info.run_id, tmp_path / "downloaded", storage)
     execute_review_notebook(mlflow_server, "e2e", tmp_path, EXPERIMENT)
