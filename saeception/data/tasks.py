@@ -29,6 +29,7 @@ from saeception.data.checks import (
     incomplete_rows_kept,
     normalise_labels,
 )
+from saeception.data.features import mnist_5k, read_idx_dir, read_npz, table_features
 from saeception.data.hf import load_hf, token_ids_by_map
 from saeception.data.sources import SPLITS, Raw, as_texts, source_kind, text_columns
 from saeception.parallel.distributed import rank, world_size
@@ -151,11 +152,25 @@ def _local(path: Path, cfg: DataConfig) -> dict[str, tuple[Any, np.ndarray]]:
 
 def _load(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any] | None]:
     kind = source_kind(cfg.name)
+    path = package_path(cfg.name, "data.name") if kind == "package" else Path(cfg.name).expanduser()
+    tables = kind in ("file", "package") and not path.is_dir()
+    if cfg.features and not tables:
+        raise ConfigError(f"data.features: only for a CSV/TSV/parquet table; {cfg.name!r} is read as a whole "
+                          "(digits, mnist, IDX and .npz are features already)")
     if kind == "digits":
         return _digits(), None
+    if kind == "mnist":
+        return mnist_5k(), None
     if kind in ("hub", "saved"):
         return load_hf(cfg)
-    path = package_path(cfg.name, "data.name") if kind == "package" else Path(cfg.name).expanduser()
+    if kind == "idx":
+        return read_idx_dir(path), None
+    if kind == "npz":
+        return read_npz(path), None
+    if cfg.features:
+        if not path.exists():
+            raise ConfigError(f"data.name: {path} does not exist")
+        return table_features(path, cfg), None
     return _local(path, cfg), None
 
 
@@ -177,8 +192,8 @@ def check_source(cfg: DataConfig, model_name: str) -> str | None:
     kind = source_kind(cfg.name)
     if cfg.revision and kind != "hub":
         raise ConfigError(f"data.revision: only for Hugging Face hub datasets; {cfg.name!r} is not one")
-    if cfg.text_pair_column and kind == "digits":
-        raise ConfigError("data.text_pair_column: digits has no text columns")
+    if cfg.text_pair_column and (kind in ("digits", "mnist", "idx", "npz") or cfg.features):
+        raise ConfigError(f"data.text_pair_column: {cfg.name} is numeric features; it has no text columns")
     try:
         raw = load_raw(cfg)
     except ConnectionError as e:

