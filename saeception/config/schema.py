@@ -95,7 +95,8 @@ TRAIN_STRATEGIES = ("ddp", "fsdp")
 
 @dataclass
 class ModelConfig:
-    name: str = doc("mlp", "`mlp` (the paper's MNIST-style MLP, sized to the data), or any "
+    name: str = doc("mlp", "`mlp` (a ReLU MLP sized to the data; the original SAE-ception's MNIST model is "
+                    "784-16-16-10: `model.hidden_sizes: [16, 16]`), or any "
                     "`AutoModelForSequenceClassification` id / local directory / `package:<pkg>/<dir>` "
                     "(GPT-2, GPT-NeoX, LLaMA-family, BERT-family, ...)")
     layer: int | str = doc(-1, "target layer: index into the MLP's hidden layers or the transformer's blocks "
@@ -103,8 +104,8 @@ class ModelConfig:
     hidden_sizes: list[int] = doc(factory=lambda: [256, 128], help="MLP hidden widths (ignored for transformers)")
     pooling: str = doc("auto", "how a sequence becomes one vector: `auto` (last real token for decoder models, as HF's "
                        "head reads; first token for BERT-family), `last`, `first`, `mean` (over real tokens)")
-    freeze: str = doc("before", "during aux retraining: `before` freezes every module before the target layer "
-                      "(the paper), `none` trains all")
+    freeze: str = doc("before", "during aux retraining: `before` freezes every module before the target layer, "
+                      "`none` trains all (as the original SAE-ception's code does)")
     dtype: str = doc("float32", "dtype the weights are loaded and trained in: `float32`, `bfloat16`, `float16` "
                      "(transformers only; `from_pretrained(dtype=...)` materialises each weight once, in that dtype). Under `bfloat16` the AdamW "
                      "states are bf16 too (half the memory, less precision) and cached activations are stored in bf16")
@@ -257,6 +258,8 @@ class SAEConfig:
 SHARPEN_STRATEGIES = ("per_class", "per_example", "random", "class_prototype", "random_direction")
 # What the matched random control keeps as many active latents as.
 MATCHED_STRATEGIES = ("per_class", "per_example")
+SHARPEN_KEEPS = ("top", "mask")
+SHARPEN_PAIRINGS = ("aligned", "shuffled")
 
 
 @dataclass
@@ -269,9 +272,19 @@ class SharpenConfig:
     top_k_pct: float = doc(2.0, "% of latents kept, in (0, 100]; at least one")
     match: str = doc("per_class", "for `random`: the strategy whose number of kept active latents it matches, per "
                      "example (`per_class` or `per_example`)")
+    keep: str = doc("top", "`top`: the chosen latents are kept and the rest zeroed; `mask`: the chosen latents are zeroed "
+                    "and the rest kept (the original SAE-ception's \"mask\" targets; `random` then matches the count `mask` "
+                    "keeps)")
+    pairing: str = doc("aligned", "`aligned`: each example's target is built from its own code; `shuffled`: from the code "
+                       "of another train example (a permutation seeded by `seed`), and class means from codes paired with the "
+                       "wrong labels, as the original SAE-ception's code does (its codes came from a shuffled loader, its labels "
+                       "in dataset order). For the strategies that encode codes (`class_prototype` and `random_direction` have "
+                       "none)")
 
     def __post_init__(self) -> None:
         _require(self.strategy in SHARPEN_STRATEGIES, "sharpen.strategy", f"must be one of: {', '.join(SHARPEN_STRATEGIES)}")
+        _require(self.keep in SHARPEN_KEEPS, "sharpen.keep", f"must be one of: {', '.join(SHARPEN_KEEPS)}")
+        _require(self.pairing in SHARPEN_PAIRINGS, "sharpen.pairing", f"must be one of: {', '.join(SHARPEN_PAIRINGS)}")
         _require(0 < self.top_k_pct <= 100, "sharpen.top_k_pct", "must be in (0, 100]")
         _require(self.match in MATCHED_STRATEGIES, "sharpen.match", f"must be one of: {', '.join(MATCHED_STRATEGIES)}")
 

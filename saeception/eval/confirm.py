@@ -152,7 +152,8 @@ def arm_values(values: dict[str, Any], arm: str) -> dict[str, Any]:
     if arm == "prototype":
         return {**values, "sharpen.strategy": "class_prototype"}
     if arm == "nosharpen":
-        return {**values, "sharpen.strategy": method, "sharpen.top_k_pct": 100.0}
+        # Every latent kept: with sharpen.keep mask, 100% would zero them all instead.
+        return {**values, "sharpen.strategy": method, "sharpen.top_k_pct": 100.0, "sharpen.keep": "top"}
     raise ValueError(f"unknown arm {arm!r}")
 
 
@@ -163,7 +164,7 @@ def degenerate_controls(values: dict[str, Any], controls: tuple[str, ...], width
     layer's width, None when unknown: that case is then not checked). Such a comparison could only tie."""
     best = build_config(values)
     out: dict[str, str] = {}
-    keeps_all = best.sharpen.strategy in MATCHED_STRATEGIES and (
+    keeps_all = best.sharpen.strategy in MATCHED_STRATEGIES and best.sharpen.keep == "top" and (
         best.sharpen.top_k_pct >= 100 or (width is not None and is_noop(
             best.sharpen.strategy, best.sae.kind, best.sae.k, best.sae.n_latents(width), best.sharpen.top_k_pct)))
     for c in controls:

@@ -33,7 +33,13 @@ from saeception.eval.evaluate import evaluate
 from saeception.eval.latents import example_ids, latent_summary
 from saeception.method.errors import CorruptCycleError
 from saeception.method.sae import SAE, encode_all, train_sae
-from saeception.method.sharpen import build_targets, encoded_class_means, is_noop, needs_class_means
+from saeception.method.sharpen import (
+    build_targets,
+    code_source,
+    encoded_class_means,
+    is_noop,
+    needs_class_means,
+)
 from saeception.method.stages import ConfigView, Stage, model_fingerprint, stage_key, stage_rng
 from saeception.method.train import extract, finetune, retrain
 from saeception.models.classifiers import TapModel, build_model, load_tokenizer, model_source, splice
@@ -269,12 +275,13 @@ def sharpen_and_retrain(r: ChainContext, cycle: int, sae: SAE) -> Retrained:
     def targets_for(view: ConfigView, seed: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
         acts, _ = extract(r.tap, task, "train", view.aux.batch_size, device)
         labels = task.train.labels.to(device)
+        source = code_source(acts.to(device), view.sharpen, seed)  # sharpen.pairing
         means = None
         if needs_class_means(view.sharpen):
             # Each rank contributes its shard of the class sums; the all-reduce makes them global.
             shard = slice(rank(), None, world_size())
-            means = encoded_class_means(sae, acts.to(device)[shard], labels[shard], task.n_classes)
-        built = build_targets(sae, acts.to(device), labels, view.sharpen, seed, means, task.n_classes)
+            means = encoded_class_means(sae, source[shard], labels[shard], task.n_classes)
+        built = build_targets(sae, source, labels, view.sharpen, seed, means, task.n_classes)
         return acts, built.targets.cpu(), built.kept_fraction, built.kept_active, built.empty_fraction
 
     acts_before, targets, kept, kept_active, empty = do_stage(r, SHARPEN, cycle, targets_for)
@@ -430,7 +437,7 @@ def _restore(r: ChainContext, resume_from: Path | ChainState | None) -> tuple[li
 
 def _warn_noop(cfg: Config, tap: TapModel) -> None:
     n = cfg.sae.n_latents(tap.width())
-    if is_noop(cfg.sharpen.strategy, cfg.sae.kind, cfg.sae.k, n, cfg.sharpen.top_k_pct):
+    if cfg.sharpen.keep == "top" and is_noop(cfg.sharpen.strategy, cfg.sae.kind, cfg.sae.k, n, cfg.sharpen.top_k_pct):
         log.warning("sharpen.top_k_pct %g keeps >= sae.k (%d) of %d latents: per_example sharpening keeps every "
                     "active latent, so the targets are plain reconstructions (see sharpen_kept_fraction)",
                     cfg.sharpen.top_k_pct, cfg.sae.k, n)

@@ -82,20 +82,36 @@ def matched_random_mask(codes: Tensor, method_mask: Tensor, rows: Tensor, seed: 
     return (ranks < n_keep) & active
 
 
-def method_mask(codes: Tensor, labels: Tensor, strategy: str, keep: int, means: Tensor | None, n_classes: int) -> Tensor:
-    """The boolean mask per_class or per_example keeps."""
+def method_mask(codes: Tensor, labels: Tensor, strategy: str, keep: int, means: Tensor | None, n_classes: int,
+                mode: str = "top") -> Tensor:
+    """The boolean mask per_class or per_example keeps: its `keep` chosen latents (mode `top`), or every latent
+    but those (mode `mask`)."""
     if strategy == "per_class":
         if means is None:
             means = class_means(codes, labels, n_classes)
-        return top_mask(means, keep)[labels]
-    if strategy == "per_example":
-        return top_mask(codes, keep)
-    raise ValueError(f"sharpen strategy {strategy!r} keeps no latents of its own")
+        chosen = top_mask(means, keep)[labels]
+    elif strategy == "per_example":
+        chosen = top_mask(codes, keep)
+    else:
+        raise ValueError(f"sharpen strategy {strategy!r} keeps no latents of its own")
+    return ~chosen if mode == "mask" else chosen
+
+
+def code_source(activations: Tensor, cfg: SharpenConfig, seed: int) -> Tensor:
+    """The rows whose codes sharpening reads for each train example: its own (pairing `aligned`), or another
+    example's, row i taking row perm[i] of a permutation seeded by `seed` (pairing `shuffled`, the original
+    SAE-ception's pairing: codes from a shuffled loader, labels in dataset order). Every rank draws the same
+    permutation. The strategies without codes read their own rows."""
+    if cfg.pairing == "aligned" or cfg.strategy in ("class_prototype", "random_direction"):
+        return activations
+    perm = torch.randperm(len(activations), generator=torch.Generator().manual_seed(seed))
+    return activations[perm.to(activations.device)]
 
 
 def sharpen(codes: Tensor, labels: Tensor, cfg: SharpenConfig, means: Tensor | None = None,
             n_classes: int | None = None, seed: int = 0, rows: Tensor | None = None) -> Tensor:
-    """Keeps top_k_pct of the latents of each code, zeroing the rest:
+    """Keeps top_k_pct of the latents of each code, zeroing the rest (with `sharpen.keep: mask` the reverse:
+    zeroes those and keeps the rest):
     per_class   those with the largest class-mean code of the example's class (`means` as from
                 class_means, computed here when not given);
     per_example the example's own largest;
@@ -106,10 +122,10 @@ def sharpen(codes: Tensor, labels: Tensor, cfg: SharpenConfig, means: Tensor | N
     keep = n_kept(codes.shape[1], cfg.top_k_pct)
     n_classes = n_classes or int(labels.max()) + 1
     if cfg.strategy in ("per_class", "per_example"):
-        return codes * method_mask(codes, labels, cfg.strategy, keep, means, n_classes)
+        return codes * method_mask(codes, labels, cfg.strategy, keep, means, n_classes, cfg.keep)
     if cfg.strategy == "random":
         rows = torch.arange(len(codes), device=codes.device) if rows is None else rows
-        matched = method_mask(codes, labels, cfg.match, keep, means, n_classes)
+        matched = method_mask(codes, labels, cfg.match, keep, means, n_classes, cfg.keep)
         return codes * matched_random_mask(codes, matched, rows, seed)
     raise ValueError(f"sharpen.strategy {cfg.strategy!r} has no codes to sharpen")
 

@@ -80,6 +80,16 @@ def test_other_strategies_run(tmp_path, strategy):
     assert -1 <= history[1]["aux_cosine"] <= 1
 
 
+def test_the_chain_builds_targets_with_the_configured_pairing_and_keep(tmp_path):
+    """sharpen.pairing and sharpen.keep reach the chain's targets: with the original's shuffled pairing, per-class
+    targets keep less of each example's own code than aligned ones (class means of mispaired codes); mask targets
+    keep most of it."""
+    kept = {name: run_chain(tiny(chain__cycles=1, **over), tmp_path / name)[1]["sharpen_kept_fraction"]
+            for name, over in {"aligned": {}, "shuffled": {"sharpen__pairing": "shuffled"},
+                               "mask": {"sharpen__keep": "mask"}}.items()}
+    assert kept["shuffled"] != kept["aligned"] and kept["mask"] > 0.5 > kept["aligned"], kept
+
+
 @pytest.mark.parametrize("family", ["gpt2", "bert"])
 def test_text_chain_offline(tmp_path, request, text_csv, family):
     model_dir = request.getfixturevalue(f"{family}_dir")

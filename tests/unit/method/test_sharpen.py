@@ -131,3 +131,53 @@ def test_codes_that_are_all_zero_are_counted_not_hidden():
     none = build_targets(sae, acts, labels, SharpenConfig("per_class", top_k_pct=10))
     assert none.empty_fraction == 1.0 and none.kept_active == 0.0
     torch.testing.assert_close(none.targets, sae.decode(torch.zeros(120, sae.n_latents)))
+
+
+def test_mask_keeps_exactly_what_top_zeroes_and_random_matches_its_count():
+    """sharpen.keep mask (the original's "mask" targets) zeroes the chosen latents and keeps the rest: top and
+    mask split every code in two; `random` matched to a mask strategy keeps as many active latents as mask does."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.relu(torch.randn(60, 20, generator=g))
+    labels = torch.randint(0, 3, (60,), generator=g)
+    for strategy in ("per_class", "per_example"):
+        top = sharpen(codes, labels, SharpenConfig(strategy, top_k_pct=25))
+        mask = sharpen(codes, labels, SharpenConfig(strategy, top_k_pct=25, keep="mask"))
+        torch.testing.assert_close(top + mask, codes, rtol=0, atol=0)
+        assert ((top != 0) & (mask != 0)).sum() == 0 and (mask != 0).sum() > (top != 0).sum()
+        matched = sharpen(codes, labels, SharpenConfig("random", top_k_pct=25, match=strategy, keep="mask"), seed=1)
+        torch.testing.assert_close((matched != 0).sum(1), (mask != 0).sum(1), rtol=0, atol=0)
+
+
+def test_shuffled_pairing_builds_each_target_from_another_example_s_code():
+    """sharpen.pairing shuffled (the original code's pairing): example i's target is sharpened from row perm[i]'s
+    code with example i's label, class means from those mispaired codes; the same seed gives the same
+    permutation, aligned pairing and the code-free strategies read the rows as they are."""
+    from saeception.method.sharpen import code_source, encoded_class_means
+
+    g = torch.Generator().manual_seed(0)
+    acts, labels = torch.randn(90, 8, generator=g), torch.arange(90) % 3
+    acts[:, 0] += 6 * labels  # classes far apart along one direction
+    sae = train_sae(acts, SAEConfig(kind="topk", expansion_factor=4, k=4, steps=100), seed=0)
+    aligned, shuffled = SharpenConfig("per_class", top_k_pct=10), SharpenConfig("per_class", top_k_pct=10, pairing="shuffled")
+    source = code_source(acts, shuffled, seed=5)
+    perm = [int(((acts - row).abs().sum(1) == 0).nonzero()[0]) for row in source]
+    assert sorted(perm) == list(range(90)) and perm != list(range(90))
+    assert torch.equal(code_source(acts, shuffled, seed=5), source) and code_source(acts, aligned, seed=5) is acts
+    assert code_source(acts, SharpenConfig("class_prototype", pairing="shuffled"), seed=5) is acts
+    means = encoded_class_means(sae, source, labels, 3)
+    built = build_targets(sae, source, labels, shuffled, seed=5, means=means).targets
+    own = sae.decode(sharpen(sae.encode(acts[perm]), labels, shuffled, means))
+    torch.testing.assert_close(built, own, rtol=0, atol=1e-5)
+    # The class means lose the classes: mispaired codes average to about the same mean in every class.
+    true = encoded_class_means(sae, acts, labels, 3)
+    assert (means - means.mean(0)).abs().sum() < 0.5 * (true - true.mean(0)).abs().sum()
+
+
+def test_the_nosharpen_control_keeps_every_latent_whatever_the_winner_keeps():
+    from saeception.config import build_config
+    from saeception.eval.confirm import arm_values
+
+    values = {"sharpen.strategy": "per_class", "sharpen.top_k_pct": 10.0, "sharpen.keep": "mask"}
+    nosharpen = build_config(arm_values(values, "nosharpen")).sharpen
+    assert (nosharpen.top_k_pct, nosharpen.keep) == (100.0, "top")
+    assert build_config(arm_values(values, "random")).sharpen.keep == "mask"
