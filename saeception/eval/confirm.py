@@ -61,7 +61,7 @@ METRIC_MODES = {
     "task_accuracy": "max", "task_f1_macro": "max", "probe_accuracy": "max",
     "k_sparse_probe_accuracy_k1": "max", "k_sparse_probe_accuracy_k5": "max", "k_sparse_probe_accuracy_k25": "max",
     "sae_csi": "max", "sae_u": "max", "sae_csi_all": "max", "sae_u_all": "max", "base_csi": "max", "base_u": "max",
-    "ari": "max", "silhouette": "max", "davies_bouldin": "min", "calinski_harabasz": "max",
+    "ari": "max", "argmax_ari": "max", "silhouette": "max", "davies_bouldin": "min", "calinski_harabasz": "max",
     "explained_variance": "max", "dead_pct": "min",
     "spliced_task_accuracy": "max", "task_accuracy_drop": "min", "spliced_ce": "min", "spliced_kl": "min",
     "loss_recovered": "max",

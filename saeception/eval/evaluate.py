@@ -25,7 +25,7 @@ METRIC_NAMES = (
     "task_accuracy", "task_f1_macro", "probe_accuracy",
     *(f"k_sparse_probe_accuracy_k{k}" for k in SPARSE_PROBE_KS),
     "sae_csi", "sae_u", "base_csi", "base_u", "sae_csi_all", "sae_u_all", "sae_scored_latents",
-    "ari", "silhouette", "davies_bouldin", "calinski_harabasz",
+    "ari", "argmax_ari", "silhouette", "davies_bouldin", "calinski_harabasz",
     "l0", "dead_pct", "explained_variance",
     *M.FIDELITY_METRICS,  # computed by the chain (a model forward on every rank), not by evaluate()
     *AUX_METRICS,
@@ -73,6 +73,7 @@ def evaluate(sae: SAE, acts: dict[str, Tensor], logits: dict[str, Tensor], label
         row.update(sae_csi=sae_m["csi"], sae_u=sae_m["u"], base_csi=base_m["csi"], base_u=base_m["u"],
                    sae_csi_all=sae_m["csi_all"], sae_u_all=sae_m["u_all"], sae_scored_latents=sae_m["n"])
         row.update(M.cluster_metrics(z, y, n_classes, cfg.cluster_max_examples, seed, backend))
+        row["argmax_ari"] = M.argmax_ari(z, y)
         row.update(l0=M.l0(z), explained_variance=M.explained_variance(x, sae.decode(z)))
         out.update({prefix + k: v for k, v in row.items()})
     return out

@@ -127,6 +127,14 @@ def _f_scores(x: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     return torch.nan_to_num(between / within.clamp_min(1e-12), nan=0.0)
 
 
+def argmax_ari(codes: Tensor, labels: Tensor) -> float:
+    """The original SAE-ception's ARI: each example's cluster is its most active latent (`argmax` of its code;
+    an all-zero code goes to latent 0, as numpy's argmax puts it), scored against the labels."""
+    if len(labels) < 2:
+        return float("nan")
+    return C.adjusted_rand(labels, codes.float().argmax(1))
+
+
 def cluster_metrics(x: Tensor, labels: Tensor, n_classes: int, cap: int, seed: int,
                     backend: str = "torch") -> dict[str, float]:
     """ari: k-means (k = classes, 3 seeded inits) vs labels; silhouette / davies_bouldin /

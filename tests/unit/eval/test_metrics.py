@@ -148,3 +148,21 @@ def test_fidelity_metrics_span_zero_ablation_to_a_perfect_splice():
     p, q = clean.double().softmax(-1), (clean.double() / 2).softmax(-1)
     assert half["spliced_kl"] == pytest.approx(float((p * (p / q).log()).sum(-1).mean()))
     assert math.isnan(M.fidelity_metrics(clean, ablated, clean, labels)["loss_recovered"])  # ablation costs nothing
+
+
+def test_argmax_ari_clusters_each_example_by_its_most_active_latent():
+    """The original SAE-ception's ARI: one latent per class -> 1; the argmax ignoring the classes -> about 0;
+    an all-zero code is latent 0 (numpy's argmax)."""
+    import torch
+
+    from saeception.eval.metrics import argmax_ari
+
+    labels = torch.arange(60) % 3
+    codes = torch.zeros(60, 8)
+    codes[torch.arange(60), labels + 2] = 1.0 + torch.rand(60)
+    assert argmax_ari(codes, labels) == 1.0
+    codes[:, 7] = 5.0  # one latent wins everywhere: one cluster
+    assert abs(argmax_ari(codes, labels)) < 1e-12
+    zero = torch.zeros(4, 5)
+    zero[2, 3] = 1.0
+    assert argmax_ari(zero, torch.tensor([0, 0, 1, 0])) == 1.0  # the zero codes share latent 0
