@@ -298,9 +298,18 @@ class AuxConfig:
     center: bool = doc(False, "take the cosine between h − μ and target − μ, μ the mean train activation at the start "
                        "of the cycle (raw activations share a large mean direction that saturates the cosine); "
                        "false is the paper's loss")
+    weight_per_cycle: list[float] = doc(factory=list, help="λ of each cycle 1..N, one value per cycle (`chain.cycles` "
+                                        "of them; the original SAE-ception picks λ per cycle); set, it replaces "
+                                        "`aux.weight` (the `aux0` control zeroes both); empty: `aux.weight` every cycle")
+
+    def weight_at(self, cycle: int) -> float:
+        """λ of cycle `cycle` (1..N)."""
+        return float(self.weight_per_cycle[cycle - 1]) if self.weight_per_cycle else self.weight
 
     def __post_init__(self) -> None:
         _require(self.weight >= 0, "aux.weight", "must be >= 0")
+        _require(all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in self.weight_per_cycle),
+                 "aux.weight_per_cycle", "must be a list of numbers >= 0, one per cycle")
         _require(self.epochs >= 1, "aux.epochs", "must be >= 1")
         _require(self.lr > 0, "aux.lr", "must be > 0")
         _require(self.batch_size >= 1, "aux.batch_size", "must be >= 1")
@@ -375,3 +384,5 @@ class Config:
     def __post_init__(self) -> None:
         _require(0 <= self.seed < 2**31, "seed", f"must be in [0, 2^31 - 1], got {self.seed}")
         _require(self.device in ("auto", "cpu", "cuda"), "device", "must be one of: auto, cpu, cuda")
+        n, given = self.chain.cycles, len(self.aux.weight_per_cycle)
+        _require(given in (0, n), "aux.weight_per_cycle", f"must hold one λ per cycle 1..{n} (chain.cycles {n}), got {given}")

@@ -146,7 +146,7 @@ def arm_values(values: dict[str, Any], arm: str) -> dict[str, Any]:
     if arm == "best":
         return dict(values)
     if arm == "aux0":
-        return {**values, "aux.weight": 0.0}
+        return {**values, "aux.weight": 0.0, "aux.weight_per_cycle": []}
     if arm == "random":
         return {**values, "sharpen.strategy": "random", "sharpen.match": method}
     if arm == "prototype":

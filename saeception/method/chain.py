@@ -290,7 +290,7 @@ def sharpen_and_retrain(r: ChainContext, cycle: int, sae: SAE) -> Retrained:
     def retrain_stage(view: ConfigView, seed: int) -> None:
         if view.model.freeze == "before":
             r.tap.freeze_before_target()
-        retrain(r.tap, task, targets, view.aux, device, seed, mu if view.aux.center else None)
+        retrain(r.tap, task, targets, view.aux, device, seed, mu if view.aux.center else None, cycle)
 
     do_stage(r, RETRAIN, cycle, retrain_stage)
     return Retrained(acts_before, targets, mu, kept, kept_active, empty)

@@ -98,12 +98,12 @@ def finetune(tap: TapModel, task: TaskData, cfg: FinetuneConfig, device: torch.d
 
 
 def retrain(tap: TapModel, task: TaskData, targets: Tensor, cfg: AuxConfig, device: torch.device, seed: int,
-            center: Tensor | None = None) -> None:
-    """Retrains with  CE + aux.weight * (1 - cos(h - μ, target - μ))  on the train split; `targets` is
-    (N_train, d) indexed by example id; μ = `center` (aux.center) or 0. Freezing is the caller's choice
-    (TapModel.freeze_before_target)."""
+            center: Tensor | None = None, cycle: int = 1) -> None:
+    """Retrains with  CE + λ * (1 - cos(h - μ, target - μ))  on the train split, λ = cfg.weight_at(cycle);
+    `targets` is (N_train, d) indexed by example id; μ = `center` (aux.center) or 0. Freezing is the
+    caller's choice (TapModel.freeze_before_target)."""
     mu = center.to(device) if center is not None else None
-    _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, 0.0, device, seed, targets.to(device), cfg.weight, mu)
+    _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, 0.0, device, seed, targets.to(device), cfg.weight_at(cycle), mu)
 
 
 @torch.no_grad()

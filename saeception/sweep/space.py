@@ -267,6 +267,9 @@ def parse_space(data: dict[str, Any], source: str = "", overrides: dict[str, Any
             except ConfigError as e:
                 raise ConfigError(f"params.{e}") from None
     _check_k_fits(fixed, params)
+    if "aux.weight" in params and build_config(fixed).aux.weight_per_cycle:
+        raise ConfigError("params.aux.weight: fixed.aux.weight_per_cycle replaces aux.weight in every cycle, so the "
+                          "searched value would be ignored; search one of them")
 
     objectives_raw = data.get("objectives")
     if not isinstance(objectives_raw, list) or not objectives_raw:

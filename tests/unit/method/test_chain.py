@@ -170,3 +170,32 @@ def test_a_bf16_model_keeps_and_caches_its_activations_in_bf16(tmp_path, neox_di
     assert stored["train.logits"].dtype == torch.float32
     weights = load_file(str(ChainPaths(tmp_path / "run").cycle(1).model.with_suffix(".safetensors")))
     assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.bfloat16}
+
+
+def test_lambda_per_cycle_is_each_cycle_s_weight(tmp_path, monkeypatch):
+    """aux.weight_per_cycle gives each cycle 1..N its own λ (the original picks λ per cycle) and replaces
+    aux.weight; it must hold one value per cycle; the aux0 control zeroes it too."""
+    import pytest
+
+    from saeception.config import ConfigError
+    from saeception.eval.confirm import arm_values
+    from saeception.method import train as train_mod
+
+    seen = []
+    real = train_mod._fit
+
+    def fit(*args, **kwargs):
+        if len(args) > 9:  # retraining passes targets and λ; cycle 0's fine-tuning does not
+            seen.append(args[9])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_fit", fit)
+    run_chain(tiny(chain__cycles=2, aux__weight=0.7, aux__weight_per_cycle=[0.05, 0.3]), tmp_path / "a")
+    assert seen == [0.05, 0.3]
+    seen.clear()
+    run_chain(tiny(chain__cycles=1, aux__weight=0.7), tmp_path / "b")
+    assert seen == [0.7]
+    with pytest.raises(ConfigError, match=r"aux.weight_per_cycle: must hold one λ per cycle 1..2 \(chain.cycles 2\), got 3"):
+        tiny(chain__cycles=2, aux__weight_per_cycle=[0.1, 0.2, 0.3])
+    aux0 = build_config({**TINY, **arm_values({"chain.cycles": 2, "aux.weight_per_cycle": [0.1, 0.2]}, "aux0")}).aux
+    assert aux0.weight_at(1) == aux0.weight_at(2) == 0.0

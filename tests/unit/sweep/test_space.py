@@ -198,3 +198,18 @@ def test_cache_defaults_and_no_cache(tmp_path):
     # Object stores: the URI is kept as given (each worker opens it itself).
     args = sweep.parser().parse_args(["--storage", str(tmp_path / "s3"), "--cache", "s3://bucket/saeception-cache/"])
     assert sweep.plan(args).cache_dir == "s3://bucket/saeception-cache"
+
+
+def test_a_searched_aux_weight_that_weight_per_cycle_would_replace_is_refused(tmp_path):
+    import pytest
+    import yaml
+
+    from saeception.config import ConfigError
+    from saeception.sweep.space import load_space
+
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump({"name": "s", "fixed": {"chain.cycles": 2, "aux.weight_per_cycle": [0.1, 0.2]},
+                                     "params": {"aux.weight": {"type": "float", "low": 0.1, "high": 1.0}},
+                                     "objectives": [{"metric": "val_sae_u", "mode": "max"}]}))
+    with pytest.raises(ConfigError, match="params.aux.weight: fixed.aux.weight_per_cycle replaces aux.weight"):
+        load_space(space)
