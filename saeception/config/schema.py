@@ -90,6 +90,7 @@ class DataConfig:
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
+SELECT_EPOCHS = ("last", "best_val")
 TRAIN_STRATEGIES = ("ddp", "fsdp")
 
 
@@ -155,9 +156,12 @@ class FinetuneConfig:
     lr: float = doc(1e-3, "fine-tuning learning rate")
     batch_size: int = doc(64, "fine-tuning batch size per worker (also the extraction batch size)")
     weight_decay: float = doc(0.0, "AdamW weight decay")
+    select_epoch: str = doc("last", "which epoch's weights fine-tuning keeps: `last`, or `best_val` (the epoch with the "
+                            "best validation accuracy, checked after each epoch, as the original SAE-ception keeps)")
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 0, "finetune.epochs", "must be >= 0")
+        _require(self.select_epoch in SELECT_EPOCHS, "finetune.select_epoch", f"must be one of: {', '.join(SELECT_EPOCHS)}")
         _require(self.lr > 0, "finetune.lr", "must be > 0")
         _require(self.batch_size >= 1, "finetune.batch_size", "must be >= 1")
         _require(self.weight_decay >= 0, "finetune.weight_decay", "must be >= 0")
@@ -298,6 +302,8 @@ class AuxConfig:
     center: bool = doc(False, "take the cosine between h − μ and target − μ, μ the mean train activation at the start "
                        "of the cycle (raw activations share a large mean direction that saturates the cosine); "
                        "false is the paper's loss")
+    select_epoch: str = doc("last", "which epoch's weights aux retraining keeps: `last`, or `best_val` (the epoch with "
+                            "the best validation accuracy, checked after each epoch, as the original SAE-ception keeps)")
     weight_per_cycle: list[float] = doc(factory=list, help="λ of each cycle 1..N, one value per cycle (`chain.cycles` "
                                         "of them; the original SAE-ception picks λ per cycle); set, it replaces "
                                         "`aux.weight` (the `aux0` control zeroes both); empty: `aux.weight` every cycle")
@@ -311,6 +317,7 @@ class AuxConfig:
         _require(all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in self.weight_per_cycle),
                  "aux.weight_per_cycle", "must be a list of numbers >= 0, one per cycle")
         _require(self.epochs >= 1, "aux.epochs", "must be >= 1")
+        _require(self.select_epoch in SELECT_EPOCHS, "aux.select_epoch", f"must be one of: {', '.join(SELECT_EPOCHS)}")
         _require(self.lr > 0, "aux.lr", "must be > 0")
         _require(self.batch_size >= 1, "aux.batch_size", "must be >= 1")
 
@@ -384,5 +391,8 @@ class Config:
     def __post_init__(self) -> None:
         _require(0 <= self.seed < 2**31, "seed", f"must be in [0, 2^31 - 1], got {self.seed}")
         _require(self.device in ("auto", "cpu", "cuda"), "device", "must be one of: auto, cpu, cuda")
+        for key, section in (("finetune.select_epoch", self.finetune), ("aux.select_epoch", self.aux)):
+            _require(section.select_epoch == "last" or self.train.strategy == "ddp", key,
+                     "best_val is not supported with train.strategy fsdp yet (use last)")
         n, given = self.chain.cycles, len(self.aux.weight_per_cycle)
         _require(given in (0, n), "aux.weight_per_cycle", f"must hold one λ per cycle 1..{n} (chain.cycles {n}), got {given}")

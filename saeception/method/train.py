@@ -57,9 +57,17 @@ def _check_finite(loss_sum: Tensor, checked: int, step: int, epoch: int, lr: flo
     return step
 
 
+def _val_accuracy(tap: TapModel, task: TaskData, batch_size: int, device: torch.device) -> float:
+    """Accuracy on the val split (every rank gets the same number: extract gathers every row)."""
+    _, logits = extract(tap, task, "val", batch_size, device)
+    return float((logits.argmax(1) == task.val.labels).double().mean())
+
+
 def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int, weight_decay: float,
          device: torch.device, seed: int, targets: Tensor | None = None, weight: float = 0.0,
-         center: Tensor | None = None) -> None:
+         center: Tensor | None = None, select_epoch: str = "last") -> None:
+    """Trains for `epochs`; select_epoch `best_val` keeps the weights of the epoch with the best val accuracy
+    (the first of equals), checked after each epoch; `last` those after the last epoch."""
     reshard(tap.model)  # FSDP: training starts from the sharded weights, as they are frozen now
     params = [p for p in tap.parameters() if p.requires_grad]
     if not params:
@@ -70,6 +78,7 @@ def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int,
     # NaN/inf is checked on a running sum every `_CHECK_EVERY` steps and at each epoch's end, not per
     # step, so a CUDA step never waits on the host; a divergence still fails the stage.
     loss_sum, checked, step = torch.zeros((), device=device), 0, 0
+    best_acc, best_state = -1.0, None
     for epoch in range(epochs):
         for batch in loader(task, "train", batch_size, shuffle=True, seed=seed, epoch=epoch, distributed=is_distributed(),
                             pin_memory=device.type == "cuda"):
@@ -88,13 +97,21 @@ def _fit(tap: TapModel, task: TaskData, epochs: int, lr: float, batch_size: int,
             loss.backward()
             opt.step()
         checked = _check_finite(loss_sum, checked, step, epoch, lr)
+        if select_epoch == "best_val":
+            acc = _val_accuracy(tap, task, batch_size, device)
+            if acc > best_acc:  # each rank keeps its own part of the weights (its FSDP shards)
+                best_acc, best_state = acc, {k: v.detach().clone() for k, v in tap.model.state_dict().items()}
+            model.train()
+    if best_state is not None:
+        tap.model.load_state_dict(best_state)
+        log.info("kept the weights of the epoch with the best val accuracy (%.4f)", best_acc)
     opt.zero_grad(set_to_none=True)  # no gradient outlives training (the SAE and evaluation stages follow)
     tap.eval()
 
 
 def finetune(tap: TapModel, task: TaskData, cfg: FinetuneConfig, device: torch.device, seed: int) -> None:
     """Cycle-0 fine-tuning on the task with cross-entropy (all parameters)."""
-    _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, device, seed)
+    _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, cfg.weight_decay, device, seed, select_epoch=cfg.select_epoch)
 
 
 def retrain(tap: TapModel, task: TaskData, targets: Tensor, cfg: AuxConfig, device: torch.device, seed: int,
@@ -103,7 +120,8 @@ def retrain(tap: TapModel, task: TaskData, targets: Tensor, cfg: AuxConfig, devi
     `targets` is (N_train, d) indexed by example id; μ = `center` (aux.center) or 0. Freezing is the
     caller's choice (TapModel.freeze_before_target)."""
     mu = center.to(device) if center is not None else None
-    _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, 0.0, device, seed, targets.to(device), cfg.weight_at(cycle), mu)
+    _fit(tap, task, cfg.epochs, cfg.lr, cfg.batch_size, 0.0, device, seed, targets.to(device), cfg.weight_at(cycle), mu,
+         cfg.select_epoch)
 
 
 @torch.no_grad()

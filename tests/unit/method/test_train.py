@@ -78,3 +78,38 @@ def test_no_gradient_outlives_training():
     tap = TapModel(MLP(task.input_dim, [16], task.n_classes), -1)
     finetune(tap, task, FinetuneConfig(epochs=1, batch_size=32), torch.device("cpu"), seed=0)
     assert all(p.grad is None for p in tap.parameters())
+
+
+def test_best_val_keeps_the_weights_of_the_epoch_with_the_best_validation_accuracy(monkeypatch):
+    """select_epoch best_val (the original SAE-ception's model selection) keeps the epoch whose val accuracy was
+    best, the first of equals; last keeps the last epoch's and never evaluates val; aux retraining alike."""
+    from saeception.config import AuxConfig, FinetuneConfig
+    from saeception.method import train as train_mod
+    from saeception.method.train import finetune, retrain
+    from saeception.models.classifiers import MLP
+
+    task = load_task(DataConfig(name="digits", max_examples=200))
+    scripted, seen = iter([0.5, 0.9, 0.7, 0.9]), []
+
+    def val_accuracy(tap, *args):
+        seen.append({k: v.clone() for k, v in tap.model.state_dict().items()})
+        return next(scripted)
+
+    monkeypatch.setattr(train_mod, "_val_accuracy", val_accuracy)
+    tap = TapModel(MLP(task.input_dim, [16], task.n_classes), -1)
+    finetune(tap, task, FinetuneConfig(epochs=4, batch_size=32, select_epoch="best_val"), torch.device("cpu"), seed=0)
+    assert len(seen) == 4 and not torch.equal(seen[1]["head.weight"], seen[3]["head.weight"])
+    assert all(torch.equal(v, seen[1][k]) for k, v in tap.model.state_dict().items())  # epoch 1: 0.9 first
+    seen.clear()
+    finetune(tap, task, FinetuneConfig(epochs=2, batch_size=32), torch.device("cpu"), seed=0)
+    assert seen == []
+    scripted = iter([0.2, 0.1])
+    targets = torch.randn(len(task.train), 16)
+    retrain(tap, task, targets, AuxConfig(epochs=2, select_epoch="best_val"), torch.device("cpu"), seed=0)
+    assert len(seen) == 2 and all(torch.equal(v, seen[0][k]) for k, v in tap.model.state_dict().items())
+    import pytest
+
+    from saeception.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="finetune.select_epoch: best_val is not supported with train.strategy fsdp"):
+        build_config({"train.strategy": "fsdp", "finetune.select_epoch": "best_val"})
