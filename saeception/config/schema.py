@@ -325,6 +325,10 @@ class AuxConfig:
 @dataclass
 class ChainConfig:
     cycles: int = doc(2, "cycles after cycle 0 (the chain runs cycles 0..N)")
+    fresh_model: bool = doc(False, "each cycle >= 1 retrains a freshly initialised model (cycle 0's initial weights, from "
+                            "`seed`) toward the targets the previous cycle's model and SAE give, instead of retraining that "
+                            "model, as the original SAE-ception does (`aux_cosine_before` stays the previous model's); "
+                            "`model.name: mlp` with `model.freeze: none` only")
 
     def __post_init__(self) -> None:
         _require(self.cycles >= 0, "chain.cycles", "must be >= 0")
@@ -391,6 +395,11 @@ class Config:
     def __post_init__(self) -> None:
         _require(0 <= self.seed < 2**31, "seed", f"must be in [0, 2^31 - 1], got {self.seed}")
         _require(self.device in ("auto", "cpu", "cuda"), "device", "must be one of: auto, cpu, cuda")
+        if self.chain.fresh_model:
+            _require(self.model.name == "mlp", "chain.fresh_model", "needs model.name: mlp (a transformer's fresh model "
+                     "would be its pretrained weights reloaded: not supported)")
+            _require(self.model.freeze == "none", "chain.fresh_model", "needs model.freeze: none (with before, the layers "
+                     "before the target would stay at their random initial weights)")
         for key, section in (("finetune.select_epoch", self.finetune), ("aux.select_epoch", self.aux)):
             _require(section.select_epoch == "last" or self.train.strategy == "ddp", key,
                      "best_val is not supported with train.strategy fsdp yet (use last)")

@@ -75,7 +75,8 @@ EXTRACT = Stage("extract", reads=("model.layer", "model.pooling", "sae.tokens", 
                 inputs=("finetune",), env=("data", "precision"))
 SAE_STAGE = Stage("sae", reads=("seed", "sae"), inputs=("extract",), env=("world_size", "precision"))
 SHARPEN = Stage("sharpen", reads=("seed", "sharpen", "aux.batch_size", "aux.center"), env=("data",))
-RETRAIN = Stage("retrain", reads=("seed", "model.freeze", "model.gradient_checkpointing", "train", "aux"),
+RETRAIN = Stage("retrain", reads=("seed", "model.freeze", "model.gradient_checkpointing", "train", "aux",
+                                  "chain.fresh_model", "model.name", "model.hidden_sizes", "model.dtype", "model.revision"),
                 env=("data", "world_size", "precision"))
 EVALUATE = Stage("evaluate", reads=("seed", "eval"), env=("data",))
 STAGES = (INIT, FINETUNE, EXTRACT, SAE_STAGE, SHARPEN, RETRAIN, EVALUATE)
@@ -288,6 +289,11 @@ def sharpen_and_retrain(r: ChainContext, cycle: int, sae: SAE) -> Retrained:
     mu = acts_before.mean(0)  # the cycle's mean train activation (every rank holds all rows)
 
     def retrain_stage(view: ConfigView, seed: int) -> None:
+        if view.chain.fresh_model:
+            # Cycle 0's initial weights again (the init stage's generator), retrained from scratch.
+            with stage_rng(view.seed, 0, INIT.name):
+                fresh = build_model(view.model, task.n_classes, task.input_dim, None)
+            r.tap.model.load_state_dict(fresh.state_dict())
         if view.model.freeze == "before":
             r.tap.freeze_before_target()
         retrain(r.tap, task, targets, view.aux, device, seed, mu if view.aux.center else None, cycle)

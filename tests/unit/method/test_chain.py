@@ -199,3 +199,30 @@ def test_lambda_per_cycle_is_each_cycle_s_weight(tmp_path, monkeypatch):
         tiny(chain__cycles=2, aux__weight_per_cycle=[0.1, 0.2, 0.3])
     aux0 = build_config({**TINY, **arm_values({"chain.cycles": 2, "aux.weight_per_cycle": [0.1, 0.2]}, "aux0")}).aux
     assert aux0.weight_at(1) == aux0.weight_at(2) == 0.0
+
+
+def test_a_fresh_model_per_cycle_starts_each_retraining_from_cycle_0_s_initial_weights(tmp_path, monkeypatch):
+    """chain.fresh_model (the original SAE-ception's cycles): every cycle >= 1 retrains cycle 0's initial
+    weights, not the previous model; it needs the MLP and model.freeze none."""
+    import pytest
+
+    from saeception.config import ConfigError
+    from saeception.method import chain as chain_mod
+
+    starts = []
+    real = chain_mod.retrain
+
+    def retrain(tap, *args, **kwargs):
+        starts.append({k: v.clone() for k, v in tap.model.state_dict().items()})
+        return real(tap, *args, **kwargs)
+
+    monkeypatch.setattr(chain_mod, "retrain", retrain)
+    cfg = tiny(chain__cycles=2, chain__fresh_model=True, model__freeze="none")
+    init = chain_mod.setup(cfg).tap.model.state_dict()
+    run_chain(cfg, tmp_path / "fresh")
+    assert len(starts) == 2 and all(torch.equal(s[k], v) for s in starts for k, v in init.items())
+    starts.clear()
+    run_chain(tiny(chain__cycles=1, model__freeze="none"), tmp_path / "kept")
+    assert not all(torch.equal(starts[0][k], v) for k, v in init.items())
+    with pytest.raises(ConfigError, match="chain.fresh_model: needs model.freeze: none"):
+        tiny(chain__fresh_model=True)
