@@ -8,7 +8,9 @@ Arms (same seeds, same cycle 0):
                activation ("the SAE latents the method chooses" vs other latents of the same example);
 - `prototype`: sharpen.strategy = class_prototype, the class mean of h, no SAE ("pull toward class
                structure");
-- `nosharpen`: sharpen.top_k_pct = 100, the SAE's plain reconstruction ("distil toward the SAE").
+- `nosharpen`: sharpen.top_k_pct = 100, the SAE's plain reconstruction ("distil toward the SAE");
+- `pairing`:   the other sharpen.pairing (aligned <-> shuffled: each target from the example's own code, or
+               from another example's as the original SAE-ception's code builds them); opt-in, not a default.
 Cycle 0 does not read any aux or sharpening setting, so for each seed the controls resume from the
 `best` arm's cycle-0 state: the arms differ only in what the method changes (a paired design), and
 cycle 0 is computed once instead of once per arm.
@@ -36,8 +38,9 @@ from saeception.method.errors import DivergedError
 from saeception.method.sharpen import is_noop
 from saeception.store.artifacts import ChainPaths
 
-ARMS = ("best", "aux0", "random", "prototype", "nosharpen")
-CONTROLS = ARMS[1:]
+ARMS = ("best", "aux0", "random", "prototype", "nosharpen", "pairing")
+CONTROLS = ARMS[1:]  # every control a confirmation may run
+DEFAULT_CONTROLS = ("aux0", "random", "prototype", "nosharpen")  # what it runs unless the space or the CLI says
 # What each control changes, for tables, cards and help (one place).
 ARM_DOC = {
     "best": "the configuration the sweep chose",
@@ -45,6 +48,7 @@ ARM_DOC = {
     "random": "as many active latents per example as the winner keeps, drawn at random (weighted by activation)",
     "prototype": "target = the class mean of h (no SAE)",
     "nosharpen": "sharpen.top_k_pct = 100: the SAE reconstruction",
+    "pairing": "the other sharpen.pairing: targets from the example's own code (aligned) or another's (shuffled)",
 }
 # Metrics summarised by default (the method's claim: more monosemantic, accuracy kept, the SAE still faithful
 # when spliced in).
@@ -77,7 +81,7 @@ DEFAULT_MARGINS = {"task_accuracy": 0.005, "sae_u": 0.007, "sae_csi": 0.015, "pr
 class ConfirmSettings:
     """The confirmation's settings: the `confirm:` section of a search space (and --confirm-controls)."""
 
-    controls: tuple[str, ...] = CONTROLS  # which control arms run next to `best`
+    controls: tuple[str, ...] = DEFAULT_CONTROLS  # which control arms run next to `best`
     alpha: float = 0.05  # family-wise error rate over the headline metrics x controls, at any number of seeds
     margins: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGINS))  # per metric, test-split name
     # extra SAEs on every arm's last cycle of every seed: the arm's numbers are the mean over its 1 + sae_seeds SAEs,
@@ -121,7 +125,7 @@ def parse_settings(raw: Any, where: str = "confirm") -> ConfirmSettings:
     margins = raw.get("margins", {})
     if not isinstance(margins, dict):
         raise ConfigError(f"{where}.margins: must be a mapping of metric: margin")
-    controls = raw.get("controls", CONTROLS)
+    controls = raw.get("controls", DEFAULT_CONTROLS)
     if not isinstance(controls, list | tuple):
         raise ConfigError(f"{where}.controls: must be a list of arms from: {', '.join(CONTROLS)}")
     alpha = raw.get("alpha", 0.05)
@@ -151,6 +155,8 @@ def arm_values(values: dict[str, Any], arm: str) -> dict[str, Any]:
         return {**values, "sharpen.strategy": "random", "sharpen.match": method}
     if arm == "prototype":
         return {**values, "sharpen.strategy": "class_prototype"}
+    if arm == "pairing":
+        return {**values, "sharpen.pairing": "aligned" if build_config(values).sharpen.pairing == "shuffled" else "shuffled"}
     if arm == "nosharpen":
         # Every latent kept: with sharpen.keep mask, 100% would zero them all instead.
         return {**values, "sharpen.strategy": method, "sharpen.top_k_pct": 100.0, "sharpen.keep": "top"}
@@ -170,6 +176,8 @@ def degenerate_controls(values: dict[str, Any], controls: tuple[str, ...], width
     for c in controls:
         if build_config(arm_values(values, c)) == best:
             out[c] = f"its config is the winner's ({ARM_DOC[c]})"
+        elif c == "pairing" and best.sharpen.strategy in ("class_prototype", "random_direction"):
+            out[c] = f"the winner's targets read no SAE codes (sharpen.strategy {best.sharpen.strategy}), so pairing changes nothing"
         elif c in ("random", "nosharpen") and keeps_all:
             out[c] = (f"the winner keeps every active latent (sharpen.strategy {best.sharpen.strategy}, top_k_pct "
                       f"{best.sharpen.top_k_pct:g}, sae.k {best.sae.k}), so its targets equal this control's")

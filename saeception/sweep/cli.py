@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from saeception.data.tasks import check_source
-from saeception.eval.confirm import with_controls
+from saeception.eval.confirm import CONTROLS, DEFAULT_CONTROLS, with_controls
 from saeception.store.uris import after_scheme, check_uri, is_uri, local_path, redact
 from saeception.store.uris import scheme as uri_scheme
 
@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm-seeds", type=int, default=3,
                    help="re-run the best config and its controls on N fresh seeds and decide (default: 3; 0 skips)")
     p.add_argument("--confirm-controls", metavar="ARM,...", help="the control arms of the confirmation, comma-separated, "
-                   "from aux0, random, prototype, nosharpen (default: the space's confirm.controls, else all)")
+                   f"from {', '.join(CONTROLS)} (default: the space's confirm.controls, else {', '.join(DEFAULT_CONTROLS)})")
     p.add_argument("--cache", metavar="DIR_OR_URI", help="stage cache, shared by every node: a directory (local, NFS) or "
                    "an object-store URI (s3://, gs://, any fsspec URI) (default: <storage>/cache)")
     p.add_argument("--no-cache", action="store_true", help="recompute every stage (no stage cache)")

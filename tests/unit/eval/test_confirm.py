@@ -12,6 +12,7 @@ from scipy import stats
 from saeception.config import ConfigError, SAEConfig, SharpenConfig
 from saeception.eval.confirm import (
     CONTROLS,
+    DEFAULT_CONTROLS,
     KEPT_METRICS,
     MIN_SEEDS,
     ConfirmSettings,
@@ -375,7 +376,7 @@ def test_sae_seed_groups_pool_and_average():
 
 
 def test_settings_are_checked_and_parsed():
-    assert parse_settings(None).controls == CONTROLS
+    assert parse_settings(None).controls == DEFAULT_CONTROLS
     s = parse_settings({"controls": ["aux0"], "margins": {"sae_u": 0.01}, "sae_seeds": 0})
     assert s.controls == ("aux0",) and s.margins["sae_u"] == 0.01 and s.margins["task_accuracy"] == 0.005
     for raw, field in (({"controls": ["nope"]}, "confirm.controls"), ({"alpha": 2}, "confirm.alpha"),
@@ -441,7 +442,7 @@ def test_controls_that_would_equal_the_winner_are_found_before_any_seed_runs():
     assert degenerate_controls(topk, CONTROLS, width=None) == {}
     assert set(degenerate_controls({**per_class, "aux.weight": 0.0}, CONTROLS, width=16)) == {"aux0"}
     proto = degenerate_controls({"sharpen.strategy": "class_prototype", "aux.weight": 1.0}, CONTROLS, width=16)
-    assert set(proto) == {"prototype"} and "its config is the winner's" in proto["prototype"]
+    assert set(proto) == {"prototype", "pairing"} and "its config is the winner's" in proto["prototype"]
 
 
 def test_each_confirmation_seed_draws_its_own_test_split():
@@ -456,3 +457,19 @@ def test_each_arm_reports_how_many_latents_its_per_latent_metrics_scored():
     table = format_table(rows, ONE, ("sae_u",))
     assert "scored latents" in table.splitlines()[2] and "| 40.0 ± 0.0 |" in table and "| 52.0 ± 0.0 |" in table
     assert not any(r["metric"] == "sae_scored_latents" and "verdict_aux0" in r for r in rows)
+
+
+def test_the_pairing_control_flips_the_winner_s_pairing_and_is_opt_in():
+    """`pairing` (the original SAE-ception's mispaired targets against aligned ones) is a control a space or
+    --confirm-controls asks for; it runs the winner with the other sharpen.pairing, and is skipped as
+    degenerate when the winner's targets read no codes."""
+    from saeception.config import build_config
+
+    assert "pairing" not in ConfirmSettings().controls == DEFAULT_CONTROLS
+    assert "pairing" in parse_settings({"controls": ["aux0", "pairing"]}).controls
+    shuffled = {"sharpen.pairing": "shuffled"}
+    assert build_config(arm_values(shuffled, "pairing")).sharpen.pairing == "aligned"
+    assert build_config(arm_values({}, "pairing")).sharpen.pairing == "shuffled"
+    assert degenerate_controls({}, ("pairing",), None) == {}
+    why = degenerate_controls({"sharpen.strategy": "class_prototype"}, ("pairing",), None)
+    assert "read no SAE codes" in why["pairing"]
