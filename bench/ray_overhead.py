@@ -67,8 +67,12 @@ def measure(code: Path, workers: int, trials: int = 3) -> dict[str, list[float]]
 
 
 def worktree(rev: str) -> Path:
+    """Commit `rev` checked out under /tmp. Its top-level trainables/ and search_spaces/ install inside the
+    package (pyproject's package-dir): linked there, so that its own are imported, not this checkout's."""
     path = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
     subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=REPO, check=True, capture_output=True)
+    for sub in ("trainables", "search_spaces"):
+        (path / "saeception" / sub).symlink_to(path / sub, target_is_directory=True)
     return path
 
 
