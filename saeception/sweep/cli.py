@@ -157,6 +157,14 @@ def plan(args: argparse.Namespace) -> Plan:
         _fail("--mlflow-uri: credentials in the URI would reach only this driver, not the cluster's trial processes; "
               "put MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) into "
               "~/.saeception/secrets.env (docs/cluster.md) and give the URI without them")
+    if args.address:
+        # On a cluster the command line is stored in Ray's job table, which anyone holding the cluster's token reads.
+        for flag, value, how in (("--cache", args.cache, "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or use the nodes' "
+                                  "instance profile)"), ("--optuna-storage", args.optuna_storage, "PGPASSWORD (PostgreSQL)")):
+            if value and redact(value) != value:
+                _fail(f"{flag}: a credential in the URI would be kept in the cluster's job table (Ray stores a job's "
+                      f"whole command line, readable with the cluster's token); put {how} into ~/.saeception/secrets.env "
+                      "(docs/cluster.md) and give the URI without it")
     if args.optuna_storage:
         check_optuna_storage(args.optuna_storage)
     if given_mlflow:

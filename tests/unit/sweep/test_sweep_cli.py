@@ -267,3 +267,17 @@ def test_no_plots_skips_optuna_s_views_and_says_so_on_the_parent_run(tmp_path):
 
     log_sweep_plots(p, Tracker(), "parent", [], [])
     assert not p.plots and tags == {"saeception.plots_skipped": "--no-plots"}
+
+
+@pytest.mark.parametrize("flag,uri,secret", [
+    ("--cache", "s3://AKIAX:s3cr3t-key@bucket/cache", "s3cr3t-key"),
+    ("--cache", "s3://bucket/cache?secret_key=s3cr3t-key&key=AKIAX", "s3cr3t-key"),
+    ("--optuna-storage", "postgresql://alice:hunter2-pw@db:5432/optuna", "hunter2-pw"),
+])
+def test_a_credential_in_any_uri_is_refused_for_a_cluster(tmp_path, capsys, flag, uri, secret):
+    """With --address the command line lands in Ray's job table, readable by any token holder: a credential in
+    --cache or --optuna-storage is refused (exit 2, before anything is reached or written), saying where to put it."""
+    assert main(["--space", TINY, "--storage", str(tmp_path / "s"), "--address", "auto", "--dry-run", flag, uri]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: a credential in the URI would be kept in the cluster's job table" in err
+    assert "secrets.env" in err and secret not in err and not (tmp_path / "s").exists()
