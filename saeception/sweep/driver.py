@@ -19,7 +19,7 @@ from saeception.store.uris import redact
 from ..config import to_dict
 from .best import export_best, log_best_dataset
 from .confirmation import ConfirmationInterrupted, confirm
-from .identity import identity, write_identity
+from .identity import ID_KEY, identity, sweep_id, write_identity
 from .leaks import sweeper_callback
 from .orphans import close_orphans
 from .plan import Plan
@@ -170,12 +170,14 @@ def open_parent_run(p: Plan) -> Session:
         print(f"cluster: {describe(groups)}; trials wait for the nodes the autoscaler adds", flush=True)
     # On a cluster whose head offers HEAD_RESOURCE (cluster.yaml), trial drivers stay on the head.
     trial_resources = tune.PlacementGroupFactory([bundles(res, groups)[0]])
-    write_identity(p.storage, p.name, identity(p.space, p.search, p.resources, p.confirm))  # first launch, or a resumed one that grew --trials
+    sid = sweep_id(p.storage, p.name)
+    # First launch, or a resumed one that grew --trials; the id stays the sweep's for good.
+    write_identity(p.storage, p.name, {**identity(p.space, p.search, p.resources, p.confirm), ID_KEY: sid})
     tracker = Tracker(p.mlflow_uri)
     tags = run_tags()
     # (A SQLite store keeps a new experiment's artifacts beside it, never in MLflow's default ./mlruns of the
     # working directory, Ray's throw-away job directory: Tracker.experiment_id.)
-    parent = tracker.sweep_run(p.experiment, p.name, reuse=p.search.resume, tags=tags)
+    parent = tracker.sweep_run(p.experiment, p.name, reuse=p.search.resume, tags=tags, sweep_id=sid)
     space_dict = p.space.to_dict()
     tracker.log_params(parent, {**{f"space.{k}": yaml.safe_dump(v, default_flow_style=True).strip()
                                    for k, v in space_dict["params"].items()},

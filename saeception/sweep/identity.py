@@ -103,10 +103,24 @@ def write_identity(storage: str, name: str, ident: dict[str, Any]) -> None:
     os.replace(tmp, Path(storage, IDENTITY_FILE))
 
 
+ID_KEY = "id"  # the sweep's own id in its identity file: which MLflow parent run is this sweep's
+
+
+def sweep_id(storage: str, name: str) -> str:
+    """This sweep's id: the one its identity file holds (a resumed sweep), or a new one (a first launch, or a
+    sweep stored by a saeception that wrote none). Sweeps of one name under other storages, sharing an MLflow
+    store, have other ids: a parent run is matched on it, never on the name alone."""
+    import uuid
+
+    stored = read_identity(storage, name)
+    return str(stored[ID_KEY]) if stored and stored.get(ID_KEY) else uuid.uuid4().hex
+
+
 def differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """What differs, in flag terms; a larger --trials is not a difference (a resumed sweep may grow)."""
+    """What differs, in flag terms; a larger --trials is not a difference (a resumed sweep may grow); the id is
+    not a setting."""
     out = []
-    for key in sorted(set(stored) | set(current)):
+    for key in sorted((set(stored) | set(current)) - {ID_KEY}):
         old, new = stored.get(key), current.get(key)
         if key in GROWABLE and isinstance(old, int) and isinstance(new, int) and new >= old:
             continue

@@ -24,6 +24,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 ROLE = "saeception.role"
 SWEEP = "saeception.sweep"
+SWEEP_ID = "saeception.sweep_id"  # the sweep's id (its identity file's): which parent run is this sweep's
 TRIAL_ID = "saeception.trial_id"
 PARENT = "mlflow.parentRunId"
 FAILURE = "saeception.failure"
@@ -197,12 +198,20 @@ class Tracker:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         return self.client.search_runs([experiment_id], filter_string=query, max_results=1000)
 
-    def sweep_run(self, experiment: str, sweep: str, reuse: bool, tags: dict[str, str] | None = None) -> str:
+    def sweep_run(self, experiment: str, sweep: str, reuse: bool, tags: dict[str, str] | None = None,
+                  sweep_id: str | None = None) -> str:
         """The sweep's parent run: the existing one when `reuse` (a resumed sweep), else a new one
-        (with `tags`, e.g. run_tags())."""
+        (with `tags`, e.g. run_tags()). A parent is this sweep's by its id (saeception.sweep_id, the sweep's
+        identity file's), never by name alone: a sweep of the same name under another --storage, sharing this
+        store, keeps its runs. A parent without an id tag (an older saeception's) is taken by name and tagged."""
         exp_id = self.experiment_id(experiment)
+        ids = {SWEEP_ID: sweep_id} if sweep_id else {}
         if reuse:
-            found = self._find(exp_id, {ROLE: "sweep", SWEEP: sweep})
+            found = self._find(exp_id, {ROLE: "sweep", SWEEP: sweep, **ids})
+            if not found and sweep_id:
+                found = [r for r in self._find(exp_id, {ROLE: "sweep", SWEEP: sweep}) if SWEEP_ID not in r.data.tags]
+                if found:
+                    self.client.set_tag(found[0].info.run_id, SWEEP_ID, sweep_id)
             if found:
                 run_id = found[0].info.run_id
                 # Its driver died without closing it (still RUNNING) or stopped on an error (FAILED with the
@@ -215,7 +224,7 @@ class Tracker:
                     self.clear_failure(run_id)
                 self.client.update_run(run_id, status="RUNNING")
                 return run_id
-        run = self.client.create_run(exp_id, run_name=sweep, tags={**(tags or {}), ROLE: "sweep", SWEEP: sweep})
+        run = self.client.create_run(exp_id, run_name=sweep, tags={**(tags or {}), ROLE: "sweep", SWEEP: sweep, **ids})
         return run.info.run_id
 
     def child_run(self, parent_id: str, key: str, role: str, name: str, extra_tags: dict[str, str] | None = None) -> str:

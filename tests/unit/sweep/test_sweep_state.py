@@ -492,3 +492,31 @@ def test_two_sweeps_starting_at_once_on_a_fresh_home_share_one_token(tmp_path, m
             proc.join(timeout=60)
         assert len(set(tokens)) == 1 and len(tokens[0]) >= 32, tokens
         assert [f.name for f in home.parent.iterdir()] == ["auth_token"]  # no temporary file left
+
+
+def test_resume_reopens_only_its_own_parent_run_when_another_storage_has_a_sweep_of_the_same_name(tmp_path):
+    """Two sweeps of one name under two storages against one MLflow store (the default --name is the space's):
+    each parent run carries its sweep's id (from its identity file), and --resume of one reopens that one,
+    never the other's, whose trial keeps running. A parent an older saeception left without an id is taken
+    by name once and tagged."""
+    from saeception.sweep.identity import ID_KEY, sweep_id, write_identity
+    from saeception.sweep.tracking import SWEEP_ID, Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    a_store, b_store = str(tmp_path / "a"), str(tmp_path / "b")
+    ids = {}
+    for store in (a_store, b_store):
+        ids[store] = sweep_id(store, "default")
+        write_identity(store, "default", {"trials": 1, ID_KEY: ids[store]})
+    assert ids[a_store] != ids[b_store] and sweep_id(a_store, "default") == ids[a_store]  # stable once written
+    a = tracker.sweep_run("e", "default", reuse=False, sweep_id=ids[a_store])
+    b = tracker.sweep_run("e", "default", reuse=False, sweep_id=ids[b_store])
+    b_trial = tracker.child_run(b, "t1", role="trial", name="trial-t1")  # B still running
+    tracker.finish(a, failed="RuntimeError: stopped")
+    assert tracker.sweep_run("e", "default", reuse=True, sweep_id=ids[a_store]) == a
+    assert tracker.client.get_run(b).info.status == "RUNNING" and tracker.client.get_run(b_trial).info.status == "RUNNING"
+    assert tracker.sweep_run("e", "default", reuse=True, sweep_id=ids[b_store]) == b
+    legacy = tracker.sweep_run("e", "old", reuse=False)  # no id: an older saeception's
+    assert tracker.sweep_run("e", "old", reuse=True, sweep_id="c0ffee") == legacy
+    assert tracker.client.get_run(legacy).data.tags[SWEEP_ID] == "c0ffee"
+    assert tracker.sweep_run("e", "old", reuse=True, sweep_id="other") != legacy  # tagged: another sweep's now
