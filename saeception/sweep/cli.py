@@ -20,12 +20,12 @@ from saeception.store.uris import scheme as uri_scheme
 from ..config import ConfigError, build_config, flatten, parse_override, read_yaml
 from ..validate import Checker, check_dir, check_space
 from . import memory_plan
-from .identity import check_resume, hold_lock, identity
+from .identity import check_resume, hold_lock, identity, sweep_id
 from .plan import Confirmation, Plan, Resources, Search
 from .redact import install_log_filter
 from .resources import check_local_resources
 from .space import SearchSpace, load_space, resolve_space, shipped_spaces
-from .state import STATE_ENV, check_mlflow, check_optuna_storage, state_dir
+from .state import STATE_ENV, check_mlflow, check_optuna_storage, check_study_owner, state_dir
 from .tracking import DEFAULT_EXPERIMENT, TrackingUnavailable, absolute_uri, credentials_to_env, sqlite_uri
 from .vocab import CACHE_DIR, RAY_DIR, STORAGE_PARTS
 
@@ -191,6 +191,8 @@ def plan(args: argparse.Namespace) -> Plan:
         check_resume(identity(space, search, resources, confirmation), storage, name)
     if not args.optuna_storage:
         check_optuna_storage(optuna_uri)
+    planned.sweep_id = sweep_id(storage, name)
+    check_study_owner(optuna_uri, name, planned.sweep_id)
     if not given_mlflow:
         check_mlflow(mlflow_uri)
     return planned

@@ -33,6 +33,7 @@ from .report import (
     trial_rows,
 )
 from .resources import bundles, describe, offer, plan_concurrency, waits_for_nodes, worker_start_timeout
+from .state import claim_study
 from .tracking import Tracker, TrackingUnavailable, run_tags, ui_command, ui_url, unreachable
 
 # How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).
@@ -170,9 +171,10 @@ def open_parent_run(p: Plan) -> Session:
         print(f"cluster: {describe(groups)}; trials wait for the nodes the autoscaler adds", flush=True)
     # On a cluster whose head offers HEAD_RESOURCE (cluster.yaml), trial drivers stay on the head.
     trial_resources = tune.PlacementGroupFactory([bundles(res, groups)[0]])
-    sid = sweep_id(p.storage, p.name)
+    sid = p.sweep_id or sweep_id(p.storage, p.name)
     # First launch, or a resumed one that grew --trials; the id stays the sweep's for good.
     write_identity(p.storage, p.name, {**identity(p.space, p.search, p.resources, p.confirm), ID_KEY: sid})
+    claim_study(p.optuna_uri, p.name, sid, ["maximize" if m == "max" else "minimize" for m in p.space.modes])
     tracker = Tracker(p.mlflow_uri)
     tags = run_tags()
     # (A SQLite store keeps a new experiment's artifacts beside it, never in MLflow's default ./mlruns of the

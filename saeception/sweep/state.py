@@ -55,6 +55,45 @@ def check_optuna_storage(url: str) -> None:
         raise ConfigError(f"--optuna-storage: cannot open {redact(url)} ({redact(first)[:300]})") from None
 
 
+STUDY_OWNER = "saeception.sweep_id"  # the Optuna study's user attribute: the id of the sweep it belongs to
+
+
+def study_owner(url: str, study: str) -> str | None:
+    """The sweep id the Optuna study `study` in storage `url` belongs to; None when there is no such study (a
+    SQLite file not yet created is not created here) or it names none (an older saeception's)."""
+    import optuna  # lazy: Optuna only where the study is opened
+
+    if url.startswith("sqlite:////") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
+    kwargs = {} if url.startswith("sqlite") else {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    try:
+        study_id = storage.get_study_id_from_name(study)
+    except KeyError:
+        return None
+    return storage.get_study_user_attrs(study_id).get(STUDY_OWNER)
+
+
+def check_study_owner(url: str, study: str, sweep_id: str) -> None:
+    """ConfigError naming --name when the storage's study of this name belongs to another sweep (one of the
+    same name under another --storage, sharing this --optuna-storage): the two would share one study."""
+    owner = study_owner(url, study)
+    if owner and owner != sweep_id:
+        raise ConfigError(f"--name: the Optuna study {study!r} in {redact(url)} belongs to another sweep (id {owner}; one "
+                          "of the same name under another --storage?); choose another --name")
+
+
+def claim_study(url: str, study: str, sweep_id: str, directions: list[str]) -> None:
+    """Creates the study (or loads it) and marks it as this sweep's (STUDY_OWNER), before Ray's searcher
+    loads it by name."""
+    import optuna  # lazy: Optuna only where the study is opened
+
+    kwargs = {} if url.startswith("sqlite") else {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    found = optuna.create_study(storage=storage, study_name=study, directions=directions, load_if_exists=True)
+    found.set_user_attr(STUDY_OWNER, sweep_id)
+
+
 def check_mlflow(uri: str) -> None:
     """Asks the MLflow tracking store once: /health of a server, a query of a database store; ConfigError
     naming --mlflow-uri when it does not answer."""

@@ -281,3 +281,16 @@ def test_a_credential_in_any_uri_is_refused_for_a_cluster(tmp_path, capsys, flag
     err = capsys.readouterr().err
     assert f"{flag}: a credential in the URI would be kept in the cluster's job table" in err
     assert "secrets.env" in err and secret not in err and not (tmp_path / "s").exists()
+
+
+def test_a_launch_whose_study_name_belongs_to_another_sweep_is_refused(tmp_path, capsys):
+    """The plan checks the study's owner before Ray starts (exit 2 naming --name)."""
+    import yaml
+
+    from saeception.sweep.state import claim_study
+
+    name = yaml.safe_load(open(TINY))["name"]
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    claim_study(url, name, "another-sweeps-id", ["maximize"])
+    assert main(["--space", TINY, "--storage", str(tmp_path / "s"), "--optuna-storage", url, "--trials", "1"]) == 2
+    assert f"--name: the Optuna study '{name}'" in capsys.readouterr().err
