@@ -30,14 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from saeception.eval.latents import render_html
 from saeception.method.sae import SAE
 from saeception.models import mlp_loader
 from saeception.models.classifiers import MLP, TapModel, block_list, load_tokenizer, model_source
-from saeception.store.artifacts import ChainPaths, CycleDir, load_state_strict, load_weights, write_json
+from saeception.store.artifacts import (
+    ChainPaths,
+    CycleDir,
+    load_state_strict,
+    load_weights,
+    save_tensors,
+    write_json,
+)
 
 from .config import ConfigError, ModelConfig, flatten
 
@@ -259,11 +265,11 @@ def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
     if SAELENS_ARCHITECTURE[sae.kind] == "jumprelu":  # per latent: BatchTopK's one threshold for every latent
         tensors["threshold"] = threshold.expand(sae.n_latents).contiguous()
     out.mkdir(parents=True)
-    save_file(tensors, str(out / "sae_weights.safetensors"))
+    save_tensors(tensors, str(out / "sae_weights.safetensors"))
     write_json(out / "cfg.json", config)
     if bool((sae.firing_density >= 0).all()):  # unknown (-1) for an SAE saved before saeception kept it
         # SAELens' own file (SAELens' trainer, SAEBench, Neuronpedia): log10 of each latent's firing density.
-        save_file({"sparsity": torch.log10(sae.firing_density.float() + SPARSITY_EPS).contiguous()},
+        save_tensors({"sparsity": torch.log10(sae.firing_density.float() + SPARSITY_EPS).contiguous()},
                   str(out / SAELENS_SPARSITY))
 
 
@@ -275,7 +281,7 @@ def write_sparsify(sae: SAE, out: Path) -> None:
               "k": sae.k, "normalize_decoder": True,  # saeception's unit-norm rows, kept by the fold
               "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": sae.d}
     out.mkdir(parents=True)
-    save_file(tensors, str(out / "sae.safetensors"))
+    save_tensors(tensors, str(out / "sae.safetensors"))
     write_json(out / "cfg.json", config)
 
 
@@ -283,7 +289,7 @@ def write_hf(model: nn.Module, src: Source, target: Target, out: Path) -> None:
     out.mkdir(parents=True)
     if isinstance(model, MLP):
         input_dim, hidden, n_classes = _mlp_dims(model.state_dict())
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+        save_tensors({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
         write_json(out / "config.json", {"architecture": "saeception.MLP", "input_dim": input_dim,
                                          "hidden_sizes": hidden, "n_classes": n_classes, "tapped_layer": target.hook_name})
         # A standalone copy (torch + safetensors only), so the export loads without saeception.

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from saeception.config import Config, to_dict
 from saeception.data.tasks import TaskData, load_task
@@ -54,7 +54,14 @@ from saeception.parallel.distributed import (
     world_size,
 )
 from saeception.parallel.sharding import full_state, is_sharded, load_state, loads_on_rank0, shard
-from saeception.store.artifacts import ChainPaths, CycleDir, load_weights, save_weights, write_json
+from saeception.store.artifacts import (
+    ChainPaths,
+    CycleDir,
+    load_weights,
+    save_tensors,
+    save_weights,
+    write_json,
+)
 from saeception.store.cache import EntryError, StageCache
 
 log = logging.getLogger(__name__)
@@ -325,7 +332,7 @@ def extract_all(r: ChainContext, cycle: int) -> dict[str, torch.Tensor]:
         return out
 
     def save(t: dict[str, torch.Tensor], d: Path) -> None:
-        save_file(t, str(d / "activations.safetensors"))
+        save_tensors(t, d / "activations.safetensors")
 
     def load(d: Path) -> dict[str, torch.Tensor]:
         tensors = load_file(str(d / "activations.safetensors"))

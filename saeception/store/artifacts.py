@@ -144,6 +144,27 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status) or, elsewhere, set and put back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path | str) -> None:
+    """safetensors' save_file with the mode every other file written here gets (0666 less the umask):
+    save_file creates its files 0600, so a shared artifact store or an MLflow server run by another user
+    could read a run's JSON but not its weights."""
+    save_file(tensors, str(path))
+    os.chmod(path, 0o666 & ~umask())
+
+
 def save_weights(prefix: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
     """Writes `prefix.safetensors` and `prefix.json`, each atomically (write aside, then rename)."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +172,7 @@ def save_weights(prefix: Path, tensors: dict[str, torch.Tensor], config: dict[st
     # safetensors refuses shared storage (tied embeddings): store independent contiguous copies.
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     tmp = weights.with_suffix(".safetensors.tmp")
-    save_file(flat, str(tmp))
+    save_tensors(flat, tmp)
     os.replace(tmp, weights)
     write_json(meta, {"format_version": FORMAT_VERSION, **config})
 

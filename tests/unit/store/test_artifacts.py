@@ -42,3 +42,25 @@ def test_chain_paths_name_every_file_once(tmp_path):
     assert files.path == tmp_path / "cycle_003"
     assert files.model.parent == files.sae.parent == files.metrics.parent == files.path
     assert paths.results() == tmp_path / "results.json"
+
+
+def test_weights_get_the_mode_of_the_json_beside_them(tmp_path):
+    """safetensors creates its files 0600: weights saved here get 0666 less the umask, as the JSON beside them,
+    so a shared artifact store or an MLflow server under another user reads both (issue #37)."""
+    import os
+    import stat
+
+    import torch
+
+    from saeception.store.artifacts import save_weights
+
+    old = os.umask(0o022)
+    try:
+        save_weights(tmp_path / "m", {"w": torch.zeros(2)}, {"name": "x"})
+        mode = {s: stat.S_IMODE(os.stat(tmp_path / f"m.{s}").st_mode) for s in ("safetensors", "json")}
+        assert mode == {"safetensors": 0o644, "json": 0o644}
+        os.umask(0o077)
+        save_weights(tmp_path / "p", {"w": torch.zeros(2)}, {"name": "x"})
+        assert stat.S_IMODE(os.stat(tmp_path / "p.safetensors").st_mode) == 0o600
+    finally:
+        os.umask(old)
