@@ -60,9 +60,10 @@ class DataConfig:
     text_pair_column: str = doc("", "second text column of sentence-pair tasks (MNLI, RTE, QQP: the pair is "
                                 "tokenized together, as `tokenizer(text, text_pair)`); empty for single texts")
     revision: str = doc("", "hub dataset revision (branch, tag or commit) to load; empty for the default branch")
-    features: str = doc("", "read a table's numeric columns as features (for `model.name: mlp`) instead of text: `all` "
-                        "(every column but `data.label_column`) or a comma-separated list of columns; empty: the text columns. A "
-                        "cell that is not a number is an error naming the file, row and column")
+    features: str = doc("", "read numeric features (for `model.name: mlp`) instead of text: a table's `all` (every column "
+                        "but `data.label_column`) or comma-separated columns, or one column of images (a Hugging Face dataset's "
+                        "`image`, e.g. `ylecun/mnist`, or its parquet export: pixels, 8-bit scaled to [0, 1]); empty: the text "
+                        "columns. A cell that is not a number or an image is an error naming the file, row and column")
     feature_scale: float = doc(1.0, "table features are divided by this (`255` for 8-bit pixel values); MNIST's IDX, "
                                ".npz and `mnist` readers scale 8-bit images to [0, 1] themselves")
     drop_incomplete: bool = doc(False, "drop rows whose label is missing (blank, `nan`, `null`, `None`, or -1) or whose "

