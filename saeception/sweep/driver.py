@@ -33,7 +33,7 @@ from .report import (
     trial_rows,
 )
 from .resources import bundles, describe, offer, plan_concurrency, waits_for_nodes, worker_start_timeout
-from .state import claim_study
+from .state import mark_study
 from .tracking import Tracker, TrackingUnavailable, run_tags, ui_command, ui_url, unreachable
 
 # How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).
@@ -171,10 +171,9 @@ def open_parent_run(p: Plan) -> Session:
         print(f"cluster: {describe(groups)}; trials wait for the nodes the autoscaler adds", flush=True)
     # On a cluster whose head offers HEAD_RESOURCE (cluster.yaml), trial drivers stay on the head.
     trial_resources = tune.PlacementGroupFactory([bundles(res, groups)[0]])
-    sid = p.sweep_id or sweep_id(p.storage, p.name)
+    sid = p.sweep_id = p.sweep_id or sweep_id(p.storage, p.name)
     # First launch, or a resumed one that grew --trials; the id stays the sweep's for good.
     write_identity(p.storage, p.name, {**identity(p.space, p.search, p.resources, p.confirm), ID_KEY: sid})
-    claim_study(p.optuna_uri, p.name, sid, ["maximize" if m == "max" else "minimize" for m in p.space.modes])
     tracker = Tracker(p.mlflow_uri)
     tags = run_tags()
     # (A SQLite store keeps a new experiment's artifacts beside it, never in MLflow's default ./mlruns of the
@@ -235,6 +234,7 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
         close_orphans(s.tracker, s.parent, os.path.join(p.ray_dir, p.name), p.optuna_uri, p.name)
         tuner = tune.Tuner.restore(os.path.join(p.ray_dir, p.name), trainable=trainable,
                                    resume_unfinished=True, resume_errored=True)
+        mark_study(p.optuna_uri, p.name, p.sweep_id)  # a study an older saeception left unmarked
     else:
         single = len(p.space.objectives) == 1
         metric = p.space.metrics[0] if single else p.space.metrics
@@ -243,6 +243,7 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
             space=p.space.suggest, metric=metric, mode=mode,
             sampler=optuna.samplers.TPESampler(seed=search.seed, constant_liar=s.concurrency > 1),
             storage=storage, study_name=p.name, constraints=p.space.constraints)
+        mark_study(p.optuna_uri, p.name, p.sweep_id)  # created (or loaded) by the searcher just now
         scheduler = asha(p, metric, mode) if search.scheduler == "asha" else None
         run_config = tune.RunConfig(name=p.name, storage_path=p.ray_dir,
                                     callbacks=[progress_callback(p, search.trials, s.tracker, s.parent), sweeper_callback()],

@@ -83,15 +83,13 @@ def check_study_owner(url: str, study: str, sweep_id: str) -> None:
                           "of the same name under another --storage?); choose another --name")
 
 
-def claim_study(url: str, study: str, sweep_id: str, directions: list[str]) -> None:
-    """Creates the study (or loads it) and marks it as this sweep's (STUDY_OWNER), before Ray's searcher
-    loads it by name."""
+def mark_study(url: str, study: str, sweep_id: str) -> None:
+    """Marks the study (Ray's searcher created or loaded it) as this sweep's (STUDY_OWNER)."""
     import optuna  # lazy: Optuna only where the study is opened
 
     kwargs = {} if url.startswith("sqlite") else {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    found = optuna.create_study(storage=storage, study_name=study, directions=directions, load_if_exists=True)
-    found.set_user_attr(STUDY_OWNER, sweep_id)
+    storage.set_study_user_attr(storage.get_study_id_from_name(study), STUDY_OWNER, sweep_id)
 
 
 def check_mlflow(uri: str) -> None:

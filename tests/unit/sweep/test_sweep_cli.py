@@ -285,12 +285,14 @@ def test_a_credential_in_any_uri_is_refused_for_a_cluster(tmp_path, capsys, flag
 
 def test_a_launch_whose_study_name_belongs_to_another_sweep_is_refused(tmp_path, capsys):
     """The plan checks the study's owner before Ray starts (exit 2 naming --name)."""
+    import optuna
     import yaml
 
-    from saeception.sweep.state import claim_study
+    from saeception.sweep.state import mark_study
 
     name = yaml.safe_load(open(TINY))["name"]
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    claim_study(url, name, "another-sweeps-id", ["maximize"])
+    optuna.create_study(storage=url, study_name=name, direction="maximize")
+    mark_study(url, name, "another-sweeps-id")
     assert main(["--space", TINY, "--storage", str(tmp_path / "s"), "--optuna-storage", url, "--trials", "1"]) == 2
     assert f"--name: the Optuna study '{name}'" in capsys.readouterr().err

@@ -526,21 +526,21 @@ def test_a_study_of_the_same_name_from_another_sweep_is_refused_not_shared(tmp_p
     """Two sweeps of one name under two storages sharing one --optuna-storage would share one study (each
     suggesting from the other's trials): the study is marked as its sweep's when the sweep starts, and another
     sweep's launch is refused naming --name; the same sweep, or a study an older saeception left unmarked, is fine."""
+    import optuna
     import pytest
 
     from saeception.config import ConfigError
-    from saeception.sweep.state import check_study_owner, claim_study, study_owner
+    from saeception.sweep.state import check_study_owner, mark_study, study_owner
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     assert study_owner(url, "default") is None and not (tmp_path / "shared.db").exists()  # nothing created
-    claim_study(url, "default", "aaaa", ["maximize"])
+    optuna.create_study(storage=url, study_name="default", direction="maximize")  # as Ray's searcher does
+    mark_study(url, "default", "aaaa")
     assert study_owner(url, "default") == "aaaa"
     check_study_owner(url, "default", "aaaa")  # its own sweep (a resume, a retried launch)
     with pytest.raises(ConfigError, match="--name: the Optuna study 'default' .* belongs to another sweep \\(id aaaa"):
         check_study_owner(url, "default", "bbbb")
-    import optuna
-
     optuna.create_study(storage=url, study_name="old", direction="maximize")  # an older saeception's: unmarked
     check_study_owner(url, "old", "bbbb")
-    claim_study(url, "old", "bbbb", ["maximize"])  # loads it and marks it
+    mark_study(url, "old", "bbbb")  # a resumed sweep marks it
     assert study_owner(url, "old") == "bbbb"
