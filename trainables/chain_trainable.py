@@ -292,6 +292,10 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
             if reason and not per_run_failures:
                 raise DivergedError(reason.removeprefix("DivergedError: "))
     except BaseException as e:
+        if per_run_failures and interrupted(e):
+            # The confirmation's arms: the driver closes the ones that did not finish KILLED once Tune returns, and
+            # --resume runs them again. Closing them FAILED here raced that pass (a Ctrl-C CI run saw one FAILED).
+            raise
         for run_id in run_ids.values():
             _close(tracker, run_id, failed=f"{type(e).__name__}: {e}")
         raise
@@ -300,6 +304,14 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
         tracker.set_tags(run_id, {f"{TIMING}trainer_finished_at": f"{finished:.3f}"})
         _log_trial_plot(tracker, run_id, key)
         _close(tracker, run_id, failed=tracker.failure(run_id) if per_run_failures else None)
+
+
+def interrupted(e: BaseException) -> bool:
+    """Whether `fit` ended because the run was stopped, not because it failed: its Train controller (or a worker)
+    died under it (Ctrl-C reaches every Ray process of the sweep; a node went away), or the process is exiting."""
+    import ray.exceptions  # lazy: Ray is loaded only in the processes that use it
+
+    return isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.TaskCancelledError, KeyboardInterrupt, SystemExit))
 
 
 def _close(tracker, run_id: str, failed: str | None = None) -> None:

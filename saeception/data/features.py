@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +217,6 @@ def _is_image(cell: Any) -> bool:
 def image_features(cells: list[Any], where: str) -> np.ndarray:
     """One image per row -> (N, pixels) float32; 8-bit images scaled to [0, 1]. A row that is no image or
     whose shape differs from the first row's is a ConfigError naming it."""
-    import io
-
     arrays = []
     for i, cell in enumerate(cells):
         try:

@@ -110,8 +110,6 @@ def sweep_id(storage: str, name: str) -> str:
     """This sweep's id: the one its identity file holds (a resumed sweep), or a new one (a first launch, or a
     sweep stored by a saeception that wrote none). Sweeps of one name under other storages, sharing an MLflow
     store, have other ids: a parent run is matched on it, never on the name alone."""
-    import uuid
-
     stored = read_identity(storage, name)
     return str(stored[ID_KEY]) if stored and stored.get(ID_KEY) else uuid.uuid4().hex
 
