@@ -35,19 +35,25 @@ def state_dir(name: str, storage: str) -> Path:
     return root / f"{name}-{digest}"
 
 
+def rdb_storage(url: str):
+    """Optuna's RDB storage at `url`, a server's connection bounded by CONNECT_TIMEOUT_S."""
+    import optuna  # lazy: Optuna only where the study is opened
+
+    kwargs = {} if url.startswith("sqlite") else {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
 def check_optuna_storage(url: str) -> None:
     """Connects to the Optuna RDB storage once (creating its tables, as the sweep would); ConfigError
     naming --optuna-storage when it cannot."""
-    import optuna  # lazy: Optuna only where the study is opened
     import sqlalchemy.exc  # lazy: only to open an RDB storage
 
     if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql", "oracle", "mssql"):
         raise ConfigError(f"--optuna-storage: {redact(url)} is not an RDB URL (sqlite:////abs/path, postgresql://…, mysql://…)")
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         raise ConfigError(f"--optuna-storage: {url} is relative to the working directory; give an absolute path (sqlite:////abs/path)")
-    kwargs = {} if url.startswith("sqlite") else {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     try:
-        optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        rdb_storage(url)
     except ImportError as e:
         raise ConfigError(f"--optuna-storage: {redact(url)} needs a database driver that is not installed ({e.name or e})") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, OSError) as e:
@@ -61,12 +67,10 @@ STUDY_OWNER = "saeception.sweep_id"  # the Optuna study's user attribute: the id
 def study_owner(url: str, study: str) -> str | None:
     """The sweep id the Optuna study `study` in storage `url` belongs to; None when there is no such study (a
     SQLite file not yet created is not created here) or it names none (an older saeception's)."""
-    import optuna  # lazy: Optuna only where the study is opened
 
     if url.startswith("sqlite:////") and not Path(url.removeprefix("sqlite:///")).exists():
         return None
-    kwargs = {} if url.startswith("sqlite") else {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    storage = rdb_storage(url)
     try:
         study_id = storage.get_study_id_from_name(study)
     except KeyError:
@@ -85,10 +89,8 @@ def check_study_owner(url: str, study: str, sweep_id: str) -> None:
 
 def mark_study(url: str, study: str, sweep_id: str) -> None:
     """Marks the study (Ray's searcher created or loaded it) as this sweep's (STUDY_OWNER)."""
-    import optuna  # lazy: Optuna only where the study is opened
 
-    kwargs = {} if url.startswith("sqlite") else {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    storage = rdb_storage(url)
     storage.set_study_user_attr(storage.get_study_id_from_name(study), STUDY_OWNER, sweep_id)
 
 
