@@ -326,7 +326,7 @@ def read_latents(path: Path) -> dict:
     """A cycle's latents.json, checked for what render_html reads. Raises ExportError."""
     try:
         data = json.loads(path.read_text())
-        missing = [e["id"] for d in data["latents"] for e in d["top"] if str(e["id"]) not in data["examples"]]
+        missing = [e["id"] for d in data["latents"] for e in (*d["top"], *d.get("range", ())) if str(e["id"]) not in data["examples"]]
         # min_firings (the count applied) is in every file; min_firing_rate only since eval.min_firing_rate.
         fields = {"kind", "score", "score_doc", "eligible", "min_firings", "n_examples", "n_latents_total"} - set(data)
     except (ValueError, KeyError, TypeError) as e:

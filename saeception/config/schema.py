@@ -357,6 +357,8 @@ class EvalConfig:
 
 # The latent browser's scores and what each measures (saeception.eval.latents computes them).
 BROWSER_SCORES = {
+    "csi_shrunk": "CSI × f / (f + `browser.prior_firings`), f the latent's firings on the test split: CSI shrunk toward 0 "
+                  "for a latent that fires rarely (one firing on 5 of 360 examples, all of one class, has CSI 1)",
     "csi": "class selectivity index on the test split",
     "u": "uncertainty coefficient of the firing indicator about the label, on the test split",
     "density": "share of test examples the latent fires on",
@@ -366,15 +368,18 @@ BROWSER_SCORES = {
 
 @dataclass
 class BrowserConfig:
-    latents: int = doc(32, "latents the latent browser shows (each cycle's `latents.json`, `latents.html` in exports); "
-                       "0: none")
-    examples: int = doc(8, "top-activating test examples shown per latent")
-    score: str = doc("csi", "what picks and orders the latents: " + ", ".join(f"`{k}` ({v})" for k, v in BROWSER_SCORES.items())
+    latents: int = doc(32, "latents the latent browser shows in full (each cycle's `latents.json`, `latents.html` in "
+                       "exports), the best by `browser.score`; every latent gets a row in the page's index; 0: no browser")
+    examples: int = doc(8, "top-activating test examples shown per latent, and as many across its activation quartiles")
+    score: str = doc("csi_shrunk", "what picks and orders the latents: " + ", ".join(f"`{k}` ({v})" for k, v in BROWSER_SCORES.items())
                      + "; over latents firing on at least `eval.min_firing_rate` of the test examples")
+    prior_firings: float = doc(20.0, "`csi_shrunk`'s pseudo-count: a latent firing this many times keeps half its CSI, "
+                               "one firing 4 times as often keeps 80%; > 0")
 
     def __post_init__(self) -> None:
         _require(self.latents >= 0, "browser.latents", "must be >= 0 (0: none)")
         _require(self.examples >= 1, "browser.examples", "must be >= 1")
+        _require(self.prior_firings > 0, "browser.prior_firings", "must be > 0")
         _require(self.score in BROWSER_SCORES, "browser.score", f"must be one of: {', '.join(BROWSER_SCORES)}")
 
 

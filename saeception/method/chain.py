@@ -30,7 +30,7 @@ from saeception.config import Config, to_dict
 from saeception.data.tasks import TaskData, load_task
 from saeception.eval import metrics as M
 from saeception.eval.evaluate import evaluate
-from saeception.eval.latents import example_ids, latent_summary
+from saeception.eval.latents import example_ids, latent_summary, match_previous
 from saeception.method.errors import CorruptCycleError
 from saeception.method.sae import SAE, encode_all, train_sae
 from saeception.method.sharpen import (
@@ -404,28 +404,41 @@ def example_contents(task: TaskData, tokenizer: Any, ids: list[int], max_chars: 
     return {str(i): [round(float(v), 4) for v in split.inputs[i]] for i in ids}
 
 
-def browse_latents(r: ChainContext, sae: SAE, extracted: dict[str, torch.Tensor]) -> dict[str, Any]:
+def browse_latents(r: ChainContext, sae: SAE, extracted: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                   previous: tuple[int, SAE] | None = None) -> dict[str, Any]:
     """The latent browser's data (saeception.eval.latents) for this cycle's SAE on the test split, with the
-    examples it shows."""
+    examples it shows. state: the classifier's full state dict (its head's weight gives the class effect
+    where the tapped layer feeds a linear head); previous: (cycle, SAE) of the previous cycle, whose
+    decoder each latent is matched against."""
     b = r.cfg.browser
     codes = encode_all(sae, extracted["test.acts"].to(r.device).float())
+    head, why = r.tap.linear_head()
+    effect, effect_doc = None, f"the layer does not feed a linear head ({why})"
+    if head is not None:
+        # A latent's code z adds z · input_scale · W_dec[i] to the layer's output, so z · effect[i] to the logits.
+        effect = (sae.input_scale * sae.W_dec).detach().double().cpu() @ state[head].double().cpu().t()
+        effect_doc = (f"W_head · (input_scale · W_dec[i]) with W_head `{head}`, the change in each class's logit per "
+                      f"unit of the latent's code ({why}; a shift shared by every class changes no prediction)")
+    match = None if previous is None else (previous[0], *match_previous(sae.W_dec.detach(), previous[1].W_dec.detach()))
     summary = latent_summary(codes, r.task.test.labels.to(codes.device), r.task.n_classes, b.latents, b.examples,
-                             b.score, r.cfg.eval.min_firing_rate)
+                             b.score, r.cfg.eval.min_firing_rate, b.prior_firings, effect, effect_doc, match,
+                             sae.firing_density)
     summary.update(kind=r.task.kind, examples=example_contents(r.task, r.tokenizer, example_ids(summary)))
     return summary
 
 
 def write_cycle(r: ChainContext, paths: ChainPaths, cycle: int, history: list[dict], sae: SAE,
-                extracted: dict[str, torch.Tensor]) -> CycleDir:
+                extracted: dict[str, torch.Tensor], previous: SAE | None = None) -> CycleDir:
     """Rank 0 writes the cycle's model, SAE, metrics and latent browser data (sealed by a manifest) and
-    results.json."""
+    results.json. previous: the previous cycle's SAE (the browser matches each latent to its latents)."""
     files = paths.cycle(cycle)
     state = full_state(r.tap.model)  # every rank: a sharded model's weights are gathered together
     if is_main():
         save_weights(files.model, state, {"name": r.cfg.model.name})
         sae.save(files.sae)
         if r.cfg.browser.latents:
-            write_json(files.latents, browse_latents(r, sae, extracted))
+            write_json(files.latents, browse_latents(r, sae, extracted, state,
+                                                     None if previous is None else (cycle - 1, previous)))
         # Written last: a cycle directory with metrics.json is complete.
         write_json(files.metrics, {"cycles": history})
         files.seal()
@@ -522,13 +535,13 @@ def run_chain(cfg: Config, paths: ChainPaths | str | Path, on_cycle: CycleCallba
         else:
             retrained = sharpen_and_retrain(r, cycle, sae)
         extracted = extract_all(r, cycle)
-        sae = train_cycle_sae(r, cycle, extracted)
+        previous, sae = sae, train_cycle_sae(r, cycle, extracted)
         metrics = {"cycle": cycle, **evaluate_cycle(r, cycle, sae, extracted)}
         if retrained is not None:
             metrics.update(retrained.metrics(extracted["train.acts"].float()))
         metrics["cycle_seconds"] = time.perf_counter() - t0
         history.append(_jsonable(metrics))
-        files = write_cycle(r, paths, cycle, history, sae, extracted)
+        files = write_cycle(r, paths, cycle, history, sae, extracted, previous)
         if on_cycle is not None:
             on_cycle(cycle, metrics, files.path)
         sae = sae.to(device)

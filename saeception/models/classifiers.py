@@ -180,6 +180,22 @@ class TapModel(nn.Module):
             return self.target[0].out_features
         return int(self.model.config.hidden_size)
 
+    def linear_head(self) -> tuple[str | None, str]:
+        """Where the tapped layer feeds a linear head directly: (the name of the head's weight in the
+        classifier's state dict, why), so logits = h @ W.T (+ bias) for the pooled tap h; else (None, why not).
+        The MLP's last hidden layer feeds `head`; a decoder's final norm read at the last real token feeds
+        `score` (GPT-2's `transformer.ln_f`, Llama's `model.norm`); anything else passes through more layers."""
+        if not self.is_text:
+            if self.target is self.model.hidden[-1]:
+                return "head.weight", f"`{self.target_name}` feeds the linear `head`"
+            return None, f"`{self.target_name}` feeds the next hidden layer (Linear + ReLU), not the head"
+        score = getattr(self.model, "score", None)
+        base = getattr(self.model, "base_model", None)
+        final = [getattr(base, n) for n in ("ln_f", "norm", "final_layer_norm") if isinstance(getattr(base, n, None), nn.Module)]
+        if isinstance(score, nn.Linear) and final and self.target is final[0] and self.pooling == "last":
+            return "score.weight", f"`{self.target_name}` (the final norm), read at the last real token, feeds the linear `score`"
+        return None, f"`{self.target_name}` passes through more layers before the classification head"
+
     def freeze_before_target(self) -> None:
         """Freezes every parameter of modules that run before the target layer (embeddings, earlier blocks).
 

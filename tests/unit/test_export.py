@@ -281,27 +281,55 @@ def chromium_dom(page: Path, tmp_path: Path) -> str:
 @pytest.mark.parametrize("which", ["mlp", "gpt2"])
 def test_the_latent_browser_opens_in_a_real_browser_and_shows_the_latents(which, mlp_runs, gpt2_run, tmp_path):
     """best/latents.html (any export of a cycle): the top latents by the chosen score, each with its top-activating
-    test examples (digits as images, texts as text), found in the DOM chromium built from the file."""
+    test examples and examples across its activation quartiles (digits as images, texts as text), activation
+    histogram, class effect through the head (the MLP's last layer feeds it; GPT-2's block does not) and best
+    match in the previous cycle; every latent's index row; the density histograms: found in the DOM chromium built
+    from the file, a static page that fetches nothing."""
     run = mlp_runs["topk"] if which == "mlp" else gpt2_run
-    cycle_dir = ChainPaths(run).cycle(1 if which == "mlp" else 0)
+    cycle = 1 if which == "mlp" else 0
+    cycle_dir = ChainPaths(run).cycle(cycle)
     summary = json.loads(cycle_dir.latents.read_text())
     written = export_run(run, tmp_path / "out", formats=["saelens"])
     assert "latents.html" in written["card"].read_text()
+    page = written["browser"].read_text()
+    assert "<script" not in page and not re.search(r'(src|href)="(?!#|data:)', page)  # nothing to fetch
     dom = chromium_dom(written["browser"], tmp_path)
     shown = [int(x) for x in re.findall(r'<section class="latent" id="latent-\d+" data-latent="(\d+)"', dom)]
     assert shown == [d["latent"] for d in summary["latents"]] and 0 < len(shown) <= 32
     assert summary["min_firings"] == min_firings_for(summary["n_examples"], summary["min_firing_rate"])
     assert all(d["firings"] >= summary["min_firings"] for d in summary["latents"])
     scores = [d["score"] for d in summary["latents"]]
-    assert scores == sorted(scores, reverse=True)  # by CSI, the default browser.score
+    assert summary["score"] == "csi_shrunk" and scores == sorted(scores, reverse=True)  # the default browser.score
+    assert all(d["score"] == pytest.approx(d["csi"] * d["firings"] / (d["firings"] + 20)) for d in summary["latents"])
     examples = dom.count('<li class="example"')
-    assert examples == sum(len(d["top"]) for d in summary["latents"]) and examples > len(shown)
+    assert examples == sum(len(d["top"]) + len(d["range"]) for d in summary["latents"]) and examples > 2 * len(shown)
+    assert dom.count('<ol class="examples range') >= len(shown)
+    assert dom.count('class="plot acts"') == len(shown) and all(sum(d["hist"]) == d["firings"] for d in summary["latents"])
+    n = ours(run, cycle).n_latents
+    assert summary["n_latents_total"] == n and len(re.findall(r'<tr id="i-\d+">', dom)) == n  # every latent reachable
+    assert dom.count('class="plot density"') == 2  # the test split, and the SAE's training densities
+    sae = ours(run, cycle)
     if which == "mlp":
         assert dom.count('<img class="image"') == examples  # each 8 x 8 digit drawn
+        # The class effect is the head's weight times the latent's decoder row (in the layer's units).
+        head = load_weights(ChainPaths(run).cycle(cycle).model)[0]["head.weight"].double()
+        effect = (sae.input_scale * sae.W_dec).double() @ head.t()
+        assert dom.count('class="plot effect"') == len(shown)
+        for d in summary["latents"]:
+            assert d["effect"] == pytest.approx(effect[d["latent"]].tolist(), rel=1e-3, abs=1e-6)
+        # Each latent's best match among cycle 0's latents, by decoder cosine.
+        before = ours(run, 0).decoder_directions()
+        cos = sae.decoder_directions() @ before.t()
+        assert summary["previous_cycle"] == 0 and summary["index"]["match"] == cos.argmax(1).tolist()
+        assert summary["index"]["match_cos"] == pytest.approx(cos.max(1).values.tolist(), abs=1e-3)
+        d = summary["latents"][0]
+        assert f'Best match in cycle 0: latent {d["match"]}, decoder cosine {d["match_cos"]:.3f}' in dom
     else:
         first = summary["latents"][0]["top"][0]["id"]
         text = summary["examples"][str(first)]
         assert text and html.escape(text) in dom  # the example's own text
+        assert "Class effect: not shown: the layer does not feed a linear head" in dom
+        assert 'class="plot effect"' not in dom and "Previous cycle: none (cycle 0)" in dom
 
 
 def test_saelens_splices_the_gpt2_sae_into_transformer_lens_by_its_hook_name(gpt2_run, tmp_path):
