@@ -188,9 +188,14 @@ class _Lease:
             return None
         with self.fs.open_input_stream(self.path) as f:
             try:
-                return json.loads(f.read().decode())
+                record = json.loads(f.read().decode())
             except ValueError:
                 return None
+        # Anything but the record write() makes (a JSON array, a string expiry) is a damaged lease, as unparseable
+        # JSON is: a list here killed the renew thread with an AttributeError, silently, and the lease lapsed.
+        if not isinstance(record, dict) or not isinstance(record.get("expires", 0), (int, float)):
+            return None
+        return record
 
     def write(self) -> None:
         record = {"owner": self.owner, "holder": _holder_text(), "expires": time.time() + LEASE_S}
@@ -203,7 +208,7 @@ class _Lease:
         Raises OSError when the store did not answer (the caller retries)."""
         current = self.read()
         if current is None or current.get("owner") != self.owner:
-            holder = current.get("holder", "another driver") if current else "nobody (it was deleted)"
+            holder = current.get("holder", "another driver") if current else "nobody (it was deleted or damaged)"
             return f"the sweep's lease {self.path} is held by {holder}"
         self.write()
         return None
@@ -224,6 +229,9 @@ class _Lease:
                         lost = f"the sweep's lease {self.path} could not be renewed before it lapsed ({redact(str(e))[:300]})"
                     else:
                         log.warning("renewing the sweep's lease failed, retrying in %.0f s: %s", RETRY_S, redact(str(e))[:300])
+                except Exception as e:  # anything else ended this thread unseen, and the lease lapsed under a running sweep
+                    log.exception("renewing the sweep's lease failed")
+                    lost = f"the sweep's lease {self.path} could not be renewed ({type(e).__name__}: {redact(str(e))[:300]})"
                 if lost:
                     on_lost(lost)
                     return

@@ -323,6 +323,27 @@ def test_a_lease_that_cannot_be_renewed_stops_the_driver_before_it_lapses(monkey
     assert told and "could not be renewed before it lapsed" in told[0] and "503" in told[0]
 
 
+def test_a_lease_object_holding_a_json_array_stops_the_driver_instead_of_the_renew_thread(monkeypatch):
+    """Only OSError was caught: `[]` in the lease raised AttributeError in the renew thread, which died silently
+    and let the lease lapse under a running sweep (issue #38)."""
+    def damaged(lease):
+        with lease.fs.open_output_stream(lease.path) as f:
+            f.write(b'["owner", "host2"]')
+
+    told, _ = _lease_until_lost(monkeypatch, damaged)
+    assert told and "is held by nobody (it was deleted or damaged)" in told[0]
+
+
+def test_any_error_of_a_renewal_stops_the_driver_with_it(monkeypatch):
+    def broken(lease):
+        def fail():
+            raise RuntimeError("the store's client broke")
+        lease.read = fail
+
+    told, _ = _lease_until_lost(monkeypatch, broken)
+    assert told and "could not be renewed (RuntimeError: the store's client broke)" in told[0]
+
+
 def test_one_failed_renewal_is_retried_and_the_lease_kept(monkeypatch):
     def one_failure(lease):
         write, calls = lease.write, []
