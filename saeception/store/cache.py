@@ -41,7 +41,7 @@ from saeception.store.artifacts import (
     verify_dir,
     write_json,
 )
-from saeception.store.uris import filesystem, is_uri, local_path
+from saeception.store.uris import filesystem, is_uri, local_path, redact
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ class StageCache:
     def reject(self, key: str, problem: str) -> None:
         """Drops a damaged or unusable entry (it will be rebuilt), with a warning naming it; whatever sits
         at the entry's path (a directory, a file, a link) is removed."""
+        problem = redact(problem)  # it may quote an exception's text, and that the URI
         log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
         self.stats.events.append(f"rejected {key}: {problem}")
         if not self.readonly:
@@ -176,10 +177,11 @@ class StageCache:
 
     def write_failed(self, key: str, error: BaseException) -> None:
         """A store that failed (the stage's result is used all the same): a warning and a counted error."""
+        text = redact(str(error))  # an object store's error quotes the path, with the URI's secret query
         log.warning("cache entry %s was not stored (%s: %s); the stage's result is used as computed",
-                    key, type(error).__name__, error)
+                    key, type(error).__name__, text)
         self.stats.write_errors += 1
-        self.stats.events.append(f"write failed {key}: {type(error).__name__}: {error}")
+        self.stats.events.append(f"write failed {key}: {type(error).__name__}: {text}")
 
     @staticmethod
     def _write_entry(path: Path, key: str, write: Callable[[Path], None], build_seconds: float) -> None:
@@ -274,6 +276,7 @@ class ObjectStageCache(StageCache):
             problem = pointer_problem(pointer, key)
         if problem is None:
             return pointer
+        problem = redact(problem)
         log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
         self.stats.events.append(f"rejected {key}: {problem}")
         if not self.readonly:
@@ -295,7 +298,8 @@ class ObjectStageCache(StageCache):
         """A verified local copy of the entry (downloaded once per process)."""
         path = self.lookup(key)
         if path is None:
-            raise FileNotFoundError(f"cache entry {key} is not in {self.uri}")
+            # Raised on every rank that reads the entry: a rank other than 0 sends it to Ray's error.txt, unfiltered.
+            raise FileNotFoundError(f"cache entry {key} is not in {redact(self.uri)}")
         return path
 
     def lookup(self, key: str) -> Path | None:
@@ -330,6 +334,7 @@ class ObjectStageCache(StageCache):
             self._reject_blob(key, pointer["build"], problem)
 
     def _reject_blob(self, key: str, build: str, problem: str) -> None:
+        problem = redact(problem)
         log.warning("cache entry %s is damaged (%s): rebuilding it", key, problem)
         self.stats.events.append(f"rejected {key}: {problem}")
         shutil.rmtree(self.scratch / key / build, ignore_errors=True)

@@ -389,3 +389,25 @@ def test_the_lease_renewer_survives_a_failed_renewal(monkeypatch, caplog):
     assert "renewing the build lock of " + "k" * 64 + " failed (GetTimeoutError" in caplog.text
     # A renewal waits one tick at most: one that waited the whole RPC timeout (60 s) would outlast the lease.
     assert max(timeouts[1:-1]) <= locks.LEASE_S / 4
+
+
+def test_no_error_or_warning_of_an_object_store_cache_carries_its_uri_s_secret(tmp_path, caplog):
+    """`cache entry … is not in s3://KEY:SECRET@…` reached Ray's error.txt from a rank other than 0 (its
+    exception text is filtered nowhere); a failed store's and a damaged entry's texts quote the path too."""
+    from saeception.store.cache import open_cache
+
+    uri = f"memory://AKIAX:pw-s3cr3t@cache-secrets/{time.time_ns()}?token=tok-s3cr3t"
+    cache = open_cache(uri, scratch=tmp_path / "scratch")
+    with pytest.raises(FileNotFoundError) as missing:
+        cache.entry("ab" * 32)
+    assert "is not in memory://AKIAX:***@" in str(missing.value)
+
+    def unwritable(path):
+        raise OSError(f"cannot write {uri}/{path.name}")
+
+    cache.publish("cd" * 32, unwritable, 1.0)
+    cache.reject("ef" * 32, f"missing blob file ({uri})")  # no pointer: nothing to reject, nothing said
+    cache._reject_blob("ef" * 32, "b1", f"missing blob file ({uri})")
+    said = [str(missing.value), caplog.text, *cache.stats.events]
+    assert cache.stats.write_errors == 1 and len(cache.stats.events) == 2
+    assert not [s for s in said if "s3cr3t" in s], said
