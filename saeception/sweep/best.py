@@ -1,7 +1,8 @@
 """The sweep's winner where researchers use it: the best trial's last cycle (and each confirmation arm's,
 on the first confirmation seed) exported with `saeception.export` (SAELens, sparsify, Hugging Face, a
 model card) into `<storage>/best/` (the local SQLite directory for URI storage) and logged on the
-parent run under `best/`; the best trial's data as the parent run's MLflow dataset input.
+parent run under `best/`, which then holds exactly this export (replace_logged); the best trial's data as the
+parent run's MLflow dataset input.
 
 A trial's files live in Ray Train's checkpoints (`<storage>/train/<train run>/<checkpoint>`); the run's
 config comes from the sweep and its split identities from the tags the trial's run carries."""
@@ -30,6 +31,8 @@ from .vocab import arm_checkpoint, arm_run_key, checkpoint_uri
 log = logging.getLogger(__name__)
 
 BEST = "best"  # the artifact folder on the parent run, and the local folder under the sweep directory
+BEST_TAG = "saeception.best_artifact_path"  # the parent run's artifact folder holding the current winner's export
+FAILED_TAG = "saeception.export_failed"
 ARMS_DIR = "confirmation"  # best/confirmation/<arm>-seed<seed>/
 
 
@@ -99,9 +102,10 @@ def _export_one(p: Plan, tracker, parent: str, uri: str, values: dict[str, Any],
 
 def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmation: dict[str, Any] | None) -> Path | None:
     """Exports the best trial (and the confirmation arms of `confirmation["seed"]`) into
-    `<local dir>/<name>/best/` and logs that folder on the parent run under best/. An export that cannot be
-    made (e.g. the model's source is not readable here) is reported, tagged saeception.export_failed
-    on the parent run, and the sweep's results stand. Returns the local folder, None when it failed."""
+    `<local dir>/<name>/best/` and logs that folder on the parent run under best/, replacing an earlier
+    export there (replace_logged). An export that cannot be made (e.g. the model's source is not readable here)
+    is reported, tagged saeception.export_failed on the parent run (its earlier export removed: forget_logged),
+    and the sweep's results stand. Returns the local folder, None when it failed."""
 
     values = {**p.space.fixed, **trial["config"]}
     out = p.sweep_dir / BEST
@@ -127,11 +131,63 @@ def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmati
     except Exception as e:  # noqa: BLE001 - any export failure is reported and tagged; the sweep's results stand
         what = redact(str(e) if isinstance(e, ExportError | FileNotFoundError) else f"{type(e).__name__}: {e}")
         print(f"export of the best trial failed: {what}", flush=True)
-        tracker.set_tags(parent, {"saeception.export_failed": what[:5000]})
+        tracker.set_tags(parent, {FAILED_TAG: what[:5000]})
+        forget_logged(tracker, parent)
         return None
-    tracker.log_artifacts(parent, out, BEST)
-    print(f"exported the best trial to {out} ({', '.join(written)}) and MLflow artifacts {BEST}/ of the parent run", flush=True)
+    folder = replace_logged(tracker, parent, out)
+    if FAILED_TAG in tracker.client.get_run(parent).data.tags:  # an earlier attempt's (a resumed sweep)
+        tracker.client.delete_tag(parent, FAILED_TAG)
+    print(f"exported the best trial to {out} ({', '.join(written)}) and MLflow artifacts {folder}/ of the parent run", flush=True)
     return out
+
+
+def delete_logged(tracker, run_id: str, path: str) -> str | None:
+    """Deletes the run's artifacts under `path` through MLflow's artifact repository (its client has no delete;
+    the repositories of the local store, the tracking server's proxied artifacts, S3, GCS, Azure Blob, HDFS and
+    SFTP have one; Databricks, DBFS, FTP and ADLS raise "not implemented", and a plugin may do nothing).
+    Returns None when nothing is left there, else why not."""
+    from mlflow.exceptions import MlflowException  # lazy: MLflow only where runs are written
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # lazy: as above
+
+    if not tracker.client.list_artifacts(run_id, path):
+        return None
+    repo = get_artifact_repository(tracker.client.get_run(run_id).info.artifact_uri, tracking_uri=tracker.uri)
+    try:
+        repo.delete_artifacts(path)
+    except (NotImplementedError, MlflowException) as e:
+        if isinstance(e, MlflowException) and "not implemented" not in str(e).lower():
+            raise
+        return f"{type(repo).__name__}: {e}"
+    left = tracker.client.list_artifacts(run_id, path)
+    return f"{type(repo).__name__} left {left[0].path}" if left else None
+
+
+def replace_logged(tracker, run_id: str, local: Path) -> str:
+    """Logs the folder `local` on the run so that one artifact folder holds exactly it: best/, after deleting
+    what an earlier export left there (a resumed sweep whose winner changed, one that now has no sparsify
+    export). Where the artifact store cannot delete, best/ keeps the earlier files and the export goes to the
+    first empty best-<n>/ instead, with a printed line. Tag BEST_TAG names the folder; returns it."""
+    folder, n = BEST, 1
+    kept = delete_logged(tracker, run_id, BEST)
+    if kept:
+        while True:
+            n += 1
+            folder = f"{BEST}-{n}"
+            if not tracker.client.list_artifacts(run_id, folder):
+                break
+        print(f"MLflow cannot delete the parent run's earlier {BEST}/ ({kept}); this export is logged under "
+              f"{folder}/, named by the tag {BEST_TAG}", flush=True)
+    tracker.log_artifacts(run_id, local, folder)
+    tracker.set_tags(run_id, {BEST_TAG: folder})
+    return folder
+
+
+def forget_logged(tracker, run_id: str) -> None:
+    """No winner's export (it failed): best/ is emptied where the store can delete, and BEST_TAG is removed, so
+    MLflow never shows an earlier winner as the current one."""
+    delete_logged(tracker, run_id, BEST)
+    if BEST_TAG in tracker.client.get_run(run_id).data.tags:
+        tracker.client.delete_tag(run_id, BEST_TAG)
 
 
 def log_best_dataset(tracker, parent: str, trial_id: str) -> None:
