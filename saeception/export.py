@@ -1,7 +1,8 @@
 """Export one cycle of a finished chain to the tools researchers use: the SAE for SAELens and
 EleutherAI sparsify, the classifier for Hugging Face, and a model card (README.md) beside them.
 
-    python -m saeception.export RUN_OR_CYCLE_DIR --out DIR [--format saelens|sparsify|hf ...] [--cycle N] [--force]
+    python -m saeception.export RUN_OR_CYCLE_DIR --out DIR [--format saelens|sparsify|hf ...] [--cycle N]
+                                [--config FILE] [--force]
 
 Both SAE libraries compute codes = act((x - b_dec) @ W_enc + b_enc) and x_hat = codes @ W_dec + b_dec
 with no input scaling, while saeception divides x by `input_scale` (s > 0) first and multiplies the
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from saeception.data.tasks import describe_inputs
 from saeception.eval.latents import render_html
 from saeception.method.sae import SAE
 from saeception.models import mlp_loader
@@ -45,7 +47,7 @@ from saeception.store.artifacts import (
     write_json,
 )
 
-from .config import ConfigError, ModelConfig, flatten
+from .config import ConfigError, ModelConfig, build_config, flatten, read_yaml, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +71,44 @@ class ExportError(ValueError):
 
 @dataclass
 class Source:
-    """What one export reads: a verified cycle, with its run's config when the run is known."""
+    """What one export reads: a verified cycle and its run's config."""
 
     cycle_dir: CycleDir
     cycle: int
     metrics: dict  # this cycle's metrics
-    results: dict | None  # the run's results.json (config, cycles, optional splits)
+    results: dict  # the run's results.json, or what --config gave: config (resolved), optional splits
+    config_from: Path  # the file the config was read from (named in errors)
 
     @property
-    def config(self) -> dict | None:
-        return None if self.results is None else self.results.get("config")
+    def config(self) -> dict:
+        return self.results["config"]
 
 
-def resolve_source(path: str | Path, cycle: int | None = None) -> Source:
+# A cycle directory alone (a Ray Train checkpoint, a copied cycle) holds weights and metrics, not the config that
+# names its layer and dataset; without it the export would say `hook_name: null`, so it is refused.
+NEEDS_CONFIG = ("pass --config with the run's results.json or its config YAML (a sweep's best_config.yaml), so the "
+                "export names the SAE's layer (hook_name) and dataset")
+
+
+def read_run_config(path: str | Path) -> dict:
+    """--config: a run's results.json (its config and splits) or a config file as `python -m saeception.run
+    --config` reads it (YAML or JSON, nested or dotted keys), resolved and validated. Raises ExportError."""
+    try:
+        data = read_yaml(path)
+        splits = {}
+        if "config" in data and "cycles" in data:  # a run's results.json
+            data, splits = data["config"], data.get("splits") or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: its config must be a mapping of config keys")
+        return {"config": to_dict(build_config(data)), "splits": splits}
+    except ConfigError as e:
+        raise ExportError(str(e) if str(e).startswith("--config") else f"--config {path}: {e}") from e
+
+
+def resolve_source(path: str | Path, cycle: int | None = None, config: str | Path | None = None) -> Source:
     """A run directory (its last complete cycle, or `cycle`) or one cycle's directory, verified
-    against its manifest. Raises ExportError."""
+    against its manifest, with the run's config: `config` (read_run_config) when given, else the run's
+    results.json, which must hold this cycle. Raises ExportError."""
     root = Path(path)
     if not root.is_dir():
         raise ExportError(f"{root}: must be a run directory or a cycle directory (not found)")
@@ -111,13 +136,31 @@ def resolve_source(path: str | Path, cycle: int | None = None) -> Source:
     if problem:
         raise ExportError(f"{problem}; only an intact cycle is exported")
     history = json.loads(cycle_dir.metrics.read_text())["cycles"]
-    results = json.loads(run.results().read_text()) if run.results().exists() else None
-    if results is not None and history[-1] not in results.get("cycles", []):
+    if config is not None:
+        return Source(cycle_dir, int(history[-1]["cycle"]), history[-1], read_run_config(config), Path(config))
+    if not run.results().exists():
+        raise ExportError(f"--config: {cycle_dir.path} has no results.json beside it; {NEEDS_CONFIG}")
+    results = json.loads(run.results().read_text())
+    if history[-1] not in results.get("cycles", []):
         # A results.json that does not hold this cycle belongs to another run: its config would mislabel the export.
-        log.warning("%s does not hold cycle %s of %s; exporting without the run's config", run.results(),
-                    history[-1]["cycle"], cycle_dir.path)
-        results = None
-    return Source(cycle_dir, int(history[-1]["cycle"]), history[-1], results)
+        raise ExportError(f"--config: {run.results()} does not hold cycle {history[-1]['cycle']} of {cycle_dir.path} "
+                          f"(another run's); {NEEDS_CONFIG}")
+    return Source(cycle_dir, int(history[-1]["cycle"]), history[-1], results, run.results())
+
+
+def check_config(src: Source, model_name: str, sae: SAE) -> None:
+    """The config must be this cycle's run's: another run's would mislabel the export. Raises ExportError."""
+    try:
+        cfg = build_config(src.config)
+    except ConfigError as e:
+        raise ExportError(f"{src.config_from}: {e}") from e
+    found = {"model.name": (cfg.model.name, model_name), "sae.kind": (cfg.sae.kind, sae.kind), "sae.k": (cfg.sae.k, sae.k),
+             "sae.expansion_factor": (cfg.sae.n_latents(sae.d), sae.n_latents)}
+    for key, (says, holds) in found.items():
+        if says != holds:
+            what = f"gives {says} latents" if key == "sae.expansion_factor" else f"is {says!r}"
+            raise ExportError(f"{src.config_from}: {key} {what}, but {src.cycle_dir.path} holds "
+                              f"{holds!r}{' latents' if key == 'sae.expansion_factor' else ''}; the config must be this run's")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,11 +210,10 @@ def build_classifier(name: str, tensors: dict[str, Tensor], device: str = "cpu")
 
 @dataclass
 class Target:
-    """Where the SAE reads: the tapped module (None when the run's config is unknown) and which of its
-    outputs it was trained on."""
+    """Where the SAE reads: the tapped module and which of its outputs it was trained on."""
 
     model_name: str  # as model.json records it: "mlp", a hub id or a directory
-    hook_name: str | None  # the tapped module in the classifier as saeception builds it
+    hook_name: str  # the tapped module in the classifier as saeception builds it
     text: bool
     pooling: str | None = None  # "last"/"first"/"mean" for text models; None for the MLP
     every_token: bool = False  # sae.tokens "all": trained on every real token, not the pooled one
@@ -179,21 +221,22 @@ class Target:
     tl_hook_name: str | None = None  # the same point as a TransformerLens hook (blocks.L.hook_resid_post), where one is
 
     @property
-    def saelens_hook(self) -> tuple[str | None, str | None]:
+    def saelens_hook(self) -> tuple[str, str | None]:
         """(hook_name, model_class_name) for SAELens' metadata: the TransformerLens hook and `HookedTransformer`
         where the tapped layer has one (SAELens' and SAEBench's default path), else the PyTorch module name."""
         return (self.tl_hook_name, "HookedTransformer") if self.tl_hook_name else (self.hook_name, None)
 
     @property
-    def base_hook_name(self) -> str | None:
+    def base_hook_name(self) -> str:
         """The tapped module's name in the base model (AutoModel: `h.1` for GPT-2's `transformer.h.1`), the
-        hookpoint sparsify and other tools that load the base model name a layer by."""
-        if self.hook_name and self.base_prefix and self.hook_name.startswith(self.base_prefix + "."):
+        hookpoint sparsify and other tools that load the base model name a layer by (sparsify keeps one folder
+        per hookpoint, named so: SparseCoder.load_many)."""
+        if self.base_prefix and self.hook_name.startswith(self.base_prefix + "."):
             return self.hook_name[len(self.base_prefix) + 1:]
         return self.hook_name
 
     def reads(self) -> str:
-        where = f"`{self.hook_name}`" if self.hook_name else "the tapped layer (unknown: no results.json beside the cycle)"
+        where = f"`{self.hook_name}`"
         if self.every_token:
             return f"{where}, every real token"
         pooled = {"last": "last real token", "first": "first token", "mean": "mean over real tokens"}
@@ -202,8 +245,6 @@ class Target:
 
 def resolve_target(src: Source, model_name: str, model: nn.Module) -> Target:
     text, cfg = not isinstance(model, MLP), src.config
-    if cfg is None:
-        return Target(model_name, None, text)
     tap = TapModel(model, cfg["model"]["layer"], cfg["model"]["pooling"])
     return Target(model_name, tap.target_name, text, tap.pooling if text else None, text and cfg["sae"]["tokens"] == "all",
                   getattr(model, "base_model_prefix", None) if text else None, tl_hook(model, tap.target) if text else None)
@@ -239,7 +280,7 @@ def folded_weights(sae: SAE) -> dict[str, Tensor]:
 def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
     tensors = folded_weights(sae)
     threshold = tensors.pop("threshold")
-    cfg = src.config or {}
+    cfg = src.config
     metadata = {
         "sae_lens_version": SAELENS_FORMAT_VERSION,
         "sae_lens_training_version": None,  # not trained by SAELens
@@ -249,8 +290,8 @@ def write_saelens(sae: SAE, src: Source, target: Target, out: Path) -> None:
         # TransformerLens' default weight processing centres the residual stream, which the SAE never saw.
         "model_from_pretrained_kwargs": {"center_writing_weights": False} if target.tl_hook_name else None,
         "hook_head_index": None,
-        "dataset_path": cfg.get("data", {}).get("name"),
-        "context_size": cfg.get("data", {}).get("max_length") if target.text else None,
+        "dataset_path": cfg["data"]["name"],
+        "context_size": cfg["data"]["max_length"] if target.text else None,
         "saeception": {"kind": sae.kind, "cycle": src.cycle, "input_scale_folded": float(sae.input_scale),
                        "module": target.hook_name,  # the tapped module's name in the classifier (PyTorch)
                        "codes": "input_scale x saeception's codes (the scale folded into the biases; unit decoder rows)",
@@ -295,7 +336,7 @@ def write_hf(model: nn.Module, src: Source, target: Target, out: Path) -> None:
         # A standalone copy (torch + safetensors only), so the export loads without saeception.
         shutil.copyfile(mlp_loader.__file__, out / "mlp.py")
         return
-    tok = load_tokenizer(ModelConfig(name=target.model_name), src.config["data"]["padding_side"] if src.config else "right")
+    tok = load_tokenizer(ModelConfig(name=target.model_name), src.config["data"]["padding_side"])
     if model.config.pad_token_id is None:  # as build_model sets it: the classifier needs it to find the last token
         model.config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)
@@ -342,14 +383,15 @@ def model_card(src: Source, sae: SAE, target: Target, files: dict[str, str], car
     cfg = src.config
     parts = [f"---\ntags: [saeception, sparse-autoencoder]\n---\n\n# SAE-ception export: {target.model_name}, cycle {src.cycle}\n",
              f"Exported from `{src.cycle_dir.path}`. A {sae.kind} SAE with {sae.n_latents} latents on the "
-             f"{sae.d}-dimensional output of {target.reads()}, and the classifier it was trained on.\n"]
-    if cfg:
-        flat = flatten(cfg)
-        parts.append("## The run\n\n" + _table([(f"`{k}`", flat[k] if isinstance(flat[k], str) else json.dumps(flat[k])) for k in SUMMARY_KEYS if k in flat], ("key", "value"))
-                     + "\n\n<details><summary>Full resolved config</summary>\n\n```json\n"
-                     + json.dumps(cfg, indent=2) + "\n```\n</details>\n")
-    else:
-        parts.append("## The run\n\nNo results.json was found beside this cycle, so the run's config is unknown.\n")
+             f"{sae.d}-dimensional output of {target.reads()}, and the classifier it was trained on.\n",
+             # From the data code itself (saeception.data.tasks.describe_inputs), so the card cannot drift from it.
+             f"## Inputs\n\nThe classifier was trained, and the SAE's activations taken, on {describe_inputs(build_config(cfg).data)}. "
+             "Prepare inputs the same way: the layer's activations, and so the SAE's latents, depend on it.\n"]
+    flat = flatten(cfg)
+    parts.append("## The run\n\n" + _table([(f"`{k}`", flat[k] if isinstance(flat[k], str) else json.dumps(flat[k])) for k in SUMMARY_KEYS if k in flat], ("key", "value"))
+                 + (f"\n\nConfig from `{src.config_from}`." if src.config_from.name != "results.json" else "")
+                 + "\n\n<details><summary>Full resolved config</summary>\n\n```json\n"
+                 + json.dumps(cfg, indent=2) + "\n```\n</details>\n")
     metrics = [(f"`{k}`", v) for k, v in src.metrics.items() if k != "cycle"]
     parts.append(f"## Metrics of cycle {src.cycle}\n\n" + _table(metrics, ("metric", "value")) + "\n")
     splits = (src.results or {}).get("splits")
@@ -379,7 +421,7 @@ def _loading(rel: dict[str, str], sae: SAE, target: Target) -> str:
                         "`center_writing_weights=False` (`metadata.model_from_pretrained_kwargs`)." + (
                             " The SAE was trained on one pooled token per example; in TransformerLens it runs on every "
                             "token." if not target.every_token else "") + "\n")
-        elif target.hook_name:
+        else:
             text.append(f"SAELens' `hook_name` is the PyTorch module name `{target.hook_name}` (no TransformerLens hook "
                         "for this model).\n")
     if "saelens" in rel:
@@ -391,7 +433,10 @@ def _loading(rel: dict[str, str], sae: SAE, target: Target) -> str:
     if "sparsify" in rel:
         text.append(f"`{rel['sparsify']}/` — EleutherAI sparsify TopK SAE (k={sae.k}):\n\n```python\n"
                     f"from sparsify import SparseCoder\nsae = SparseCoder.load_from_disk(\"{rel['sparsify']}\")\n{acts}\n"
-                    "top_acts, top_indices, _ = sae.encode(acts); recon = sae.decode(top_acts, top_indices)\n```\n")
+                    "top_acts, top_indices, _ = sae.encode(acts); recon = sae.decode(top_acts, top_indices)\n```\n\n"
+                    f"The folder is named after the hookpoint, `{target.base_hook_name}` (the tapped module in the base "
+                    "model), as sparsify lays out one SAE per hookpoint: `SparseCoder.load_many(\"sparsify\", local=True)` "
+                    f"gives `{{\"{target.base_hook_name}\": sae}}`.\n")
     elif sae.kind != "topk":
         text.append(f"No sparsify export: sparsify holds TopK SAEs only, and this one is `{sae.kind}`.\n")
     if "browser" in rel:
@@ -400,15 +445,15 @@ def _loading(rel: dict[str, str], sae: SAE, target: Target) -> str:
     if "hf" in rel and not target.text:
         text.append(f"`{rel['hf']}/` — the MLP classifier (safetensors + config.json; `mlp.py` loads it with torch only):"
                     f"\n\n```python\nimport sys; sys.path.insert(0, \"{rel['hf']}\")\nfrom mlp import load_mlp\n"
-                    f"model = load_mlp(\"{rel['hf']}\")\nlogits = model(features)  # (B, input_dim) float32, prepared as saeception "
-                    "loads data.name\n```\n")
+                    f"model = load_mlp(\"{rel['hf']}\")\nlogits = model(features)  # (B, input_dim) float32, prepared as Inputs says"
+                    "\n```\n")
     elif "hf" in rel:
         text.append(f"`{rel['hf']}/` — the classifier and its tokenizer:\n\n```python\n"
                     "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
                     f"model = AutoModelForSequenceClassification.from_pretrained(\"{rel['hf']}\")\n"
                     f"tok = AutoTokenizer.from_pretrained(\"{rel['hf']}\")\n"
-                    + (f"model.get_submodule(\"{target.hook_name}\").register_forward_hook(lambda m, i, o: ...)  # o, or o[0] if a tuple: the SAE's input\n"
-                       if target.hook_name else "") + "```\n")
+                    + f"model.get_submodule(\"{target.hook_name}\").register_forward_hook(lambda m, i, o: ...)  # o, or o[0] if a tuple: the SAE's input\n"
+                    + "```\n")
     return "\n".join(text)
 
 
@@ -428,17 +473,18 @@ def _choose_formats(requested: list[str] | None, kind: str) -> list[str]:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, formats: list[str] | None = None, cycle: int | None = None,
-               card_extra: dict[str, str] | None = None, force: bool = False) -> dict[str, Path]:
+               card_extra: dict[str, str] | None = None, force: bool = False, config: str | Path | None = None) -> dict[str, Path]:
     """Exports one cycle of a run (its last complete cycle unless `cycle`) or one cycle directory into
     `out_dir`: formats from FORMATS (default: all that apply to the SAE's kind) plus the model card.
-    card_extra: more card sections, title -> markdown. Returns {format or "card": path}.
+    card_extra: more card sections, title -> markdown. config: the run's results.json or config file, for a cycle
+    without its run's results.json beside it (a checkpoint; refused otherwise). Returns {format or "card": path}.
 
     Every input is checked before anything is written (ExportError otherwise); the files are built in a
     staging directory inside out_dir and moved into place at the end, so a failed build leaves no partial
     files. An out_dir that is not empty is refused unless `force`, which replaces only the names this
     export writes (README.md, latents.html, saelens/, sparsify/, classifier/). The latent browser
     (latents.html) comes with every export of a cycle that has its data (latents.json)."""
-    src = resolve_source(run_dir, cycle)
+    src = resolve_source(run_dir, cycle, config)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out: {out} is a file; must be a new or empty directory")
@@ -448,6 +494,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, formats: list[str] | No
         sae, (tensors, meta) = SAE.load(src.cycle_dir.sae), load_weights(src.cycle_dir.model)
     except (KeyError, ValueError) as e:  # e.g. another format_version
         raise ExportError(f"{src.cycle_dir.path}: unreadable artifacts ({e}); must be written by this saeception") from e
+    check_config(src, meta["name"], sae)
     chosen = _choose_formats(formats, sae.kind)
     model = build_classifier(meta["name"], tensors, device="cpu" if "hf" in chosen else "meta")
     target = resolve_target(src, meta["name"], model)
@@ -461,7 +508,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, formats: list[str] | No
             write_saelens(sae, src, target, stage / SAELENS_DIR)
             written["saelens"] = out / SAELENS_DIR
         if "sparsify" in chosen:
-            hookpoint = target.base_hook_name or "sae"  # sparsify names each SAE's directory after its hookpoint
+            hookpoint = target.base_hook_name  # sparsify names each SAE's directory after its hookpoint
             write_sparsify(sae, stage / SPARSIFY_DIR / hookpoint)
             written["sparsify"] = out / SPARSIFY_DIR / hookpoint
         if "hf" in chosen:
@@ -509,6 +556,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="formats", action="append", metavar="FORMAT",
                    help=f"one of {', '.join(FORMATS)} (repeatable; default: all that apply to the SAE)")
     p.add_argument("--cycle", type=int, help="which cycle of a run (default: its last complete cycle)")
+    p.add_argument("--config", metavar="FILE", help="the run's results.json or config YAML, for a cycle directory without "
+                   "its run's results.json beside it (a checkpoint)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing earlier exports there")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     return p
@@ -518,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
-        written = export_run(args.source, args.out, args.formats, args.cycle, force=args.force)
+        written = export_run(args.source, args.out, args.formats, args.cycle, force=args.force, config=args.config)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

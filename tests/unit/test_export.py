@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from paths import REPO
 from safetensors.torch import load_file
 
@@ -106,6 +107,8 @@ def test_sparsify_round_trip(mlp_runs, tmp_path):
     assert written["sparsify"] == tmp_path / "out" / "sparsify" / "hidden.1"
     sae, x = ours(mlp_runs["topk"], 1), layer_acts(mlp_runs["topk"], 1)
     coder = sparsify.SparseCoder.load_from_disk(written["sparsify"])
+    # sparsify's own layout: one folder per hookpoint, named after the module, as load_many reads it.
+    assert set(sparsify.SparseCoder.load_many(str(tmp_path / "out" / "sparsify"), local=True)) == {"hidden.1"}
     assert coder.cfg.k == sae.k and coder.cfg.normalize_decoder
     with torch.no_grad():
         codes = sae.encode(x)
@@ -152,6 +155,9 @@ def test_gpt2_export(gpt2_run, gpt2_dir, tmp_path):
     assert cfg["metadata"]["saeception"]["module"] == "transformer.h.1"
     # sparsify loads the base model (AutoModel: GPT2Model), whose layer is `h.1`, not the wrapper's name.
     assert written["sparsify"].name == "h.1"
+    card = written["card"].read_text()  # a text model's input preprocessing: its tokenizer, truncation, padding
+    assert "tokenized by the classifier's tokenizer with its special tokens, truncated to data.max_length = 128 " \
+           "tokens, batches padded on the right" in card
     from transformers import AutoModel
 
     AutoModel.from_pretrained(written["hf"]).get_submodule(written["sparsify"].name)  # the hookpoint exists there
@@ -184,7 +190,10 @@ def test_model_card(mlp_runs, tmp_path):
                  f"`task_accuracy` | {metrics['task_accuracy']:.4f}", "| train | 90 | `" + "ab" * 32, "| test | 30 |",
                  "## What was searched\n\nsae.k in [4, 8]", "## Confirmation", "SAE.load_from_disk(\"saelens\"",
                  "SparseCoder.load_from_disk(\"sparsify/hidden.1\")", "load_mlp(\"classifier\")",
-                 f"({float(ours(run, 1).input_scale):.6g}) folded"):
+                 f"({float(ours(run, 1).input_scale):.6g}) folded",
+                 # The input preprocessing, from the data code: digits' pixel counts divided by 16.
+                 "## Inputs\n\nThe classifier was trained, and the SAE's activations taken, on scikit-learn's digits: "
+                 "the 64 pixel counts (0 to 16) divided by 16 (to [0, 1])"):
         assert text in card, text
     # Every run records its splits (results.json "splits"): the card of a plain run shows them too.
     assert "## Data splits" in export_run(mlp_runs["topk"], tmp_path / "plain", formats=["saelens"])["card"].read_text()
@@ -203,14 +212,41 @@ def test_cycle_choice(mlp_runs, tmp_path):
     export_run(ChainPaths(run).cycle(0).path, tmp_path / "dir", formats=["saelens"])  # one cycle's directory
     assert torch.equal(exported_w_enc(tmp_path / "dir"), ours(run, 0).W_enc)
     assert json.loads((tmp_path / "dir/saelens/cfg.json").read_text())["metadata"]["hook_name"] == "hidden.1"
-    # A cycle directory on its own (a restored checkpoint): exported, its layer unknown and the card says so.
-    alone = shutil.copytree(ChainPaths(run).cycle(0).path, tmp_path / "checkpoint" / "cycle")
-    written = export_run(alone, tmp_path / "alone")
-    assert json.loads((written["saelens"] / "cfg.json").read_text())["metadata"]["hook_name"] is None
-    assert written["sparsify"].name == "sae" and "the run's config is unknown" in written["card"].read_text()
     ChainPaths(run).cycle(1).manifest.unlink()  # an incomplete last cycle: the last complete one is exported
     export_run(run, tmp_path / "incomplete", formats=["saelens"])
     assert torch.equal(exported_w_enc(tmp_path / "incomplete"), ours(run, 0).W_enc)
+
+
+def test_a_checkpoint_alone_needs_its_config(mlp_runs, tmp_path):
+    """A cycle directory without its run's results.json (a Ray Train checkpoint, a copied cycle) holds no config:
+    refused with one line saying how to supply it; with --config (the run's results.json, or a config file as
+    `saeception.run --config` reads it) the export names the layer and the dataset, as from the run."""
+    run = mlp_runs["topk"]
+    alone = shutil.copytree(ChainPaths(run).cycle(1).path, tmp_path / "train-t1" / "cycle_001")
+    with pytest.raises(ExportError, match=r"^--config: .*cycle_001 has no results\.json beside it; pass --config with "
+                                          r"the run's results\.json or its config YAML"):
+        export_run(alone, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    results = json.loads(ChainPaths(run).results().read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(results["config"]))
+    for source in (ChainPaths(run).results(), tmp_path / "config.yaml"):
+        out = tmp_path / source.stem
+        written = export_run(alone, out, config=source)
+        meta = json.loads((written["saelens"] / "cfg.json").read_text())["metadata"]
+        assert (meta["hook_name"], meta["dataset_path"]) == ("hidden.1", "digits")
+        assert written["sparsify"] == out / "sparsify" / "hidden.1"
+        card = written["card"].read_text()
+        assert "divided by 16" in card and ("| train |" in card) == (source.name == "results.json")
+    # The results.json of another run (or another run's config) would mislabel the export: refused.
+    other = tmp_path / "other" / "results.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({**results, "cycles": [{**results["cycles"][1], "sae_u": -1.0}]}))
+    shutil.copytree(alone, other.parent / "cycle_001")
+    with pytest.raises(ExportError, match=r"^--config: .*other/results\.json does not hold cycle 1 of .*; pass --config"):
+        export_run(other.parent / "cycle_001", tmp_path / "wrong_run")
+    (tmp_path / "k8.yaml").write_text(yaml.safe_dump({**results["config"], "sae": {**results["config"]["sae"], "k": 8}}))
+    with pytest.raises(ExportError, match=r"k8\.yaml: sae\.k is 8, but .*cycle_001 holds 4; the config must be this run's"):
+        export_run(alone, tmp_path / "wrong_k", config=tmp_path / "k8.yaml")
 
 
 def _damaged(run: Path, tmp: Path) -> Path:
@@ -229,6 +265,8 @@ def _damaged(run: Path, tmp: Path) -> Path:
     ("out_file", ["{topk}", "--out", "{file}"], r"^error: --out: .* is a file"),
     ("out_full", ["{topk}", "--out", "{full}"], r"^error: --out: .* is not empty"),
     ("no_out", ["{topk}"], r"^error: the following arguments are required: --out"),
+    ("checkpoint", ["{checkpoint}", "--out", "{out}"], r"^error: --config: .* has no results\.json beside it; pass --config"),
+    ("bad_config", ["{checkpoint}", "--out", "{out}", "--config", "{file}"], r"^error: --config: .*file must hold a mapping"),
 ])
 def test_cli_bad_input(mlp_runs, tmp_path, capsys, case, args, message):
     (tmp_path / "file").write_text("x")
@@ -236,6 +274,8 @@ def test_cli_bad_input(mlp_runs, tmp_path, capsys, case, args, message):
     (tmp_path / "full" / "keep.txt").write_text("x")
     paths = {"tmp": tmp_path, "out": tmp_path / "out", "topk": mlp_runs["topk"], "l1": mlp_runs["l1"],
              "file": tmp_path / "file", "full": tmp_path / "full",
+             "checkpoint": shutil.copytree(ChainPaths(mlp_runs["topk"]).cycle(1).path, tmp_path / "ckpt" / "cycle_001")
+             if case in ("checkpoint", "bad_config") else None,
              "damaged": _damaged(mlp_runs["topk"], tmp_path) if case == "damaged" else None}
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     try:
