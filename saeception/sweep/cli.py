@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from saeception.data.tasks import check_source
@@ -300,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TrackingUnavailable as e:
         # The search's state is in Ray's storage and the Optuna study: nothing is lost but the logging.
-        print(f"error: {e}.\nThe sweep's state is kept; once the server answers, continue it with: "
+        print(f"error: {redact(str(e))}.\nThe sweep's state is kept; once the server answers, continue it with: "
               f"{p.resume_command}", file=sys.stderr)
+        return 1
+    except Exception:
+        # Any other error: its traceback, masked (Python's own printing of it would show a URI's credentials).
+        print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)
         return 1
