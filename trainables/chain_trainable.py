@@ -30,7 +30,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from saeception.config import build_config, to_flat_dict
 from saeception.eval.confirm import run_arms, seed_values
 from saeception.eval.evaluate import VAL_METRIC_NAMES
-from saeception.method.chain import ChainState, run_chain
+from saeception.method.chain import ChainState, run_chain, setup
 from saeception.method.errors import CorruptCycleError, DivergedError
 from saeception.store.artifacts import ChainPaths, CycleDir
 from saeception.store.cache import CACHE_COUNTERS, open_cache
@@ -176,13 +176,14 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     resume_from, tags = None, {"saeception.worker_node": ray.get_runtime_context().get_node_id(),
                                f"{TIMING}worker_entered_at": f"{entered:.3f}",
                                f"{TIMING}worker_started_at": f"{time.time():.3f}"}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint, prepared = ray.train.get_checkpoint(), None
     if checkpoint is not None:
         restored = work / "restored"
         with checkpoint.as_directory() as d:
             shutil.copytree(d, restored)
+        prepared = setup(cfg)  # the model the checkpoint's weights must fit (run_chain goes on with it)
         try:
-            resume_from = ChainState.load(restored, device)
+            resume_from = ChainState.load(restored, device, model=prepared.tap.model)
             tags["saeception.resumed_after_cycle"] = str(resume_from.history[-1]["cycle"])
         except CorruptCycleError as e:
             # Never load a damaged checkpoint: rebuild the chain from cycle 0 instead.
@@ -197,7 +198,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
     try:
         history = run_chain(cfg, ChainPaths(work / "run"), on_cycle=on_cycle, device=device, resume_from=resume_from,
-                            cache=cache)
+                            prepared=prepared, cache=cache)
         if not reported:
             # Restored from the final cycle's checkpoint: nothing left to run, but Tune needs the result.
             _rank0_report(rank, {**history[-1], FINAL_CYCLE: cfg.chain.cycles}, None, tags=tags, history=history)

@@ -110,15 +110,19 @@ class ChainState:
                           {k: v.detach().clone() for k, v in self.model_state.items()}, sae.requires_grad_(False))
 
     @classmethod
-    def load(cls, cycle_dir: str | Path, device: torch.device | str = "cpu") -> ChainState:
+    def load(cls, cycle_dir: str | Path, device: torch.device | str = "cpu", model: torch.nn.Module | None = None) -> ChainState:
         """From a cycle directory (a run's, or a restored checkpoint), after checking every file
-        against the cycle's manifest. Raises CorruptCycleError rather than load a damaged file."""
+        against the cycle's manifest and, given `model` (unsharded; on the meta device will do), that its weights
+        fit that model. Raises CorruptCycleError rather than load a damaged or unfitting file."""
         files = CycleDir(cycle_dir)
         problem = files.verify()
         if problem:
             raise CorruptCycleError(problem)
         try:  # checksums match what the manifest says; the content is still input, checked as it is read
             tensors, _ = load_weights(files.model)
+            unfit = None if model is None else weights_unfit(tensors, model)
+            if unfit:
+                raise ValueError(f"{files.model}: {unfit}")
             history = json.loads(files.metrics.read_text())["cycles"]
             if not isinstance(history, list) or not history or not all(isinstance(h, dict) and isinstance(h.get("cycle"), int)
                                                                          for h in history):
@@ -126,6 +130,18 @@ class ChainState:
             return cls(history, tensors, SAE.load(files.sae, device))
         except (ValueError, KeyError, TypeError, OSError, SafetensorError) as e:
             raise CorruptCycleError(f"{cycle_dir}: {type(e).__name__}: {e}") from e
+
+
+def weights_unfit(tensors: dict[str, torch.Tensor], model: torch.nn.Module) -> str | None:
+    """None when `tensors` are `model`'s full state (every name, each of its shape); else what does not fit.
+    load_state_dict's size mismatch is a RuntimeError the trial met again on every retry."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    wrong = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+    if not wrong:
+        return None
+    return ("weights do not fit the model: "
+            + ", ".join(f"{k} {found.get(k, 'missing')} != {expected.get(k, 'unexpected')}" for k in wrong[:3]))
 
 
 @dataclass
@@ -454,6 +470,9 @@ def _restore(r: ChainContext, resume_from: Path | ChainState | None) -> tuple[li
     if resume_from is None:
         return [], None
     state = resume_from if isinstance(resume_from, ChainState) else ChainState.load(resume_from, r.device)
+    unfit = None if is_sharded(r.tap.model) else weights_unfit(state.model_state, r.tap.model)
+    if unfit:  # a sharded model's ranks other than 0 hold no weights here: load_state checks those
+        raise CorruptCycleError(f"resuming after cycle {state.history[-1]['cycle']}: {unfit}")
     load_state(r.tap.model, state.model_state)
     if not is_sharded(r.tap.model):
         r.tap.to(r.device)

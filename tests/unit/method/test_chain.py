@@ -243,3 +243,29 @@ def test_the_paper_config_runs_offline_as_its_header_says(tmp_path):
     history = json.loads((out / "results.json").read_text())["cycles"]
     assert [h["cycle"] for h in history] == [0, 1] and 0 <= history[1]["task_accuracy"] <= 1
     assert "argmax_ari" in history[1] and "val_argmax_ari" in history[1]
+
+
+def test_weights_that_do_not_fit_the_model_are_a_corrupt_cycle_not_a_failure_on_every_retry(tmp_path):
+    """A checkpoint whose classifier weights have another shape (sealed all the same) passed ChainState.load, and
+    loading them into the model raised a RuntimeError on every retry of the trial instead of the rejection that
+    rebuilds the chain from cycle 0 (trainables/chain_trainable.py loads with the model it builds)."""
+    from saeception.method.chain import ChainState, setup
+    from saeception.method.errors import CorruptCycleError
+    from saeception.store.artifacts import load_weights, save_weights, seal_dir
+
+    cfg = tiny(chain__cycles=0)
+    paths = ChainPaths(tmp_path / "run")
+    run_chain(cfg, paths)
+    cycle = paths.cycle(0)
+    tensors, meta = load_weights(cycle.model)
+    head = [k for k in tensors if k.endswith("weight")][-1]  # the classifier's output layer
+    rows, cols = tensors[head].shape
+    tensors[head] = torch.zeros(rows + 1, cols)  # one class more than this data set has
+    save_weights(cycle.model, tensors, {"name": meta["name"]})
+    seal_dir(cycle.path)
+    model = setup(cfg).tap.model
+    with pytest.raises(CorruptCycleError, match=rf"weights do not fit the model: {head} \({rows + 1}, {cols}\) != \({rows}, {cols}\)"):
+        ChainState.load(cycle.path, model=model)
+    assert ChainState.load(cycle.path).history  # without a model: nothing to fit (the export reads it so)
+    with pytest.raises(CorruptCycleError, match="weights do not fit the model"):
+        run_chain(cfg, ChainPaths(tmp_path / "resumed"), resume_from=cycle.path)
