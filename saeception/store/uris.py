@@ -51,14 +51,29 @@ def local_path(location: str | Path) -> Path:
 
 
 def check_uri(location: str) -> str | None:
-    """None when `location`'s scheme names a filesystem pyarrow or fsspec knows; otherwise what is wrong."""
+    """None when `location` opens as `filesystem` opens it: pyarrow parses it (bucket, query options), or its
+    fsspec protocol's package is installed; otherwise what is wrong (a trial would fail on it, every one).
+    Reaches no store: whether the bucket answers is the trials' to find."""
     name = scheme(location)
     if name in PYARROW_SCHEMES:
+        import pyarrow.fs as pafs  # lazy: object-store filesystems only for URIs
+
+        probe = location
+        if name == "s3" and "region=" not in location:  # without a region pyarrow asks AWS for the bucket's
+            probe += ("&" if "?" in location else "?") + "region=us-east-1"
+        try:
+            pafs.FileSystem.from_uri(probe)
+        except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            return f"not a {name}:// URI pyarrow opens ({redact(str(e).strip().splitlines()[0])})"
         return None
     import fsspec  # lazy: object-store filesystems only for URIs
 
     if name not in fsspec.available_protocols():
         return f"unknown filesystem scheme {name!r} (pyarrow: {', '.join(PYARROW_SCHEMES)}; or an fsspec protocol)"
+    try:
+        fsspec.get_filesystem_class(name)
+    except (ImportError, ValueError) as e:
+        return f"{name}:// cannot be opened here ({redact(str(e))})"
     return None
 
 

@@ -147,6 +147,14 @@ def plan(args: argparse.Namespace) -> Plan:
     exists = tune_experiment_exists(os.path.join(storage, RAY_DIR, name))
     if args.resume and not exists:
         _fail(f"--resume: no sweep named {name!r} under {redact(storage)}")
+    if args.address:
+        # On a cluster the command line is stored in Ray's job table, which anyone holding the cluster's token reads.
+        for flag, value, how in (("--cache", args.cache, "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or use the nodes' "
+                                  "instance profile)"), ("--optuna-storage", args.optuna_storage, "PGPASSWORD (PostgreSQL)")):
+            if value and redact(value) != value:
+                _fail(f"{flag}: a credential in the URI would be kept in the cluster's job table (Ray stores a job's "
+                      f"whole command line, readable with the cluster's token); put {how} into ~/.saeception/secrets.env "
+                      "(docs/cluster.md) and give the URI without it")
     _cache_dir(args, storage)  # its errors come before anything is created
     dry_run = getattr(args, "dry_run", False)
     # Stores given on the command line must answer before anything is written (the defaults, SQLite
@@ -158,14 +166,6 @@ def plan(args: argparse.Namespace) -> Plan:
         _fail("--mlflow-uri: credentials in the URI would reach only this driver, not the cluster's trial processes; "
               "put MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) into "
               "~/.saeception/secrets.env (docs/cluster.md) and give the URI without them")
-    if args.address:
-        # On a cluster the command line is stored in Ray's job table, which anyone holding the cluster's token reads.
-        for flag, value, how in (("--cache", args.cache, "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or use the nodes' "
-                                  "instance profile)"), ("--optuna-storage", args.optuna_storage, "PGPASSWORD (PostgreSQL)")):
-            if value and redact(value) != value:
-                _fail(f"{flag}: a credential in the URI would be kept in the cluster's job table (Ray stores a job's "
-                      f"whole command line, readable with the cluster's token); put {how} into ~/.saeception/secrets.env "
-                      "(docs/cluster.md) and give the URI without it")
     if args.optuna_storage:
         check_optuna_storage(args.optuna_storage)
     if given_mlflow:
@@ -203,9 +203,9 @@ def _cache_dir(args: argparse.Namespace, storage: str) -> str | None:
     cache_dir = None
     if not args.no_cache:
         if args.cache and is_uri(args.cache):
-            problem = check_uri(args.cache)
+            problem = check_uri(args.cache)  # the whole URI, as every trial will open it
             if problem:
-                _fail(f"--cache: {problem}")
+                _fail(f"--cache: {redact(args.cache)}: {problem}")
             cache_dir = args.cache.rstrip("/")
         elif args.cache:
             cache_dir = str(local_path(args.cache).resolve())
