@@ -37,7 +37,7 @@ from saeception.store.cache import CACHE_COUNTERS, open_cache
 from saeception.store.scratch import work_dir
 from saeception.store.uris import is_uri
 from saeception.sweep.plots import TRAJECTORY_METRICS, trial_plot
-from saeception.sweep.tracking import FAILURE, TIMING, Tracker
+from saeception.sweep.tracking import FAILURE, TIMING, Tracker, counter_tags
 from saeception.sweep.vocab import (
     DIVERGED,
     FINAL_CYCLE,
@@ -110,8 +110,8 @@ class MlflowRelay(TuneReportCallback):
             self._tracker.log_metrics(run_id, {SAE_SEED_PREFIX + k: v for k, v in m.items()
                                                if isinstance(v, (int, float)) and k != "cycle"}, step=j)
         counters = {k: v for k, v in first.items() if k in CACHE_COUNTERS}
-        if counters:  # cumulative per trial: the last value is the trial's total
-            self._tracker.log_metrics(run_id, counters, step=int(first.get("cycle", 0)))
+        if counters:  # cumulative per trial, as tags (not charts): the last value is the trial's total
+            self._tracker.set_tags(run_id, counter_tags(counters))
         # Which controller this trial's is: the driver kills one that outlives its trial (sweep/leaks.py).
         first[TRAIN_CONTROLLER] = ray.get_runtime_context().get_actor_id()
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
@@ -301,9 +301,9 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
             _close(tracker, run_id, failed=f"{type(e).__name__}: {e}")
         raise
     finished = time.time()
-    for key, run_id in run_ids.items():
+    for run_id in run_ids.values():
         tracker.set_tags(run_id, {f"{TIMING}trainer_finished_at": f"{finished:.3f}"})
-        _log_trial_plot(tracker, run_id, key)
+        _log_trial_plot(tracker, run_id)
         _close(tracker, run_id, failed=tracker.failure(run_id) if per_run_failures else None)
 
 
@@ -324,11 +324,13 @@ def _close(tracker, run_id: str, failed: str | None = None) -> None:
         tracker.finish(run_id, failed=failed)
 
 
-def _log_trial_plot(tracker, run_id: str, title: str) -> None:
+def _log_trial_plot(tracker, run_id: str) -> None:
+    """trial_metrics.png on the run, titled with the run's name as the MLflow UI lists it."""
     history = tracker.histories(run_id, TRAJECTORY_METRICS)
     if history:
+        title = tracker.client.get_run(run_id).info.run_name
         with tempfile.TemporaryDirectory() as d:
-            tracker.log_artifact(run_id, trial_plot(history, Path(d) / "trial_metrics.png", title=title or run_id[:8]))
+            tracker.log_artifact(run_id, trial_plot(history, Path(d) / "trial_metrics.png", title=title))
 
 
 def chain_trial(config: dict[str, Any], spec: TrialSpec) -> None:

@@ -126,7 +126,7 @@ def export_best(p: Plan, tracker, parent: str, trial: dict[str, Any], confirmati
                 key = f"{arm}-seed{seed}"
                 arm_extra = {"Confirmation arm": f"Arm `{arm}` of the confirmation, seed {seed}: {ARM_DOC[arm]}.", **extra}
                 uri = checkpoint_uri(p.train_dir, confirmation["train_runs"][arm], arm_checkpoint(arm, seed))
-                _export_one(p, tracker, parent, uri, seed_values(values, arm, seed),
+                _export_one(p, tracker, confirmation["run"], uri, seed_values(values, arm, seed),
                             arm_run_key(confirmation["key"], arm, seed), out / ARMS_DIR / key, arm_extra)
     except Exception as e:  # noqa: BLE001 - any export failure is reported and tagged; the sweep's results stand
         what = redact(str(e) if isinstance(e, ExportError | FileNotFoundError) else f"{type(e).__name__}: {e}")

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import textwrap
 import time
 from typing import Any
 
@@ -24,6 +25,8 @@ from saeception.eval.confirm import (
     confirm_seeds,
     degenerate_controls,
     format_table,
+    last_cycle,
+    seeds_line,
     seeds_text,
     summarize,
     verdict_line,
@@ -34,6 +37,9 @@ from .plan import Plan
 from .plots import confirmation_plot
 from .tracking import FAILURE
 from .vocab import KEY_TAG, SAE_SEED_PREFIX, TRAIN_RUN_TAG, VERDICT_TAG
+
+# The confirmation run's key (its saeception.trial_id) under the sweep's run, from the confirmation's key.
+CONFIRMATION_KEY = "confirmation-{}"
 
 
 class ConfirmationInterrupted(Exception):
@@ -144,9 +150,13 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
         settings = dataclasses.replace(settings, controls=kept)
     seeds = confirm_seeds(build_config(values).seed, p.confirm.seeds)
     key = confirm_key(values, settings)
+    # One run holds the confirmation (its verdict, table and plot), its arms are its children: the sweep's own
+    # children stay its trials. A resumed sweep gets the same run back by the key.
+    run = tracker.child_run(parent, CONFIRMATION_KEY.format(key), role="confirmation", name=f"confirmation-{key}",
+                            extra_tags={KEY_TAG: key})
     # The test-split twins of the objectives: the winner was selected on val_*, so val_* cannot confirm it.
     metrics = tuple(dict.fromkeys((*SUMMARY_METRICS, *headline_of(p.space.metrics), *KEPT_METRICS)))
-    results, failed, train_runs, _ = _gather(tracker, parent, key, settings.arms, seeds, metrics)
+    results, failed, train_runs, _ = _gather(tracker, run, key, settings.arms, seeds, metrics)
     missing = _unfinished(seeds, settings.arms, results, failed)
     done = len(seeds) - len(missing)
     print(f"\nconfirming the best config on seeds {seeds} with controls {', '.join(settings.controls)}"
@@ -157,72 +167,137 @@ def confirm(p: Plan, tracker, parent: str, spec, values: dict[str, Any], concurr
         attempt = f"{key}-{int(time.time())}"
         name = f"{p.name}-confirm-{attempt}"
         groups = [missing[i::concurrency] for i in range(min(concurrency, len(missing)))]
-        fixed = dataclasses.replace(spec, fixed=values)
+        fixed = dataclasses.replace(spec, fixed=values, parent_run_id=run)
         trainable = tune.with_resources(tune.with_parameters(confirm_trial, spec=fixed), trial_resources)
         tuner = tune.Tuner(trainable, param_space={"seeds": tune.grid_search(groups), "export_seed": seeds[0],
                                                    "key": key, "attempt": attempt,
                                                    "arms": list(settings.arms), "sae_seeds": settings.sae_seeds},
                            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-                           run_config=tune.RunConfig(name=name, storage_path=p.ray_dir, verbose=0))
+                           run_config=tune.RunConfig(name=name, storage_path=p.ray_dir, verbose=0,
+                                                     callbacks=[arm_progress(len(missing) * len(settings.arms),
+                                                                             build_config(values).chain.cycles)]))
         tuner.fit()
-    results, failed, train_runs, groups = _gather(tracker, parent, key, settings.arms, seeds, metrics)
+    results, failed, train_runs, groups = _gather(tracker, run, key, settings.arms, seeds, metrics)
     if stopped := _unfinished(missing, settings.arms, results, failed):
         # Ctrl-C: Tune stops its trials (TERMINATED, as if they had ended) and returns; the arms those trials had
         # not closed are still RUNNING. Nothing is judged on part of the seeds: they are KILLED, and a resumed
         # sweep runs those seeds again, reusing their runs by key.
         # An arm closed FAILED by its trial as the trial was stopped (its controller died with it) is stopped too.
-        for run in tracker.children(parent):
-            tags = run.data.tags
+        for arm in tracker.children(run):
+            tags = arm.data.tags
             if (tags.get(KEY_TAG) == key and int(tags.get("saeception.seed", -1)) in stopped
-                    and (run.info.status == "RUNNING"
-                         or (run.info.status == "FAILED" and not is_divergence(tags.get(FAILURE, ""))))):
-                tracker.client.set_terminated(run.info.run_id, status="KILLED")
+                    and (arm.info.status == "RUNNING"
+                         or (arm.info.status == "FAILED" and not is_divergence(tags.get(FAILURE, ""))))):
+                tracker.client.set_terminated(arm.info.run_id, status="KILLED")
+        tracker.client.set_terminated(run, status="KILLED")
         raise ConfirmationInterrupted(f"the confirmation stopped before seeds {stopped} finished")
     if not results["best"]:
         print("confirmation failed: the best arm finished on no seed; see the confirm runs in MLflow", flush=True)
         tracker.set_tags(parent, {VERDICT_TAG: "no verdict: the best arm finished on no seed"})
+        tracker.finish(run, failed="the best arm finished on no seed")
         return None
     modes = {o.metric.removeprefix("val_"): o.mode for o in p.space.objectives}
     headline = headline_of(p.space.metrics)
     rows = summarize(results, metrics, settings, modes, failed, groups, headline)
     line = verdict_line(rows, headline, settings.controls)
-    _write(p, tracker, parent, rows, settings, headline, line)
+    _write(p, tracker, parent, run, rows, settings, headline, line)
     n_arm = ", ".join(f"{a} {len(results[a])}/{len(seeds)}" + (f" ({len(failed[a])} diverged)" if failed[a] else "")
                       for a in settings.arms)
-    print(f"\nconfirmation at the last cycle ({len(seeds)} seeds; finished per arm: {n_arm}; mean ± sd; "
-          "test split unless val_):")
-    print(format_table(rows, settings, headline), flush=True)
+    print("\n" + textwrap.fill(f"confirmation at the last cycle ({len(seeds)} seeds; finished per arm: {n_arm}; "
+                               "test split):", 118, subsequent_indent="    "))
+    print(terminal_summary(rows, settings, headline), flush=True)
+    print(f"every arm, metric and cycle: {p.sweep_dir / 'confirmation.md'} (and the confirmation run in MLflow)", flush=True)
     return {"seed": seeds[0], "arms": settings.arms,
             "train_runs": {a: train_runs.get((a, seeds[0]), "") for a in settings.arms},
-            "key": key}
+            "key": key, "run": run, "rows": rows, "settings": settings, "headline": headline, "verdict": line,
+            "n_seeds": len(seeds)}
 
 
-def _write(p: Plan, tracker, parent: str, rows, settings, headline, line: str) -> None:
+def arm_progress(total: int, last_cycle: int):
+    """A Tune callback printing a line as each confirmation arm of each seed finishes its last cycle (the
+    confirmation is otherwise silent for minutes)."""
+    from ray.tune import Callback  # lazy: Ray is loaded only in the processes that use it
 
+    class ArmProgress(Callback):
+        def __init__(self):
+            self.t0, self.done = time.time(), set()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("cycle") != last_cycle or "arm" not in result:
+                return
+            self.done.add((result["arm"], result.get("seed")))
+            elapsed = time.time() - self.t0
+            print(f"[{int(elapsed // 60):02d}:{int(elapsed % 60):02d}] confirmation: {len(self.done)} of {total} "
+                  f"arm-seeds finished | seed {result.get('seed')}, arm {result['arm']}", flush=True)
+
+    return ArmProgress()
+
+
+def terminal_summary(rows: list[dict[str, Any]], settings, headline: tuple[str, ...]) -> str:
+    """What the terminal shows of the confirmation (plain text, under 120 columns): the verdict, the seeds that
+    would decide what is inconclusive, and per headline metric and control at the last cycle best − control with
+    its interval and verdict. The full tables are in confirmation.md."""
+    lines = [f"verdict: {verdict_line(rows, headline, settings.controls)}"]
+    if more := seeds_line(rows, headline, settings.controls):
+        lines.append(f"seeds to decide (if the differences and their spread stay as observed): {more}")
+    table = [("metric", "control", "best - control", "interval", "verdict")]
+    for r in last_cycle(rows):
+        if r["metric"] in headline:
+            for c in settings.controls:
+                if f"verdict_{c}" in r:
+                    lo, hi = r[f"ci_{c}"]
+                    table.append((r["metric"], c, f"{r[f'diff_{c}_mean']:+.4f}", f"[{lo:+.4f}, {hi:+.4f}]", r[f"verdict_{c}"]))
+    if len(table) > 1:
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    return "\n".join(textwrap.fill(line, 118, subsequent_indent="    ") if not line.startswith("  ") else line
+                     for line in lines)
+
+
+def comparison_stats(r: dict[str, Any], controls: tuple[str, ...], detail: bool = True) -> dict[str, float]:
+    """One row's comparisons as metrics: per control `confirm_diff_<control>_<metric>` (mean best − control) and
+    its anytime-valid interval `confirm_ci_low_…`/`confirm_ci_high_…`; with `detail`, also the family-adjusted
+    anytime p and the seeds that would decide an inconclusive comparison."""
+    m, out = r["metric"], {}
+    for c in controls:
+        if f"verdict_{c}" not in r:
+            continue
+        lo, hi = r[f"ci_{c}"]
+        out.update({f"confirm_diff_{c}_{m}": r[f"diff_{c}_mean"], f"confirm_ci_low_{c}_{m}": lo,
+                    f"confirm_ci_high_{c}_{m}": hi})
+        if detail:
+            out[f"confirm_p_family_{c}_{m}"] = r[f"p_family_{c}"]
+            if math.isfinite(r.get(f"seeds_to_decide_{c}", math.nan)):
+                out[f"confirm_seeds_to_decide_{c}_{m}"] = r[f"seeds_to_decide_{c}"]
+    return out
+
+
+def _write(p: Plan, tracker, parent: str, run: str, rows, settings, headline, line: str) -> None:
+    """The confirmation's files on its own run and on the sweep's; its headline numbers per cycle (arm means,
+    best − control with its interval, p, seeds to decide) and a verdict tag per comparison on its run; the
+    verdict line and the last cycle's headline differences with their intervals on the sweep's run (a handful of
+    metrics: every other number is in the table)."""
     (p.sweep_dir / "confirmation.md").write_text(format_table(rows, settings, headline, last_cycle_only=False) + "\n")
     (p.sweep_dir / "confirmation.json").write_text(json.dumps(_jsonable(rows), indent=1))
-    confirmation_plot(rows, p.sweep_dir / "confirmation.png")
-    for f in ("confirmation.md", "confirmation.json", "confirmation.png"):
-        tracker.log_artifact(parent, p.sweep_dir / f)
-    tracker.log_table(parent, table_rows(rows, settings), CONFIRMATION_TABLE)
+    confirmation_plot(rows, headline, settings.controls, p.sweep_dir / "confirmation.png")
+    for target in (run, parent):
+        for f in ("confirmation.md", "confirmation.json", "confirmation.png"):
+            tracker.log_artifact(target, p.sweep_dir / f)
+        tracker.log_table(target, table_rows(rows, settings, headline), CONFIRMATION_TABLE)
     tags = {VERDICT_TAG: line}
+    last = max(r["cycle"] for r in rows)
     for r in rows:
-        stats = {f"confirm_{a}_{r['metric']}_{s}": r[f"{a}_{s}"] for a in settings.arms for s in ("mean", "sd")}
-        stats[f"confirm_sae_seed_sd_{r['metric']}"] = r["sae_seed_sd"]
-        for c in settings.controls:
-            if f"n_{c}" not in r:
-                continue
-            stats.update({f"confirm_diff_{c}_{r['metric']}": r[f"diff_{c}_mean"], f"confirm_p_{c}_{r['metric']}": r[f"p_{c}"],
-                          f"confirm_p_sign_{c}_{r['metric']}": r[f"p_sign_{c}"]})
-            if f"verdict_{c}" in r:
-                lo, hi = r[f"ci_{c}"]
-                stats.update({f"confirm_ci_low_{c}_{r['metric']}": lo, f"confirm_ci_high_{c}_{r['metric']}": hi,
-                              f"confirm_p_family_{c}_{r['metric']}": r[f"p_family_{c}"]})
-                if math.isfinite(r.get(f"seeds_to_decide_{c}", math.nan)):
-                    stats[f"confirm_seeds_to_decide_{c}_{r['metric']}"] = r[f"seeds_to_decide_{c}"]
-                tags[f"{VERDICT_TAG}.{c}.{r['metric']}"] = r[f"verdict_{c}"]
-        tracker.log_metrics(parent, stats, step=r["cycle"])
-    tracker.set_tags(parent, tags)
+        if r["metric"] not in headline:
+            continue
+        stats = {f"confirm_{a}_{r['metric']}_mean": r[f"{a}_mean"] for a in settings.arms}
+        tracker.log_metrics(run, {**stats, **comparison_stats(r, settings.controls)}, step=r["cycle"])
+        if r["cycle"] == last:
+            tracker.log_metrics(parent, comparison_stats(r, settings.controls, detail=False), step=last)
+            tags.update({f"{VERDICT_TAG}.{c}.{r['metric']}": r[f"verdict_{c}"] for c in settings.controls
+                         if f"verdict_{c}" in r})
+    tracker.set_tags(run, tags)
+    tracker.set_tags(parent, {VERDICT_TAG: line})
+    tracker.finish(run)
 
 
 def _jsonable(rows):
@@ -247,12 +322,14 @@ def _seeds_cell(v: float) -> int | str | None:
     return int(v) if math.isfinite(v) else seeds_text(v)
 
 
-def table_rows(rows: list[dict[str, Any]], settings=None) -> list[dict[str, Any]]:
+def table_rows(rows: list[dict[str, Any]], settings=None, headline: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """summarize()'s rows with readable, fixed columns: one row per (cycle, metric, control) with the arm
-    means, the paired difference and its interval, wins/ties/losses, the p-values and the verdict."""
+    means, the paired difference and its interval, wins/ties/losses, the p-values and the verdict. The last
+    cycle comes first (the one the verdict is on), its `headline` metrics first."""
     settings = settings or ConfirmSettings()
     out = []
-    for r in rows:
+    order = {m: i for i, m in enumerate(headline)}
+    for r in sorted(rows, key=lambda r: (-r["cycle"], order.get(r["metric"], len(order)))):
         for c in settings.controls:
             if f"n_{c}" not in r:
                 continue

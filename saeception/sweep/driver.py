@@ -24,17 +24,30 @@ from .leaks import sweeper_callback
 from .orphans import close_orphans
 from .plan import Plan
 from .report import (
+    NOTE,
     best_trials,
     fit_interrupted,
     log_cache_totals,
     log_sweep_plots,
+    log_winner,
     print_summary,
     progress_callback,
+    sweep_note,
     trial_rows,
 )
 from .resources import bundles, describe, offer, plan_concurrency, waits_for_nodes, worker_start_timeout
 from .state import mark_study
-from .tracking import Tracker, TrackingUnavailable, run_tags, ui_command, ui_url, unreachable
+from .tracking import (
+    Tracker,
+    TrackingUnavailable,
+    run_tags,
+    run_url,
+    trials_url,
+    ui_command,
+    ui_url,
+    unreachable,
+)
+from .vocab import VERDICT_TAG
 
 # How long a trial's workers may wait for nodes the autoscaler adds (a GPU node boots and pulls the image).
 AUTOSCALE_WAIT_S = 1800.0
@@ -70,6 +83,8 @@ def execute(p: Plan) -> int:
                                     s.concurrency, s.trial_resources)
             except ConfirmationInterrupted:
                 return stop_interrupted(p, s)
+            verdict = s.tracker.client.get_run(s.parent).data.tags.get(VERDICT_TAG)
+            s.tracker.set_tags(s.parent, {NOTE: sweep_note(p, rows, best, verdict, confirmed)})
         if best:
             export_best(p, s.tracker, s.parent, best[0], confirmed)
         return close(p, s, rows, best)
@@ -98,6 +113,12 @@ def ray_env(p: Plan) -> None:
     """The environment Ray must find when it is imported."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if not p.verbose:
+        # The terminal is the sweep's own lines. Tune's new output engine prints a configuration box, the results
+        # folder and a TensorBoard hint into Ray's session folder for every Tuner even at verbose=0 (its legacy
+        # engine prints nothing at 0); Ray warns that token authentication is on, which the sweep set up itself.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if p.resources.address:
         # Clusters started with `ray start` use token authentication (Ray's default since 2.59); a client
         # must say so before Ray is imported (it reads the mode once, at import; `execute` imported Ray
@@ -225,6 +246,8 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
     )
 
     search = p.search
+    if not p.verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in RDB with name: …"
     trainable = tune.with_resources(tune.with_parameters(chain_trial, spec=s.spec), s.trial_resources)
     # Opened here, so that Ray's pickled searcher (its copy holds the URL without a password) reconnects.
     storage = CredentialSafeRDBStorage(p.optuna_uri)
@@ -282,9 +305,11 @@ def report(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> None:
         log_best_dataset(s.tracker, s.parent, str(top["trial_id"]))
         s.tracker.set_tags(s.parent, {"best_trial_id": ",".join(str(r["trial_id"]) for r in best)})
         s.tracker.log_metrics(s.parent, {f"best_{m}": top[m] for m in p.space.metrics})
+        log_winner(s.tracker, s.parent, top)
         best_file = p.sweep_dir / "best_config.yaml"
         best_file.write_text(yaml.safe_dump(to_dict(p.space.config(top["config"])), sort_keys=False))
         s.tracker.log_artifact(s.parent, best_file)
+    s.tracker.set_tags(s.parent, {NOTE: sweep_note(p, rows, best)})
     log_sweep_plots(p, s.tracker, s.parent, rows, best)
 
 
@@ -295,9 +320,12 @@ def close(p: Plan, s: Session, rows: list[dict], best: list[dict]) -> int:
     failed = sum(r["error"] for r in rows)
     s.tracker.finish(s.parent, failed=None if best else f"no trial finished ({failed} failed)")
     exp_id = s.tracker.experiment_id(p.experiment)
-    if p.mlflow_uri.startswith(("http://", "https://")):
-        print(f"\nopen the results: {redact(ui_url(p.mlflow_uri, exp_id))}")
-    else:
-        print(f"\nopen the results: {redact(ui_command(p.mlflow_uri))}\n  then {ui_url('http://127.0.0.1:5000', exp_id)}")
+    server = p.mlflow_uri.startswith(("http://", "https://"))
+    base = redact(p.mlflow_uri) if server else "http://127.0.0.1:5000"
+    objective, mode = p.space.objectives[0].metric, p.space.objectives[0].mode
+    print("\nopen the results: " + (f"{redact(ui_url(p.mlflow_uri, exp_id))}" if server else
+                                    f"{redact(ui_command(p.mlflow_uri))}\n  then {ui_url(base, exp_id)}"))
+    print(f"  the answer (verdict, winner, comparisons): {run_url(base, exp_id, s.parent)}\n"
+          f"  the trials side by side, best first: {trials_url(base, exp_id, p.sweep_id, objective, mode)}")
     return 0 if best else 1
 

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from saeception.eval.confirm import ARM_DOC, ARMS
+from saeception.eval.confirm import last_cycle
 
 
 def _plt():
@@ -26,23 +26,65 @@ def _save(fig, path: Path, dpi: int = 90) -> Path:
     return path
 
 
-def confirmation_plot(rows: list[dict[str, Any]], path: Path, metrics: tuple[str, ...] = ("task_accuracy", "sae_u", "sae_csi")) -> Path:
-    """Mean ± sd over seeds per cycle, one panel per metric, one line per arm."""
+def confirmation_plot(rows: list[dict[str, Any]], headline: tuple[str, ...], controls: tuple[str, ...], path: Path) -> Path:
+    """The confirmation as a forest plot, at its last cycle: one panel per headline metric, one line per control
+    with the mean paired difference best − control and its anytime-valid interval (the one the verdict rests on;
+    an interval without bounds, from too few seeds, runs off the panel as an arrow), the equivalence margin as a
+    band around 0, and the verdict at the right."""
     plt = _plt()
-    metrics = tuple(m for m in metrics if any(r["metric"] == m for r in rows))
-    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.5 * max(len(metrics), 1), 3.5), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        sel = sorted((r for r in rows if r["metric"] == metric), key=lambda r: r["cycle"])
-        for arm in (a for a in ARMS if any(f"{a}_mean" in r for r in sel)):
-            xs = [r["cycle"] for r in sel]
-            ys = [r[f"{arm}_mean"] for r in sel]
-            sd = [0.0 if math.isnan(r[f"{arm}_sd"]) else r[f"{arm}_sd"] for r in sel]
-            ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=3, label=f"{arm}: {ARM_DOC[arm]}" if arm != "best" else "best (chosen config)")
-        ax.set_title(metric)
-        ax.set_xlabel("cycle")
-        ax.set_xticks(sorted({r["cycle"] for r in sel}))
-    axes[0][0].legend(fontsize=8)
-    return _save(fig, path, dpi=100)
+    with plt.style.context("default"):  # Optuna's plots switch matplotlib's global style to ggplot
+        return _forest(plt, rows, headline, controls, path)
+
+
+def _forest(plt, rows, headline, controls, path: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib only when a plot is drawn
+
+    last = {r["metric"]: r for r in last_cycle(rows)}
+    metrics = [m for m in headline if m in last and any(f"verdict_{c}" in last[m] for c in controls)]
+    n = max(len(controls), 1)
+    fig, axes = plt.subplots(max(len(metrics), 1), 1, figsize=(8, 0.9 + 0.55 * n * max(len(metrics), 1) + 0.5 * len(metrics)),
+                             squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        r = last[metric]
+        shown = [c for c in controls if f"verdict_{c}" in r]
+        margin = r.get("margin")
+        finite = [v for c in shown for v in (r[f"diff_{c}_mean"], *r[f"ci_{c}"]) if math.isfinite(v)]
+        if margin:
+            finite += [-margin, margin]
+        span = (max(map(abs, finite)) if finite else 1.0) * 1.15 or 1.0
+        if margin:
+            ax.axvspan(-margin, margin, color="#2a9d8f", alpha=0.15, lw=0)
+        ax.axvline(0, color="#555", lw=0.8)
+        for y, c in enumerate(reversed(shown)):
+            lo, hi = r[f"ci_{c}"]
+            mean = r[f"diff_{c}_mean"]
+            ax.plot([max(lo, -span), min(hi, span)], [y, y], color="#264653", lw=2)
+            for end, bound in ((-span, lo), (span, hi)):
+                if not math.isfinite(bound) or abs(bound) > span:
+                    ax.annotate("", xy=(end, y), xytext=(end * 0.9, y), arrowprops={"arrowstyle": "->", "color": "#264653"})
+            ax.plot([mean], [y], "o", color="#e76f51", ms=6)
+            bounds = f"[{lo:+.4f}, {hi:+.4f}]" if math.isfinite(lo) and math.isfinite(hi) else "[no bound yet]"
+            ax.text(1.02, y, f"{r[f'verdict_{c}']}\n{mean:+.4f} {bounds}", transform=ax.get_yaxis_transform(),
+                    va="center", fontsize=8)
+        ax.set_yticks(range(len(shown)), list(reversed(shown)))
+        ax.set_ylim(-0.6, len(shown) - 0.4)
+        ax.set_xlim(-span, span)
+        ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+        direction = {"max": "higher is better", "min": "lower is better"}.get(r.get("mode"), "")
+        band = f"; band: margin ±{margin:.3g}" if margin else ""
+        ax.set_title(f"{metric}: best − control ({direction}{band})", fontsize=10, loc="left")
+        ax.tick_params(labelsize=9)
+    if metrics:
+        cycle, seeds = last[metrics[0]]["cycle"], last[metrics[0]].get("n_seeds")
+        fig.suptitle(f"confirmation at cycle {cycle}" + (f", {seeds} seeds" if seeds else "")
+                     + ": mean difference (dot) and anytime-valid interval", fontsize=10)
+    else:
+        axes[0, 0].axis("off")
+        axes[0, 0].text(0.5, 0.5, "no comparison finished", ha="center", va="center")
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 TRAJECTORY_METRICS = ("task_accuracy", "sae_u", "sae_csi", "probe_accuracy", "explained_variance", "l0")

@@ -14,7 +14,7 @@ from saeception.store.uris import redact
 from .plan import Plan
 from .plots import optuna_plots
 from .space import SearchSpace
-from .tracking import TIMING, TRIAL_ID
+from .tracking import TIMING, TRIAL_ID, counter_tags
 from .vocab import STOPPED_AT, stopped_early
 
 log = logging.getLogger(__name__)
@@ -157,16 +157,16 @@ def _fmt(v: Any) -> str:
 
 
 def log_cache_totals(p: Plan, tracker, parent: str) -> None:
-    """Sums each trial's final cache/* counters into the parent run (and prints them)."""
+    """Sums the final cache/* counters of each trial and confirmation arm into the parent run's tags (and prints
+    them). Tags, not metrics: they are bookkeeping, not a chart to compare trials on."""
     if p.cache_dir is None:
         return
     keys = CACHE_COUNTERS
     totals = dict.fromkeys(keys, 0.0)
-    for run in tracker.children(parent):
+    for run in tracker.descendants(parent):
         for k in keys:
-            totals[k] += run.data.metrics.get(k, 0.0)
-    tracker.log_metrics(parent, totals)
-    tracker.set_tags(parent, {"saeception.cache_dir": redact(p.cache_dir)})
+            totals[k] += float(run.data.tags.get(k, 0.0))
+    tracker.set_tags(parent, {**counter_tags(totals), "saeception.cache_dir": redact(p.cache_dir)})
     hits, misses, saved = (totals[k] for k in ("cache/hits", "cache/misses", "cache/seconds_saved"))
     print(f"stage cache {redact(p.cache_dir)}: {int(hits)} hits, {int(misses)} misses, {saved:.0f} s of stage work saved",
           flush=True)
@@ -194,3 +194,82 @@ def log_sweep_plots(p: Plan, tracker, parent: str, rows: list[dict], best: list[
         tracker.set_tags(parent, {f"saeception.plot_skipped.{view}": why})
     for f in files:
         tracker.log_artifact(parent, f)
+
+
+NOTE = "mlflow.note.content"  # a run's description in the MLflow UI (Markdown), shown above its details
+STALE_BEST = "saeception.best_params_stale"
+
+
+def log_winner(tracker, parent: str, top: dict[str, Any]) -> None:
+    """The winner's sampled values as params `best.<key>` on the parent run. MLflow never changes a logged param:
+    when a resumed sweep's winner differs from the one logged first, the params stay the first winner's and the
+    tag saeception.best_params_stale says so (best_trial_id and the description name the current one)."""
+    values = {f"best.{k}": v for k, v in top["config"].items()}
+    logged = tracker.client.get_run(parent).data.params
+    changed = sorted(k for k, v in values.items() if k in logged and logged[k] != str(v))
+    tracker.log_params(parent, values)
+    if changed:
+        tracker.set_tags(parent, {STALE_BEST: f"the winner changed on --resume ({', '.join(changed)}); these params "
+                                              f"are the first winner's: see best_trial_id and the description"})
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "-" if not math.isfinite(v) else f"{v:+.4g}" if v < 0 else f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+def sweep_note(p: Plan, rows: list[dict[str, Any]], best: list[dict[str, Any]], verdict: str | None = None,
+               confirmation: dict[str, Any] | None = None) -> str:
+    """The sweep run's description (Markdown): the verdict, the winner and its configuration, the headline
+    comparisons at the last cycle with their intervals; `confirmation` is what confirm() returned (None: no
+    confirmation finished, `verdict` then says why, if it ran)."""
+    from saeception.eval.confirm import (  # lazy: the statistics only once there is a verdict
+        last_cycle,
+        seeds_line,
+    )
+
+    stopped = sum(r["stopped_at"] is not None for r in rows)
+    failed = sum(r["error"] for r in rows)
+    out = [f"**Sweep `{p.name}`**: {len(rows) - stopped - failed} trials finished, {stopped} stopped early, "
+           f"{failed} failed."]
+    if confirmation:
+        seeds, controls = confirmation["n_seeds"], confirmation["settings"].controls
+        out.append(f"**Verdict** (the winner against {', '.join(f'`{c}`' for c in controls)} on {seeds} fresh seeds, "
+                   f"test split, last cycle): {confirmation['verdict']}")
+        if more := seeds_line(confirmation["rows"], confirmation["headline"], controls):
+            out.append(f"Seeds that would decide what is inconclusive: {more} (`--resume --confirm-seeds N`).")
+    elif verdict:
+        out.append(f"**Verdict**: {verdict}")
+    elif p.confirm.seeds == 0:
+        out.append("No confirmation ran (`--confirm-seeds 0`): the winner is the search's best on the validation "
+                   "split, not a result confirmed on fresh seeds.")
+    elif best:
+        out.append(f"The confirmation on {p.confirm.seeds} fresh seeds has not finished (yet): no verdict.")
+    if best:
+        top = best[0]
+        title = "Winner" if len(best) == 1 else f"Winner (first of a Pareto front of {len(best)})"
+        objs = ", ".join(f"`{m}` {_cell(top[m])}" for m in p.space.metrics)
+        table = ["| searched | value |", "|---|---|", *(f"| `{k}` | {_cell(v)} |" for k, v in sorted(top["config"].items()))]
+        out += [f"### {title}: trial `{top['trial_id']}`",
+                f"Objectives (validation split, last cycle): {objs}. Its full config: artifact `best_config.yaml`; "
+                "its export: artifacts `best/`.", "\n".join(table)]
+    else:
+        out.append("No trial finished: no winner.")
+    if confirmation:
+        headline, controls = confirmation["headline"], confirmation["settings"].controls
+        lines = ["| metric | control | best − control | interval | margin | verdict |", "|---|---|---|---|---|---|"]
+        for r in last_cycle(confirmation["rows"]):
+            if r["metric"] not in headline:
+                continue
+            for c in controls:
+                if f"verdict_{c}" in r:
+                    lo, hi = r[f"ci_{c}"]
+                    lines.append(f"| `{r['metric']}` | `{c}` | {r[f'diff_{c}_mean']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | "
+                                 f"{_cell(r['margin']) if r.get('margin') else '-'} | {r[f'verdict_{c}']} |")
+        cycle = max(r["cycle"] for r in confirmation["rows"])
+        out += [f"### Headline comparisons at cycle {cycle}",
+                "Paired difference over seeds with its anytime-valid interval (the one the verdict rests on). Every "
+                "metric and cycle: artifacts `confirmation_table.json`, `confirmation.md`, `confirmation.png` (here and "
+                "on the confirmation run).", "\n".join(lines)]
+    return "\n\n".join(out) + "\n"

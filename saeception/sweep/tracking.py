@@ -176,6 +176,26 @@ def ui_url(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI at `base`, in its model-training view (the sweep's run: its description is
+    the answer)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def trials_url(base: str, experiment_id: str, sweep_id: str, objective: str, mode: str) -> str:
+    """The sweep's trials side by side in the MLflow UI at `base`: its charts view (`compareRunsMode=CHART`) of this
+    sweep's trial runs only, best `objective` first. MLflow 3.17's runs page (`…/runs`; the experiment's own
+    address drops them) reads these URL parameters (searchFilter, orderByKey, orderByAsc, compareRunsMode); a
+    filtered or metric-ordered list is flat, so no trial is folded under the sweep's run, and the charts show the
+    first runs of the list. Seen in headless Chromium on MLflow 3.17.2 (docs/mlflow.md)."""
+    query = urllib.parse.urlencode({
+        "workflowType": "machine_learning", "compareRunsMode": "CHART",
+        "searchFilter": f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP_ID}` = '{sweep_id}'",
+        "orderByKey": f"metrics.`{objective}`", "orderByAsc": "true" if mode == "min" else "false"},
+        quote_via=urllib.parse.quote)
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
 class Tracker:
     def __init__(self, uri: str):
         from mlflow.tracking import MlflowClient  # lazy: MLflow only where runs are written
@@ -236,7 +256,9 @@ class Tracker:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        tags = {**(extra_tags or {}), PARENT: parent_id, ROLE: role, TRIAL_ID: key, SWEEP: parent.data.tags.get(SWEEP, "")}
+        # The sweep's name and id travel down to every run under it (a filter on them lists one sweep's trials).
+        ids = {SWEEP_ID: parent.data.tags[SWEEP_ID]} if SWEEP_ID in parent.data.tags else {}
+        tags = {**(extra_tags or {}), PARENT: parent_id, ROLE: role, TRIAL_ID: key, SWEEP: parent.data.tags.get(SWEEP, ""), **ids}
         return self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
 
     def child_run_by_key(self, parent_id: str, key: str):
@@ -249,6 +271,15 @@ class Tracker:
         exp_id = self.client.get_run(parent_id).info.experiment_id
         tags = {PARENT: parent_id, **({ROLE: role} if role else {})}
         return self._find(exp_id, tags)
+
+    def descendants(self, parent_id: str) -> list:
+        """The runs under `parent_id` at any depth (a sweep's trials, its confirmation run and that run's arms)."""
+        out, todo = [], [parent_id]
+        while todo:
+            found = self.children(todo.pop())
+            out += found
+            todo += [r.info.run_id for r in found]
+        return out
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param  # lazy: MLflow only where runs are written
@@ -331,6 +362,11 @@ class Tracker:
         if failed:
             self.client.set_tag(run_id, FAILURE, redact(failed)[:5000])  # an error may quote a URI
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def counter_tags(counters: dict[str, float]) -> dict[str, str]:
+    """Counters (the stage cache's) as tag values: a whole number without decimals, seconds to 0.1 s."""
+    return {k: str(int(v)) if float(v).is_integer() else f"{v:.1f}" for k, v in counters.items()}
 
 
 def _param_value(v: Any) -> str:

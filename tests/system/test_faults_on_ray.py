@@ -52,7 +52,7 @@ def test_sweep_finishes_when_a_cache_entry_is_a_file(tmp_path, ray_env):
     runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
     trial = [x for x in runs if x.data.tags.get("saeception.role") == "trial"]
     assert len(trial) == 1 and trial[0].info.status == "FINISHED"
-    assert trial[0].data.metrics["cache/misses"] == 3 and trial[0].data.metrics["cache/write_errors"] == 0
+    assert trial[0].data.tags["cache/misses"] == "3" and trial[0].data.tags["cache/write_errors"] == "0"
     assert all(cache.lookup(keys[s]) is not None for s in ("finetune", "extract"))  # rebuilt where the files were
 
 

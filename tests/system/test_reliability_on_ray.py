@@ -388,7 +388,7 @@ def test_ctrl_c_during_the_confirmation_judges_nothing_and_resume_confirms(tmp_p
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, out[-3000:]
-    assert "interrupted" in out and "Verdict" not in out and "confirmation failed" not in out, out[-3000:]
+    assert "interrupted" in out and "verdict:" not in out and "confirmation failed" not in out, out[-3000:]
     assert not (storage / "rel" / "confirmation.md").exists() and not (storage / "rel" / "best").exists()
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
@@ -401,7 +401,7 @@ def test_ctrl_c_during_the_confirmation_judges_nothing_and_resume_confirms(tmp_p
         (parent.info.status, statuses)
 
     r = subprocess.run([*cmd, "--resume"], env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0 and "Verdict" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+    assert r.returncode == 0 and "\nverdict: " in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
     assert (storage / "rel" / "confirmation.md").exists() and (storage / "rel" / "best").exists()
     runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
     arms = [x for x in runs if x.data.tags.get("saeception.role") in ("confirm", "control")]

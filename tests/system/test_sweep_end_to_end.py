@@ -100,8 +100,11 @@ def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
     assert abs(mlflow_values[best_id] - study.best_value) < 1e-9
     assert parent.data.tags["best_trial_id"] == best_id
     # The stage cache: the second trial reuses the first trial's fine-tuned model and activations.
-    assert parent.data.metrics["cache/hits"] >= 2 and parent.data.metrics["cache/seconds_saved"] > 0
+    assert int(parent.data.tags["cache/hits"]) >= 2 and float(parent.data.tags["cache/seconds_saved"]) > 0
     assert f"open the results: {mlflow_server}/#/experiments/{exp.experiment_id}?workflowType=machine_learning" in r.stdout
+    assert f"the answer (verdict, winner, comparisons): {mlflow_server}/#/experiments/{exp.experiment_id}/runs/" \
+           f"{parent.info.run_id}?workflowType=machine_learning" in r.stdout
+    assert all(c.data.tags["saeception.sweep_id"] == parent.data.tags["saeception.sweep_id"] for c in children)
     # --dry-run showed the configs the sweep then ran (same sampler, same seed).
     ran = {" ".join(f"{k.removeprefix('searched.')}={_fmt(v)}" for k, v in c.data.params.items() if k.startswith("searched."))
            for c in children}
@@ -109,20 +112,41 @@ def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
 
     # Evidence: the confirmation with every control and a verdict, in the CLI output and the parent run.
     assert "confirmation at the last cycle (3 seeds; finished per arm: best 3/3, aux0 3/3, random 3/3" in r.stdout
-    assert re.search(r"\*\*Verdict:\*\* sae_u: .*; task_accuracy: ", r.stdout)
+    # Plain text under 120 columns: the verdict, then per headline comparison the difference, interval and verdict.
+    verdict = re.search(r"^verdict: (sae_u: .*?)\n(?! )", r.stdout, re.M | re.S)  # wrapped lines are indented
+    assert verdict and "; task_accuracy: " in " ".join(verdict.group(1).split()) and "**" not in r.stdout, r.stdout[-3000:]
     for control in ("aux0", "random", "prototype", "nosharpen"):
         # 3 seeds are too few for a bounded anytime interval at the family's level: [-inf, inf], inconclusive.
-        assert re.search(rf"\| 1 \| sae_u \| {control} \| -?[0-9.]+ \[-?(inf|[0-9.]+), -?(inf|[0-9.]+)\] \| \d/\d/\d \| "
-                         r".* \| (better|worse|equivalent|inconclusive)(, negligible)? \|", r.stdout), control
+        assert re.search(rf"^  sae_u +{control} +[+-][0-9.]+ +\[[+-](inf|[0-9.]+), [+-](inf|[0-9.]+)\] +"
+                         r"(better|worse|equivalent|inconclusive)(, negligible)?$", r.stdout, re.M), control
+    block = r.stdout[r.stdout.index("confirmation at the last cycle"):r.stdout.index("every arm, metric and cycle")]
+    assert max(len(line) for line in block.splitlines()) <= 120, block
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"confirmation.md", "confirmation.json", "confirmation.png", "best_config.yaml", "confirmation_table.json",
             "best"} <= artifacts
     parent = client.get_run(parent.info.run_id)
-    assert "confirm_best_sae_u_mean" in parent.data.metrics and "confirm_p_family_random_sae_u" in parent.data.metrics
-    assert {"confirm_diff_prototype_sae_u", "confirm_nosharpen_sharpen_kept_fraction_mean",
-            "confirm_random_sharpen_kept_active_mean", "confirm_sae_seed_sd_sae_u"} <= set(parent.data.metrics)
-    assert parent.data.tags["saeception.verdict.random.sae_u"] in VERDICTS
+    # The sweep's run opens on the answer: its description holds the verdict, the winner and the headline
+    # comparisons; the winner's values are params; a handful of metrics (the numbers are in the table).
+    note = parent.data.tags["mlflow.note.content"]
+    assert "**Verdict**" in note and parent.data.tags["saeception.verdict"] in note and f"trial `{best_id}`" in note
+    assert "| `sae_u` | `random` |" in note
+    winner = by_trial[best_id].data.params
+    assert {k: v for k, v in parent.data.params.items() if k.startswith("best.")} == \
+        {f"best.{k.removeprefix('searched.')}": v for k, v in winner.items() if k.startswith("searched.")}
+    # (3 seeds give no bounded interval: confirm_ci_low_/_high_ are logged once they are finite.)
+    assert {"confirm_diff_prototype_sae_u", "confirm_diff_random_task_accuracy", "best_val_sae_u"} <= set(parent.data.metrics)
+    assert len(parent.data.metrics) <= 60 and not [m for m in parent.data.metrics if m.startswith("cache/")]
     assert parent.data.tags["saeception.verdict"].startswith("sae_u: ")
+    # The sweep's direct children are its trials and one confirmation run, whose children are the arms.
+    direct = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    (confirmation,) = [x for x in direct if x.data.tags["saeception.role"] == "confirmation"]
+    assert len(direct) == 3 and confirmation.info.status == "FINISHED"
+    arms = [x for x in runs if x.data.tags.get("saeception.role") in ("confirm", "control")]
+    assert len(arms) == 15 and {x.data.tags["mlflow.parentRunId"] for x in arms} == {confirmation.info.run_id}
+    confirmation = client.get_run(confirmation.info.run_id)
+    assert {"confirm_best_sae_u_mean", "confirm_p_family_random_sae_u"} <= set(confirmation.data.metrics)
+    assert confirmation.data.tags["saeception.verdict.random.sae_u"] in VERDICTS
+    assert {"confirmation.png", "confirmation_table.json"} <= {a.path for a in client.list_artifacts(confirmation.info.run_id)}
     assert len(study.trials) == 2  # confirmation runs stay outside the Optuna study
 
     # Per-trial plots, and the review notebook runs headless against this sweep's store.
@@ -169,7 +193,7 @@ def check_through_rest(url: str, parent_id: str, trial_ids: list[str]) -> None:
             assert {"timing/trial_started_at", "timing/worker_started_at", "timing/trainer_finished_at"} <= set(tags)
             assert not [k for k in tags if k.startswith("saeception.") and k.endswith("_at")]
             metrics = {m["key"] for m in run["data"]["metrics"]}
-            assert "cache/hits" in metrics and not [m for m in metrics if m.startswith("cache_")]
+            assert "cache/hits" in tags and not [m for m in metrics if m.startswith(("cache/", "cache_"))]
     logged = json.loads({t["key"]: t["value"] for t in rest(url, f"runs/get?run_id={parent_id}")["run"]["data"]["tags"]}
                         ["mlflow.loggedArtifacts"])
     assert {"path": "confirmation_table.json", "type": "table"} in logged
@@ -222,7 +246,7 @@ def execute_review_notebook(uri: str, sweep: str, workdir: Path, experiment: str
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
     assert len(images) >= 3  # the sweep's plots and the trajectories
-    text = "".join(o.get("text", "") for o in outputs)
-    assert "| 1 | sae_u |" in text  # the confirmation table
+    markdown = "".join(o.data.get("text/markdown", "") for o in outputs if o.output_type == "display_data")
+    assert "| 1 | sae_u |" in markdown  # the confirmation table, rendered as Markdown
 
 

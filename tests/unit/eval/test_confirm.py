@@ -421,11 +421,37 @@ def test_a_diverged_arm_is_reported_and_the_others_run(tmp_path, monkeypatch):
     assert diverged == [("prototype", "aux loss is nan")] and set(h) == {"best", "aux0"}
 
 
-def test_plot_writes_png(tmp_path):
-    rows = [{"cycle": c, "metric": "sae_u", "n_seeds": 3, **{f"{a}_{s}": 0.1 * c for a in ("best", "aux0", "random") for s in ("mean", "sd")}}
-            for c in (0, 1)]
-    out = confirmation_plot(rows, tmp_path / "c.png")
+def test_the_confirmation_plot_is_a_forest_of_the_differences_the_verdict_rests_on(tmp_path, monkeypatch):
+    """confirmation.png draws, per headline metric and control at the last cycle, best − control with its anytime-valid
+    interval (not the arm means), the margin band and the verdict; an unbounded interval (3 seeds) still draws."""
+    import matplotlib.axes
+
+    settings = ConfirmSettings(controls=("aux0", "random"))
+    g = random.Random(1)
+    res = {"best": {}, "aux0": {}, "random": {}}
+    for s in range(1, 11):
+        b = 0.6 + g.gauss(0, 0.01)
+        res["best"][s] = {c: {"sae_u": b + c, "task_accuracy": 0.95 + g.gauss(0, 0.001)} for c in (0, 1)}
+        res["aux0"][s] = {c: {"sae_u": b - 0.1 + g.gauss(0, 0.002), "task_accuracy": 0.95 + g.gauss(0, 0.001)} for c in (0, 1)}
+        res["random"][s] = {c: {"sae_u": b + g.gauss(0, 0.02), "task_accuracy": 0.95 + g.gauss(0, 0.001)} for c in (0, 1)}
+    rows = summarize(res, ("task_accuracy", "sae_u"), settings, headline=("sae_u", "task_accuracy"))
+    drawn, texts = [], []
+    real_plot, real_text = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, *a, **k: (drawn.append((ax.get_title(), a)), real_plot(ax, *a, **k))[1])
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda ax, x, y, s, *a, **k: (texts.append(s), real_text(ax, x, y, s, *a, **k))[1])
+    out = confirmation_plot(rows, ("sae_u", "task_accuracy"), settings.controls, tmp_path / "c.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by = {r["metric"]: r for r in rows if r["cycle"] == 1}
+    intervals = {tuple(a[0]) for _, a in drawn if len(a[0]) == 2}
+    for m in ("sae_u", "task_accuracy"):
+        for c in settings.controls:
+            lo, hi = by[m][f"ci_{c}"]
+            assert any(x == pytest.approx((lo, hi)) for x in intervals), (m, c)  # the interval, clipped only if unbounded
+            assert [by[m][f"diff_{c}_mean"]] in [list(a[0]) for _, a in drawn if len(a[0]) == 1]
+            assert any(t.startswith(by[m][f"verdict_{c}"] + "\n") for t in texts)
+    assert by["sae_u"]["verdict_aux0"] == "better"
+    few = summarize({a: {s: res[a][s] for s in (1, 2, 3)} for a in res}, ("sae_u",), settings, headline=("sae_u",))
+    assert confirmation_plot(few, ("sae_u",), settings.controls, tmp_path / "few.png").exists()
 
 
 def test_controls_that_would_equal_the_winner_are_found_before_any_seed_runs():

@@ -12,6 +12,8 @@ from saeception.sweep.tracking import (
     Tracker,
     TrackingUnavailable,
     run_tags,
+    run_url,
+    trials_url,
     ui_url,
     unreachable,
 )
@@ -82,6 +84,31 @@ def test_cache_counters_sit_under_a_cache_prefix():
 def test_ui_address_opens_the_model_training_view():
     # MLflow 3.17's UI ignores the experiment kind tag for its GenAI/model-training switch; the URL sets it.
     assert ui_url("http://127.0.0.1:5000/", "7") == "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    assert run_url("http://h:5000", "7", "abc") == "http://h:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
+
+
+def test_the_trials_address_lists_one_sweeps_trials_best_first_in_charts():
+    """The runs page (`/runs`: the experiment's own address drops these parameters, seen in Chromium) with a filter on
+    the sweep's id and role, ordered by the objective in its direction, in the charts view."""
+    import urllib.parse
+
+    url = trials_url("http://h:5000", "7", "s1d", "val_loss", "min")
+    path, _, query = url.partition("?")
+    assert path == "http://h:5000/#/experiments/7/runs"
+    q = dict(urllib.parse.parse_qsl(query))
+    assert q == {"workflowType": "machine_learning", "compareRunsMode": "CHART", "orderByKey": "metrics.`val_loss`",
+                 "orderByAsc": "true", "searchFilter": "tags.`saeception.role` = 'trial' and tags.`saeception.sweep_id` = 's1d'"}
+    assert dict(urllib.parse.parse_qsl(trials_url("b", "7", "s", "val_sae_u", "max").partition("?")[2]))["orderByAsc"] == "false"
+
+
+def test_runs_under_a_sweep_carry_its_name_and_id(tracker):
+    parent = tracker.sweep_run("e", "sw", reuse=False, sweep_id="s1d")
+    run = tracker.child_run(parent, "confirmation-k", role="confirmation", name="c")
+    arm = tracker.child_run(run, "best-seed1-k", role="confirm", name="a")
+    for r in (run, arm):
+        tags = tracker.client.get_run(r).data.tags
+        assert tags["saeception.sweep_id"] == "s1d" and tags["saeception.sweep"] == "sw"
+    assert {r.info.run_id for r in tracker.descendants(parent)} == {run, arm}
 
 
 def test_an_mlflow_server_that_does_not_answer_is_told_apart_from_other_mlflow_errors(tracker, monkeypatch):
