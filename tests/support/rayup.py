@@ -3,8 +3,8 @@
 The generated file is cluster-onprem.yaml with what only a real LAN and Docker have replaced: the head is
 127.0.0.1 reached through the test's sshd (a free port, `ssh_proxy_command`), no workers, no `docker:`
 section (the node runs this checkout's venv instead of the image) and no `initialization_commands` (the
-Docker host's `sudo mkdir`); the head's disk and the NFS export are folders of the test, and the GCS and
-MLflow ports free ones. Every setup and start command is the shipped file's own. What the image's
+Docker host's `sudo mkdir`); the head's disk and the NFS export are folders of the test, and the GCS, dashboard
+and MLflow ports free ones. Every setup and start command is the shipped file's own. What the image's
 `docker run -e` options set, the sshd sets for the node's sessions (`SetEnv`), with the node's HOME: the
 file mounts then land in the test's folders, not in the user's ~.
 """
@@ -40,6 +40,7 @@ class Node:
     ssh_port: int
     gcs_port: int
     mlflow_port: int
+    dashboard_port: int
 
     @property
     def home(self) -> Path:  # the node's HOME
@@ -65,8 +66,13 @@ class Node:
     def mlflow_uri(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
+    @property
+    def dashboard_uri(self) -> str:  # the head's dashboard and job API (what `ray dashboard` forwards)
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
     def substitute(self, text: str) -> str:
         text = text.replace("/var/lib/saeception", str(self.head_disk)).replace("/mnt/nfs/saeception", str(self.nfs))
+        text = text.replace("--dashboard-host=127.0.0.1", f"--dashboard-host=127.0.0.1 --dashboard-port={self.dashboard_port}")
         return re.sub(r"\b6379\b", str(self.gcs_port), text).replace("--port 5000", f"--port {self.mlflow_port}")
 
     def client_env(self, **extra: str) -> dict[str, str]:
@@ -130,7 +136,7 @@ def make_node() -> Node:
     import tempfile
 
     base = Path(tempfile.mkdtemp(prefix="rup", dir="/tmp"))
-    node = Node(base, free_port(), free_port(), free_port())
+    node = Node(base, free_port(), free_port(), free_port(), free_port())
     for d in (node.home, node.client, node.head_disk, node.nfs, base / "rt"):
         d.mkdir()
     return node

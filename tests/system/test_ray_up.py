@@ -1,6 +1,8 @@
 """`ray up` for real, as a user runs it, on this machine: the cluster launcher over SSH to an on-prem head at
 127.0.0.1 (cluster-onprem.yaml's own commands, tests/support/rayup.py), token auth, MLflow on the head, a
-sweep through `ray exec`, and `ray down` leaving nothing behind.
+sweep through `ray exec` and one through `ray job submit` (the dashboard's job API, token required), and
+`ray down` leaving nothing behind. No worker node joins: on one machine its start commands' `ray stop` would
+stop the head's Ray too (docs/development.md).
 
 `ray stop`, which the cluster file runs on its node, stops every Ray process of this user on the machine:
 run this test alone (`python -m pytest -m ray_up`), never beside another Ray job of yours.
@@ -74,6 +76,19 @@ def test_ray_up_sweep_and_ray_down_on_this_machine():
         assert len(trials) == 1 and trials[0].info.status == "FINISHED"
         assert json.loads((node.nfs / "sweeps" / "on-head" / "sweep.json").read_text())["trials"] == 1
         assert (node.head_disk / "sweeps").is_dir()  # the Optuna study on the head's own disk (SAECEPTION_STATE_DIR)
+
+        # docs/cluster.md's `ray job submit` through the dashboard's job API (what `ray dashboard` forwards): refused
+        # without the cluster's token, run with it.
+        job = [ray, "job", "submit", "--address", node.dashboard_uri, "--",
+               *sweep.replace("--name on-head", "--name via-job").split()]
+        refused = _run(job, {**env, "RAY_AUTH_TOKEN": "0" * 32}, timeout=120)
+        assert refused.returncode != 0 and "Invalid authentication token" in refused.stdout + refused.stderr, refused.stderr[-2000:]
+        submitted = _run(job, env, timeout=900)
+        assert submitted.returncode == 0 and "sweep via-job: 1 trials finished" in submitted.stdout, \
+            submitted.stdout[-4000:] + submitted.stderr[-3000:]
+        runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+        assert {r.data.tags.get("saeception.sweep") for r in runs if r.data.tags.get("saeception.role") == "trial"} == \
+            {"on-head", "via-job"}
 
         down = _run([ray, "down", "-y", str(node.cluster_file)], env, timeout=300)
         assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
