@@ -43,7 +43,10 @@ from saeception.sweep.vocab import (
     FINAL_CYCLE,
     HISTORY,
     KEY_TAG,
+    LAST_REPORT_TAG,
+    REPORTED_AT,
     RUN_KEY,
+    RUN_STARTED,
     SAE_SEED_PREFIX,
     SPLITS,
     SPREAD,
@@ -80,12 +83,37 @@ class TrialSpec:
     worker_start_timeout_s: float | None = None
 
 
+@dataclass
+class LazyRun:
+    """A child run the relay opens when its first report arrives (a confirmation arm), so that its start is when its
+    work began and the arms of a trial do not all share the trial's start."""
+
+    parent: str
+    role: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+
+
+def open_run(tracker, run_ids: dict[str, str], lazy: dict[str, LazyRun], key: str, started: float | None) -> str:
+    """The run of `key`: given in `run_ids`, or (a LazyRun) created now with its work's start `started`, or reused
+    by key (a restarted controller, a re-run arm); added to `run_ids`."""
+    if key not in run_ids:
+        run = lazy[key]
+        run_id = tracker.child_run(run.parent, key, role=run.role, name=key, extra_tags=run.tags, start_time=started)
+        tracker.clear_failure(run_id)  # a re-run arm starts clean
+        tracker.set_tags(run_id, {TRAIN_RUN_TAG: run.tags[TRAIN_RUN_TAG],  # a re-run attempt's checkpoints
+                                  f"{TIMING}trainer_started_at": f"{time.time():.3f}"})
+        tracker.log_params(run_id, run.params)
+        run_ids[key] = run_id
+    return run_ids[key]
+
+
 class MlflowRelay(TuneReportCallback):
     """Logs rank 0's reports to MLflow, then forwards them (without the relay's fields) to Tune."""
 
-    def __init__(self, mlflow_uri: str, run_ids: dict[str, str]):
+    def __init__(self, mlflow_uri: str, run_ids: dict[str, str], lazy: dict[str, LazyRun] | None = None):
         super().__init__()
-        self.mlflow_uri, self.run_ids = mlflow_uri, run_ids
+        self.mlflow_uri, self.run_ids, self.lazy = mlflow_uri, dict(run_ids), lazy or {}
         self._tracker = None
         self._with_dataset: set[str] = set()
 
@@ -95,8 +123,9 @@ class MlflowRelay(TuneReportCallback):
         tags = json.loads(first.pop(TAGS, "{}"))
         data = json.loads(first.pop(SPLITS, "null"))
         spread = json.loads(first.pop(SPREAD, "[]"))
-        run_id = self.run_ids[first.pop(RUN_KEY, "")]
+        reported = first.pop(REPORTED_AT, None) or time.time()
         self._tracker = self._tracker or Tracker(self.mlflow_uri)
+        run_id = open_run(self._tracker, self.run_ids, self.lazy, first.pop(RUN_KEY, ""), first.pop(RUN_STARTED, None))
         if data and run_id not in self._with_dataset:
             self._tracker.log_dataset(run_id, data["data"], data["splits"])
             self._with_dataset.add(run_id)
@@ -112,13 +141,15 @@ class MlflowRelay(TuneReportCallback):
         counters = {k: v for k, v in first.items() if k in CACHE_COUNTERS}
         if counters:  # cumulative per trial, as tags (not charts): the last value is the trial's total
             self._tracker.set_tags(run_id, counter_tags(counters))
+        self._tracker.set_tags(run_id, {LAST_REPORT_TAG: f"{reported:.3f}"})
         # Which controller this trial's is: the driver kills one that outlives its trial (sweep/leaks.py).
         first[TRAIN_CONTROLLER] = ray.get_runtime_context().get_actor_id()
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
 def _rank0_report(rank: int, metrics: dict, cycle_dir: Path | None, run_key: str = "", tags: dict | None = None,
-                  checkpoint: bool = False, history: list[dict] | None = None, checkpoint_name: str | None = None) -> None:
+                  checkpoint: bool = False, history: list[dict] | None = None, checkpoint_name: str | None = None,
+                  started: float | None = None) -> None:
     """Every rank reports; rank 0 adds the history (from the cycle directory), the run's data and
     splits (from its results.json), tags and checkpoint (named checkpoint_name, default cycle_NNN)."""
     import ray.train  # lazy: Ray is loaded only in the processes that use it
@@ -129,7 +160,8 @@ def _rank0_report(rank: int, metrics: dict, cycle_dir: Path | None, run_key: str
         return
     if history is None and cycle_dir is not None:
         history = json.loads(CycleDir(cycle_dir).metrics.read_text())["cycles"]
-    payload = {**metrics, HISTORY: json.dumps(history or []), RUN_KEY: run_key, TAGS: json.dumps(tags or {})}
+    payload = {**metrics, HISTORY: json.dumps(history or []), RUN_KEY: run_key, TAGS: json.dumps(tags or {}),
+               REPORTED_AT: time.time(), **({RUN_STARTED: started} if started is not None else {})}
     results = cycle_dir.parent / "results.json" if cycle_dir is not None else None
     if results is not None and results.exists():
         run = json.loads(results.read_text())
@@ -220,6 +252,15 @@ def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
     rank, device, work, cache = _worker_context(loop_config)
     last = build_config(loop_config["values"]).chain.cycles
     key, arms = loop_config["key"], tuple(loop_config["arms"])
+    # The arms run one after another: an arm's work began when the previous arm's last report went out (or its
+    # seed began). Its first report carries that time, its MLflow run's start.
+    began: dict[str, float] = {}
+    last_event = [time.time()]
+
+    def started(run_key: str) -> float:
+        began.setdefault(run_key, last_event[0])
+        return began[run_key]
+
     try:
         for seed in loop_config["seeds"]:
             export = seed == loop_config.get("export_seed")
@@ -228,18 +269,24 @@ def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
                 # The history carries cycle 0 into the controls' runs (they inherit it from `best`). The
                 # export seed's last cycle of each arm is checkpointed: the sweep exports it.
                 keep = export and cycle == last
+                run_key = arm_run_key(key, arm, seed)
                 _rank0_report(rank, _with_cache_stats({"arm": arm, "seed": seed, **metrics}, cache), cycle_dir,
-                              run_key=arm_run_key(key, arm, seed), checkpoint=keep,
-                              checkpoint_name=arm_checkpoint(arm, seed) if keep else None)
+                              run_key=run_key, checkpoint=keep, checkpoint_name=arm_checkpoint(arm, seed) if keep else None,
+                              started=started(run_key))
+                last_event[0] = time.time()
 
             def on_diverged(arm: str, reason: str, seed=seed) -> None:
-                _rank0_report(rank, {DIVERGED: reason}, None, run_key=arm_run_key(key, arm, seed))
+                run_key = arm_run_key(key, arm, seed)
+                _rank0_report(rank, {DIVERGED: reason}, None, run_key=run_key, started=started(run_key))
+                last_event[0] = time.time()
 
             def on_spread(arm: str, spread: list[dict], seed=seed) -> None:
                 if rank == 0:
-                    ray.train.report({SPREAD: json.dumps(spread), RUN_KEY: arm_run_key(key, arm, seed)})
+                    ray.train.report({SPREAD: json.dumps(spread), RUN_KEY: arm_run_key(key, arm, seed),
+                                      REPORTED_AT: time.time()})
                 else:
                     ray.train.report({})
+                last_event[0] = time.time()
 
             run_arms(loop_config["values"], seed, work / f"seed{seed}", on_cycle=on_cycle, device=device, cache=cache,
                      arms=arms, sae_seeds=int(loop_config.get("sae_seeds", 0)), on_diverged=on_diverged,
@@ -252,11 +299,12 @@ HEALTH_CHECK_INTERVAL_S = 0.2
 
 
 def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids: dict[str, str], tracker,
-         keep_checkpoints: int | None = 2, per_run_failures: bool = False) -> None:
+         keep_checkpoints: int | None = 2, per_run_failures: bool = False, lazy: dict[str, LazyRun] | None = None) -> None:
     """Runs one TorchTrainer for the trial and closes its MLflow runs (FAILED with the reason on error).
     keep_checkpoints: how many of the latest checkpoints Ray keeps (None: all). per_run_failures: a run
     whose chain diverged is closed FAILED and the others FINISHED (the confirmation's arms), instead of
-    the trial failing."""
+    the trial failing, each ended at its last report. lazy: runs the relay opens at their first report (those
+    that never reported have no run)."""
     import ray.train  # lazy: Ray is loaded only in the processes that use it
     from ray.train.torch import TorchTrainer  # lazy: Ray is loaded only in the processes that use it
 
@@ -280,7 +328,7 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
             storage_path=spec.train_dir,
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures, controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
-            callbacks=[MlflowRelay(spec.mlflow_uri, run_ids)],
+            callbacks=[MlflowRelay(spec.mlflow_uri, run_ids, lazy)],
         ),
     )
     for run_id in run_ids.values():
@@ -297,14 +345,24 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
             # The confirmation's arms: the driver closes the ones that did not finish KILLED once Tune returns, and
             # --resume runs them again. Closing them FAILED here raced that pass (a Ctrl-C CI run saw one FAILED).
             raise
-        for run_id in run_ids.values():
+        for run_id in _opened(tracker, run_ids, lazy).values():
             _close(tracker, run_id, failed=f"{type(e).__name__}: {e}")
         raise
     finished = time.time()
-    for run_id in run_ids.values():
+    for run_id in _opened(tracker, run_ids, lazy).values():
         tracker.set_tags(run_id, {f"{TIMING}trainer_finished_at": f"{finished:.3f}"})
         _log_trial_plot(tracker, run_id)
-        _close(tracker, run_id, failed=tracker.failure(run_id) if per_run_failures else None)
+        if per_run_failures:  # an arm ends at its last report, not when the trial's last arm does
+            last = tracker.client.get_run(run_id).data.tags.get(LAST_REPORT_TAG)
+            _close(tracker, run_id, failed=tracker.failure(run_id), end_time=float(last) if last else None)
+        else:
+            _close(tracker, run_id)
+
+
+def _opened(tracker, run_ids: dict[str, str], lazy: dict[str, LazyRun] | None) -> dict[str, str]:
+    """The trial's runs: those it was given and the lazy ones the relay opened (found by key)."""
+    found = {key: tracker.child_run_by_key(run.parent, key) for key, run in (lazy or {}).items()}
+    return {**run_ids, **{key: r.info.run_id for key, r in found.items() if r is not None}}
 
 
 def interrupted(e: BaseException) -> bool:
@@ -315,13 +373,13 @@ def interrupted(e: BaseException) -> bool:
     return isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.TaskCancelledError, KeyboardInterrupt, SystemExit))
 
 
-def _close(tracker, run_id: str, failed: str | None = None) -> None:
+def _close(tracker, run_id: str, failed: str | None = None, end_time: float | None = None) -> None:
     """Ends the trial's run, unless the driver closed it: a trial a scheduler stopped (KILLED,
     saeception.stopped_at_cycle; the tag may come before the status) or a confirmation arm a Ctrl-C stopped
     (KILLED). The trial's actor going away (its controller's death raised here) must not overwrite that."""
     run = tracker.client.get_run(run_id)
     if STOPPED_AT not in run.data.tags and run.info.status != "KILLED":
-        tracker.finish(run_id, failed=failed)
+        tracker.finish(run_id, failed=failed, end_time=end_time)
 
 
 def _log_trial_plot(tracker, run_id: str) -> None:
@@ -359,16 +417,13 @@ def confirm_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     key, arms = config["key"], list(config["arms"])
     train_run = confirm_run_name(config["attempt"], seeds)
     tracker = Tracker(spec.mlflow_uri)
-    run_ids: dict[str, str] = {}
-    for seed in seeds:
-        for arm in arms:
-            values = seed_values(spec.fixed, arm, seed)
-            run_key = arm_run_key(key, arm, seed)
-            run_ids[run_key] = tracker.child_run(
-                spec.parent_run_id, run_key, role="confirm" if arm == "best" else "control", name=run_key,
-                extra_tags={**(spec.run_tags or {}), "saeception.arm": arm, "saeception.seed": str(seed), KEY_TAG: key})
-            tracker.set_tags(run_ids[run_key], {TRAIN_RUN_TAG: train_run})  # a re-run attempt's checkpoints
-            tracker.log_params(run_ids[run_key], to_flat_dict(build_config(values)))
+    # Each arm's run is opened by the relay when the arm's first report arrives (with the arm's own start), so the
+    # MLflow UI shows each arm's real duration.
+    lazy = {arm_run_key(key, arm, seed): LazyRun(
+        parent=spec.parent_run_id, role="confirm" if arm == "best" else "control",
+        tags={**(spec.run_tags or {}), "saeception.arm": arm, "saeception.seed": str(seed), KEY_TAG: key,
+              TRAIN_RUN_TAG: train_run},
+        params=to_flat_dict(build_config(seed_values(spec.fixed, arm, seed)))) for seed in seeds for arm in arms}
     _fit(spec, _confirm_worker_loop, {"values": spec.fixed, "seeds": seeds, "export_seed": config.get("export_seed"),
                                       "key": key, "arms": arms, "sae_seeds": int(config.get("sae_seeds", 0))},
-         train_run, run_ids, tracker, keep_checkpoints=None, per_run_failures=True)
+         train_run, {}, tracker, keep_checkpoints=None, per_run_failures=True, lazy=lazy)

@@ -38,6 +38,8 @@ from .plots import confirmation_plot
 from .tracking import FAILURE
 from .vocab import KEY_TAG, SAE_SEED_PREFIX, TRAIN_RUN_TAG, VERDICT_TAG
 
+# The most metrics the sweep's run holds: a handful to find the answer by, not the confirmation's every number.
+PARENT_METRICS = 60
 # The confirmation run's key (its saeception.trial_id) under the sweep's run, from the confirmation's key.
 CONFIRMATION_KEY = "confirmation-{}"
 
@@ -286,13 +288,18 @@ def _write(p: Plan, tracker, parent: str, run: str, rows, settings, headline, li
         tracker.log_table(target, table_rows(rows, settings, headline), CONFIRMATION_TABLE)
     tags = {VERDICT_TAG: line}
     last = max(r["cycle"] for r in rows)
+    # At most PARENT_METRICS on the sweep's run with its best_<objective> ones: the intervals go too while they fit.
+    intervals = len(p.space.metrics) + 3 * len(headline) * len(settings.controls) <= PARENT_METRICS
     for r in rows:
         if r["metric"] not in headline:
             continue
         stats = {f"confirm_{a}_{r['metric']}_mean": r[f"{a}_mean"] for a in settings.arms}
         tracker.log_metrics(run, {**stats, **comparison_stats(r, settings.controls)}, step=r["cycle"])
         if r["cycle"] == last:
-            tracker.log_metrics(parent, comparison_stats(r, settings.controls, detail=False), step=last)
+            on_parent = comparison_stats(r, settings.controls, detail=False)
+            if not intervals:
+                on_parent = {k: v for k, v in on_parent.items() if k.startswith("confirm_diff_")}
+            tracker.log_metrics(parent, on_parent, step=last)
             tags.update({f"{VERDICT_TAG}.{c}.{r['metric']}": r[f"verdict_{c}"] for c in settings.controls
                          if f"verdict_{c}" in r})
     tracker.set_tags(run, tags)

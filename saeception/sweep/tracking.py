@@ -247,8 +247,10 @@ class Tracker:
         run = self.client.create_run(exp_id, run_name=sweep, tags={**(tags or {}), ROLE: "sweep", SWEEP: sweep, **ids})
         return run.info.run_id
 
-    def child_run(self, parent_id: str, key: str, role: str, name: str, extra_tags: dict[str, str] | None = None) -> str:
-        """A child of `parent_id` identified by `key` (a trial id). A restarted trial gets its existing run back."""
+    def child_run(self, parent_id: str, key: str, role: str, name: str, extra_tags: dict[str, str] | None = None,
+                  start_time: float | None = None) -> str:
+        """A child of `parent_id` identified by `key` (a trial id). A restarted trial gets its existing run back.
+        `start_time` (seconds since the epoch, default now): when a new run's work began."""
         parent = self.client.get_run(parent_id)
         exp_id = parent.info.experiment_id
         found = self._find(exp_id, {PARENT: parent_id, TRIAL_ID: key})
@@ -259,7 +261,8 @@ class Tracker:
         # The sweep's name and id travel down to every run under it (a filter on them lists one sweep's trials).
         ids = {SWEEP_ID: parent.data.tags[SWEEP_ID]} if SWEEP_ID in parent.data.tags else {}
         tags = {**(extra_tags or {}), PARENT: parent_id, ROLE: role, TRIAL_ID: key, SWEEP: parent.data.tags.get(SWEEP, ""), **ids}
-        return self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+        start = int(start_time * 1000) if start_time is not None else None
+        return self.client.create_run(exp_id, run_name=name, tags=tags, start_time=start).info.run_id
 
     def child_run_by_key(self, parent_id: str, key: str):
         """The child run of `parent_id` identified by `key` (trial id, or "<arm>-seed<seed>"), or None."""
@@ -357,11 +360,13 @@ class Tracker:
         if self.failure(run_id) is not None:
             self.client.delete_tag(run_id, FAILURE)
 
-    def finish(self, run_id: str, failed: str | None = None) -> None:
-        """Ends a run: FINISHED, or FAILED with the reason in the saeception.failure tag."""
+    def finish(self, run_id: str, failed: str | None = None, end_time: float | None = None) -> None:
+        """Ends a run: FINISHED, or FAILED with the reason in the saeception.failure tag; `end_time` (seconds since
+        the epoch, default now): when its work ended."""
         if failed:
             self.client.set_tag(run_id, FAILURE, redact(failed)[:5000])  # an error may quote a URI
-        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        end = int(end_time * 1000) if end_time is not None else None
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED", end_time=end)
 
 
 def counter_tags(counters: dict[str, float]) -> dict[str, str]:

@@ -22,6 +22,8 @@ RUN_KEY = "_saeception_run"  # which MLflow run (confirmation trials hold severa
 TAGS = "_saeception_tags"  # JSON dict of tags for that run
 SPLITS = "_saeception_splits"  # JSON {"data": data config, "splits": results.json's split identities}
 SPREAD = "_saeception_sae_seeds"  # JSON list of the extra SAEs' metrics (confirmation, one arm of one seed)
+RUN_STARTED = "_saeception_run_started"  # when that run's work began (seconds since the epoch): its MLflow start
+REPORTED_AT = "_saeception_reported_at"  # when rank 0 made the report (seconds since the epoch)
 # Fields Tune sees.
 DIVERGED = "saeception_diverged"  # the chain's loss became NaN/inf: the reason
 FINAL_CYCLE = "final_cycle"  # the trial's last cycle (chain.cycles): a result before it is not a finished trial
@@ -33,6 +35,7 @@ KEY_TAG = "saeception.confirm_key"  # which confirmation (winner + settings) a c
 TRAIN_RUN_TAG = "saeception.train_run"  # the Train run holding a confirmation arm's checkpoints
 SAE_SEED_PREFIX = "sae_seed/"  # the extra SAEs' metrics on each confirmation arm's run, step = SAE seed 1..n
 VERDICT_TAG = "saeception.verdict"  # the verdict line; .<control>.<metric> the verdicts
+LAST_REPORT_TAG = "timing/last_report_at"  # when rank 0 made a run's last report: a confirmation arm's end
 
 # The Optuna trial's user attribute naming its Tune trial.
 TUNE_TRIAL_ATTR = "tune_trial_id"

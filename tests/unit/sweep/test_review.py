@@ -2,6 +2,7 @@
 winner and the headline comparisons with a handful of metrics; the confirmation is one run holding its arms; the
 terminal shows plain text under 120 columns; cache counters are tags, not charts."""
 
+import math
 import random
 from types import SimpleNamespace
 
@@ -31,8 +32,8 @@ def tracker(tmp_path):
     return Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-def _plan(tmp_path, seeds=10):
-    space = SimpleNamespace(metrics=["val_sae_u"], modes=["max"])
+def _plan(tmp_path, seeds=10, objectives=("val_sae_u",)):
+    space = SimpleNamespace(metrics=list(objectives), modes=["max"] * len(objectives))
     return SimpleNamespace(name="sw", sweep_dir=tmp_path, space=space, confirm=SimpleNamespace(seeds=seeds))
 
 
@@ -53,6 +54,18 @@ def test_the_sweep_run_holds_a_handful_of_metrics_and_the_confirmation_run_the_r
     for r in (parent, run):
         assert {"confirmation.png", "confirmation_table.json", "confirmation.md"} <= {
             a.path for a in tracker.client.list_artifacts(r)}
+    # Four objectives: five headline metrics x five controls would be 75 with the intervals: the differences only.
+    many = ("sae_u", "sae_csi", "probe_accuracy", "loss_recovered", "task_accuracy")
+    g = random.Random(1)
+    wide = summarize({a: {s: {2: {m: 0.5 + 0.1 * (a == "best") + g.gauss(0, 0.01) for m in many}} for s in range(1, 31)}
+                      for a in SETTINGS.arms}, many, SETTINGS, headline=many)
+    assert all(math.isfinite(r["ci_aux0"][0]) for r in wide)  # the intervals exist: they are left out, not missing
+    other = tracker.sweep_run("e", "wide", reuse=False)
+    _write(_plan(tmp_path, objectives=("val_sae_u", "val_sae_csi", "val_probe_accuracy", "val_loss_recovered")), tracker,
+           other, tracker.child_run(other, "confirmation-w", role="confirmation", name="c"), wide, SETTINGS, many,
+           verdict_line(wide, many, SETTINGS.controls))
+    metrics = tracker.client.get_run(other).data.metrics
+    assert len(metrics) == 25 and all(k.startswith("confirm_diff_") for k in metrics)
 
 
 def test_the_confirmation_table_opens_on_the_last_cycle_and_its_headline_metrics():
@@ -112,3 +125,29 @@ def test_cache_counters_are_tags_summed_over_trials_and_confirmation_arms(tracke
     data = tracker.client.get_run(parent).data
     assert data.tags["cache/hits"] == "6" and data.tags["cache/misses"] == "3" and data.tags["cache/seconds_saved"] == "3.5"
     assert data.metrics == {} and "6 hits, 3 misses" in capsys.readouterr().out
+
+
+def test_a_confirmation_arm_runs_from_its_own_start_to_its_last_report(tracker):
+    """Arms run one after another in one trial: each arm's run is opened by the relay at its first report with the
+    time its work began, and closed at its last report (they all used to open together at the trial's start and
+    close together at its end). A restarted controller's relay finds the run by key, never a duplicate."""
+    from saeception.sweep.vocab import LAST_REPORT_TAG, TRAIN_RUN_TAG
+    from trainables.chain_trainable import LazyRun, _close, _opened, open_run
+
+    parent = tracker.sweep_run("e", "sw", reuse=False)
+    run = tracker.child_run(parent, "confirmation-k", role="confirmation", name="confirmation-k")
+    lazy = {k: LazyRun(parent=run, role="control", tags={"saeception.arm": k, TRAIN_RUN_TAG: "confirm-x"},
+                       params={"sae.k": 4}) for k in ("aux0-seed1-k", "random-seed1-k", "never-seed1-k")}
+    opened: dict[str, str] = {}  # the relay's
+    first = open_run(tracker, opened, lazy, "aux0-seed1-k", started=1_000.0)
+    assert open_run(tracker, opened, lazy, "aux0-seed1-k", started=2_000.0) == first  # later reports of the same arm
+    second = open_run(tracker, opened, lazy, "random-seed1-k", started=1_500.0)
+    assert open_run(tracker, {}, lazy, "random-seed1-k", started=3_000.0) == second  # a restarted controller's relay
+    info = tracker.client.get_run(first)
+    assert info.info.start_time == 1_000_000 and info.data.params == {"sae.k": "4"}
+    assert info.data.tags[TRAIN_RUN_TAG] == "confirm-x" and info.data.tags["saeception.arm"] == "aux0-seed1-k"
+    assert tracker.client.get_run(second).info.start_time == 1_500_000
+    assert _opened(tracker, {}, lazy) == {"aux0-seed1-k": first, "random-seed1-k": second}  # "never" never reported
+    tracker.set_tags(first, {LAST_REPORT_TAG: "1400.000"})
+    _close(tracker, first, end_time=1_400.0)
+    assert tracker.client.get_run(first).info.end_time == 1_400_000
