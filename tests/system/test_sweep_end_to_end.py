@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from paths import REPO, TINY
+from review_notebook import run_review_notebook
 
 from saeception.eval.confirm import VERDICTS
 
@@ -143,6 +144,10 @@ def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
     assert len(direct) == 3 and confirmation.info.status == "FINISHED"
     arms = [x for x in runs if x.data.tags.get("saeception.role") in ("confirm", "control")]
     assert len(arms) == 15 and {x.data.tags["mlflow.parentRunId"] for x in arms} == {confirmation.info.run_id}
+    # Real durations: the arms ran one after another (one trial), each from its own start to its last report.
+    spans = sorted((x.info.start_time, x.info.end_time) for x in arms)
+    assert all(start < end for start, end in spans) and len({start for start, _ in spans}) == 15
+    assert all(end <= later + 1000 for (_, end), (later, _) in zip(spans, spans[1:]))  # no two arms overlap (1 s)
     confirmation = client.get_run(confirmation.info.run_id)
     assert {"confirm_best_sae_u_mean", "confirm_p_family_random_sae_u"} <= set(confirmation.data.metrics)
     assert confirmation.data.tags["saeception.verdict.random.sae_u"] in VERDICTS
@@ -228,21 +233,7 @@ def check_best_export(client, parent_id: str, dest: Path, storage: Path) -> None
 
 
 def execute_review_notebook(uri: str, sweep: str, workdir: Path, experiment: str = "saeception") -> None:
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(REPO / "notebooks" / "review_sweep.ipynb", as_version=4)
-    keys = ("SAECEPTION_TRACKING_URI", "SAECEPTION_SWEEP", "SAECEPTION_EXPERIMENT")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(SAECEPTION_TRACKING_URI=uri, SAECEPTION_SWEEP=sweep, SAECEPTION_EXPERIMENT=experiment)
-    try:
-        # startup_timeout: a kernel starting on a loaded 2-core machine took over nbclient's default 60 s once.
-        NotebookClient(nb, timeout=300, startup_timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(workdir)}}).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    outputs = [o for c in run_review_notebook(uri, sweep, workdir, experiment) for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
     assert len(images) >= 3  # the sweep's plots and the trajectories

@@ -2,15 +2,13 @@
 local sqlite MLflow store as the sweep lays it out (no Ray): every figure is drawn as an image and the confirmation
 table is shown as Markdown. tests/system/test_sweep_end_to_end.py runs it against a real sweep as well."""
 
-import os
 
 import pytest
 from matplotlib.figure import Figure
-from paths import REPO
+from review_notebook import NOTEBOOK, run_review_notebook
 
 from saeception.sweep.tracking import Tracker, sqlite_uri
 
-NOTEBOOK = REPO / "notebooks" / "review_sweep.ipynb"
 CONFIRMATION_ROW = "| 1 | sae_u | random | 0.0500 |"
 # Code cells that draw: each must show an image, never a figure's text form.
 DRAWS = ("display(Image(", "plt.subplots(")
@@ -56,29 +54,9 @@ def sweep(tmp_path):
     return tracker.uri, "review"
 
 
-def execute(uri: str, sweep: str, workdir) -> list:
-    """The notebook's code cells after a headless run, as a user would see them."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    keys = ("SAECEPTION_TRACKING_URI", "SAECEPTION_SWEEP", "SAECEPTION_EXPERIMENT", "MPLBACKEND")
-    old = {k: os.environ.get(k) for k in keys}
-    # MPLBACKEND=Agg, as a headless machine may set it: the notebook must draw inline all the same.
-    os.environ.update(SAECEPTION_TRACKING_URI=uri, SAECEPTION_SWEEP=sweep, SAECEPTION_EXPERIMENT="saeception",
-                      MPLBACKEND="Agg")
-    try:
-        # startup_timeout: a kernel starting on a loaded 2-core machine took over nbclient's default 60 s once.
-        NotebookClient(nb, timeout=300, startup_timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(workdir)}}).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    return [c for c in nb.cells if c.cell_type == "code"]
-
-
 def test_the_notebook_renders_every_figure_and_the_confirmation_as_markdown(sweep, tmp_path):
-    cells = execute(*sweep, tmp_path)
+    # MPLBACKEND=Agg, as a headless machine may set it: the notebook must draw inline all the same.
+    cells = run_review_notebook(*sweep, tmp_path, MPLBACKEND="Agg")
     outputs = [o for c in cells for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"], [o.get("evalue") for o in outputs]
     # A figure the notebook could not display shows as its text form alone, "<Figure size 1500x350 with 3 Axes>".
