@@ -1,6 +1,7 @@
 """A sweep's state belongs to it: resource planning, stored identity, the one-driver lock, where its
 databases live, and credentials kept out of everything it prints or stores. No Ray cluster here."""
 
+import atexit
 import hashlib
 import json
 import os
@@ -299,6 +300,7 @@ def _lease_until_lost(monkeypatch, tamper) -> tuple[list[str], float]:
             time.sleep(0.02)
     finally:
         lease._stop.set()
+        atexit.unregister(lease.release)  # tampered with: releasing it at the interpreter's exit would raise there
     return told, time.time() - t0
 
 
