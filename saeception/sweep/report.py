@@ -214,8 +214,9 @@ def log_winner(tracker, parent: str, top: dict[str, Any]) -> None:
 
 
 def _cell(v: Any) -> str:
+    """A value in a Markdown table cell: a float to 4 significant digits ("-" when not finite), a pipe escaped."""
     if isinstance(v, float):
-        return "-" if not math.isfinite(v) else f"{v:+.4g}" if v < 0 else f"{v:.4g}"
+        return f"{v:.4g}" if math.isfinite(v) else "-"
     return str(v).replace("|", "\\|")
 
 
