@@ -1,10 +1,13 @@
 """A real `mlflow server` on loopback for a test: SQLite backend and served artifacts under one folder,
-stoppable and restartable on the same port (an outage)."""
+stoppable and restartable on the same port (an outage). The port is bound once, by this object, and held until
+`close()`: each server started gets that listening socket (uvicorn's `--fd`, as its standard input), and
+`Unavailable` answers on it while the server is down, so no other process can take the port between them."""
 
 from __future__ import annotations
 
 import http.server
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -12,14 +15,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-from raytools import free_port, kill_all, pids_mentioning
+from raytools import kill_all, pids_mentioning
 
 
 class MlflowServer:
-    def __init__(self, home: Path, port: int | None = None):
+    def __init__(self, home: Path):
         self.home = home
         self.home.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))  # the kernel's choice, held: bound, not guessed
+        self.socket.listen(128)
+        self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = home / "mlflow.db"
         self._proc: subprocess.Popen | None = None
@@ -28,9 +34,11 @@ class MlflowServer:
     def start(self, timeout_s: float = 120) -> MlflowServer:
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db}",
                "--artifacts-destination", str(self.home / "artifacts"), "--host", "127.0.0.1", "--port",
-               str(self.port), "--workers", "1"]
+               str(self.port), "--workers", "1", "--uvicorn-opts", "--fd 0"]
         self._log = open(self.home / "server.log", "a")
-        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.home,
+        # The held socket as the server's standard input (mlflow server passes it on to uvicorn, which
+        # serves on fd 0 instead of binding --host/--port itself).
+        self._proc = subprocess.Popen(cmd, stdin=self.socket.fileno(), stdout=self._log, stderr=subprocess.STDOUT, cwd=self.home,
                                       env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
         deadline = time.time() + timeout_s
         while not self.healthy():
@@ -45,7 +53,8 @@ class MlflowServer:
             return False
 
     def stop(self) -> None:
-        """SIGTERM to the server and its workers, SIGKILL to whatever is left: nothing answers on the port."""
+        """SIGTERM to the server and its workers, SIGKILL to whatever is left. The port stays bound (this
+        object's socket): a request waits in its backlog, answered by `Unavailable` or the next server."""
         if self._proc is not None:
             self._proc.terminate()
             try:
@@ -58,16 +67,21 @@ class MlflowServer:
         self._proc = self._log = None
         assert not pids_mentioning(str(self.home))
 
+    def close(self) -> None:
+        """stop(), and the port released."""
+        self.stop()
+        self.socket.close()
+
     def log_tail(self) -> str:
         path = self.home / "server.log"
         return path.read_text()[-2000:] if path.exists() else ""
 
 
 class Unavailable:
-    """What a proxy in front of a stopped MLflow server answers: 503 to every request, on the server's port,
-    counting them (`with Unavailable(port) as outage: ... outage.requests`)."""
+    """What a proxy in front of a stopped MLflow server answers: 503 to every request, on the server's held
+    socket, counting them (`with Unavailable(server.socket) as outage: ... outage.requests`)."""
 
-    def __init__(self, port: int):
+    def __init__(self, listening: socket.socket):
         outage = self
         self.requests = 0
 
@@ -83,7 +97,9 @@ class Unavailable:
             def log_message(self, *args):
                 pass
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._httpd = http.server.ThreadingHTTPServer(listening.getsockname(), Handler, bind_and_activate=False)
+        self._httpd.socket.close()
+        self._httpd.socket = listening  # already bound and listening; not closed here (its owner's)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> Unavailable:
@@ -92,5 +108,4 @@ class Unavailable:
 
     def __exit__(self, *exc) -> None:
         self._httpd.shutdown()
-        self._httpd.server_close()
         self._thread.join()
