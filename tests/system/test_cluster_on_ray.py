@@ -16,7 +16,10 @@ SIMULATED_CLUSTER = """
 import subprocess, sys
 from ray.cluster_utils import Cluster
 
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"saeception_head": 1000}})
+# dashboard_port None: the first free port from 8265 on (Cluster's default binds 8265 or fails, and another test's
+# Ray may hold it: the suite runs two tests at once).
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"saeception_head": 1000},
+                                                        "dashboard_port": None})
 try:
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -59,7 +62,7 @@ import ray, sys
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "dashboard_port": None})  # as above
 try:
     cluster.add_node(num_cpus=1, resources={"worker_node": 1})
     cluster.wait_for_nodes()
@@ -79,7 +82,9 @@ try:
     ray.get(group.ready())
     worker = ray.get(take_a_lock.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
         group, placement_group_capture_child_tasks=True)).remote())
-    (actor,) = [a for a in list_actors(filters=[("class_name", "=", "_Locks")]) if a.state == "ALIVE"]
+    # This cluster's, by address: without one the state API looks for "the" Ray on the machine, and refuses to
+    # choose when another test's is up.
+    (actor,) = [a for a in list_actors(address=cluster.address, filters=[("class_name", "=", "_Locks")]) if a.state == "ALIVE"]
     print(actor.node_id == cluster.head_node.node_id, worker != actor.node_id)
 finally:
     ray.shutdown()

@@ -136,10 +136,13 @@ def mlflow_children(storage: Path):
 @pytest.mark.ray
 @pytest.mark.worker_kill
 def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env, monkeypatch):
-    """1. A Train worker is SIGKILLed mid-trial (found through Ray's state API); the trial resumes from
-    its last completed cycle and MLflow holds one run with one complete history."""
+    """1. A Train worker is SIGKILLed mid-trial; the trial resumes from its last completed cycle and MLflow holds
+    one run with one complete history. The kill must land before the last cycle's checkpoint: it is sent as
+    soon as Tune has cycle 0, with three cycles (600 SAE steps each, seconds) still to run, and the worker is
+    found by its process title in milliseconds (Ray's state API took seconds); a kill that came too late fails
+    saying so, not as a missing tag."""
     import ray
-    from ray.util.state import list_actors
+    from raytools import pids_titled
 
     for k in ("RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED"):  # restored after the test
         monkeypatch.setenv(k, ray_env[k])
@@ -148,13 +151,12 @@ def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env, monkeypatch):
         storage = tmp_path / "s"
         proc = subprocess.Popen(
             sweep_cmd(storage, "--trials", "1", "--address", ctx.address_info["address"], "--workers-per-trial", "2",
-                      "--cpus-per-worker", "0.5", "--set", "chain.cycles=3", "--set", "sae.steps=2000"),
+                      "--cpus-per-worker", "0.5", "--set", "chain.cycles=3", "--set", "sae.steps=600"),
             env=ray_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         # Tune sees a cycle only after Ray Train has registered its checkpoint: wait for that.
         wait_for(lambda: tune_cycles(storage / "ray" / "rel") >= {0}, 300, "cycle 0 to be checkpointed", proc)
-        workers = wait_for(lambda: [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])],
-                           60, "a live Train worker")
-        os.kill(workers[0].pid, signal.SIGKILL)
+        workers = wait_for(lambda: pids_titled("ray::RayTrainWorker", ray_env["RAY_TMPDIR"]), 60, "a live Train worker")
+        os.kill(workers[0], signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:]
     finally:
@@ -163,6 +165,7 @@ def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env, monkeypatch):
     assert len(children) == 1
     run = client.get_run(children[0].info.run_id)
     assert run.info.status == "FINISHED"
+    assert "saeception.resumed_after_cycle" in run.data.tags, "the kill landed after the trial's last cycle: nothing resumed"
     resumed = int(run.data.tags["saeception.resumed_after_cycle"])  # resumed from a checkpoint, not from scratch
     assert 0 <= resumed < 3
     for key in ("cycle", "task_accuracy", "val_sae_u"):
@@ -412,7 +415,7 @@ def test_ctrl_c_during_the_confirmation_judges_nothing_and_resume_confirms(tmp_p
 @pytest.mark.mlflow_outage
 def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):
     """9. The MLflow server is stopped right after the first cycle reached it and comes back on the same
-    port 10 s after a request met the outage: MLflow's client retries with backoff
+    port (held by the test throughout: nothing else can take it) 10 s after a request met the outage: MLflow's client retries with backoff
     (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7, about 4 min in all), so the sweep completes; every run
     ends FINISHED (none RUNNING) with each cycle logged once."""
     from mlflow.tracking import MlflowClient
@@ -427,7 +430,7 @@ def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):
         wait_for(lambda: logged_steps(server.db, "cycle"), 300, "a first cycle in MLflow", proc)
         server.stop()
         # Down (its port answering 503, as a proxy in front of it does) until a request has met the outage.
-        with Unavailable(server.port) as outage:
+        with Unavailable(server.socket) as outage:
             wait_for(lambda: outage.requests, 300, "an MLflow request during the outage", proc)
             time.sleep(10)
         server.start()
@@ -441,14 +444,15 @@ def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):
         for r in trials:
             assert [m.step for m in client.get_metric_history(r.info.run_id, "cycle")] == [0, 1, 2]
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.mark.ray
 @pytest.mark.mlflow_outage
 def test_mlflow_outage_longer_than_the_retries_fails_clearly_and_resume_finishes(tmp_path, ray_env):
-    """9b. An outage longer than MLflow's retries (cut to 1 here, MLFLOW_HTTP_REQUEST_MAX_RETRIES): the sweep
-    stops with a message naming the MLflow server; with the server back, `--resume` finishes it and
+    """9b. An outage longer than MLflow's retries (cut to 1 here, MLFLOW_HTTP_REQUEST_MAX_RETRIES): the server
+    is gone and its port, held by the test, answers nothing (each request times out after
+    MLFLOW_HTTP_REQUEST_TIMEOUT, 5 s here); the sweep stops with a message naming the MLflow server; with the server back, `--resume` finishes it and
     nothing is left RUNNING."""
     from mlflow.tracking import MlflowClient
     from mlflowserver import MlflowServer
@@ -481,4 +485,4 @@ def test_mlflow_outage_longer_than_the_retries_fails_clearly_and_resume_finishes
         for t in trials:
             assert sorted({m.step for m in client.get_metric_history(t.info.run_id, "cycle")}) == [0, 1, 2]
     finally:
-        server.stop()
+        server.close()
