@@ -81,6 +81,7 @@ class TrialSpec:
     # Seconds a trial's workers may wait for their nodes (None: Ray Train's default, 60 s); long when the
     # autoscaler must first add the nodes (sweep/resources.py).
     worker_start_timeout_s: float | None = None
+    local_cluster: bool = False  # the sweep started its own one-node Ray (no --address)
 
 
 @dataclass
@@ -298,6 +299,25 @@ def _confirm_worker_loop(loop_config: dict[str, Any]) -> None:
 HEALTH_CHECK_INTERVAL_S = 0.2
 
 
+def train_env(spec: TrialSpec) -> dict[str, str]:
+    """Ray Train's settings a trial sets in its environment where the user has not."""
+    env = {
+        # The controller polls its worker group every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default): up to
+        # that much dead time when the workers come up and again when they finish.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(HEALTH_CHECK_INTERVAL_S),
+    }
+    if spec.local_cluster:
+        # Ray Train starts a preemption watcher actor per trial (a process of its own, ~1.3 s of CPU here) that
+        # polls for nodes being drained (spot instances on a cloud cluster); the local Ray the sweep started is
+        # one node that nothing drains. On a cluster (--address) the watcher stays on.
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    if spec.worker_start_timeout_s:
+        # Waiting for a node the autoscaler is adding is not a failure (each 60 s timeout counts against
+        # controller_failure_limit).
+        env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(spec.worker_start_timeout_s)
+    return env
+
+
 def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids: dict[str, str], tracker,
          keep_checkpoints: int | None = 2, per_run_failures: bool = False, lazy: dict[str, LazyRun] | None = None) -> None:
     """Runs one TorchTrainer for the trial and closes its MLflow runs (FAILED with the reason on error).
@@ -308,15 +328,8 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
     import ray.train  # lazy: Ray is loaded only in the processes that use it
     from ray.train.torch import TorchTrainer  # lazy: Ray is loaded only in the processes that use it
 
-
-    # Ray Train's controller polls its worker group every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
-    # default): up to that much dead time when the workers come up and again when they finish. Poll
-    # faster unless the user set it (the controller inherits this process's value).
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
-    if spec.worker_start_timeout_s:
-        # Waiting for a node the autoscaler is adding is not a failure (each 60 s timeout counts against
-        # controller_failure_limit below).
-        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(spec.worker_start_timeout_s))
+    for key, value in train_env(spec).items():  # the controller inherits them (Ray Train propagates RAY_TRAIN_*)
+        os.environ.setdefault(key, value)  # unless the user set them
     use_gpu = spec.gpus_per_worker > 0
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(

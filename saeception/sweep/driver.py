@@ -213,7 +213,8 @@ def open_parent_run(p: Plan) -> Session:
     spec = TrialSpec(fixed=p.space.fixed, train_dir=p.train_dir, mlflow_uri=p.mlflow_uri, parent_run_id=parent,
                      workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
                      gpus_per_worker=res.gpus_per_worker, cache_dir=p.cache_dir, cache_readonly=p.cache_readonly,
-                     run_tags=tags, worker_start_timeout_s=worker_start_timeout(groups, AUTOSCALE_WAIT_S))
+                     run_tags=tags, worker_start_timeout_s=worker_start_timeout(groups, AUTOSCALE_WAIT_S),
+                     local_cluster=not res.address)
     return Session(tracker, parent, spec, concurrency, trial_resources)
 
 

@@ -127,3 +127,19 @@ def test_a_confirmation_arm_whose_controller_died_is_left_for_the_driver_to_clos
     assert interrupted(died) and interrupted(KeyboardInterrupt()) and interrupted(SystemExit(1))
     assert interrupted(ray.exceptions.ActorUnavailableError("gone", b"\x00" * 16))
     assert not interrupted(OSError("disk full")) and not interrupted(RuntimeError("boom"))
+
+
+def test_a_local_sweep_s_trials_start_no_preemption_watcher_and_a_cluster_s_do():
+    """Ray Train's preemption watcher (an actor process per trial, for drained cloud nodes) is off on the one-node
+    Ray a sweep starts itself, on where it connects to a cluster."""
+    from ray.train.v2._internal.constants import ENV_VARS_TO_PROPAGATE
+
+    from trainables.chain_trainable import TrialSpec, train_env
+
+    local = train_env(TrialSpec(fixed={}, train_dir="/t", mlflow_uri="sqlite:////m", parent_run_id="p", local_cluster=True))
+    cluster = train_env(TrialSpec(fixed={}, train_dir="/t", mlflow_uri="sqlite:////m", parent_run_id="p",
+                                  worker_start_timeout_s=900))
+    assert local["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in cluster
+    assert cluster["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "900"
+    assert set(local) | set(cluster) <= ENV_VARS_TO_PROPAGATE  # the controller gets what the trial sets
