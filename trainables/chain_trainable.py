@@ -318,6 +318,22 @@ def train_env(spec: TrialSpec) -> dict[str, str]:
     return env
 
 
+def name_the_cluster() -> None:
+    """RAY_ADDRESS set to this trial's Ray in this process and in what Ray Train starts for it.
+
+    Ray Train's placement-group cleaner (an actor per trial) asks Ray's state API whether the trial's controller
+    is alive, giving no address. With two Ray instances on one machine (two local sweeps at once, or a sweep
+    beside any other Ray) the API refuses to choose ("Found multiple active Ray instances"), the cleaner's thread
+    dies, and a stopped trial's placement group is never freed: the ASHA test's later trials waited for workers
+    for good. Ray Train hands the variables named in its ENV_VARS_TO_PROPAGATE to the controller's runtime
+    environment, which the actors it starts (the cleaner among them) inherit."""
+    import ray  # lazy: Ray is loaded only in the processes that use it
+    from ray.train.v2._internal.constants import ENV_VARS_TO_PROPAGATE  # lazy: as above
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+
+
 def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids: dict[str, str], tracker,
          keep_checkpoints: int | None = 2, per_run_failures: bool = False, lazy: dict[str, LazyRun] | None = None) -> None:
     """Runs one TorchTrainer for the trial and closes its MLflow runs (FAILED with the reason on error).
@@ -330,6 +346,7 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
 
     for key, value in train_env(spec).items():  # the controller inherits them (Ray Train propagates RAY_TRAIN_*)
         os.environ.setdefault(key, value)  # unless the user set them
+    name_the_cluster()
     use_gpu = spec.gpus_per_worker > 0
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(

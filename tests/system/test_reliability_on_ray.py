@@ -74,13 +74,13 @@ def trial_errors(experiment: Path) -> dict[str, str]:
 RAY_LOG_WORDS = ("placement group", "PlacementGroup", "worker group", "Timeout", "memory", "killed", "Killed")
 
 
-def ray_log_lines(ray_tmp: str) -> list[str]:
-    """Lines of the Ray logs under RAY_TMPDIR `ray_tmp` that mention one of RAY_LOG_WORDS, by file."""
+def ray_log_lines(ray_tmp: str, words: tuple[str, ...] = RAY_LOG_WORDS) -> list[str]:
+    """Lines of the Ray logs under RAY_TMPDIR `ray_tmp` that mention one of `words`, by file."""
     out = []
     for log in sorted(Path(ray_tmp).glob("ray/session_*/logs/*")):
         if log.is_file() and log.suffix in (".err", ".out", ".log"):
             out += [f"{log.name}: {line}" for line in log.read_text(errors="replace").splitlines()
-                    if not line.startswith((":", "[state-dump]")) and any(w in line for w in RAY_LOG_WORDS)]
+                    if not line.startswith((":", "[state-dump]")) and any(w in line for w in words)]
     return out
 
 
@@ -253,15 +253,32 @@ def test_asha_stopped_trials_are_pruned_and_free_their_workers(tmp_path, ray_env
     """7. ASHA stops trials at cycle 1 of 2: each is PRUNED in Optuna (never COMPLETE with an early value),
     KILLED with saeception.stopped_at_cycle in MLflow, never the best trial; and its Train workers'
     resources come back, so all 6 trials run on 2 CPUs (a leaked placement group made later trials wait
-    for workers forever)."""
+    for workers forever). Another Ray runs on the machine meanwhile, as a second sweep or any Ray program may:
+    Ray Train's placement-group cleaner asked Ray's state API about "the" Ray, which refuses to choose between
+    two, and its thread died (a trial now names its cluster: trainables/chain_trainable.py, name_the_cluster)."""
+    import shutil
+    import tempfile
+
     import optuna
 
     ended = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     storage = tmp_path / "s"
-    r = subprocess.run(sweep_cmd(storage, "--trials", "6", "--num-cpus", "2", "--scheduler", "asha",
-                                 "--set", "chain.cycles=2"), env=ray_env, cwd=REPO, capture_output=True, text=True,
-                       timeout=1200)
+    other_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    other = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(num_cpus=0, include_dashboard=False); "
+                              "print('up', flush=True); time.sleep(3600)"], env={**ray_env, "RAY_TMPDIR": other_tmp},
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert other.stdout.readline().strip() == "up", "the other Ray did not start"
+        r = subprocess.run(sweep_cmd(storage, "--trials", "6", "--num-cpus", "2", "--scheduler", "asha",
+                                     "--set", "chain.cycles=2"), env=ray_env, cwd=REPO, capture_output=True, text=True,
+                           timeout=1200)
+    finally:
+        other.kill()
+        kill_all(other_tmp)
+        shutil.rmtree(other_tmp, ignore_errors=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    confused = ray_log_lines(ray_env["RAY_TMPDIR"], ("Found multiple active Ray instances",))
+    assert not confused, "\n".join(confused[-5:])
     study = optuna.load_study(study_name="rel", storage=f"sqlite:///{storage / 'optuna.db'}")
     states = [t.state for t in study.trials]
     # No second run: a trial that FAILED after a stopped one is the placement-group leak this test exists for
