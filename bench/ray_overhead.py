@@ -14,13 +14,16 @@ machine in the same state. Per trial, from the wall-clock tags each run leaves o
 - worker set-up: the worker loop's first line -> the chain's start;
 - Train end: the worker's last report -> `fit()` returning;
 - fixed cost: their sum, what a trial costs besides its chain;
-and per sweep the Optuna views (`timing/plots_*` on the parent run; absent before they were timed).
-Medians over the trials (and rounds) are printed.
+and per sweep the Optuna views (`timing/plots_*` on the parent run; absent before they were timed), its wall
+time and the CPU time the whole machine spent while it ran (`/proc/stat`: the driver, Ray's daemons, every
+trial, controller and helper actor process; run it on an otherwise idle machine). Medians over the trials (and
+rounds) are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -32,18 +35,28 @@ from common import REPO, run_sweep, trial_runs  # noqa: E402
 
 SPACE = REPO / "tests" / "support" / "spaces" / "tiny.yaml"  # the tests' tiny space (tests/support/paths.py TINY)
 PHASES = ("actor", "before_fit", "train_start", "worker_setup", "train_end", "fixed")
+SWEEP = ("plots", "wall", "cpu")  # per sweep
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds this machine has spent busy (all cores: user, nice, system, irq, softirq) since boot."""
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in Path("/proc/stat").read_text().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(code: Path, workers: int, trials: int = 3) -> dict[str, list[float]]:
     """One sweep with the code under `code`; each phase's seconds per trial, and the sweep's wall time."""
     storage = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     cpus = "1" if workers == 1 else "0.5"
+    cpu = busy_cpu_s()
     wall = run_sweep(["--space", str(SPACE), "--trials", str(trials), "--num-cpus", "2", "--max-concurrent", "1",
                       "--workers-per-trial", str(workers), "--cpus-per-worker", cpus, "--confirm-seeds", "0",
                       "--no-cache", "--name", f"oh{workers}"], storage, cwd=code)
+    cpu = busy_cpu_s() - cpu
     client, parent, runs = trial_runs(storage)
-    out: dict[str, list[float]] = {k: [] for k in (*PHASES, "plots", "wall")}
+    out: dict[str, list[float]] = {k: [] for k in (*PHASES, *SWEEP)}
     out["wall"].append(wall)
+    out["cpu"].append(cpu)
     ptags = parent.data.tags
     if "timing/plots_started_at" in ptags:
         out["plots"].append(float(ptags["timing/plots_finished_at"]) - float(ptags["timing/plots_started_at"]))
@@ -88,16 +101,16 @@ def main() -> None:
         codes[f"baseline {args.baseline}"] = base
     try:
         for workers in (int(w) for w in args.workers.split(",")):
-            merged = {name: {k: [] for k in (*PHASES, "plots", "wall")} for name in codes}
+            merged = {name: {k: [] for k in (*PHASES, *SWEEP)} for name in codes}
             for _ in range(args.rounds):
                 for name, code in codes.items():  # alternating: both see the machine in the same state
                     for k, v in measure(code, workers).items():
                         merged[name][k] += v
             print(f"\n{workers} worker(s) per trial, 3 trials one at a time, {args.rounds} round(s); medians in s")
-            print(f"{'code':<24}" + "".join(f"{k:>13}" for k in (*PHASES, "plots", "sweep wall")))
+            print(f"{'code':<24}" + "".join(f"{k:>13}" for k in (*PHASES, "plots", "sweep wall", "sweep cpu")))
             for name, m in merged.items():
                 print(f"{name:<24}" + "".join(f"{statistics.median(m[k]):>13.1f}" if m[k] else f"{'-':>13}"
-                                              for k in (*PHASES, "plots", "wall")))
+                                              for k in (*PHASES, *SWEEP)))
     finally:
         if base:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, check=False)
