@@ -274,19 +274,25 @@ def search(p: Plan, s: Session) -> tuple[list[dict], list[dict], bool]:
                                     verbose=1 if p.verbose else 0)
         # Wrapped here (not by Tune) so that a resumed sweep can grow its budget (SweepSearch).
         search_alg = SweepSearch(ConcurrencyLimiter(searcher, max_concurrent=s.concurrency), p.name)
-        # reuse_actors: a trial that ended is followed by the next one in its actor (a new actor and the
-        # trial function's imports cost ~4 s per trial here, BENCHMARKS.md 4). Each trial still gets its own
-        # Tune session, Train controller and report queue; a stopped trial whose thread is still in `fit` is
-        # not reused (Tune's reset waits 2 s for it, then stops that actor).
         tuner = tune.Tuner(trainable, run_config=run_config,
                            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=search.trials,
-                                                       reuse_actors=True))
+                                                       reuse_actors=reuse_actors(search.scheduler)))
     print(f"sweep {p.name}: {search.trials} trials, up to {s.concurrency} at once, "
           f"{p.resources.workers_per_trial} worker(s) per trial; storage {redact(p.storage)}", flush=True)
     results = tuner.fit()
     rows = trial_rows(results, p.space)
     interrupted = fit_interrupted(results, search.trials, scheduled=search.scheduler != "none")
     return rows, best_trials(rows, p.space), interrupted
+
+
+def reuse_actors(scheduler: str) -> bool:
+    """Whether Tune runs a trial in the actor of one that ended (a new actor and the trial function's imports
+    cost ~4 s per trial here, BENCHMARKS.md 4; each trial still gets its own Tune session, Train controller and
+    report queue). Not when a scheduler stops trials: a stopped trial's thread is still in `fit` while its Train
+    run is torn down, Tune's reset waits only TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) for it, and when that runs
+    out the next trial is not given a new actor but fails ("Trainable runner reuse requires reset_config() to
+    be implemented and return True"): an ASHA sweep on a busy machine lost its last trial so."""
+    return scheduler == "none"
 
 
 def stop_interrupted(p: Plan, s: Session) -> int:

@@ -143,3 +143,12 @@ def test_a_local_sweep_s_trials_start_no_preemption_watcher_and_a_cluster_s_do()
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in cluster
     assert cluster["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "900"
     assert set(local) | set(cluster) <= ENV_VARS_TO_PROPAGATE  # the controller gets what the trial sets
+
+
+def test_trials_reuse_actors_only_when_no_scheduler_stops_them():
+    """A stopped trial's thread may outlive Tune's 2 s reset wait; Tune then fails the trial it meant to put into
+    that actor (the ASHA test lost its sixth trial so on a busy machine): ASHA sweeps start each trial afresh."""
+    from saeception.sweep.driver import reuse_actors
+
+    assert reuse_actors("none") is True
+    assert reuse_actors("asha") is False
