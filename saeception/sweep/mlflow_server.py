@@ -51,6 +51,18 @@ def healthy(host: str, port: int, timeout_s: float = 2.0) -> bool:
         return False
 
 
+# What the server's environment defaults to, unless the caller's environment says otherwise. MLflow 3's server
+# otherwise starts four `huey` job consumers (for MLflow's own GenAI jobs, which a sweep never submits) that
+# together kept 43% of a core busy while idle and doubled the server's start-up CPU (11.2 against 5.7
+# CPU-seconds; BENCHMARKS.md 4).
+SERVER_ENV_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def server_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """`environ` (default: this process's environment) with SERVER_ENV_DEFAULTS for what it does not set."""
+    return {**SERVER_ENV_DEFAULTS, **(os.environ if environ is None else environ)}
+
+
 def server_command(backend_store_uri: str, artifacts_destination: str, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
             "--artifacts-destination", artifacts_destination, "--host", host, "--port", str(port), "--workers", "1"]
@@ -59,10 +71,10 @@ def server_command(backend_store_uri: str, artifacts_destination: str, host: str
 def spawn(backend_store_uri: str, artifacts_destination: str, log: Path, host: str = HOST,
           port: int = PORT) -> subprocess.Popen:
     """Starts `mlflow server` in its own session (its process group: stopped together), output appended to log."""
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     with open(log, "ab") as out:
         return subprocess.Popen(server_command(backend_store_uri, artifacts_destination, host, port), stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=server_env(),
+                                start_new_session=True)
 
 
 def ensure(backend_store_uri: str, artifacts_destination: str, log: Path, host: str = HOST, port: int = PORT,

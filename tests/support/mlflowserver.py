@@ -6,7 +6,6 @@ stoppable and restartable on the same port (an outage). The port is bound once, 
 from __future__ import annotations
 
 import http.server
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 from raytools import kill_all, pids_mentioning
+
+from saeception.sweep.mlflow_server import server_env
 
 
 class MlflowServer:
@@ -39,7 +40,7 @@ class MlflowServer:
         # The held socket as the server's standard input (mlflow server passes it on to uvicorn, which
         # serves on fd 0 instead of binding --host/--port itself).
         self._proc = subprocess.Popen(cmd, stdin=self.socket.fileno(), stdout=self._log, stderr=subprocess.STDOUT, cwd=self.home,
-                                      env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+                                      env=server_env())  # the head's server's environment
         deadline = time.time() + timeout_s
         while not self.healthy():
             assert self._proc.poll() is None and time.time() < deadline, self.log_tail()

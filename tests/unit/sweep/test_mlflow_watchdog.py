@@ -95,3 +95,11 @@ def test_a_server_that_keeps_dying_is_restarted_with_a_growing_back_off_each_res
     lines = [r.getMessage() for r in caplog.records if "restarted" in r.getMessage()]
     assert [line.split(",")[0] for line in lines] == [f"mlflow server restarted (restart {i}" for i in range(1, 6)]
     assert "exited with code 3 while Ray is up" in caplog.text
+
+
+def test_the_server_starts_without_mlflows_job_runners_unless_the_environment_asks():
+    """MLflow's job runners (four `huey` consumers, for jobs a sweep never submits) are off by default; a user's
+    own MLFLOW_SERVER_ENABLE_JOB_EXECUTION wins."""
+    assert ms.server_env({})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert ms.server_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+    assert ms.server_env({"PATH": "/x"})["PATH"] == "/x"
