@@ -334,6 +334,22 @@ def name_the_cluster() -> None:
     ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
 
 
+def chain_trainer(*args, **kwargs):
+    """A TorchTrainer that starts no Ray Data dataset manager when it is given no datasets (a chain reads its own
+    data). Ray Train 2.60's `DatasetsCallback` starts a `DatasetManager` actor for every run, datasets or not: a
+    process per trial that imports Ray Data and pandas (~1 CPU-second here) and serves nothing. With datasets
+    the trainer is TorchTrainer's own."""
+    from ray.train.torch import TorchTrainer  # lazy: Ray is loaded only in the processes that use it
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback  # lazy: as above
+
+    class ChainTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            return callbacks if self.datasets else [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return ChainTrainer(*args, **kwargs)
+
+
 def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids: dict[str, str], tracker,
          keep_checkpoints: int | None = 2, per_run_failures: bool = False, lazy: dict[str, LazyRun] | None = None) -> None:
     """Runs one TorchTrainer for the trial and closes its MLflow runs (FAILED with the reason on error).
@@ -342,14 +358,13 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
     the trial failing, each ended at its last report. lazy: runs the relay opens at their first report (those
     that never reported have no run)."""
     import ray.train  # lazy: Ray is loaded only in the processes that use it
-    from ray.train.torch import TorchTrainer  # lazy: Ray is loaded only in the processes that use it
 
     for key, value in train_env(spec).items():  # the controller inherits them (Ray Train propagates RAY_TRAIN_*)
         os.environ.setdefault(key, value)  # unless the user set them
     name_the_cluster()
     use_gpu = spec.gpus_per_worker > 0
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if use_gpu else {})}
-    trainer = TorchTrainer(
+    trainer = chain_trainer(
         loop,
         train_loop_config={**loop_config, "cache_dir": spec.cache_dir, "cache_readonly": spec.cache_readonly},
         scaling_config=ray.train.ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker=resources),

@@ -145,6 +145,25 @@ def test_a_local_sweep_s_trials_start_no_preemption_watcher_and_a_cluster_s_do()
     assert set(local) | set(cluster) <= ENV_VARS_TO_PROPAGATE  # the controller gets what the trial sets
 
 
+def test_a_trial_s_trainer_starts_no_dataset_manager_without_datasets():
+    """Ray Train starts a Ray Data `DatasetManager` actor (a process per trial) for every run; a chain reads its own
+    data, so its trainer leaves that callback out, and keeps it when given datasets."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from trainables.chain_trainable import chain_trainer
+
+    def loop():
+        pass
+
+    plain = chain_trainer(loop)
+    assert isinstance(plain, TorchTrainer)
+    assert not any(isinstance(c, DatasetsCallback) for c in plain._create_default_callbacks())
+    with_data = chain_trainer(loop, datasets={"train": lambda: None})  # a dataset factory, never called here
+    assert sum(isinstance(c, DatasetsCallback) for c in with_data._create_default_callbacks()) == 1
+
+
+
 def test_trials_reuse_actors_only_when_no_scheduler_stops_them():
     """A stopped trial's thread may outlive Tune's 2 s reset wait; Tune then fails the trial it meant to put into
     that actor (the ASHA test lost its sixth trial so on a busy machine): ASHA sweeps start each trial afresh."""
