@@ -53,8 +53,8 @@ def healthy(host: str, port: int, timeout_s: float = 2.0) -> bool:
 
 # What the server's environment defaults to, unless the caller's environment says otherwise. MLflow 3's server
 # otherwise starts four `huey` job consumers (for MLflow's own GenAI jobs, which a sweep never submits) that
-# together kept 43% of a core busy while idle and doubled the server's start-up CPU (11.2 against 5.7
-# CPU-seconds; BENCHMARKS.md 4).
+# together kept about 40% of a core busy while idle and doubled the server's start-up CPU (10.1 against 5.3
+# CPU-seconds; BENCHMARKS.md 4b).
 SERVER_ENV_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 

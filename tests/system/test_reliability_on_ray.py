@@ -36,22 +36,6 @@ def logged_steps(db: Path, key: str) -> dict[str, list[int]]:
     return out
 
 
-def tune_cycles(experiment: Path) -> set[int]:
-    """Cycles Tune has received, from its trials' result.json files."""
-    import json
-
-    cycles = set()
-    for f in experiment.glob("*/result.json"):
-        for line in f.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line being written
-            if "cycle" in row:
-                cycles.add(int(row["cycle"]))
-    return cycles
-
-
 def reported_controllers(experiment: Path) -> dict[str, set[str]]:
     """Each Tune trial's reported Train controller ids (the driver's leak sweeper watches them), by trial directory."""
     import json
@@ -137,10 +121,13 @@ def mlflow_children(storage: Path):
 @pytest.mark.worker_kill
 def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env, monkeypatch):
     """1. A Train worker is SIGKILLed mid-trial; the trial resumes from its last completed cycle and MLflow holds
-    one run with one complete history. The kill must land before the last cycle's checkpoint: it is sent as
-    soon as Tune has cycle 0, with three cycles (600 SAE steps each, seconds) still to run, and the worker is
-    found by its process title in milliseconds (Ray's state API took seconds); a kill that came too late fails
-    saying so, not as a missing tag."""
+    one run with one complete history. The kill must land after cycle 0's checkpoint is registered and before the
+    last cycle's: the worker is found by its process title (milliseconds; Ray's state API took seconds) while cycle
+    0 runs, and killed as soon as cycle 0 is in MLflow, with three cycles (600 SAE steps each, seconds) still to
+    run. Ray Train registers a report's checkpoint before it calls the report callbacks, the MLflow relay among
+    them, so cycle 0 in MLflow means its checkpoint is Train's (Tune's result files, which the test used to wait
+    for, come later: in a clean-clone run the trial had ended before they showed cycle 0). A kill that came too
+    late fails saying so, not as a missing tag."""
     import ray
     from raytools import pids_titled
 
@@ -153,10 +140,15 @@ def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env, monkeypatch):
             sweep_cmd(storage, "--trials", "1", "--address", ctx.address_info["address"], "--workers-per-trial", "2",
                       "--cpus-per-worker", "0.5", "--set", "chain.cycles=3", "--set", "sae.steps=600"),
             env=ray_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        # Tune sees a cycle only after Ray Train has registered its checkpoint: wait for that.
-        wait_for(lambda: tune_cycles(storage / "ray" / "rel") >= {0}, 300, "cycle 0 to be checkpointed", proc)
-        workers = wait_for(lambda: pids_titled("ray::RayTrainWorker", ray_env["RAY_TMPDIR"]), 60, "a live Train worker")
-        os.kill(workers[0], signal.SIGKILL)
+        workers = wait_for(lambda: pids_titled("ray::RayTrainWorker", ray_env["RAY_TMPDIR"]), 300, "a live Train worker",
+                           proc)
+        wait_for(lambda: 0 in next(iter(logged_steps(storage / "mlflow.db", "cycle").values()), []), 300,
+                 "cycle 0 in MLflow (its checkpoint registered)", proc)
+        try:
+            os.kill(workers[0], signal.SIGKILL)
+        except ProcessLookupError:
+            out, _ = proc.communicate(timeout=600)
+            raise AssertionError(f"the Train worker had exited before cycle 0 reached MLflow: {out[-3000:]}") from None
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:]
     finally:

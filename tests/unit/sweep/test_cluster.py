@@ -192,7 +192,7 @@ def test_the_head_command_starts_mlflow_once_and_it_answers(tmp_path):
         assert first.returncode == 0 and f"mlflow server started on http://127.0.0.1:{port}" in first.stdout, first
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
             assert r.status == 200
-        # Without MLflow's job runners (four `huey` consumers, 43% of a core busy while idle; BENCHMARKS.md 4).
+        # Without MLflow's job runners (four `huey` consumers, ~40% of a core busy while idle; BENCHMARKS.md 4b).
         assert [pid for pid in pids_mentioning(str(tmp_path)) if b"huey" in Path(f"/proc/{pid}/cmdline").read_bytes()] == []
         again = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
         assert again.returncode == 0 and "mlflow server running" in again.stdout, again
