@@ -25,19 +25,48 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 from helpers import make_text_csv, tiny_bert, tiny_gpt2, tiny_llama, tiny_neox  # noqa: E402
 
+# A Ray test's seconds when no `@pytest.mark.ray(seconds=...)` says: the short ones take about 10.
+RAY_TEST_SECONDS = 10
+
+
+def ray_seconds(item) -> float:
+    """What a Ray test took in a whole run (`@pytest.mark.ray(seconds=...)`, measured beside another test on the
+    2-core machine): only the order of the tests depends on it."""
+    return item.get_closest_marker("ray").kwargs.get("seconds", RAY_TEST_SECONDS)
+
 
 def pytest_collection_modifyitems(config, items):
-    """`ray_up` first, then the other Ray tests, then the Ray-free ones; otherwise the collection's order. With
-    pytest-xdist's `worksteal` (pyproject), the first worker starts on the first half of this list and the second
-    on the rest: `ray_up`, which runs beside no other Ray test, runs beside Ray-free tests, and the Ray tests,
-    whose trials leave a core idle at times, mostly run beside Ray-free tests too; a worker out of tests takes
-    half of the other's remaining queue, from its end."""
-    def rank(item) -> int:
-        if item.get_closest_marker("ray") is None:
-            return 2
-        return 0 if item.get_closest_marker("ray_up") else 1
-
-    items.sort(key=rank)  # stable
+    """The order the two test processes take the tests in. pytest-xdist's `worksteal` (pyproject) gives the first
+    half of this list to one process and the rest to the other; a process with fewer than two tests left takes
+    half of the other's queue, from its end. So the list is two halves, each a process's plan:
+    - one: `ray_up` (which runs beside no other Ray test), then its share of the Ray tests, longest first, then
+      Ray-free tests;
+    - the other: Ray-free tests while `ray_up` runs, then the other share of the Ray tests, longest first.
+    The Ray tests are shared between the two by their `seconds`, longest first, each to the process with less
+    planned, so neither is left with a long one at the end; the Ray-free tests at the end of the first half are
+    what the process that finishes first takes over. Any other run (`-n 0`, another `-n`, a selection without
+    `ray_up`): `ray_up`, the Ray tests longest first, the Ray-free ones."""
+    ray_up = [i for i in items if i.get_closest_marker("ray_up")]
+    ray = sorted((i for i in items if i.get_closest_marker("ray") and i not in ray_up), key=ray_seconds, reverse=True)
+    free = [i for i in items if not i.get_closest_marker("ray")]
+    # The order that counts is the workers' (each collects; xdist schedules by index into their list), and a
+    # worker knows how many there are, not the `--dist` mode: pyproject's is worksteal.
+    two_halves = (os.environ.get("PYTEST_XDIST_WORKER_COUNT") == "2" and len(ray_up) == 1
+                  and len(free) >= len(items) // 2)
+    if not two_halves:
+        items[:] = [*ray_up, *ray, *free]
+        return
+    first, second = [], []
+    # Each process's plan: `ray_up` against about half of the Ray-free tests (the other half is the first
+    # half's tail), then the Ray tests.
+    planned = [ray_seconds(ray_up[0]), ray_seconds(ray_up[0])]
+    for item in ray:
+        share = 0 if planned[0] <= planned[1] else 1
+        (first, second)[share].append(item)
+        planned[share] += ray_seconds(item)
+    head = len(items) // 2 - 1 - len(first)  # Ray-free tests ending the first half, whose size worksteal fixes
+    items[:] = [*ray_up, *first, *free[:head], *free[head:], *second]
+    # (xdist sends the first len(items) // 2 to one process: ray_up, `first`, free[:head]; the rest to the other.)
 
 
 # Shared by the pytest-xdist workers of every session of this user on this machine.

@@ -117,7 +117,7 @@ def mlflow_children(storage: Path):
     return client, [r for r in runs if r.data.tags.get("saeception.role") == "trial"]
 
 
-@pytest.mark.ray
+@pytest.mark.ray(seconds=85)
 @pytest.mark.worker_kill
 def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env, monkeypatch):
     """1. A Train worker is SIGKILLed mid-trial; the trial resumes from its last completed cycle and MLflow holds
@@ -164,50 +164,75 @@ def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env, monkeypatch):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2, 3], key
 
 
-@pytest.mark.ray
+@pytest.mark.ray(seconds=95)
 @pytest.mark.driver_kill
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, ray_env):
-    """2. The sweep driver is SIGKILLed midway; --resume finishes the sweep; finished trials are not
-    re-run; Optuna's completed trials = MLflow child runs = trials requested."""
+@pytest.mark.orphans
+def test_killed_driver_resumes_without_rerunning_finished_trials_and_closes_its_orphan(tmp_path, ray_env):
+    """2 and 2b (one sweep since issue #35; they were two tests, each SIGKILLing a driver and resuming). The
+    driver is SIGKILLed once the first trial has finished and the second's MLflow run exists. Tune adds one
+    trial per step (TUNE_MAX_PENDING_TRIALS_PG) and saves its state only at its first step and at a trial's
+    checkpoints (TUNE_GLOBAL_CHECKPOINT_S), so the second trial, killed before its first checkpoint, is in no
+    saved state: an orphan, made certain. Before --resume its MLflow run and Optuna trial are RUNNING (the
+    half-told state). After --resume: nothing RUNNING in MLflow or Optuna; the orphan is FAILED (saeception.failure
+    = orphaned, in MLflow and Optuna) and not counted; the finished trial was not re-run; Optuna's completed
+    trials = FINISHED MLflow trial runs = trials requested, each with its whole history; the parent run says
+    its driver died."""
     import optuna
 
     storage = tmp_path / "s"
-    proc = subprocess.Popen(sweep_cmd(storage, "--trials", "3", "--num-cpus", "2"), env=ray_env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     db = storage / "mlflow.db"
+    cmd = sweep_cmd(storage, "--trials", "2", "--num-cpus", "2", "--max-concurrent", "1")
+    window = {"TUNE_GLOBAL_CHECKPOINT_S": "1000000000", "TUNE_MAX_PENDING_TRIALS_PG": "1"}
+    proc = subprocess.Popen(cmd, env={**ray_env, **window}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    def one_finished():
-        return [run for run, steps in logged_steps(db, "cycle").items() if steps == [0, 1]]
+    def first_finished_second_started():
+        finished = [run for run, steps in logged_steps(db, "cycle").items() if steps == [0, 1]]
+        return finished if finished and len(runs_with_role(db, "trial")) == 2 else None
 
-    first = wait_for(one_finished, 300, "the first trial to finish", proc)
-    time.sleep(2)  # let Tune record the completion in its experiment state
+    finished_before = set(wait_for(first_finished_second_started, 400, "the first trial to finish and the second to start",
+                                   proc))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     kill_all(ray_env["RAY_TMPDIR"])  # the machine is gone: its Ray processes with it
-    finished_before = set(first)
+    client, children = mlflow_children(storage)
+    second = [c for c in children if c.info.run_id not in finished_before]
+    # The half-told state: the second trial's run and Optuna trial RUNNING, with no cycle logged yet (logged
+    # before the kill, its checkpoint could have been in Tune's saved state: no orphan).
+    assert len(second) == 1 and second[0].info.status == "RUNNING", [(c.info.run_id, c.info.status) for c in children]
+    assert client.get_metric_history(second[0].info.run_id, "cycle") == [], "the kill came after the second trial's cycle 0"
+    study = optuna.load_study(study_name="rel", storage=f"sqlite:///{storage / 'optuna.db'}")
+    assert any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
 
-    r = subprocess.run(sweep_cmd(storage, "--trials", "3", "--num-cpus", "2", "--resume"), env=ray_env, cwd=REPO,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run([*cmd, "--resume"], env=ray_env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    client, all_children = mlflow_children(storage)
-    # A trial the driver had started but Tune had not yet recorded when the kill landed (Tune reuses the
-    # finished trial's actor, so the next trial starts at once) is an orphan: --resume closes its run FAILED
-    # "orphaned" (tests/unit/sweep/test_orphans.py) and Tune runs a new trial in its place.
-    children = [c for c in all_children if c.data.tags.get("saeception.failure") != "orphaned"]
-    assert all(c.info.status == "FAILED" for c in all_children if c not in children)
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children), \
-        [(c.data.tags.get("saeception.trial_id"), c.info.status) for c in all_children]
-    for c in children:
-        assert [m.step for m in client.get_metric_history(c.info.run_id, "cycle")] == [0, 1]
+    client, trials = mlflow_children(storage)
+    runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
+    assert [x.info.status for x in runs if x.info.status == "RUNNING"] == []
+    orphans = [x for x in trials if x.data.tags.get("saeception.failure") == "orphaned"]
+    assert [x.info.run_id for x in orphans] == [second[0].info.run_id] and orphans[0].info.status == "FAILED"
+    counted = [x for x in trials if x not in orphans]
+    # The sweep still ran the trials it was asked for, each with its whole history.
+    assert len(counted) == 2 and all(x.info.status == "FINISHED" for x in counted), \
+        [(x.data.tags.get("saeception.trial_id"), x.info.status) for x in trials]
+    for x in counted:
+        assert [m.step for m in client.get_metric_history(x.info.run_id, "cycle")] == [0, 1]
     for run_id in finished_before:
         # Not re-run: either Tune knew it had finished, or (killed before Tune saved that) the trial
         # resumed from its final cycle's checkpoint and computed nothing again.
         assert client.get_run(run_id).data.tags.get("saeception.resumed_after_cycle", "1") == "1"
+    parent = next(x for x in runs if x.data.tags.get("saeception.role") == "sweep")
+    assert parent.info.status == "FINISHED" and "saeception.interrupted" in parent.data.tags
     study = optuna.load_study(study_name="rel", storage=f"sqlite:///{storage / 'optuna.db'}")
-    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["saeception.failure"] == "orphaned"
+    assert failed[0].user_attrs["tune_trial_id"] == orphans[0].data.tags["saeception.trial_id"]
 
 
-@pytest.mark.ray
+@pytest.mark.ray(seconds=55)
 @pytest.mark.divergence
 def test_diverging_trial_fails_everywhere_and_the_sweep_goes_on(tmp_path, ray_env):
     """3. An absurd learning rate makes one trial's loss NaN: it stops at once and is FAILED in Tune,
@@ -241,7 +266,7 @@ def test_diverging_trial_fails_everywhere_and_the_sweep_goes_on(tmp_path, ray_en
     assert best_id in {c.data.tags["saeception.trial_id"] for c in ok}
 
 
-@pytest.mark.ray
+@pytest.mark.ray(seconds=150)
 @pytest.mark.asha
 def test_asha_stopped_trials_are_pruned_and_free_their_workers(tmp_path, ray_env):
     """7. ASHA stops trials at cycle 1 of 2: each is PRUNED in Optuna (never COMPLETE with an early value),
@@ -360,7 +385,7 @@ def test_a_placement_group_whose_creator_actor_died_is_found_and_removed(ray_env
         ray.shutdown()
 
 
-@pytest.mark.ray
+@pytest.mark.ray(seconds=55)
 @pytest.mark.interrupt
 def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
     """8. Ctrl-C (SIGINT) ends the sweep with exit code 130, the parent run KILLED, no report. Both trials run
@@ -387,7 +412,7 @@ def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
     assert parent.info.status == "KILLED"
 
 
-@pytest.mark.ray
+@pytest.mark.ray(seconds=95)
 @pytest.mark.interrupt
 def test_ctrl_c_during_the_confirmation_judges_nothing_and_resume_confirms(tmp_path, ray_env):
     """8b. Ctrl-C while the confirmation runs: exit 130, no verdict, no export, the parent run and the arms
@@ -396,7 +421,9 @@ def test_ctrl_c_during_the_confirmation_judges_nothing_and_resume_confirms(tmp_p
     from mlflow.tracking import MlflowClient
 
     storage = tmp_path / "s"
-    cmd = sweep_cmd(storage, "--trials", "1", "--num-cpus", "2", "--confirm-seeds", "2")
+    # One control (aux0): what is checked is the confirmation stopped and resumed, not the controls, which the
+    # end-to-end sweep runs all four of.
+    cmd = sweep_cmd(storage, "--trials", "1", "--num-cpus", "2", "--confirm-seeds", "2", "--confirm-controls", "aux0")
     proc = subprocess.Popen(cmd, env=ray_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: runs_with_role(storage / "mlflow.db", "confirm"), 300, "a confirmation run", proc)
     proc.send_signal(signal.SIGINT)
@@ -419,10 +446,10 @@ def test_ctrl_c_during_the_confirmation_judges_nothing_and_resume_confirms(tmp_p
     assert (storage / "rel" / "confirmation.md").exists() and (storage / "rel" / "best").exists()
     runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
     arms = [x for x in runs if x.data.tags.get("saeception.role") in ("confirm", "control")]
-    assert len(arms) == 2 * 5 and all(x.info.status == "FINISHED" for x in arms)
+    assert len(arms) == 2 * 2 and all(x.info.status == "FINISHED" for x in arms)  # 2 seeds x (best, aux0)
 
 
-@pytest.mark.ray
+@pytest.mark.ray(seconds=65)
 @pytest.mark.mlflow_outage
 def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):
     """9. The MLflow server is stopped right after the first cycle reached it and comes back on the same
@@ -458,7 +485,7 @@ def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):
         server.close()
 
 
-@pytest.mark.ray
+@pytest.mark.ray(seconds=120)
 @pytest.mark.mlflow_outage
 def test_mlflow_outage_longer_than_the_retries_fails_clearly_and_resume_finishes(tmp_path, ray_env):
     """9b. An outage longer than MLflow's retries (cut to 1 here, MLFLOW_HTTP_REQUEST_MAX_RETRIES): the server
@@ -472,7 +499,7 @@ def test_mlflow_outage_longer_than_the_retries_fails_clearly_and_resume_finishes
            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     server = MlflowServer(tmp_path / "mlflow").start()
     storage = tmp_path / "s"
-    cmd = sweep_cmd(storage, "--trials", "2", "--num-cpus", "2", "--mlflow-uri", server.url, "--set", "chain.cycles=2")
+    cmd = sweep_cmd(storage, "--trials", "1", "--num-cpus", "2", "--mlflow-uri", server.url, "--set", "chain.cycles=2")
     try:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: logged_steps(server.db, "cycle"), 300, "a first cycle in MLflow", proc)
@@ -492,7 +519,7 @@ def test_mlflow_outage_longer_than_the_retries_fails_clearly_and_resume_finishes
         runs = client.search_runs([client.get_experiment_by_name("saeception").experiment_id])
         assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
         trials = [r for r in runs if r.data.tags.get("saeception.role") == "trial"]
-        assert len(trials) == 2
+        assert len(trials) == 1
         for t in trials:
             assert sorted({m.step for m in client.get_metric_history(t.info.run_id, "cycle")}) == [0, 1, 2]
     finally:

@@ -31,7 +31,7 @@ def sweep_args(storage: Path) -> list[str]:
             "--cpus-per-worker", "0.5", "--name", "e2e", "--seed", "3", "--confirm-seeds", "3"]
 
 
-@pytest.mark.ray
+@pytest.mark.ray(seconds=200)
 @pytest.mark.mlflow_server
 def test_sweep_end_to_end(tmp_path, ray_env, mlflow_server, capsys):
     from saeception.sweep.cli import main
