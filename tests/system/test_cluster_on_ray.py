@@ -30,7 +30,7 @@ finally:
 """
 
 
-@pytest.mark.ray(seconds=75)
+@pytest.mark.ray(seconds=60)
 def test_sweep_on_a_simulated_two_node_cluster(tmp_path):
     """Two Ray nodes on this machine (ray.cluster_utils.Cluster); storage shared by path."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
@@ -108,7 +108,7 @@ def test_the_cache_lock_actor_lives_on_the_head(tmp_path):
     assert r.returncode == 0 and r.stdout.split()[-2:] == ["True", "True"], r.stdout[-2000:] + r.stderr[-3000:]
 
 
-@pytest.mark.ray(seconds=110)
+@pytest.mark.ray(seconds=115)
 @pytest.mark.autoscaling
 def test_sweep_fills_an_autoscaling_cluster(tmp_path):
     """Ray's local autoscaling cluster: a head too small for any trial worker (1 CPU) and a worker type

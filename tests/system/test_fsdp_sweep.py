@@ -9,7 +9,7 @@ from helpers import fsdp_chain_values
 from paths import REPO
 
 
-@pytest.mark.ray(seconds=45)
+@pytest.mark.ray(seconds=65)
 @pytest.mark.fsdp
 def test_a_one_trial_fsdp_sweep_on_two_workers(tmp_path, ray_env, neox_dir, text_csv):
     """The user's command, with a tiny GPT-NeoX text space: one trial, one TorchTrainer of 2 gloo workers

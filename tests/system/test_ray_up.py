@@ -34,7 +34,7 @@ def _health(uri: str) -> int | None:
         return None
 
 
-@pytest.mark.ray(seconds=120)
+@pytest.mark.ray(seconds=135)
 @pytest.mark.ray_up
 @pytest.mark.mlflow_server
 def test_ray_up_sweep_and_ray_down_on_this_machine():

@@ -117,7 +117,7 @@ def mlflow_children(storage: Path):
     return client, [r for r in runs if r.data.tags.get("saeception.role") == "trial"]
 
 
-@pytest.mark.ray(seconds=85)
+@pytest.mark.ray(seconds=75)
 @pytest.mark.worker_kill
 def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env, monkeypatch):
     """1. A Train worker is SIGKILLed mid-trial; the trial resumes from its last completed cycle and MLflow holds
@@ -164,7 +164,7 @@ def test_killed_worker_resumes_from_last_cycle(tmp_path, ray_env, monkeypatch):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2, 3], key
 
 
-@pytest.mark.ray(seconds=95)
+@pytest.mark.ray(seconds=120)
 @pytest.mark.driver_kill
 @pytest.mark.orphans
 def test_killed_driver_resumes_without_rerunning_finished_trials_and_closes_its_orphan(tmp_path, ray_env):
@@ -232,7 +232,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials_and_closes_its_
     assert failed[0].user_attrs["tune_trial_id"] == orphans[0].data.tags["saeception.trial_id"]
 
 
-@pytest.mark.ray(seconds=55)
+@pytest.mark.ray(seconds=60)
 @pytest.mark.divergence
 def test_diverging_trial_fails_everywhere_and_the_sweep_goes_on(tmp_path, ray_env):
     """3. An absurd learning rate makes one trial's loss NaN: it stops at once and is FAILED in Tune,
@@ -266,7 +266,7 @@ def test_diverging_trial_fails_everywhere_and_the_sweep_goes_on(tmp_path, ray_en
     assert best_id in {c.data.tags["saeception.trial_id"] for c in ok}
 
 
-@pytest.mark.ray(seconds=150)
+@pytest.mark.ray(seconds=120)
 @pytest.mark.asha
 def test_asha_stopped_trials_are_pruned_and_free_their_workers(tmp_path, ray_env):
     """7. ASHA stops trials at cycle 1 of 2: each is PRUNED in Optuna (never COMPLETE with an early value),
@@ -415,7 +415,7 @@ def test_interrupted_sweep_exits_non_zero(tmp_path, ray_env):
     assert parent.info.status == "KILLED"
 
 
-@pytest.mark.ray(seconds=95)
+@pytest.mark.ray(seconds=135)
 @pytest.mark.interrupt
 def test_ctrl_c_during_the_confirmation_judges_nothing_and_resume_confirms(tmp_path, ray_env):
     """8b. Ctrl-C while the confirmation runs: exit 130, no verdict, no export, the parent run and the arms
@@ -452,7 +452,7 @@ def test_ctrl_c_during_the_confirmation_judges_nothing_and_resume_confirms(tmp_p
     assert len(arms) == 2 * 2 and all(x.info.status == "FINISHED" for x in arms)  # 2 seeds x (best, aux0)
 
 
-@pytest.mark.ray(seconds=65)
+@pytest.mark.ray(seconds=75)
 @pytest.mark.mlflow_outage
 def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):
     """9. The MLflow server is stopped right after the first cycle reached it and comes back on the same
@@ -488,7 +488,7 @@ def test_mlflow_server_stopped_mid_sweep_the_sweep_completes(tmp_path, ray_env):
         server.close()
 
 
-@pytest.mark.ray(seconds=120)
+@pytest.mark.ray(seconds=125)
 @pytest.mark.mlflow_outage
 def test_mlflow_outage_longer_than_the_retries_fails_clearly_and_resume_finishes(tmp_path, ray_env):
     """9b. An outage longer than MLflow's retries (cut to 1 here, MLFLOW_HTTP_REQUEST_MAX_RETRIES): the server

@@ -37,7 +37,7 @@ KEY, SECRET = "AKIASAECEPTIONTEST", "sEcReT-k3y-never-printed"
 MLFLOW_USER, MLFLOW_SECRET = "alice", "mlflow-pw-never-printed"
 
 
-@pytest.mark.ray(seconds=60)
+@pytest.mark.ray(seconds=65)
 @pytest.mark.security
 @pytest.mark.sweep_state
 @pytest.mark.mlflow_server
@@ -83,7 +83,7 @@ def test_no_credential_reaches_output_mlflow_or_rays_files(tmp_path, ray_env, mo
     assert parent.data.tags["saeception.cache_dir"].startswith(f"s3://{KEY}:***@creds/cache")
 
 
-@pytest.mark.ray(seconds=185)
+@pytest.mark.ray(seconds=215)
 @pytest.mark.sweep_state
 def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
     """--trials and --confirm-seeds are the settings a resumed sweep may change, and only upwards: the
