@@ -272,9 +272,10 @@ def test_asha_stopped_trials_are_pruned_and_free_their_workers(tmp_path, ray_env
     """7. ASHA stops trials at cycle 1 of 2: each is PRUNED in Optuna (never COMPLETE with an early value),
     KILLED with saeception.stopped_at_cycle in MLflow, never the best trial; and its Train workers'
     resources come back, so all 5 trials run on 2 CPUs, the fifth after the stopped fourth (a leaked placement
-    group made later trials wait for workers forever). Another Ray runs on the machine meanwhile, as a second sweep or any Ray program may:
-    Ray Train's placement-group cleaner asked Ray's state API about "the" Ray, which refuses to choose between
-    two, and its thread died (a trial now names its cluster: trainables/chain_trainable.py, name_the_cluster)."""
+    group made later trials wait for workers forever). Another Ray runs on the machine meanwhile, as a second
+    sweep or any Ray program may: Ray Train's placement-group cleaner asked Ray's state API about "the" Ray,
+    which refuses to choose between two, and its thread died (a trial now names its cluster:
+    trainables/chain_trainable.py, name_the_cluster)."""
     import shutil
     import tempfile
 
