@@ -82,6 +82,7 @@ class TrialSpec:
     # autoscaler must first add the nodes (sweep/resources.py).
     worker_start_timeout_s: float | None = None
     local_cluster: bool = False  # the sweep started its own one-node Ray (no --address)
+    plots: bool = True  # each run's trial_metrics.png (--no-plots: none)
 
 
 @dataclass
@@ -396,7 +397,8 @@ def _fit(spec: TrialSpec, loop, loop_config: dict[str, Any], name: str, run_ids:
     finished = time.time()
     for run_id in _opened(tracker, run_ids, lazy).values():
         tracker.set_tags(run_id, {f"{TIMING}trainer_finished_at": f"{finished:.3f}"})
-        _log_trial_plot(tracker, run_id)
+        if spec.plots:
+            _log_trial_plot(tracker, run_id)
         if per_run_failures:  # an arm ends at its last report, not when the trial's last arm does
             last = tracker.client.get_run(run_id).data.tags.get(LAST_REPORT_TAG)
             _close(tracker, run_id, failed=tracker.failure(run_id), end_time=float(last) if last else None)

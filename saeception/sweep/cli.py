@@ -75,7 +75,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="recompute every stage (no stage cache)")
     p.add_argument("--cache-readonly", action="store_true", help="use --cache entries but never write (a shared cycle 0)")
     p.add_argument("--no-plots", action="store_true", help="skip Optuna's views of the study (PNGs on the parent run, "
-                   "a few seconds after the search; optuna-dashboard and the notebooks read the study itself)")
+                   "a few seconds after the search; optuna-dashboard and the notebooks read the study itself) and each "
+                   "trial's and arm's trial_metrics.png (its metrics are on the run)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial, e.g. --set chain.cycles=1 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved base config, the first sampled trial configs, "

@@ -214,7 +214,7 @@ def open_parent_run(p: Plan) -> Session:
                      workers=res.workers_per_trial, cpus_per_worker=res.cpus_per_worker,
                      gpus_per_worker=res.gpus_per_worker, cache_dir=p.cache_dir, cache_readonly=p.cache_readonly,
                      run_tags=tags, worker_start_timeout_s=worker_start_timeout(groups, AUTOSCALE_WAIT_S),
-                     local_cluster=not res.address)
+                     local_cluster=not res.address, plots=p.plots)
     return Session(tracker, parent, spec, concurrency, trial_resources)
 
 

@@ -66,7 +66,7 @@ class Plan:
     verbose: bool = False
     lock: Any = None  # held for the driver's lifetime: a second launch of this sweep exits 2
     memory: Any = None  # sweep.memory_plan.Planner: the estimates, for the dry run
-    plots: bool = True  # Optuna's views of the study on the parent run (--no-plots)
+    plots: bool = True  # Optuna's views of the study on the parent run, each run's trial_metrics.png (--no-plots)
     sweep_id: str = ""  # this sweep's id (its sweep.json's, identity.sweep_id): its parent run's and study's owner tag
 
     @property

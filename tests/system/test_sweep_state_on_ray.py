@@ -114,6 +114,8 @@ def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path, ray_env):
     winner = next(x for x in runs if x.data.tags.get("saeception.trial_id") == best_trial)
     confirms = [x for x in runs if x.data.tags.get("saeception.role") == "confirm"]
     keys = {x.data.tags["saeception.confirm_key"] for x in confirms}
+    # --no-plots: no trial_metrics.png on a trial's or an arm's run (the end-to-end sweep draws them).
+    assert not any("trial_metrics.png" in {a.path for a in client.list_artifacts(x.info.run_id)} for x in [winner, *confirms])
     same_winner = len(keys) == 1
     assert ("(1 seeds already confirmed for this winner)" in grown.stdout) == same_winner
     # The arms the final table reports were run with the final winner's sampled values.
