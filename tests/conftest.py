@@ -3,7 +3,7 @@ import os
 import random
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,12 +93,14 @@ def ray_turn(exclusive: bool):
 
 @pytest.fixture(autouse=True)
 def ray_alone_when_needed(request):
-    """Ray tests run beside each other (pytest-xdist), except `ray_up`, which runs beside no Ray test."""
+    """Ray tests run beside each other (pytest-xdist), except `ray_up`, which runs beside no Ray test. Yields the
+    test's turn (None for a Ray-free test): `close()` ends it early, once the test can no longer stop another's Ray."""
     if request.node.get_closest_marker("ray") is None:
-        yield
+        yield None
         return
-    with ray_turn(exclusive=request.node.get_closest_marker("ray_up") is not None):
-        yield
+    with ExitStack() as turn:
+        turn.enter_context(ray_turn(exclusive=request.node.get_closest_marker("ray_up") is not None))
+        yield turn
 
 
 @pytest.fixture(autouse=True)

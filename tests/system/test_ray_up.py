@@ -37,7 +37,7 @@ def _health(uri: str) -> int | None:
 @pytest.mark.ray(seconds=135)
 @pytest.mark.ray_up
 @pytest.mark.mlflow_server
-def test_ray_up_sweep_and_ray_down_on_this_machine():
+def test_ray_up_sweep_and_ray_down_on_this_machine(ray_alone_when_needed):
     missing = missing_tools()
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (.ci/run installs Debian's openssh-server, rsync, netcat-openbsd)")
@@ -92,6 +92,9 @@ def test_ray_up_sweep_and_ray_down_on_this_machine():
 
         down = _run([ray, "down", "-y", str(node.cluster_file)], env, timeout=300)
         assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
+        # Its `ray stop` has run: what is left to check (the MLflow watchdog stops the server within ~15 s, nothing
+        # of this cluster stays) cannot stop another test's Ray, which may start now.
+        ray_alone_when_needed.close()
         sshd.terminate()
         sshd.wait(timeout=30)
         deadline = time.time() + 90  # the MLflow watchdog notices Ray is gone within ~15 s
