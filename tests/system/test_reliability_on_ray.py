@@ -234,15 +234,30 @@ def test_killed_driver_resumes_without_rerunning_finished_trials_and_closes_its_
 
 @pytest.mark.ray(seconds=60)
 @pytest.mark.divergence
-def test_diverging_trial_fails_everywhere_and_the_sweep_goes_on(tmp_path, ray_env):
+@pytest.mark.storage_faults
+def test_diverging_trial_fails_everywhere_and_the_sweep_goes_on_past_a_file_in_a_cache_entry(tmp_path, ray_env):
     """3. An absurd learning rate makes one trial's loss NaN: it stops at once and is FAILED in Tune,
-    Optuna and MLflow (reason in a tag); the best trial is chosen among the rest."""
+    Optuna and MLflow (reason in a tag); the best trial is chosen among the rest. And (test_faults_on_ray's
+    own sweep until issue #35) the trial that runs after it finds a file in the place of its cycle 0's
+    fine-tune and extract cache entries: they count as misses (not hits, not write errors), are rebuilt where
+    the files were, and the trial finishes."""
     import optuna
+    import yaml
+    from faults import stage_keys
+
+    from saeception.store.cache import StageCache
 
     space = tmp_path / "space.yaml"
     space.write_text(TINY.read_text().replace("  chain.cycles: 1\n", "  chain.cycles: 1\n  finetune.epochs: 3\n")
                      .replace("params:\n", "params:\n  finetune.lr: {choices: [0.001, 1.0e+30]}\n"))
     storage = tmp_path / "s"
+    # Cycle 0's model and activations depend on the fine-tune's rate, not on the searched SAE settings: the sane
+    # trial's keys. The diverging trial's differ (its rate) and it caches nothing.
+    keys = stage_keys({**yaml.safe_load(space.read_text())["fixed"], "finetune.lr": 0.001})
+    cache = StageCache(storage / "cache")
+    for stage in ("finetune", "extract"):
+        cache.entry(keys[stage]).parent.mkdir(parents=True, exist_ok=True)
+        cache.entry(keys[stage]).write_text("in the way")
     # Seed 1 draws the absurd rate for the first trial and a sane one for the second (`--dry-run` shows it): a
     # failed trial, then one that runs after it.
     cmd = sweep_cmd(storage, "--trials", "2", "--num-cpus", "2", "--seed", "1")
@@ -264,6 +279,12 @@ def test_diverging_trial_fails_everywhere_and_the_sweep_goes_on(tmp_path, ray_en
     assert f"{len(failed)} failed" in r.stdout
     best_id = client.get_run(children[0].data.tags["mlflow.parentRunId"]).data.tags["best_trial_id"]
     assert best_id in {c.data.tags["saeception.trial_id"] for c in ok}
+    # The file in the way: the sane trial missed (no hit: the diverged trial cached nothing of its keys), wrote
+    # every entry, and its cycle 0's entries are whole where the files were.
+    (sane,) = ok
+    assert sane.data.tags["cache/hits"] == "0" and sane.data.tags["cache/write_errors"] == "0", sane.data.tags
+    assert sane.data.tags["cache/misses"] == "3"  # cycle 0's stages: fine-tune, extract, SAE
+    assert all(cache.lookup(keys[s]) is not None for s in ("finetune", "extract"))
 
 
 @pytest.mark.ray(seconds=120)
