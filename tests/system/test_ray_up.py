@@ -63,9 +63,10 @@ def test_ray_up_sweep_and_ray_down_on_this_machine(ray_alone_when_needed):
         assert intruder.returncode != 0 and "Authentication" in intruder.stdout + intruder.stderr, intruder.stderr[-2000:]
         assert _health(node.mlflow_uri) == 200, (node.head_disk / "mlflow" / "server.log").read_text()[-2000:]
 
-        # docs/cluster.md's on-prem sweep, on the head (`ray exec`), with this test's small values.
+        # docs/cluster.md's on-prem sweep, on the head (`ray exec`), with this test's small values (no plots: the
+        # end-to-end test checks them; these two sweeps run while no other Ray test may).
         sweep = (f"python -m saeception.sweep --address auto --storage {node.nfs}/sweeps --mlflow-uri {node.mlflow_uri} "
-                 f"--space {TINY} --trials 1 --confirm-seeds 0 --cpus-per-worker 1 --name on-head")
+                 f"--space {TINY} --trials 1 --confirm-seeds 0 --cpus-per-worker 1 --no-plots --name on-head")
         ran = _run([ray, "exec", str(node.cluster_file), sweep], env, timeout=900)
         assert ran.returncode == 0 and "sweep on-head: 1 trials finished" in ran.stdout, ran.stdout[-4000:] + ran.stderr[-3000:]
         from mlflow.tracking import MlflowClient
